@@ -1,0 +1,35 @@
+"""archc: a compiler from the .arch CNN spec language to Flax.
+
+    import archc
+    model = archc.load("resnet50", classes=10)
+    variables = model.init(seed=0)
+    y = model.apply(variables, x)
+
+The JAX-backed names below are imported lazily, so ``import archc`` (and ``archc check``) stays
+fast and never imports jax.
+"""
+from __future__ import annotations
+
+import importlib
+
+__all__ = ["load", "Model", "save_variables", "load_variables"]
+
+_LAZY = {
+    "load": "archc.runtime.model",
+    "Model": "archc.runtime.model",
+    "save_variables": "archc.runtime.variables_io",
+    "load_variables": "archc.runtime.variables_io",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'archc' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

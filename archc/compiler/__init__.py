@@ -1,0 +1,1 @@
+"""IR, passes over it, and lowering to Flax."""

@@ -1,0 +1,1028 @@
+"""Elaboration: AST → IR.
+
+One walk over the statements evaluates the value language (integers, lists, block calls, family
+parameters), expands repetition, blocks and combinators, names every node by its place in the spec,
+and infers each node's shape with the rules in ops.py as the node is created. Shape-dependent
+defaults (`cin`, inferred channels of a projection shortcut, TF-'same' padding) need the shapes
+while expanding, which is why expansion and shape inference share this walk; later passes
+(stats, folding, lowering) are separate pure functions of the finished Graph.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..spec import ast as A
+from ..spec.source import ArchError, Diagnostic, Span
+from . import ops
+from .ir import Graph, Node
+from .ops import ShapeError, fmt
+
+MAX_NODES = 1_000_000
+MAX_REPEAT = 100_000
+
+
+class _Fail(Exception):
+    """A user error at a place; carries its diagnostic up to the statement that reports it."""
+
+    def __init__(self, diag: Diagnostic, kind: str = "name"):
+        self.diag = diag
+        self.kind = kind  # 'name' errors are independent of shapes; 'shape' errors may cascade
+
+
+def fail(message: str, span: Span | None, hint: str | None = None, kind: str = "name"):
+    raise _Fail(Diagnostic(message, span, hint), kind)
+
+
+def _suggest(name: str, candidates) -> str | None:
+    close = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
+    return f"did you mean {' or '.join(repr(c) for c in close)}?" if close else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Values
+# ---------------------------------------------------------------------------------------------
+class Layer:
+    """A value that maps a tensor to a tensor."""
+    span: Span
+
+
+@dataclass
+class OpLayer(Layer):
+    kind: str                 # surface op name after alias resolution, e.g. 'conv', 'maxpool'
+    args: tuple               # positional values
+    kwargs: dict
+    span: Span
+    label: str                # naming prefix, e.g. 'conv', 'dwconv', 'maxpool'
+
+
+@dataclass
+class BlockLayer(Layer):
+    block: "Block"
+    args: tuple
+    kwargs: dict
+    body: Any                 # a Layer from name(...)<body>, or None
+    span: Span
+
+
+@dataclass
+class Thunk(Layer):
+    """A sequence kept as syntax: evaluated when applied, so `i` and `cin` bind at each use."""
+    seq: A.Seq
+    env: "Env"
+    span: Span
+
+
+@dataclass
+class Repeat(Layer):
+    item: Any                 # AST of the repeated item
+    env: "Env"
+    count: int
+    span: Span
+
+
+@dataclass
+class RefLayer(Layer):
+    name: str
+    span: Span
+
+
+@dataclass
+class Block:
+    name: str
+    params: tuple             # ParamDecl
+    body: tuple               # statements
+    env: "Env"                # lexical environment (its module)
+    span: Span
+
+
+@dataclass
+class Function:
+    name: str
+    params: tuple
+    body: Any
+    env: "Env"
+    span: Span
+
+
+class Env:
+    __slots__ = ("vars", "parent")
+
+    def __init__(self, parent: "Env | None" = None, vars: dict | None = None):
+        self.vars = vars if vars is not None else {}
+        self.parent = parent
+
+    def lookup(self, name: str):
+        env = self
+        while env is not None:
+            if name in env.vars:
+                return True, env.vars[name]
+            env = env.parent
+        return False, None
+
+    def names(self):
+        out, env = set(), self
+        while env is not None:
+            out.update(env.vars)
+            env = env.parent
+        return out
+
+    def child(self, **vars) -> "Env":
+        return Env(self, dict(vars))
+
+
+# Built-in value functions. Each is total over its documented inputs; type errors are reported.
+def _make_divisible(v, divisor=8, min_value=None):
+    # The rounding shared by the TF MobileNet/EfficientNet code, torchvision and timm.
+    min_value = divisor if min_value is None else min_value
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v
+
+
+FUNCTIONS = {
+    "min": min, "max": max, "abs": abs, "len": len, "int": int, "float": float,
+    "round": round, "ceil": lambda x: int(math.ceil(x)), "floor": lambda x: int(math.floor(x)),
+    "sqrt": math.sqrt, "sum": sum, "make_divisible": _make_divisible,
+    "range": lambda *a: list(range(*a)),
+}
+
+# Surface ops: name -> (kind, preset kwargs). Kernel-size aliases such as conv3 are generated.
+SURFACE_OPS: dict[str, tuple[str, dict]] = {
+    "conv": ("conv", {}), "dwconv": ("dwconv", {}), "deconv": ("deconv", {}),
+    "maxpool": ("maxpool", {}), "avgpool": ("avgpool", {}),
+    "gap": ("gap", {}), "gmp": ("gmp", {}), "flatten": ("flatten", {}),
+    "fc": ("fc", {}), "linear": ("fc", {}), "dropout": ("dropout", {}), "bn": ("bn", {}),
+    "lrn": ("lrn", {}), "scale": ("scale", {}), "shuffle": ("shuffle", {}), "slice": ("slice", {}),
+    "pad": ("pad", {}), "crop": ("crop", {}), "upsample": ("upsample", {}), "identity": ("identity", {}),
+    "concat": ("concat", {}), "add": ("add", {}), "mul": ("mul", {}),
+    "residual": ("residual", {}), "dense": ("dense", {}),
+}
+for _k in (1, 2, 3, 4, 5, 7, 9, 11):
+    SURFACE_OPS[f"conv{_k}"] = ("conv", {"k": _k})
+    SURFACE_OPS[f"dwconv{_k}"] = ("dwconv", {"k": _k})
+    SURFACE_OPS[f"maxpool{_k}"] = ("maxpool", {"k": _k})
+    SURFACE_OPS[f"avgpool{_k}"] = ("avgpool", {"k": _k})
+for _a in ops.ACTIVATIONS:
+    SURFACE_OPS[_a] = ("act", {"fn": _a})
+SURFACE_OPS["silu"] = ("act", {"fn": "swish"})
+SURFACE_OPS["hswish"] = ("act", {"fn": "hard_swish"})
+SURFACE_OPS["hsigmoid"] = ("act", {"fn": "hard_sigmoid"})
+
+# Positional parameter order and defaults of each surface op ('...' = required).
+SIGNATURES: dict[str, dict[str, Any]] = {
+    "conv": {"c": None, "k": 3, "s": None, "p": "auto", "d": 1, "g": 1, "bias": "auto"},
+    "dwconv": {"k": 3, "s": 1, "p": "auto", "d": 1, "m": 1, "bias": "auto"},
+    "deconv": {"c": ..., "k": 2, "s": None, "p": 0, "op": 0, "bias": "auto"},
+    "maxpool": {"k": 2, "s": None, "p": 0, "ceil": False},
+    "avgpool": {"k": 2, "s": None, "p": 0, "ceil": False, "count_pad": True},
+    "gap": {"keep": False}, "gmp": {"keep": False},
+    "flatten": {"order": "nhwc"},
+    "fc": {"n": ..., "bias": "auto"},
+    "dropout": {"p": 0.5},
+    "bn": {"eps": 1e-5, "momentum": 0.9, "scale": True, "center": True},
+    "lrn": {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 1.0},
+    "act": {"fn": ..., "alpha": None},
+    "scale": {"v": ...},
+    "shuffle": {"g": ...},
+    "slice": {"start": ..., "stop": None},
+    "pad": {"p": ..., "value": 0.0},
+    "crop": {"p": ...},
+    "upsample": {"f": 2, "mode": "nearest"},
+    "identity": {},
+    "residual": {"proj": None, "shortcut": None, "scale": 1.0},
+    "dense": {},
+    "concat": {"crop": False}, "add": {}, "mul": {},
+}
+MERGES = ("concat", "add", "mul")
+COMBINATORS = ("residual", "dense")  # structural units: numbered like blocks inside a stage
+
+
+# ---------------------------------------------------------------------------------------------
+# Builder state
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Frame:
+    """Named tensors visible in a block body or the program."""
+    tensors: dict
+    input: str | None
+
+
+@dataclass
+class Scope:
+    path: str
+    counters: dict = field(default_factory=dict)
+    stage: bool = False       # number block instances 0, 1, 2 … (a named stage of the program)
+    inline_single: bool = False
+
+
+class Builder:
+    def __init__(self, graph: Graph):
+        self.g = graph
+        self.scopes: list[Scope] = [Scope("")]
+        self.used_scopes: set = set()
+        self.target: tuple | None = None  # shape a projection shortcut must produce
+        self.call_stack: list[tuple[str, Span]] = []
+
+    # ---- naming ----
+    @property
+    def scope(self) -> Scope:
+        return self.scopes[-1]
+
+    def _join(self, part: str) -> str:
+        return f"{self.scope.path}.{part}" if self.scope.path else part
+
+    def fresh(self, prefix: str) -> str:
+        counters = self.scope.counters
+        while True:
+            counters[prefix] = counters.get(prefix, 0) + 1
+            name = self._join(f"{prefix}{counters[prefix]}")
+            if name not in self.g.nodes and name not in self.used_scopes:
+                return name
+
+    def push(self, part: str, span: Span | None, stage: bool = False, exact: bool = True) -> None:
+        path = self._join(part)
+        if exact and (path in self.used_scopes or path in self.g.nodes):
+            fail(f"the name '{path}' is used twice", span, "give this statement another name")
+        self.used_scopes.add(path)
+        self.scopes.append(Scope(path, stage=stage))
+
+    def push_unit(self, blockname: str, span: Span) -> bool:
+        """Open the scope of one block/combinator instance; False when it shares its parent's."""
+        sc = self.scope
+        if sc.inline_single:
+            sc.inline_single = False
+            return False
+        if sc.stage:
+            idx = sc.counters.get("#", 0)
+            sc.counters["#"] = idx + 1
+            self.push(str(idx), span)
+            return True
+        if blockname in COMBINATORS:
+            return False
+        name = self.fresh(blockname)
+        self.used_scopes.add(name)
+        self.scopes.append(Scope(name))
+        return True
+
+    def pop(self) -> None:
+        self.scopes.pop()
+
+    # ---- nodes ----
+    def add(self, op: str, inputs: list, attrs: dict, span: Span, prefix: str | None = None) -> str:
+        in_shapes = [self.g.nodes[i].shape for i in inputs]
+        try:
+            shape = ops.infer_shape(op, attrs, in_shapes)
+        except ShapeError as e:
+            fail(str(e), span, e.hint, kind="shape")
+        if len(self.g.nodes) >= MAX_NODES:
+            fail(f"the network has more than {MAX_NODES} nodes", span, "reduce the repetition counts")
+        name = self.fresh(prefix or op)
+        self.g.nodes[name] = Node(name, op, tuple(inputs), attrs, shape, span)
+        return name
+
+    def shape(self, t: str) -> tuple:
+        return self.g.nodes[t].shape
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluator
+# ---------------------------------------------------------------------------------------------
+class Elaborator:
+    def __init__(self, loader, graph: Graph):
+        self.loader = loader
+        self.b = Builder(graph)
+        self.frames: list[Frame] = []
+
+    # ---- value evaluation ----
+    def value(self, e, env: Env):
+        if isinstance(e, A.Seq):
+            if len(e.items) == 1 and not e.repeats:
+                return self.value(e.items[0], env)
+            return Thunk(e, env, e.span)
+        if isinstance(e, A.Const):
+            return e.value
+        if isinstance(e, A.Name):
+            return self.resolve(e.id, e.span, env)
+        if isinstance(e, A.Ref):
+            return RefLayer(e.id, e.span)
+        if isinstance(e, A.Call):
+            return self.call(e, env)
+        if isinstance(e, (A.ListLit, A.Chain)):
+            return [self.value(x, env) for x in e.items]
+        if isinstance(e, A.BinOp):
+            return self.binop(e, env)
+        if isinstance(e, A.Unary):
+            v = self.value(e.operand, env)
+            if e.op == "not":
+                return not self._truth(v, e.operand.span)
+            self._num(v, e.operand.span, "negate")
+            return -v
+        if isinstance(e, A.Compare):
+            vals = [self.value(x, env) for x in e.operands]
+            for op, (a, b) in zip(e.ops, zip(vals, vals[1:])):
+                ok = {"==": lambda: a == b, "!=": lambda: a != b,
+                      "<=": lambda: self._cmp(a, b, e) <= 0, ">=": lambda: self._cmp(a, b, e) >= 0}[op]()
+                if not ok:
+                    return False
+            return True
+        if isinstance(e, A.BoolOp):
+            if e.op == "and":
+                v = True
+                for x in e.operands:
+                    v = self.value(x, env)
+                    if not self._truth(v, x.span):
+                        return v
+                return v
+            v = False
+            for x in e.operands:
+                v = self.value(x, env)
+                if self._truth(v, x.span):
+                    return v
+            return v
+        if isinstance(e, A.Ternary):
+            return self.value(e.then if self._truth(self.value(e.cond, env), e.cond.span) else e.other, env)
+        if isinstance(e, A.Index):
+            obj, idx = self.value(e.obj, env), self.value(e.index, env)
+            if not isinstance(obj, (list, tuple)):
+                fail(f"cannot index {_kind(obj)}", e.obj.span, "only lists (such as 96>128 or [6, 12]) can be indexed")
+            if not isinstance(idx, int) or isinstance(idx, bool):
+                fail(f"a list index must be an integer, not {_kind(idx)}", e.index.span)
+            if not -len(obj) <= idx < len(obj):
+                fail(f"index {idx} is out of range for a list of {len(obj)}", e.index.span)
+            return obj[idx]
+        raise AssertionError(f"unknown AST node {type(e).__name__}")
+
+    def _cmp(self, a, b, e):
+        for v in (a, b):
+            self._num(v, e.span, "compare")
+        return (a > b) - (a < b)
+
+    @staticmethod
+    def _truth(v, span):
+        if isinstance(v, Layer):
+            fail("a layer is not a condition", span)
+        return bool(v)
+
+    @staticmethod
+    def _num(v, span, what):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            fail(f"cannot {what} {_kind(v)}", span, "arithmetic works on numbers")
+
+    def binop(self, e: A.BinOp, env: Env):
+        right = self.value(e.right, env)
+        if e.op == "*" and isinstance(right, int) and not isinstance(right, bool):
+            probe = self.value(e.left, env.child(i=0))
+            if isinstance(probe, Layer):
+                if not 0 <= right <= MAX_REPEAT:
+                    fail(f"repetition count {right} is outside 0..{MAX_REPEAT}", e.right.span)
+                return Repeat(e.left, env, right, e.span)
+        left = self.value(e.left, env)
+        for v, side in ((left, e.left), (right, e.right)):
+            if isinstance(v, list) and e.op in "+*":
+                continue
+            self._num(v, side.span, {"+": "add", "-": "subtract", "*": "multiply", "/": "divide",
+                                     "//": "divide", "%": "take the remainder of", "**": "raise"}[e.op])
+        try:
+            if e.op == "+":
+                return left + right
+            if e.op == "-":
+                return left - right
+            if e.op == "*":
+                if isinstance(left, list) and isinstance(right, list):
+                    fail("cannot multiply two lists", e.span)
+                result = left * right
+                if isinstance(result, list) and len(result) > MAX_REPEAT:
+                    fail("list too long", e.span)
+                return result
+            if e.op == "/":
+                return left / right
+            if e.op == "//":
+                return left // right
+            if e.op == "%":
+                return left % right
+            if e.op == "**":
+                if isinstance(right, (int, float)) and abs(right) > 64:
+                    fail(f"exponent {right} is too large", e.right.span)
+                return left ** right
+        except ZeroDivisionError:
+            fail("division by zero", e.right.span)
+        except TypeError:
+            fail(f"cannot apply '{e.op}' to {_kind(left)} and {_kind(right)}", e.span)
+        except OverflowError:
+            fail("number too large", e.span)
+        raise AssertionError(e.op)
+
+    def resolve(self, name: str, span: Span, env: Env):
+        found, v = env.lookup(name)
+        if found:
+            return v
+        if name in SURFACE_OPS:
+            kind, preset = SURFACE_OPS[name]
+            return OpLayer(kind, (), dict(preset), span, _label(name, kind))
+        if name in FUNCTIONS:
+            fail(f"'{name}' is a function; call it as {name}(…)", span)
+        candidates = env.names() | set(SURFACE_OPS) | set(FUNCTIONS)
+        fail(f"unknown name '{name}'", span, _suggest(name, candidates) or "define it with let, param or block, or import it")
+
+    def call(self, e: A.Call, env: Env):
+        if e.func in FUNCTIONS and not env.lookup(e.func)[0]:
+            args = [self.value(a.value, env) for a in e.args]
+            if any(a.name for a in e.args) or e.body is not None:
+                fail(f"'{e.func}' takes positional arguments only", e.span)
+            try:
+                return FUNCTIONS[e.func](*args)
+            except (TypeError, ValueError, OverflowError) as ex:
+                fail(f"{e.func}(): {ex}", e.span)
+        target = self.resolve(e.func, e.func_span, env)
+        args = tuple(self.value(a.value, env) for a in e.args if a.name is None)
+        kwargs = {}
+        for a in e.args:
+            if a.name is not None:
+                if a.name in kwargs:
+                    fail(f"argument '{a.name}' given twice", a.span)
+                kwargs[a.name] = self.value(a.value, env)
+        if any(a.name is not None for a in e.args[:len(args)]) and len(args) > 0:
+            first_kw = next(i for i, a in enumerate(e.args) if a.name is not None)
+            if any(a.name is None for a in e.args[first_kw:]):
+                fail("a positional argument follows a keyword argument", e.span)
+        body = Thunk(e.body, env, e.body.span) if e.body is not None else None
+        if isinstance(target, Function):
+            if body is not None:
+                fail(f"function '{e.func}' takes no <body>", e.body.span)
+            return self.apply_function(target, args, kwargs, e.span)
+        if isinstance(target, OpLayer):
+            merged_args = target.args + args
+            merged_kwargs = {**target.kwargs, **kwargs}
+            if body is not None:
+                if target.kind not in ("residual", "dense"):
+                    fail(f"'{e.func}' takes no <body>", e.body.span, "only residual<…>, dense<…> and blocks with a 'body' parameter do")
+                merged_kwargs["body"] = body
+            self.check_signature(target.kind, e.func, merged_args, merged_kwargs, e.span)
+            return OpLayer(target.kind, merged_args, merged_kwargs, e.span, target.label)
+        if isinstance(target, BlockLayer):
+            merged = {**target.kwargs, **kwargs}
+            layer = BlockLayer(target.block, target.args + args, merged, body or target.body, e.span)
+            self.bind_block(layer)  # arity errors at the call site
+            return layer
+        if isinstance(target, Block):
+            layer = BlockLayer(target, args, kwargs, body, e.span)
+            self.bind_block(layer)
+            return layer
+        fail(f"'{e.func}' is {_kind(target)}, not something to call", e.func_span)
+
+    def apply_function(self, f: Function, args, kwargs, span):
+        env = self.bind_params(f.name, f.params, f.env, args, kwargs, span, "function")
+        if len(self.b.call_stack) > 200:
+            fail(f"function '{f.name}' recurses too deeply", span)
+        self.b.call_stack.append((f.name, span))
+        try:
+            return self.value(f.body, env)
+        finally:
+            self.b.call_stack.pop()
+
+    def bind_params(self, name, params, outer: Env, args, kwargs, span, what):
+        if len(args) > len(params):
+            fail(f"{what} '{name}' takes {len(params)} argument{'s' * (len(params) != 1)}, got {len(args)}", span)
+        env = outer.child()
+        names = [p.name for p in params]
+        for k in kwargs:
+            if k not in names:
+                fail(f"{what} '{name}' has no parameter '{k}'", span, _suggest(k, names) or f"its parameters: {', '.join(names) or 'none'}")
+        for i, p in enumerate(params):
+            if i < len(args):
+                if p.name in kwargs:
+                    fail(f"argument '{p.name}' of '{name}' given twice", span)
+                env.vars[p.name] = args[i]
+            elif p.name in kwargs:
+                env.vars[p.name] = kwargs[p.name]
+            elif p.default is not None:
+                env.vars[p.name] = self.value(p.default, env)
+            else:
+                fail(f"{what} '{name}' needs the argument '{p.name}'", span)
+        return env
+
+    def bind_block(self, layer: BlockLayer) -> Env:
+        kwargs = dict(layer.kwargs)
+        if layer.body is not None:
+            if "body" in kwargs:
+                fail("the body is given both as <…> and as body=", layer.span)
+            kwargs["body"] = layer.body
+        return self.bind_params(layer.block.name, layer.block.params, layer.block.env, layer.args, kwargs,
+                                layer.span, "block")
+
+    def check_signature(self, kind, surface, args, kwargs, span):
+        sig = SIGNATURES[kind]
+        if kind in MERGES:
+            for k in kwargs:
+                if k not in sig:
+                    fail(f"'{surface}' has no option '{k}'", span, _suggest(k, sig) or f"its options: {', '.join(sig) or 'none'}")
+            return
+        names = list(sig)
+        allowed = set(names) | ({"body"} if kind in COMBINATORS else set())
+        if len(args) > len(names):
+            fail(f"'{surface}' takes at most {len(names)} positional argument{'s' * (len(names) != 1)}, got {len(args)}", span,
+                 f"its parameters in order: {', '.join(names) or 'none'}")
+        for k in kwargs:
+            if k not in allowed:
+                fail(f"'{surface}' has no parameter '{k}'", span, _suggest(k, allowed) or f"its parameters: {', '.join(names)}")
+        for i, n in enumerate(names[:len(args)]):
+            if n in kwargs and kind != "act":
+                fail(f"'{surface}' got '{n}' twice", span)
+
+    # ---- applying layers to tensors ----
+    def apply_seq(self, seq: A.Seq, t: str, env: Env) -> str:
+        total = 1
+        for r in seq.repeats:
+            total *= r
+        if total > MAX_REPEAT:
+            fail(f"repetition count {total} is too large", seq.span)
+        if seq.repeats:
+            for i in range(total):
+                t = self._apply_items(seq.items, t, env.child(i=i))
+            return t
+        return self._apply_items(seq.items, t, env)
+
+    def _apply_items(self, items, t: str, env: Env) -> str:
+        values = [(self.value(it, env), it) for it in items]
+        for k, (v, it) in enumerate(values):
+            nxt = values[k + 1][0] if k + 1 < len(values) else None
+            t = self.apply(v, t, it.span, next_is_bn=isinstance(nxt, OpLayer) and nxt.kind == "bn")
+        return t
+
+    def apply(self, v, t: str, span: Span, next_is_bn: bool = False) -> str:
+        if isinstance(v, OpLayer):
+            return self.apply_op(v, t, next_is_bn)
+        if isinstance(v, BlockLayer):
+            return self.apply_block(v, t)
+        if isinstance(v, Thunk):
+            return self.apply_seq(v.seq, t, v.env)
+        if isinstance(v, Repeat):
+            for i in range(v.count):
+                t = self.apply(self.value(v.item, v.env.child(i=i)), t, v.span)
+            return t
+        if isinstance(v, RefLayer):
+            return self.lookup_tensor(v.name, v.span)
+        if isinstance(v, Block):
+            return self.apply_block(BlockLayer(v, (), {}, None, span), t)
+        if isinstance(v, list):
+            # A chain a>b>c applied as layers: each element in turn.
+            for x in v:
+                t = self.apply(x, t, span)
+            return t
+        fail(f"expected a layer here, found {_kind(v)}", span,
+             "numbers go inside an op's parentheses, e.g. conv3(64)" if isinstance(v, (int, float)) else None)
+
+    def lookup_tensor(self, name: str, span: Span) -> str:
+        frame = self.frames[-1]
+        if name == "in" and frame.input is not None:
+            return frame.input
+        if name in frame.tensors:
+            return frame.tensors[name]
+        fail(f"unknown tensor '@{name}'", span,
+             _suggest(name, frame.tensors) or (f"named tensors here: {', '.join('@' + n for n in frame.tensors)}"
+                                               if frame.tensors else "label a statement first, e.g. 'enc1: conv3(64)'"))
+
+    def apply_block(self, layer: BlockLayer, t: str) -> str:
+        blk = layer.block
+        if len(self.b.call_stack) > 100:
+            fail(f"block '{blk.name}' calls itself too deeply", layer.span, "blocks cannot be recursive")
+        env = self.bind_block(layer)
+        h, w, c = _hwc(self.b.shape(t))
+        env.vars.update(cin=c, hin=h, win=w)
+        opened = self.b.push_unit(blk.name, layer.span)
+        self.b.call_stack.append((blk.name, layer.span))
+        saved_target, self.b.target = self.b.target, None
+        self.frames.append(Frame({}, t))
+        try:
+            out = self.run_statements(blk.body, t, env, in_block=True)
+        except _Fail as f:
+            if len(f.diag.notes) < 4:
+                f.diag.notes.append((f"in block '{blk.name}' called here", layer.span))
+            raise
+        finally:
+            self.frames.pop()
+            self.b.target = saved_target
+            self.b.call_stack.pop()
+            if opened:
+                self.b.pop()
+        return out
+
+    # ---- leaf ops ----
+    def apply_op(self, v: OpLayer, t: str, next_is_bn: bool) -> str:
+        kind = v.kind
+        if kind in MERGES:
+            return self.apply_merge(v, t)
+        if kind in COMBINATORS:
+            return self.apply_combinator(v, t)
+        a = _bind_op(v)
+        s = self.b.shape(t)
+        span = v.span
+        if kind == "identity":
+            return t
+        if kind in ("conv", "dwconv"):
+            h, w, c = _spatial(s, v.label, span)
+            k = _pair(a["k"], "kernel", span)
+            d = _pair(a["d"], "dilation", span)
+            if kind == "dwconv":
+                mult = _posint(a["m"], "depth multiplier", span)
+                features, groups = c * mult, c
+            else:
+                features = a["c"]
+                if features is None:
+                    features = self.b.target[-1] if self.b.target else c
+                features = _posint(features, "output channels", span)
+                groups = _posint(a["g"], "groups", span)
+            strides = a["s"]
+            if strides is None:
+                strides = self._inferred_stride(s, span)
+            strides = _pair(strides, "stride", span)
+            padding = _padding(a["p"], (h, w), k, strides, d, span)
+            bias = (not next_is_bn) if a["bias"] == "auto" else bool(a["bias"])
+            attrs = dict(features=features, kernel=k, strides=strides, padding=padding, dilation=d, groups=groups, bias=bias)
+            return self.b.add("conv", [t], attrs, span, v.label)
+        if kind == "deconv":
+            _spatial(s, v.label, span)
+            k = _pair(a["k"], "kernel", span)
+            strides = _pair(a["s"] if a["s"] is not None else a["k"], "stride", span)
+            p = _pair(a["p"], "padding", span, allow_zero=True)
+            op_ = _pair(a["op"], "output padding", span, allow_zero=True)
+            bias = (not next_is_bn) if a["bias"] == "auto" else bool(a["bias"])
+            attrs = dict(features=_posint(a["c"], "output channels", span), kernel=k, strides=strides,
+                         padding=((p[0], p[0]), (p[1], p[1])), output_padding=op_, bias=bias)
+            return self.b.add("conv_transpose", [t], attrs, span, "deconv")
+        if kind in ("maxpool", "avgpool"):
+            h, w, c = _spatial(s, v.label, span)
+            k = _pair(a["k"], "kernel", span)
+            strides = _pair(a["s"] if a["s"] is not None else a["k"], "stride", span)
+            same = a["p"] == "same"
+            padding = _padding(a["p"], (h, w), k, strides, (1, 1), span)
+            extra = ((0, 0), (0, 0))
+            if a["ceil"]:
+                extra = tuple((0, _ceil_extra(n, kk, ss, pp)) for n, kk, ss, pp in zip((h, w), k, strides, padding))
+            count_pad = bool(a.get("count_pad", True)) and not same
+            attrs = dict(kind=kind[:3], kernel=k, strides=strides, padding=padding, extra=extra, count_include_pad=count_pad)
+            return self.b.add("pool", [t], attrs, span, v.label)
+        if kind in ("gap", "gmp"):
+            return self.b.add("global_pool", [t], dict(kind="avg" if kind == "gap" else "max", keepdims=bool(a["keep"])), span, kind)
+        if kind == "flatten":
+            if a["order"] not in ("nhwc", "nchw"):
+                fail(f"flatten order must be \"nhwc\" or \"nchw\", not {a['order']!r}", span)
+            return self.b.add("flatten", [t], dict(order=a["order"]), span, "flatten")
+        if kind == "fc":
+            bias = (not next_is_bn) if a["bias"] == "auto" else bool(a["bias"])
+            return self.b.add("dense", [t], dict(features=_posint(a["n"], "units", span), bias=bias), span, "fc")
+        if kind == "dropout":
+            p = _number(a["p"], "dropout rate", span)
+            if not 0 <= p < 1:
+                fail(f"dropout rate {p} is not in [0, 1)", span)
+            return self.b.add("dropout", [t], dict(rate=float(p)), span, "dropout")
+        if kind == "bn":
+            eps = _number(a["eps"], "eps", span)
+            mom = _number(a["momentum"], "momentum", span)
+            if eps <= 0 or not 0 <= mom < 1:
+                fail("bn needs eps > 0 and 0 <= momentum < 1 (the running-average decay: PyTorch momentum 0.1 is 0.9 here)", span)
+            return self.b.add("bn", [t], dict(eps=float(eps), momentum=float(mom), scale=bool(a["scale"]), center=bool(a["center"])), span, "bn")
+        if kind == "lrn":
+            return self.b.add("lrn", [t], dict(size=_posint(a["size"], "size", span), alpha=float(_number(a["alpha"], "alpha", span)),
+                                               beta=float(_number(a["beta"], "beta", span)), k=float(_number(a["k"], "k", span))), span, "lrn")
+        if kind == "act":
+            attrs = dict(fn=a["fn"])
+            if a["fn"] in ("leaky_relu", "elu"):
+                default = 0.01 if a["fn"] == "leaky_relu" else 1.0
+                attrs["alpha"] = float(_number(a["alpha"] if a["alpha"] is not None else default, "alpha", span))
+            elif a["alpha"] is not None:
+                fail(f"{a['fn']} takes no argument", span)
+            return self.b.add("act", [t], attrs, span, v.label)
+        if kind == "scale":
+            return self.b.add("scale", [t], dict(value=float(_number(a["v"], "scale", span))), span, "scale")
+        if kind == "shuffle":
+            return self.b.add("shuffle", [t], dict(groups=_posint(a["g"], "groups", span)), span, "shuffle")
+        if kind == "slice":
+            c = s[-1]
+            start, stop = a["start"], a["stop"] if a["stop"] is not None else c
+            for x in (start, stop):
+                _int(x, "channel index", span)
+            return self.b.add("slice", [t], dict(start=start, stop=stop), span, "slice")
+        if kind == "pad":
+            _spatial(s, "pad", span)
+            return self.b.add("pad", [t], dict(padding=_explicit4(a["p"], "padding", span), value=float(_number(a["value"], "value", span))), span, "pad")
+        if kind == "crop":
+            _spatial(s, "crop", span)
+            return self.b.add("crop", [t], dict(crop=_explicit4(a["p"], "crop", span)), span, "crop")
+        if kind == "upsample":
+            if a["mode"] not in ("nearest", "bilinear"):
+                fail(f"upsample mode must be \"nearest\" or \"bilinear\", not {a['mode']!r}", span)
+            return self.b.add("upsample", [t], dict(factor=_pair(a["f"], "factor", span), method=a["mode"]), span, "upsample")
+        raise AssertionError(kind)
+
+    def _inferred_stride(self, s, span):
+        tgt = self.b.target
+        if not tgt or len(tgt) != 3 or len(s) != 3 or tuple(s[:2]) == tuple(tgt[:2]):
+            return 1
+        if s[0] % tgt[0] or s[1] % tgt[1] or s[0] // tgt[0] != s[1] // tgt[1]:
+            # PyTorch-style strided convs on odd sizes: ceil division
+            st = -(-s[0] // tgt[0])
+            return st
+        return s[0] // tgt[0]
+
+    def apply_merge(self, v: OpLayer, t: str) -> str:
+        branches = list(v.args)
+        if not branches:
+            fail(f"{v.kind} needs at least one branch", v.span, f"e.g. {v.kind}(identity, conv3(64))")
+        opts = {**{"crop": False}, **v.kwargs} if v.kind == "concat" else dict(v.kwargs)
+        scoped = sum(1 for br in branches if _builds_nodes(br)) >= 2
+        outs = []
+        base = self.b.scope.counters.get("branch", 0)
+        for pos, br in enumerate(branches, 1):
+            if not isinstance(br, Layer) and not isinstance(br, (Block, list)):
+                fail(f"a branch of {v.kind} must be a layer, not {_kind(br)}", v.span)
+            if scoped and _builds_nodes(br):
+                self.b.push(f"branch{base + pos}", v.span, exact=False)
+                try:
+                    outs.append(self.apply(br, t, v.span))
+                finally:
+                    self.b.pop()
+            else:
+                outs.append(self.apply(br, t, v.span))
+        if scoped:
+            self.b.scope.counters["branch"] = base + len(branches)
+        if len(outs) == 1 and v.kind != "concat":
+            return outs[0]
+        if v.kind == "concat" and opts.get("crop"):
+            outs = self._center_crop(outs, v.span)
+        return self.b.add(v.kind, outs, {}, v.span, v.kind)
+
+    def _center_crop(self, outs, span):
+        shapes = [self.b.shape(o) for o in outs]
+        if any(len(s) != 3 for s in shapes):
+            return outs
+        th, tw = min(s[0] for s in shapes), min(s[1] for s in shapes)
+        res = []
+        for o, (h, w, _) in zip(outs, shapes):
+            if (h, w) != (th, tw):
+                dh, dw = h - th, w - tw
+                o = self.b.add("crop", [o], dict(crop=((dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2))), span, "crop")
+            res.append(o)
+        return res
+
+    def apply_combinator(self, v: OpLayer, t: str) -> str:
+        a = _bind_op(v)
+        body = a.get("body")
+        if body is None:
+            fail(f"{v.kind} needs a body: {v.kind}<layers>", v.span)
+        opened = self.b.push_unit(v.kind, v.span)
+        try:
+            y = self.apply(body, t, v.span)
+            if v.kind == "dense":
+                return self.b.add("concat", [t, y], {}, v.span, "concat")
+            sx, sy = self.b.shape(t), self.b.shape(y)
+            shortcut = a["shortcut"]
+            if shortcut is None and sx != sy:
+                shortcut = a["proj"] if a["proj"] is not None else _DEFAULT_PROJ
+            if shortcut is not None:
+                self.b.push("shortcut", v.span, exact=False)
+                saved, self.b.target = self.b.target, sy
+                try:
+                    s = self.apply(shortcut, t, v.span)
+                finally:
+                    self.b.target = saved
+                    self.b.pop()
+            else:
+                s = t
+            factor = _number(a["scale"], "scale", v.span)
+            if factor != 1:
+                y = self.b.add("scale", [y], dict(value=float(factor)), v.span, "scale")
+            return self.b.add("add", [s, y], {}, v.span, "add")
+        finally:
+            if opened:
+                self.b.pop()
+
+    # ---- statements ----
+    def run_statements(self, stmts, t: str | None, env: Env, in_block: bool) -> str | None:
+        frame = self.frames[-1]
+        for st in stmts:
+            if isinstance(st, A.Let):
+                if st.params is not None:
+                    env.vars[st.name] = Function(st.name, st.params, st.value, env, st.span)
+                else:
+                    env.vars[st.name] = self.value(st.value, env)
+            elif isinstance(st, A.BlockDef):
+                env.vars[st.name] = Block(st.name, st.params, st.body, env, st.span)
+            elif isinstance(st, (A.SeqStmt, A.Labelled)):
+                seq = st.seq
+                if t is None:
+                    fail("the network has no input yet", st.span, "start the file with e.g. 'input 224x224x3'")
+                h, w, c = _hwc(self.b.shape(t))
+                senv = env.child(cin=c, hin=h, win=w) if not in_block else env
+                if isinstance(st, A.Labelled):
+                    self.b.push(st.name, st.span, stage=not in_block)
+                    if not in_block:
+                        self.b.scope.inline_single = self._count_units(seq, senv) == 1
+                    try:
+                        out = self.apply_seq(seq, t, senv)
+                    finally:
+                        self.b.pop()
+                    if st.name in frame.tensors:
+                        fail(f"tensor '{st.name}' is defined twice", st.span)
+                    frame.tensors[st.name] = out
+                    if not in_block:
+                        self.b.g.aliases[self.b._join(st.name)] = out
+                    if not st.side:
+                        t = out
+                else:
+                    t = self.apply_seq(seq, t, senv)
+            elif isinstance(st, A.Output):
+                if in_block:
+                    fail("'output' belongs at the top level of a file, not in a block", st.span)
+                outs = []
+                for n, sp in zip(st.names, st.spans):
+                    outs.append(self.lookup_tensor(n, sp))
+                self.b.g.outputs = outs
+            elif isinstance(st, (A.Param, A.Preset, A.Import, A.Input)):
+                fail(f"'{type(st).__name__.lower()}' belongs at the top level of a file", st.span)
+            else:
+                raise AssertionError(type(st).__name__)
+        return t
+
+    def _count_units(self, seq: A.Seq, env: Env) -> int:
+        """Block and combinator instances a stage will hold (decides 0,1,2… naming vs inlining)."""
+        n = 0
+        for it in seq.items:
+            try:
+                v = self.value(it, env.child(i=0))
+            except _Fail:
+                return 0
+            n += _units(v)
+        for r in seq.repeats:
+            n *= r
+        return n
+
+
+_DEFAULT_PROJ = None  # set after OpLayer exists: conv1 bn, the torchvision projection
+
+
+def _units(v) -> int:
+    if isinstance(v, BlockLayer) or isinstance(v, Block):
+        return 1
+    if isinstance(v, OpLayer) and v.kind in COMBINATORS:
+        return 1
+    if isinstance(v, Repeat):
+        return v.count * 1 if v.count else 0
+    if isinstance(v, Thunk):
+        return 2  # a nested sequence: number its units
+    return 0
+
+
+def _builds_nodes(v) -> bool:
+    if isinstance(v, RefLayer):
+        return False
+    if isinstance(v, OpLayer) and v.kind == "identity":
+        return False
+    return True
+
+
+def _bind_op(v: OpLayer) -> dict:
+    sig = SIGNATURES[v.kind]
+    out = dict(sig)
+    for name, val in zip(sig, v.args):
+        out[name] = val
+    out.update(v.kwargs)
+    for k, d in out.items():
+        if d is ...:
+            fail(f"'{v.label}' needs the argument '{k}'", v.span, f"e.g. {v.label}({', '.join(n for n, x in sig.items() if x is ...)})")
+    return out
+
+
+def _label(surface: str, kind: str) -> str:
+    if kind == "act":
+        return SURFACE_OPS[surface][1]["fn"] if surface not in ops.ACTIVATIONS else surface
+    return {"conv": "conv", "dwconv": "dwconv", "maxpool": "maxpool", "avgpool": "avgpool", "fc": "fc"}.get(kind, kind)
+
+
+def _kind(v) -> str:
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int):
+        return f"the number {v}"
+    if isinstance(v, float):
+        return f"the number {v:g}"
+    if isinstance(v, str):
+        return f"the string {v!r}"
+    if v is None:
+        return "none"
+    if isinstance(v, list):
+        return "a list"
+    if isinstance(v, (Layer, Block)):
+        return "a layer"
+    if isinstance(v, Function):
+        return "a function"
+    return type(v).__name__
+
+
+def _hwc(shape):
+    if len(shape) == 3:
+        return shape
+    return (1, 1, shape[-1])
+
+
+def _spatial(s, what, span):
+    if len(s) != 3:
+        fail(f"{what} needs a feature map HxWxC, but its input is {fmt(s)}", span,
+             "it comes after a flatten or global pool; move it before them", kind="shape")
+    return s
+
+
+def _int(v, what, span):
+    if isinstance(v, bool) or not isinstance(v, int):
+        fail(f"{what} must be an integer, not {_kind(v)}", span)
+    return v
+
+
+def _posint(v, what, span):
+    _int(v, what, span)
+    if v < 1:
+        fail(f"{what} must be positive, got {v}", span)
+    if v > 1 << 24:
+        fail(f"{what} {v} is implausibly large", span)
+    return v
+
+
+def _number(v, what, span):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        fail(f"{what} must be a number, not {_kind(v)}", span)
+    if v != v or v in (float("inf"), float("-inf")):
+        fail(f"{what} must be finite", span)
+    return v
+
+
+def _pair(v, what, span, allow_zero=False):
+    if isinstance(v, (list, tuple)):
+        if len(v) != 2:
+            fail(f"{what} needs 1 or 2 values, got {len(v)}", span)
+        vals = tuple(v)
+    else:
+        vals = (v, v)
+    for x in vals:
+        _int(x, what, span)
+        if x < (0 if allow_zero else 1) or x > 1 << 16:
+            fail(f"{what} {x} is out of range", span)
+    return vals
+
+
+def _explicit4(p, what, span):
+    """int, [ph, pw], [t, b, l, r] or [[t, b], [l, r]] → ((t, b), (l, r))."""
+    if isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, (list, tuple)) for x in p):
+        vals = (p[0][0], p[0][1], p[1][0], p[1][1]) if all(len(x) == 2 for x in p) else None
+    elif isinstance(p, (list, tuple)) and len(p) == 4:
+        vals = tuple(p)
+    elif isinstance(p, (list, tuple)) and len(p) == 2:
+        vals = (p[0], p[0], p[1], p[1])
+    elif isinstance(p, (list, tuple)):
+        vals = None
+    else:
+        vals = (p, p, p, p)
+    if vals is None:
+        fail(f"{what} must be n, [h, w], [top, bottom, left, right] or [[t, b], [l, r]]", span)
+    for x in vals:
+        _int(x, what, span)
+        if x < 0 or x > 1 << 16:
+            fail(f"{what} {x} is out of range", span)
+    return ((vals[0], vals[1]), (vals[2], vals[3]))
+
+
+def _padding(p, hw, k, s, d, span):
+    """Padding spec → explicit ((t, b), (l, r)). 'auto': PyTorch-symmetric (k-1)//2·d (keeps the
+    size at stride 1); 'same': TensorFlow's, the extra pixel at the bottom/right; 'valid': none."""
+    if p == "auto":
+        return tuple(((kk - 1) * dd // 2, (kk - 1) * dd // 2) for kk, dd in zip(k, d))
+    if p == "valid":
+        return ((0, 0), (0, 0))
+    if p == "same":
+        out = []
+        for n, kk, ss, dd in zip(hw, k, s, d):
+            eff = (kk - 1) * dd + 1
+            total = max((-(-n // ss) - 1) * ss + eff - n, 0)
+            out.append((total // 2, total - total // 2))
+        return tuple(out)
+    if isinstance(p, str):
+        fail(f"unknown padding {p!r}", span, "use a number, [h, w], [t, b, l, r], \"same\" (TensorFlow) or \"valid\"")
+    return _explicit4(p, "padding", span)
+
+
+def _ceil_extra(n, k, s, pad):
+    """Extra bottom/right padding that turns floor into PyTorch's ceil_mode output size."""
+    total = n + pad[0] + pad[1]
+    out = -(-(total - k) // s) + 1
+    if (out - 1) * s >= n + pad[0]:  # the last window must start inside the input or left padding
+        out -= 1
+    return max(0, (out - 1) * s + k - total)
+
+
+_DEFAULT_PROJ = Thunk(
+    A.Seq(Span("<builtin>", 1, 1, 1, 1), (A.Name(Span("<builtin>", 1, 1, 1, 1), "conv1"),
+                                          A.Name(Span("<builtin>", 1, 6, 1, 8), "bn"))),
+    Env(), Span("<builtin>", 1, 1, 1, 8))

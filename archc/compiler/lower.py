@@ -1,0 +1,354 @@
+"""Lowering: IR Graph -> Flax Linen module.
+
+Why Linen and not NNX: the functional variables pytree *is* archc's public API. ``init`` returns
+``{'params': ..., 'batch_stats': ...}``, ``apply`` is a pure function of (variables, x), and that
+composes directly with ``jax.jit``, ``jax.grad`` and ``jax.vmap``, with checkpoints that are just
+flat dicts of arrays. NNX keeps state inside mutable objects, so the same API would need an
+``nnx.split``/``nnx.merge`` round trip on every call and a second naming scheme for the state.
+
+Layout is NHWC; every parameterised node's variables live flat under its IR name:
+``variables['params']['layer2.0.conv1']['kernel']`` (HWIO), ``['bias']``; BatchNorm has params
+``scale``/``bias`` and batch_stats ``mean``/``var``. A transposed convolution's kernel is
+(kh, kw, out, in): Flax's ``transpose_kernel=True`` layout, which makes it the exact gradient of a
+convolution, i.e. PyTorch's ConvTranspose2d (torch weight ``w.permute(2, 3, 1, 0)``).
+
+Per-node work is a table lookup (``LOWERINGS[op]``), executed once while tracing; under ``jit``
+nothing of this Python remains, and the HLO is the same as hand-written Flax would produce.
+Shapes used by the lowering (pool divisors, flatten order) come from the traced arrays, so a
+model also runs on a different input size where its ops allow it.
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import operator
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from jax import lax
+
+from .ir import Graph, Node
+
+Array = jax.Array
+
+
+# --------------------------------------------------------------------------------------------
+# The graph, prepared once and kept out of Linen's dataclass hashing/comparison
+# --------------------------------------------------------------------------------------------
+class Program:
+    """An immutable, identity-hashed view of a Graph, prepared for lowering.
+
+    Linen modules are dataclasses that hash and compare their fields; a ``Graph`` holds dicts
+    and lists (unhashable) and comparing two graphs node by node would be slow and pointless.
+    This wrapper hashes and compares by identity, which is what a compiled program should do.
+    """
+
+    __slots__ = ("graph", "order", "inputs", "primary", "has_dropout", "_needed")
+
+    def __init__(self, graph: Graph):
+        for node in graph:
+            if node.op not in LOWERINGS:
+                raise NotImplementedError(f"no lowering for op {node.op!r} (node {node.name!r})")
+        self.graph = graph
+        self.order = tuple(graph.nodes.values())
+        self.inputs = tuple(graph.inputs)
+        self.primary = graph.outputs[0]
+        self.has_dropout = any(n.op == "dropout" and n.attrs.get("rate", 0) > 0 for n in graph)
+        self._needed: dict = {}
+
+    def check_outputs(self, outputs) -> tuple[str, ...] | None:
+        """Normalise ``outputs`` to a tuple of node names, or raise a ValueError naming close
+        matches for unknown ones."""
+        if outputs is None:
+            return None
+        if isinstance(outputs, str):
+            outputs = (outputs,)
+        outputs = tuple(outputs)
+        nodes = self.graph.nodes
+        for name in outputs:
+            if name not in nodes:
+                close = difflib.get_close_matches(name, list(nodes), n=5, cutoff=0.6)
+                hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+                raise ValueError(f"model {self.graph.name!r} has no node named {name!r}{hint}")
+        return outputs
+
+    def needed(self, outputs: tuple[str, ...]) -> frozenset:
+        """The nodes that the given outputs depend on (themselves included)."""
+        if outputs in self._needed:
+            return self._needed[outputs]
+        nodes = self.graph.nodes
+        seen, stack = set(), list(outputs)
+        while stack:
+            n = stack.pop()
+            if n not in seen:
+                seen.add(n)
+                stack.extend(nodes[n].inputs)
+        result = self._needed[outputs] = frozenset(seen)
+        return result
+
+    def __repr__(self) -> str:
+        return f"Program({self.graph.name!r}, {len(self.order)} nodes)"
+
+
+# --------------------------------------------------------------------------------------------
+# One small function per op: fn(node, inputs, train) -> array. Layers are created inside the
+# compact __call__ of GraphModule, so Linen binds them to it under the node's name.
+# --------------------------------------------------------------------------------------------
+def _conv(node: Node, xs, train):
+    a = node.attrs
+    return nn.Conv(a["features"], tuple(a["kernel"]), strides=tuple(a["strides"]),
+                   padding=[tuple(p) for p in a["padding"]],
+                   kernel_dilation=tuple(a.get("dilation", (1, 1))),
+                   feature_group_count=a.get("groups", 1), use_bias=a.get("bias", True),
+                   name=node.name)(xs[0])
+
+
+def _conv_transpose(node: Node, xs, train):
+    a = node.attrs
+    if tuple(a.get("dilation", (1, 1))) != (1, 1):
+        raise NotImplementedError(f"{node.name}: dilated transposed convolution")
+    # PyTorch crops `padding` from the full output (n-1)*s + k (+ output_padding at the end);
+    # lax.conv_transpose takes the padding of the stride-dilated input instead.
+    pads = [(k - 1 - p[0], k - 1 - p[1] + op)
+            for k, p, op in zip(a["kernel"], a["padding"], a.get("output_padding", (0, 0)))]
+    return nn.ConvTranspose(a["features"], tuple(a["kernel"]), strides=tuple(a["strides"]),
+                            padding=pads, use_bias=a.get("bias", True), transpose_kernel=True,
+                            name=node.name)(xs[0])
+
+
+def _axis_counts(n: int, k: int, s: int, pad: tuple, extra: tuple, include_pad: bool) -> np.ndarray:
+    """PyTorch's avg-pool divisor along one axis: window cells inside the input, plus cells in
+    the explicit padding when count_include_pad; the ceil-mode `extra` cells never count."""
+    lo, hi = (-pad[0], n + pad[1]) if include_pad else (0, n)
+    before = pad[0] + extra[0]
+    out = (n + before + pad[1] + extra[1] - k) // s + 1
+    start = np.arange(out) * s - before
+    return np.minimum(start + k, hi) - np.maximum(start, lo)
+
+
+def _pool(node: Node, xs, train):
+    a = node.attrs
+    x = xs[0]
+    (kh, kw), (sh, sw) = a["kernel"], a["strides"]
+    pads = tuple(a["padding"])
+    extra = tuple(a.get("extra", ((0, 0), (0, 0))))
+    full = ((0, 0), (pads[0][0] + extra[0][0], pads[0][1] + extra[0][1]),
+            (pads[1][0] + extra[1][0], pads[1][1] + extra[1][1]), (0, 0))
+    window, strides = (1, kh, kw, 1), (1, sh, sw, 1)
+    if a["kind"] == "max":
+        return lax.reduce_window(x, -jnp.inf, lax.max, window, strides, full)
+    total = lax.reduce_window(x, 0.0, lax.add, window, strides, full)
+    include = a.get("count_include_pad", True)
+    ch = _axis_counts(x.shape[1], kh, sh, pads[0], extra[0], include)
+    cw = _axis_counts(x.shape[2], kw, sw, pads[1], extra[1], include)
+    if ch.min() == ch.max() and cw.min() == cw.max():          # constant divisor: fast path
+        return total / float(ch[0] * cw[0])
+    div = (ch[:, None] * cw[None, :]).astype(np.float32)[:, :, None]
+    return total / jnp.asarray(div, dtype=total.dtype)
+
+
+def _global_pool(node: Node, xs, train):
+    reduce = jnp.mean if node.attrs["kind"] == "avg" else jnp.max
+    return reduce(xs[0], axis=(1, 2), keepdims=node.attrs.get("keepdims", False))
+
+
+def _flatten(node: Node, xs, train):
+    x = xs[0]
+    if node.attrs.get("order", "nhwc") == "nchw" and x.ndim == 4 and x.shape[1] * x.shape[2] > 1:
+        x = jnp.transpose(x, (0, 3, 1, 2))
+    return x.reshape(x.shape[0], -1)
+
+
+def _dense(node: Node, xs, train):
+    a = node.attrs
+    return nn.Dense(a["features"], use_bias=a.get("bias", True), name=node.name)(xs[0])
+
+
+def _dropout(node: Node, xs, train):
+    rate = node.attrs.get("rate", 0.0)
+    if rate == 0.0:
+        return xs[0]
+    return nn.Dropout(rate, deterministic=not train, name=node.name)(xs[0])
+
+
+def _bn(node: Node, xs, train):
+    a = node.attrs
+    return nn.BatchNorm(use_running_average=not train, momentum=a.get("momentum", 0.9),
+                        epsilon=a.get("eps", 1e-5), use_scale=a.get("scale", True),
+                        use_bias=a.get("center", True), use_fast_variance=False,
+                        name=node.name)(xs[0])
+
+
+def _lrn(node: Node, xs, train):
+    a = node.attrs
+    x, size = xs[0], a["size"]
+    pad = [(0, 0)] * (x.ndim - 1) + [(size // 2, (size - 1) // 2)]
+    window = (1,) * (x.ndim - 1) + (size,)
+    sq_sum = lax.reduce_window(x * x, 0.0, lax.add, window, (1,) * x.ndim, pad)
+    return x / jnp.power(a.get("k", 1.0) + (a.get("alpha", 1e-4) / size) * sq_sum, a.get("beta", 0.75))
+
+
+def _relu6(x):
+    return jnp.minimum(jnp.maximum(x, 0.0), 6.0)
+
+
+ACTIVATION_FNS: dict[str, Callable] = {
+    "relu": lambda x, a: jax.nn.relu(x),
+    "relu6": lambda x, a: _relu6(x),
+    "leaky_relu": lambda x, a: jax.nn.leaky_relu(x, a.get("alpha", 0.01)),
+    "elu": lambda x, a: jax.nn.elu(x, a.get("alpha", 1.0)),
+    "sigmoid": lambda x, a: jax.nn.sigmoid(x),
+    "tanh": lambda x, a: jnp.tanh(x),
+    "swish": lambda x, a: x * jax.nn.sigmoid(x),
+    "hard_swish": lambda x, a: x * _relu6(x + 3.0) / 6.0,
+    "hard_sigmoid": lambda x, a: _relu6(x + 3.0) / 6.0,
+    "gelu": lambda x, a: jax.nn.gelu(x, approximate=False),
+    "gelu_tanh": lambda x, a: jax.nn.gelu(x, approximate=True),
+    "softmax": lambda x, a: jax.nn.softmax(x, axis=-1),
+    "softplus": lambda x, a: jax.nn.softplus(x),
+    "mish": lambda x, a: x * jnp.tanh(jax.nn.softplus(x)),
+}
+
+
+def _act(node: Node, xs, train):
+    return ACTIVATION_FNS[node.attrs["fn"]](xs[0], node.attrs)
+
+
+def _scale(node: Node, xs, train):
+    return xs[0] * node.attrs["value"]
+
+
+def _concat(node: Node, xs, train):
+    return xs[0] if len(xs) == 1 else jnp.concatenate(xs, axis=-1)
+
+
+def _add(node: Node, xs, train):
+    return functools.reduce(operator.add, xs)
+
+
+def _mul(node: Node, xs, train):
+    return functools.reduce(operator.mul, xs)
+
+
+def _shuffle(node: Node, xs, train):
+    x, g = xs[0], node.attrs["groups"]
+    c = x.shape[-1]
+    y = x.reshape(x.shape[:-1] + (g, c // g))
+    return jnp.swapaxes(y, -1, -2).reshape(x.shape)
+
+
+def _slice(node: Node, xs, train):
+    return xs[0][..., node.attrs["start"]:node.attrs["stop"]]
+
+
+def _pad(node: Node, xs, train):
+    (t, b), (l, r) = node.attrs["padding"]
+    return jnp.pad(xs[0], ((0, 0), (t, b), (l, r), (0, 0)),
+                   constant_values=node.attrs.get("value", 0.0))
+
+
+def _crop(node: Node, xs, train):
+    x = xs[0]
+    (t, b), (l, r) = node.attrs["crop"]
+    return x[:, t:x.shape[1] - b, l:x.shape[2] - r, :]
+
+
+def _upsample(node: Node, xs, train):
+    x = xs[0]
+    fh, fw = node.attrs["factor"]
+    n, h, w, c = x.shape
+    if node.attrs.get("method", "nearest") == "nearest":
+        y = jnp.broadcast_to(x[:, :, None, :, None, :], (n, h, fh, w, fw, c))
+        return y.reshape(n, h * fh, w * fw, c)
+    # half-pixel centres with edge clamping == PyTorch bilinear, align_corners=False
+    return jax.image.resize(x, (n, h * fh, w * fw, c), method="bilinear", antialias=False)
+
+
+def _identity(node: Node, xs, train):
+    return xs[0]
+
+
+LOWERINGS: dict[str, Callable] = {
+    "conv": _conv,
+    "conv_transpose": _conv_transpose,
+    "pool": _pool,
+    "global_pool": _global_pool,
+    "flatten": _flatten,
+    "dense": _dense,
+    "dropout": _dropout,
+    "bn": _bn,
+    "lrn": _lrn,
+    "act": _act,
+    "scale": _scale,
+    "concat": _concat,
+    "add": _add,
+    "mul": _mul,
+    "shuffle": _shuffle,
+    "slice": _slice,
+    "pad": _pad,
+    "crop": _crop,
+    "upsample": _upsample,
+    "identity": _identity,
+    "input": None,          # bound from the arguments, never called
+}
+
+
+# --------------------------------------------------------------------------------------------
+# The module
+# --------------------------------------------------------------------------------------------
+class GraphModule(nn.Module):
+    """Runs an archc graph. ``x``: (N, H, W, C) — or one unbatched example (H, W, C), whose
+    outputs then come back unbatched too (handy under ``jax.vmap``). Several graph inputs: a
+    dict name -> array or a sequence in ``graph.inputs`` order."""
+
+    program: Program
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, outputs: tuple[str, ...] | None = None):
+        prog = self.program
+        wanted = prog.check_outputs(outputs)
+        nodes = prog.graph.nodes
+
+        # bind inputs
+        if len(prog.inputs) == 1 and not isinstance(x, (dict, list, tuple)):
+            x = (x,)
+        if isinstance(x, dict):
+            missing = [n for n in prog.inputs if n not in x]
+            if missing:
+                raise ValueError(f"missing graph inputs {missing}")
+            x = tuple(x[n] for n in prog.inputs)
+        if len(x) != len(prog.inputs):
+            raise ValueError(f"graph has {len(prog.inputs)} inputs {list(prog.inputs)}, got {len(x)}")
+        env: dict[str, Array] = {}
+        unbatched = False
+        for name, value in zip(prog.inputs, x):
+            value = jnp.asarray(value)
+            shape = tuple(nodes[name].shape)
+            if value.ndim == len(shape):
+                value, unbatched = value[None], True
+            if value.ndim != len(shape) + 1 or value.shape[-1] != shape[-1]:
+                raise ValueError(f"input {name!r} expects (batch, {', '.join(map(str, shape))}), "
+                                 f"got an array of shape {tuple(value.shape)}")
+            env[name] = value
+
+        # walk the graph; when only some outputs are wanted (and we are not creating the
+        # variables) only their ancestors are traced
+        targets = wanted if wanted is not None else (prog.primary,)
+        needed = None if self.is_initializing() else prog.needed(targets)
+        for node in prog.order:
+            if node.op == "input" or (needed is not None and node.name not in needed):
+                continue
+            env[node.name] = LOWERINGS[node.op](node, [env[i] for i in node.inputs], train)
+
+        fix = (lambda a: a[0]) if unbatched else (lambda a: a)
+        if wanted is None:
+            return fix(env[prog.primary])
+        return {name: fix(env[name]) for name in wanted}
+
+
+def lower(graph: Graph) -> GraphModule:
+    """The Flax Linen module computing ``graph``."""
+    return GraphModule(Program(graph))

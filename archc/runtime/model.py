@@ -1,0 +1,135 @@
+"""``archc.load(...)`` -> ``Model``: a compiled archc graph with init/apply.
+
+    model = archc.load("resnet50", classes=10)
+    variables = model.init(seed=0)
+    y = model.apply(variables, x)                                   # jit-compiled inference
+    y, variables = model.apply(variables, x, train=True, rng=key)   # new batch_stats, dropout on
+    feats = model.apply(variables, x, outputs=["layer3", "layer4"])  # dict name -> array
+
+``model.apply_fn`` is the same computation without the internal ``jax.jit``, for composing
+with ``jax.jit``/``jax.grad``/``jax.vmap`` yourself (``model.apply`` works inside them too).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from ..compiler.ir import Graph
+from ..compiler.lower import GraphModule, Program
+from ..compiler.stats import summarize
+
+
+def load(spec: str, *, input_shape: tuple | None = None, **params) -> "Model":
+    """Compile a built-in architecture name (``"resnet50"``) or an ``.arch`` file path.
+
+    Keyword arguments override the family's parameters (``classes=10``, ``width=0.5``...);
+    ``input_shape=(H, W, C)`` overrides the input size.
+    """
+    from ..compiler.build import build_graph
+
+    graph = build_graph(spec, params or None, tuple(input_shape) if input_shape else None)
+    return Model(graph)
+
+
+class Model:
+    """A compiled graph. Stateless: variables are passed in and returned, never kept."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.program = Program(graph)
+        self.module = GraphModule(self.program)
+        self._init_jit = jax.jit(self._init_fn)
+        self._apply_jit = jax.jit(self._apply_pure, static_argnames=("train", "outputs"))
+
+    # ---- description ----
+    @property
+    def name(self) -> str:
+        return self.graph.name
+
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(self.graph.input_shape)
+
+    @property
+    def output_shape(self) -> tuple:
+        return tuple(self.graph.output_shape)
+
+    def summary(self) -> dict:
+        """Parameter and MAC counts, overall and per node (see ``archc.compiler.stats``)."""
+        return summarize(self.graph)
+
+    def __repr__(self) -> str:
+        s = summarize(self.graph)
+        fmt = "x".join
+        return (f"Model({self.name!r}, {fmt(map(str, self.input_shape))} -> "
+                f"{fmt(map(str, self.output_shape))}, {s['trainable_params']:,} params)")
+
+    # ---- variables ----
+    def _dummy_inputs(self, batch: int, dtype=jnp.float32):
+        xs = tuple(jnp.zeros((batch,) + tuple(self.graph[n].shape), dtype) for n in self.graph.inputs)
+        return xs[0] if len(xs) == 1 else xs
+
+    def _init_fn(self, key):
+        # the forward pass traced here has no live outputs, so XLA removes it
+        return self.module.init({"params": key}, self._dummy_inputs(1), train=False)
+
+    def init(self, seed: int | jax.Array = 0) -> dict:
+        """Fresh variables ``{'params': ..., 'batch_stats': ...}``; the same seed (an int, or
+        a PRNG key) gives bit-identical variables."""
+        key = seed if isinstance(seed, jax.Array) else jax.random.PRNGKey(int(seed))
+        return self._init_jit(key)
+
+    # ---- running ----
+    def _rngs(self, rngs, train: bool):
+        if rngs is None:
+            if train and self.program.has_dropout:
+                raise ValueError(f"{self.name}: train=True runs its dropout layers, which need a "
+                                 "random key: pass rng=jax.random.PRNGKey(step)")
+            return {}
+        if isinstance(rngs, Mapping):
+            return dict(rngs)
+        return {"dropout": rngs}
+
+    def apply_fn(self, variables, x, train: bool = False, rngs=None,
+                 outputs: Sequence[str] | str | None = None):
+        """The pure forward function (no internal jit).
+
+        Returns the primary output, or a dict name -> array when ``outputs`` names nodes.
+        With ``train=True`` returns ``(y, variables)`` where ``variables`` holds the updated
+        ``batch_stats`` (and dropout is active: ``rngs`` is a key or ``{'dropout': key}``).
+        """
+        outputs = self.program.check_outputs(outputs)
+        rngs = self._rngs(rngs, train)
+        if not train:
+            return self.module.apply(variables, x, train=False, outputs=outputs, rngs=rngs)
+        y, updates = self.module.apply(variables, x, train=True, outputs=outputs, rngs=rngs,
+                                       mutable=["batch_stats"])
+        return y, {**variables, **updates}
+
+    def _apply_pure(self, variables, x, rngs, train, outputs):
+        return self.apply_fn(variables, x, train=train, rngs=rngs, outputs=outputs)
+
+    def apply(self, variables, x, train: bool = False, rng=None,
+              outputs: Sequence[str] | str | None = None):
+        """``apply_fn`` compiled with ``jax.jit``, cached per (input shapes, train, outputs).
+        ``rng``: a PRNG key (or dict of keys) for dropout when ``train=True``."""
+        outputs = self.program.check_outputs(outputs)
+        self._rngs(rng, train)                         # fail early, outside the trace
+        return self._apply_jit(variables, x, rng, train=bool(train), outputs=outputs)
+
+    def eval_shapes(self, batch: int = 1) -> dict[str, tuple]:
+        """Shape of every node's output for a batch of ``batch``, traced by ``jax.eval_shape``
+        (nothing is computed or allocated): name -> (batch, *node shape)."""
+        names = tuple(self.graph.nodes)
+        xs = tuple(jax.ShapeDtypeStruct((batch,) + tuple(self.graph[n].shape), jnp.float32)
+                   for n in self.graph.inputs)
+        x = xs[0] if len(xs) == 1 else xs
+
+        def run(x):
+            out, _ = self.module.init_with_output({"params": jax.random.PRNGKey(0)}, x,
+                                                  train=False, outputs=names)
+            return out
+
+        return {k: tuple(v.shape) for k, v in jax.eval_shape(run, x).items()}

@@ -1,0 +1,1 @@
+"""The .arch language: grammar, parser, AST and source positions."""
