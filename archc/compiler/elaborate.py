@@ -422,6 +422,13 @@ class Elaborator:
             return v
         if name in SURFACE_OPS:
             kind, preset = SURFACE_OPS[name]
+            if "k" in preset:
+                # conv3, maxpool2 …: kernel-size aliases of whatever conv/maxpool means here, so
+                # 'let conv = conv(bias=false)' also applies to conv1 and conv3.
+                base = next(b for b in ("dwconv", "conv", "maxpool", "avgpool") if name.startswith(b))
+                found, v = env.lookup(base)
+                if found and isinstance(v, OpLayer) and v.kind == kind:
+                    return OpLayer(kind, v.args, {**v.kwargs, **preset}, span, v.label)
             return OpLayer(kind, (), dict(preset), span, _label(name, kind))
         if name in FUNCTIONS:
             fail(f"'{name}' is a function; call it as {name}(…)", span)

@@ -204,7 +204,8 @@ class _ToAst(Transformer):
 
     @v_args(meta=True)
     def neg(self, meta, items):
-        return A.Unary(self._s(meta), "-", items[0])
+        op, operand = items
+        return operand if str(op) == "+" else A.Unary(self._s(meta), "-", operand)
 
     @v_args(meta=True)
     def index(self, meta, items):
