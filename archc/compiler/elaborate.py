@@ -65,6 +65,7 @@ class BlockLayer(Layer):
     kwargs: dict
     body: Any                 # a Layer from name(...)<body>, or None
     span: Span
+    env: Any = None           # its parameters, bound once at the call
 
 
 @dataclass
@@ -299,14 +300,17 @@ class Elaborator:
 
     # ---- value evaluation ----
     def value(self, e, env: Env):
-        if isinstance(e, A.Seq):
+        kind = type(e)
+        if kind is A.Const:
+            return e.value
+        if kind is A.Name:
+            return self.resolve(e.id, e.span, env)
+        if kind is A.Call:
+            return self.call(e, env)
+        if kind is A.Seq:
             if len(e.items) == 1 and not e.repeats:
                 return self.value(e.items[0], env)
             return Thunk(e, env, e.span)
-        if isinstance(e, A.Const):
-            return e.value
-        if isinstance(e, A.Name):
-            return self.resolve(e.id, e.span, env)
         if isinstance(e, A.Ref):
             return RefLayer(e.id, e.span)
         if isinstance(e, A.Call):
@@ -420,16 +424,16 @@ class Elaborator:
         found, v = env.lookup(name)
         if found:
             return v
-        if name in SURFACE_OPS:
-            kind, preset = SURFACE_OPS[name]
-            if "k" in preset:
+        entry = _SURFACE.get(name)
+        if entry is not None:
+            kind, preset, label, base = entry
+            if base is not None:
                 # conv3, maxpool2 …: kernel-size aliases of whatever conv/maxpool means here, so
                 # 'let conv = conv(bias=false)' also applies to conv1 and conv3.
-                base = next(b for b in ("dwconv", "conv", "maxpool", "avgpool") if name.startswith(b))
                 found, v = env.lookup(base)
                 if found and isinstance(v, OpLayer) and v.kind == kind:
                     return OpLayer(kind, v.args, {**v.kwargs, **preset}, span, v.label)
-            return OpLayer(kind, (), dict(preset), span, _label(name, kind))
+            return OpLayer(kind, (), dict(preset), span, label)
         if name in FUNCTIONS:
             fail(f"'{name}' is a function; call it as {name}(…)", span)
         candidates = env.names() | set(SURFACE_OPS) | set(FUNCTIONS)
@@ -445,17 +449,17 @@ class Elaborator:
             except (TypeError, ValueError, OverflowError) as ex:
                 fail(f"{e.func}(): {ex}", e.span)
         target = self.resolve(e.func, e.func_span, env)
-        args = tuple(self.value(a.value, env) for a in e.args if a.name is None)
-        kwargs = {}
+        args, kwargs = [], {}
         for a in e.args:
-            if a.name is not None:
+            if a.name is None:
+                if kwargs:
+                    fail("a positional argument follows a keyword argument", a.span)
+                args.append(self.value(a.value, env))
+            else:
                 if a.name in kwargs:
                     fail(f"argument '{a.name}' given twice", a.span)
                 kwargs[a.name] = self.value(a.value, env)
-        if any(a.name is not None for a in e.args[:len(args)]) and len(args) > 0:
-            first_kw = next(i for i, a in enumerate(e.args) if a.name is not None)
-            if any(a.name is None for a in e.args[first_kw:]):
-                fail("a positional argument follows a keyword argument", e.span)
+        args = tuple(args)
         body = Thunk(e.body, env, e.body.span) if e.body is not None else None
         if isinstance(target, Function):
             if body is not None:
@@ -473,11 +477,11 @@ class Elaborator:
         if isinstance(target, BlockLayer):
             merged = {**target.kwargs, **kwargs}
             layer = BlockLayer(target.block, target.args + args, merged, body or target.body, e.span)
-            self.bind_block(layer)  # arity errors at the call site
+            layer.env = self.bind_block(layer)  # arity errors at the call site
             return layer
         if isinstance(target, Block):
             layer = BlockLayer(target, args, kwargs, body, e.span)
-            self.bind_block(layer)
+            layer.env = self.bind_block(layer)
             return layer
         fail(f"'{e.func}' is {_kind(target)}, not something to call", e.func_span)
 
@@ -597,9 +601,8 @@ class Elaborator:
         blk = layer.block
         if len(self.b.call_stack) > 100:
             fail(f"block '{blk.name}' calls itself too deeply", layer.span, "blocks cannot be recursive")
-        env = self.bind_block(layer)
         h, w, c = _hwc(self.b.shape(t))
-        env.vars.update(cin=c, hin=h, win=w)
+        env = (layer.env or self.bind_block(layer)).child(cin=c, hin=h, win=w)
         opened = self.b.push_unit(blk.name, layer.span)
         self.b.call_stack.append((blk.name, layer.span))
         saved_target, self.b.target = self.b.target, None
@@ -895,12 +898,13 @@ def _builds_nodes(v) -> bool:
 def _bind_op(v: OpLayer) -> dict:
     sig = SIGNATURES[v.kind]
     out = dict(sig)
-    for name, val in zip(sig, v.args):
-        out[name] = val
+    if v.args:
+        out.update(zip(sig, v.args))
     out.update(v.kwargs)
-    for k, d in out.items():
-        if d is ...:
-            fail(f"'{v.label}' needs the argument '{k}'", v.span, f"e.g. {v.label}({', '.join(n for n, x in sig.items() if x is ...)})")
+    if ... in out.values():
+        missing = [k for k, d in out.items() if d is ...]
+        fail(f"'{v.label}' needs the argument '{missing[0]}'", v.span,
+             f"e.g. {v.label}({', '.join(n for n, x in sig.items() if x is ...)})")
     return out
 
 
@@ -1005,7 +1009,8 @@ def _padding(p, hw, k, s, d, span):
     """Padding spec → explicit ((t, b), (l, r)). 'auto': PyTorch-symmetric (k-1)//2·d (keeps the
     size at stride 1); 'same': TensorFlow's, the extra pixel at the bottom/right; 'valid': none."""
     if p == "auto":
-        return tuple(((kk - 1) * dd // 2, (kk - 1) * dd // 2) for kk, dd in zip(k, d))
+        ph, pw = (k[0] - 1) * d[0] // 2, (k[1] - 1) * d[1] // 2
+        return ((ph, ph), (pw, pw))
     if p == "valid":
         return ((0, 0), (0, 0))
     if p == "same":
@@ -1028,6 +1033,13 @@ def _ceil_extra(n, k, s, pad):
         out -= 1
     return max(0, (out - 1) * s + k - total)
 
+
+# name -> (kind, preset kwargs, naming label, base op whose rebinding a kernel alias follows)
+_SURFACE = {
+    name: (kind, preset, _label(name, kind),
+           next((b for b in ("dwconv", "conv", "maxpool", "avgpool") if name.startswith(b)), None) if "k" in preset else None)
+    for name, (kind, preset) in SURFACE_OPS.items()
+}
 
 _DEFAULT_PROJ = Thunk(
     A.Seq(Span("<builtin>", 1, 1, 1, 1), (A.Name(Span("<builtin>", 1, 1, 1, 1), "conv1"),

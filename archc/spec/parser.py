@@ -5,7 +5,7 @@ import functools
 from pathlib import Path
 
 import lark
-from lark import Token, Transformer, v_args
+from lark import Token, Transformer
 
 from . import ast as A
 from .source import ArchError, Diagnostic, Span
@@ -49,214 +49,194 @@ class _TooDeep(Exception):
         self.tok = tok
 
 
-@functools.lru_cache(maxsize=1)
-def _lark() -> lark.Lark:
-    return lark.Lark(
-        GRAMMAR.read_text(),
-        parser="lalr",
-        propagate_positions=True,
-        maybe_placeholders=False,
-        postlex=_BracketPostLex(),
-        cache=False,
-    )
+def _span(file: str, tok) -> Span:
+    return Span(file, tok.line, tok.column, tok.end_line, tok.end_column)
 
 
-def _span(file: str, meta_or_tok) -> Span:
-    m = meta_or_tok
-    return Span(file, m.line, m.column, m.end_line, m.end_column)
+_SKIP = frozenset(("LPAR", "RPAR", "LSQB", "RSQB", "LESSTHAN", "MORETHAN"))
+
+
+def _pos(x):
+    """(line, col, end_line, end_col) of a token, an AST node, or a list/Arg of them."""
+    span = getattr(x, "span", None)
+    if span is not None:
+        return span.line, span.col, span.end_line, span.end_col
+    if isinstance(x, Token):
+        return x.line, x.column, x.end_line, x.end_column
+    if isinstance(x, (list, tuple)) and x:
+        a, b = _pos(x[0]), _pos(x[-1])
+        if a and b:
+            return a[0], a[1], b[2], b[3]
+    return None
+
+
+def _strip(items):
+    return [i for i in items if not (isinstance(i, Token) and i.type in _SKIP)]
 
 
 class _ToAst(Transformer):
-    def __init__(self, file: str):
-        super().__init__(visit_tokens=False)
-        self.file = file
+    """Builds the AST inside the LALR parser (no intermediate tree, no per-reduction position
+    bookkeeping). Spans come from the first and last token or node of each rule."""
 
-    def _s(self, meta):
-        return _span(self.file, meta)
+    file = "<input>"
+
+    def __init__(self):
+        super().__init__(visit_tokens=False)
+
+    def _s(self, items) -> Span:
+        first = last = None
+        for it in items:
+            first = _pos(it)
+            if first is not None:
+                break
+        for it in reversed(items):
+            last = _pos(it)
+            if last is not None:
+                break
+        if first is None:
+            return Span(self.file, 1, 1, 1, 1)
+        return Span(self.file, first[0], first[1], last[2], last[3])
 
     # ---- statements ----
-    @v_args(meta=True)
-    def start(self, meta, items):
+    def start(self, items):
         return [i for i in items if not isinstance(i, Token)]
 
     body = start
 
-    @v_args(meta=True)
-    def param_stmt(self, meta, items):
-        return A.Param(self._s(meta), str(items[0]), items[1])
+    def param_stmt(self, items):
+        return A.Param(self._s(items), str(items[0]), items[1])
 
-    @v_args(meta=True)
-    def preset_stmt(self, meta, items):
-        return A.Preset(self._s(meta), items[0], tuple(items[1:]))
+    def preset_stmt(self, items):
+        name, values = items[0], tuple(items[1:])
+        return A.Preset(self._s([name, *values]), str(name), values)
 
     def preset_name(self, items):
-        return "/".join(str(t) for t in items)
+        tok = items[0]
+        return Token("NAME", "/".join(str(t) for t in items), line=tok.line, column=tok.column,
+                     end_line=items[-1].end_line, end_column=items[-1].end_column)
 
-    @v_args(meta=True)
-    def block_def(self, meta, items):
+    def block_def(self, items):
+        items = _strip(items)
         name = str(items[0])
-        params = ()
-        rest = items[1:]
+        params, rest = (), items[1:]
         if rest and isinstance(rest[0], tuple):
             params, rest = rest[0], rest[1:]
-        body = rest[0]
+        body = rest[0] if rest else []
         if isinstance(body, A.Seq):
             body = [A.SeqStmt(body.span, body)]
-        return A.BlockDef(self._s(meta), name, params, tuple(body))
+        return A.BlockDef(self._s(items), name, params, tuple(body))
 
     def params(self, items):
         return tuple(items)
 
-    @v_args(meta=True)
-    def param(self, meta, items):
-        return A.ParamDecl(str(items[0]), items[1] if len(items) > 1 else None, _span(self.file, items[0]))
+    def param(self, items):
+        return A.ParamDecl(str(items[0]), items[1] if len(items) > 1 else None, self._s(items[:1]))
 
-    @v_args(meta=True)
-    def let_stmt(self, meta, items):
+    def let_stmt(self, items):
         if len(items) == 3:
-            return A.Let(self._s(meta), str(items[0]), items[1], items[2])
-        return A.Let(self._s(meta), str(items[0]), None, items[1])
+            return A.Let(self._s(items), str(items[0]), items[1], items[2])
+        return A.Let(self._s(items), str(items[0]), None, items[1])
 
     def let_params(self, items):
+        items = _strip(items)
         return items[0] if items else ()
 
-    @v_args(meta=True)
-    def import_stmt(self, meta, items):
-        return A.Import(self._s(meta), str(items[0])[1:-1], None)
+    def import_stmt(self, items):
+        return A.Import(self._s(items), str(items[0])[1:-1], None)
 
-    @v_args(meta=True)
-    def from_stmt(self, meta, items):
-        return A.Import(self._s(meta), str(items[0])[1:-1], tuple(str(t) for t in items[1:]))
+    def from_stmt(self, items):
+        return A.Import(self._s(items), str(items[0])[1:-1], tuple(str(t) for t in items[1:]))
 
-    @v_args(meta=True)
-    def input_stmt(self, meta, items):
+    def input_stmt(self, items):
+        items = _strip(items)
         if len(items) == 1 and isinstance(items[0], Token):
-            return A.Input(self._s(meta), (A.Const(_span(self.file, items[0]), _shape(items[0])),))
-        return A.Input(self._s(meta), tuple(items[0]) if items else ())
+            return A.Input(self._s(items), (A.Const(self._s(items), _shape(items[0])),))
+        return A.Input(self._s(items), tuple(items[0]) if items else ())
 
-    @v_args(meta=True)
-    def output_stmt(self, meta, items):
-        return A.Output(self._s(meta), tuple(str(t) for t in items), tuple(_span(self.file, t) for t in items))
+    def output_stmt(self, items):
+        return A.Output(self._s(items), tuple(str(t) for t in items), tuple(self._s([t]) for t in items))
 
-    @v_args(meta=True)
-    def branch_stmt(self, meta, items):
-        return A.Labelled(self._s(meta), str(items[0]), items[1], side=True)
+    def branch_stmt(self, items):
+        return A.Labelled(self._s(items), str(items[0]), items[1], side=True)
 
-    @v_args(meta=True)
-    def labelled(self, meta, items):
-        return A.Labelled(self._s(meta), str(items[0]), items[1])
+    def labelled(self, items):
+        return A.Labelled(self._s(items), str(items[0]), items[1])
 
-    @v_args(meta=True)
-    def seq_stmt(self, meta, items):
-        return A.SeqStmt(self._s(meta), items[0])
+    def seq_stmt(self, items):
+        return A.SeqStmt(items[0].span, items[0])
 
     # ---- sequences ----
-    @v_args(meta=True)
-    def seq(self, meta, items):
-        layers = [i for i in items if not (isinstance(i, Token) and i.type == "REPEAT")]
+    def seq(self, items):
+        layers = tuple(i for i in items if not isinstance(i, Token))
         reps = tuple(int(str(t)[1:]) for t in items if isinstance(t, Token) and t.type == "REPEAT")
-        return A.Seq(self._s(meta), tuple(layers), reps)
+        return A.Seq(self._s(items), layers, reps)
 
-    aseq = seq
+    def aseq(self, items):
+        # A single value in an argument needs no Seq around it.
+        if len(items) == 1 and not isinstance(items[0], Token):
+            return items[0]
+        return self.seq(items)
 
     def lbody(self, items):
-        return items[0]
+        return _strip(items)[0]
 
     # ---- expressions ----
-    @v_args(meta=True)
-    def chain_or_single(self, meta, items):
-        return items[0] if len(items) == 1 else A.Chain(self._s(meta), tuple(items))
+    def chain(self, items):
+        items = [i for i in items if not isinstance(i, Token)]
+        return A.Chain(self._s(items), tuple(items))
 
-    @v_args(meta=True)
-    def ternary(self, meta, items):
+    def ternary(self, items):
         then, cond, other = items
-        return A.Ternary(self._s(meta), cond, then, other)
+        return A.Ternary(self._s(items), cond, then, other)
 
-    @v_args(meta=True)
-    def or_or_single(self, meta, items):
-        return items[0] if len(items) == 1 else A.BoolOp(self._s(meta), "or", tuple(items))
+    def test(self, items):
+        return _climb(self, items)
 
-    @v_args(meta=True)
-    def and_or_single(self, meta, items):
-        return items[0] if len(items) == 1 else A.BoolOp(self._s(meta), "and", tuple(items))
+    arith = test
 
-    @v_args(meta=True)
-    def not_(self, meta, items):
-        return A.Unary(self._s(meta), "not", items[0])
+    def not_(self, items):
+        return A.Unary(self._s(items), "not", items[1])
 
-    @v_args(meta=True)
-    def compare_or_single(self, meta, items):
-        if len(items) == 1:
-            return items[0]
-        return A.Compare(self._s(meta), tuple(str(t) for t in items[1::2]), tuple(items[0::2]))
-
-    @v_args(meta=True)
-    def binop_or_single(self, meta, items):
-        node = items[0]
-        for op, right in zip(items[1::2], items[2::2]):
-            node = A.BinOp(Span(self.file, node.span.line, node.span.col, right.span.end_line, right.span.end_col),
-                           str(op), node, right)
-        return node
-
-    @v_args(meta=True)
-    def power_or_single(self, meta, items):
-        return items[0] if len(items) == 1 else A.BinOp(self._s(meta), "**", items[0], items[1])
-
-    @v_args(meta=True)
-    def neg(self, meta, items):
+    def neg(self, items):
         op, operand = items
-        return operand if str(op) == "+" else A.Unary(self._s(meta), "-", operand)
+        return operand if str(op) == "+" else A.Unary(self._s(items), "-", operand)
 
-    @v_args(meta=True)
-    def index(self, meta, items):
-        return A.Index(self._s(meta), items[0], items[1])
+    def power(self, items):
+        items = [i for i in items if not isinstance(i, Token)]
+        return A.BinOp(self._s(items), "**", items[0], items[1])
 
-    @v_args(meta=True)
-    def name(self, meta, items):
-        return A.Name(self._s(meta), str(items[0]))
+    def index(self, items):
+        obj, idx = _strip(items)
+        return A.Index(self._s(items), obj, idx)
 
-    @v_args(meta=True)
-    def ref(self, meta, items):
-        return A.Ref(self._s(meta), str(items[0]))
+    def name(self, items):
+        return A.Name(self._s(items), str(items[0]))
 
-    @v_args(meta=True)
-    def int_(self, meta, items):
-        return A.Const(self._s(meta), int(items[0]))
+    def ref(self, items):
+        return A.Ref(self._s(items), str(items[0]))
 
-    @v_args(meta=True)
-    def float_(self, meta, items):
-        return A.Const(self._s(meta), float(items[0]))
+    def int_(self, items):
+        return A.Const(self._s(items), int(items[0]))
 
-    @v_args(meta=True)
-    def string(self, meta, items):
-        return A.Const(self._s(meta), str(items[0])[1:-1])
+    def float_(self, items):
+        return A.Const(self._s(items), float(items[0]))
 
-    @v_args(meta=True)
-    def shape(self, meta, items):
-        return A.Const(self._s(meta), _shape(items[0]))
+    def string(self, items):
+        return A.Const(self._s(items), str(items[0])[1:-1])
 
-    @v_args(meta=True)
-    def true_(self, meta, items):
-        return A.Const(self._s(meta), True)
+    def shape(self, items):
+        return A.Const(self._s(items), _shape(items[0]))
 
-    @v_args(meta=True)
-    def false_(self, meta, items):
-        return A.Const(self._s(meta), False)
+    def const(self, items):
+        return A.Const(self._s(items), {"true": True, "false": False, "none": None}[str(items[0])])
 
-    @v_args(meta=True)
-    def none_(self, meta, items):
-        return A.Const(self._s(meta), None)
+    def group(self, items):
+        return _strip(items)[0]
 
-    @v_args(meta=True)
-    def group(self, meta, items):
-        return items[0]
+    def list_(self, items):
+        return A.ListLit(self._s(items), tuple(i for i in items if not isinstance(i, Token)))
 
-    @v_args(meta=True)
-    def list_(self, meta, items):
-        return A.ListLit(self._s(meta), tuple(items))
-
-    @v_args(meta=True)
-    def call(self, meta, items):
+    def call(self, items):
         name_tok = items[0]
         args, body = (), None
         for it in items[1:]:
@@ -264,20 +244,57 @@ class _ToAst(Transformer):
                 body = it
             elif isinstance(it, list):
                 args = tuple(it)
-        return A.Call(self._s(meta), str(name_tok), _span(self.file, name_tok), args, body)
+        return A.Call(self._s(items), str(name_tok), self._s([name_tok]), args, body)
 
     def args(self, items):
-        out = []
-        for it in items:
-            if isinstance(it, A.Arg):
-                out.append(it)
-            else:
-                out.append(A.Arg(None, it, it.span))
-        return out
+        return [it if isinstance(it, A.Arg) else A.Arg(None, it, it.span) for it in items]
 
-    @v_args(meta=True)
-    def kwarg(self, meta, items):
-        return A.Arg(str(items[0]), items[1], self._s(meta))
+    def kwarg(self, items):
+        return A.Arg(str(items[0]), items[1], self._s(items))
+
+
+# Binding power of the flattened operators (higher binds tighter).
+_BP = {"or": 1, "and": 2, "==": 3, "!=": 3, "<=": 3, ">=": 3, "+": 4, "-": 4, "*": 5, "/": 5, "//": 5, "%": 5}
+
+
+def _climb(t: _ToAst, items):
+    """Precedence climbing over [operand, op, operand, …]; operators are left-associative and
+    comparisons chain (a <= b <= c) as in Python."""
+    operands, ops = items[0::2], [str(o) for o in items[1::2]]
+    pos = 0
+
+    def parse(min_bp):
+        nonlocal pos
+        left = operands[pos]
+        while pos < len(ops) and _BP[ops[pos]] >= min_bp:
+            op = ops[pos]
+            bp = _BP[op]
+            if bp == 3:
+                cmp_ops, cmp_operands = [], [left]
+                while pos < len(ops) and _BP[ops[pos]] == 3:
+                    cmp_ops.append(ops[pos])
+                    pos += 1
+                    cmp_operands.append(parse(4))
+                left = A.Compare(t._s(cmp_operands), tuple(cmp_ops), tuple(cmp_operands))
+                continue
+            pos += 1
+            right = parse(bp + 1)
+            if op in ("and", "or"):
+                left = A.BoolOp(t._s([left, right]), op, (left, right))
+            else:
+                left = A.BinOp(t._s([left, right]), op, left, right)
+        return left
+
+    return parse(0)
+
+
+_TRANSFORMER = _ToAst()
+
+
+@functools.lru_cache(maxsize=1)
+def _lark() -> lark.Lark:
+    return lark.Lark(GRAMMAR.read_text(), parser="lalr", maybe_placeholders=False,
+                     postlex=_BracketPostLex(), transformer=_TRANSFORMER)
 
 
 def _shape(tok) -> tuple:
@@ -286,25 +303,19 @@ def _shape(tok) -> tuple:
 
 def parse(text: str, file: str = "<input>") -> list:
     """Parse .arch text into a list of AST statements, or raise ArchError with the location."""
+    _TRANSFORMER.file = file
     try:
-        tree = _lark().parse(text)
+        return _lark().parse(text)
     except _TooDeep as e:
         raise ArchError([Diagnostic(f"brackets nested deeper than {MAX_NESTING} levels", _span(file, e.tok),
-                                    "split the expression into named blocks")], {file: text})
+                                    "split the expression into named blocks")], {file: text}) from None
     except lark.exceptions.UnexpectedInput as e:
         raise ArchError([_syntax_diagnostic(e, text, file)], {file: text}) from None
     except RecursionError:
         raise ArchError([Diagnostic("expression nested too deeply", Span(file, 1, 1, 1, 1),
                                     "split it into named blocks")], {file: text}) from None
-    try:
-        return _ToAst(file).transform(tree)
-    except lark.exceptions.VisitError as e:
-        if isinstance(e.orig_exc, RecursionError):
-            raise ArchError([Diagnostic("expression nested too deeply", Span(file, 1, 1, 1, 1),
-                                        "split it into named blocks")], {file: text}) from None
-        if isinstance(e.orig_exc, ValueError):  # e.g. an integer literal too long to convert
-            raise ArchError([Diagnostic(f"bad literal: {e.orig_exc}", Span(file, 1, 1, 1, 1))], {file: text}) from None
-        raise
+    except ValueError as e:  # e.g. an integer literal too long to convert
+        raise ArchError([Diagnostic(f"bad literal: {e}", Span(file, 1, 1, 1, 1))], {file: text}) from None
 
 
 _TOKEN_NAMES = {
