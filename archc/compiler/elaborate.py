@@ -37,7 +37,7 @@ def fail(message: str, span: Span | None, hint: str | None = None, kind: str = "
 
 
 def _suggest(name: str, candidates) -> str | None:
-    close = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
+    close = difflib.get_close_matches(name, sorted(candidates), n=3, cutoff=0.6)
     return f"did you mean {' or '.join(repr(c) for c in close)}?" if close else None
 
 
@@ -730,14 +730,15 @@ class Elaborator:
         raise AssertionError(kind)
 
     def _inferred_stride(self, s, span):
+        """The stride that takes this input to the projection's target size (1 without a target)."""
         tgt = self.b.target
         if not tgt or len(tgt) != 3 or len(s) != 3 or tuple(s[:2]) == tuple(tgt[:2]):
             return 1
-        if s[0] % tgt[0] or s[1] % tgt[1] or s[0] // tgt[0] != s[1] // tgt[1]:
-            # PyTorch-style strided convs on odd sizes: ceil division
-            st = -(-s[0] // tgt[0])
-            return st
-        return s[0] // tgt[0]
+        for st in range(1, max(s[0], s[1]) + 1):
+            if (s[0] - 1) // st + 1 == tgt[0] and (s[1] - 1) // st + 1 == tgt[1]:
+                return st
+        fail(f"no strided 1x1 projection maps {fmt(s)} to the body's {fmt(tgt)}", span,
+             "give the shortcut explicitly, e.g. residual(proj=avgpool(2) conv1 bn)<…>", kind="shape")
 
     def apply_merge(self, v: OpLayer, t: str) -> str:
         branches = list(v.args)

@@ -23,8 +23,12 @@ MAX_NESTING = 200
 class _BracketPostLex:
     always_accept = ("_NL",)
 
+    open_tokens: list = []  # the brackets still open when the parser stopped (for diagnostics)
+
     def process(self, stream):
         stack: list[str] = []
+        opened: list = []
+        _BracketPostLex.open_tokens = opened
         for tok in stream:
             kind = tok.type
             if kind == "_NL":
@@ -34,13 +38,16 @@ class _BracketPostLex:
                 continue
             if kind in _OPEN:
                 stack.append(_OPEN[kind])
+                opened.append(tok)
                 if len(stack) > MAX_NESTING:
                     raise _TooDeep(tok)
             elif kind in _CLOSE:
                 if stack and stack[-1] == _CLOSE[kind]:
                     stack.pop()
+                    opened.pop()
             elif kind == "MORETHAN" and stack and stack[-1] == "<":
                 stack.pop()
+                opened.pop()
             yield tok
 
 
@@ -213,7 +220,7 @@ class _ToAst(Transformer):
         return A.Name(self._s(items), str(items[0]))
 
     def ref(self, items):
-        return A.Ref(self._s(items), str(items[0]))
+        return A.Ref(self._s(items), str(items[-1]))
 
     def int_(self, items):
         return A.Const(self._s(items), int(items[0]))
@@ -346,7 +353,11 @@ def _syntax_diagnostic(e: lark.exceptions.UnexpectedInput, text: str, file: str)
     if isinstance(e, lark.exceptions.UnexpectedToken):
         tok = e.token
         expected = sorted({_describe(t) for t in e.expected if not t.startswith("__")} )
-        what = "the end of the file" if tok.type == "$END" else f"{str(tok)!r}" if tok.type != "_NL" else "a line break"
+        what = "end of file" if tok.type == "$END" else f"{str(tok)!r}" if tok.type != "_NL" else "a line break"
+        if tok.type == "$END" and _BracketPostLex.open_tokens:
+            o = _BracketPostLex.open_tokens[-1]
+            return Diagnostic(f"this {str(o)!r} is never closed", Span(file, o.line, o.column, o.line, o.column + 1),
+                              f"close it with {dict(zip('([<{', ')]>}'))[str(o)]!r}; inside brackets a line break does not end the statement")
         if tok.type == "$END":
             lines = text.splitlines() or [""]
             line, col = max(1, len(lines)), len(lines[-1]) + 1 if lines else 1

@@ -1,0 +1,95 @@
+"""Golden tests of the error messages: place, line with caret, shapes involved, a fix."""
+import pytest
+
+from archc.compiler.build import build_graph
+from archc.spec.source import ArchError
+
+
+def render(text, inp=None, file="net.arch"):
+    with pytest.raises(ArchError) as e:
+        build_graph(text=text, filename=file, input_shape=inp)
+    return e.value.render()
+
+
+def test_add_channel_mismatch():
+    assert render("input 28x28x64\nconv3(256)\nadd(identity, conv3(128))\n") == """\
+net.arch:3:1: error: cannot add 28x28x256 and 28x28x128
+  |
+3 | add(identity, conv3(128))
+  | ^^^^^^^^^^^^^^^^^^^^^^^^^
+  = help: residual branches must end with the input's size and channels; a projection shortcut (conv1 bn) can match them"""
+
+
+def test_concat_spatial_mismatch():
+    assert render("input 28x28x64\nconcat(conv3(8), conv3(8, s=2))\n") == """\
+net.arch:2:1: error: cannot concatenate 28x28x8 and 14x14x8: sizes other than channels differ
+  |
+2 | concat(conv3(8), conv3(8, s=2))
+  | ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+  = help: give every branch the same stride and padding, or crop with concat(crop=true)"""
+
+
+def test_unknown_name_with_suggestion():
+    assert render("input 8x8x3\nconv3(8) rleu\n") == """\
+net.arch:2:10: error: unknown name 'rleu'
+  |
+2 | conv3(8) rleu
+  |          ^^^^
+  = help: did you mean 'relu' or 'relu6'?"""
+
+
+def test_groups_do_not_divide():
+    out = render("input 8x8x30\nconv3(64, g=4)\n")
+    assert out.startswith("net.arch:2:1: error: groups=4 does not divide the 30 input channels of 8x8x30")
+    assert "= help: choose groups among the divisors of 30" in out
+
+
+def test_kernel_larger_than_input():
+    out = render("input 4x4x3\nconv(8, 7, p=0)\n")
+    assert out.startswith("net.arch:2:1: error: conv kernel 7x7 is larger than its padded input 4x4x3 (height 4 + padding 0+0)")
+
+
+def test_non_positive_size():
+    out = render("input 4x4x3\nmaxpool(2) maxpool(2) maxpool(2)\n")
+    assert "net.arch:2:23: error: maxpool kernel 2x2 is larger than its padded input 1x1x3" in out
+
+
+def test_wrong_block_arity_points_at_call():
+    out = render("block b(c, s=1) = conv3(c, s=s)\ninput 8x8x3\nb(1, 2, 3)\nb(8, t=2)\n")
+    assert "net.arch:3:1: error: block 'b' takes 2 arguments, got 3" in out
+    assert "net.arch:4:1: error: block 'b' has no parameter 't'" in out  # several errors in one run
+
+
+def test_error_inside_block_notes_the_call_site():
+    out = render("block b(c) = add(identity, conv3(c))\ninput 8x8x16\nb(16)\nb(8)\n")
+    assert "net.arch:1:14: error: cannot add 8x8x16 and 8x8x8" in out
+    assert "net.arch:4:1: note: in block 'b' called here" in out
+
+
+def test_unknown_tensor_reference():
+    out = render("input 8x8x3\nenc: conv3(8)\nconcat(@enk, identity)\n")
+    assert "net.arch:3:8: error: unknown tensor '@enk'" in out and "did you mean 'enc'?" in out
+
+
+def test_recursive_block():
+    out = render("block b(c) = conv3(c) b(c)\ninput 8x8x3\nb(4)\n")
+    assert "error: block 'b' calls itself too deeply" in out
+
+
+def test_syntax_error_location():
+    assert render("input 8x8x3\nconv3(64\nrelu\n") == """\
+net.arch:2:6: error: this '(' is never closed
+  |
+2 | conv3(64
+  |      ^
+  = help: close it with ')'; inside brackets a line break does not end the statement"""
+    out = render("input 8x8x3\nconv3(64)) relu\n")
+    assert out.startswith("net.arch:2:10: error: unexpected ')'")
+
+
+def test_missing_input():
+    assert "error: the network has no input shape" in render("conv3(8)\n")
+
+
+def test_duplicate_stage_name():
+    assert "error: the name 'a' is used twice" in render("input 8x8x3\na: conv3(4)\na: conv3(4)\n")
