@@ -56,6 +56,7 @@ class OpLayer(Layer):
     kwargs: dict
     span: Span
     label: str                # naming prefix, e.g. 'conv', 'dwconv', 'maxpool'
+    env: Any = None           # where it was written: residual's default projection resolves there
 
 
 @dataclass
@@ -86,12 +87,15 @@ class Repeat(Layer):
 
 @dataclass
 class RefLayer(Layer):
+    """@name. Tensor names are lexically scoped: a reference resolves in the frame where it was
+    written, so a tensor passed to a block (cell(@prev, 44)) is the caller's."""
     name: str
     span: Span
+    frame: Any = None
 
 
 @dataclass
-class Block:
+class Block(Layer):
     name: str
     params: tuple             # ParamDecl
     body: tuple               # statements
@@ -210,6 +214,7 @@ class Frame:
     """Named tensors visible in a block body or the program."""
     tensors: dict
     input: str | None
+    prev: str | None = None   # @prev: the input of the last block instance applied in this frame
 
 
 @dataclass
@@ -312,7 +317,10 @@ class Elaborator:
                 return self.value(e.items[0], env)
             return Thunk(e, env, e.span)
         if isinstance(e, A.Ref):
-            return RefLayer(e.id, e.span)
+            found, v = env.lookup(e.id)
+            if found and isinstance(v, RefLayer):  # a block parameter bound to a tensor
+                return v
+            return RefLayer(e.id, e.span, self.frames[-1])
         if isinstance(e, A.Call):
             return self.call(e, env)
         if isinstance(e, (A.ListLit, A.Chain)):
@@ -432,8 +440,8 @@ class Elaborator:
                 # 'let conv = conv(bias=false)' also applies to conv1 and conv3.
                 found, v = env.lookup(base)
                 if found and isinstance(v, OpLayer) and v.kind == kind:
-                    return OpLayer(kind, v.args, {**v.kwargs, **preset}, span, v.label)
-            return OpLayer(kind, (), dict(preset), span, label)
+                    return OpLayer(kind, v.args, {**v.kwargs, **preset}, span, v.label, env)
+            return OpLayer(kind, (), dict(preset), span, label, env)
         if name in FUNCTIONS:
             fail(f"'{name}' is a function; call it as {name}(…)", span)
         candidates = env.names() | set(SURFACE_OPS) | set(FUNCTIONS)
@@ -473,7 +481,7 @@ class Elaborator:
                     fail(f"'{e.func}' takes no <body>", e.body.span, "only residual<…>, dense<…> and blocks with a 'body' parameter do")
                 merged_kwargs["body"] = body
             self.check_signature(target.kind, e.func, merged_args, merged_kwargs, e.span)
-            return OpLayer(target.kind, merged_args, merged_kwargs, e.span, target.label)
+            return OpLayer(target.kind, merged_args, merged_kwargs, e.span, target.label, env)
         if isinstance(target, BlockLayer):
             merged = {**target.kwargs, **kwargs}
             layer = BlockLayer(target.block, target.args + args, merged, body or target.body, e.span)
@@ -576,7 +584,7 @@ class Elaborator:
                 t = self.apply(self.value(v.item, v.env.child(i=i)), t, v.span)
             return t
         if isinstance(v, RefLayer):
-            return self.lookup_tensor(v.name, v.span)
+            return self.lookup_tensor(v.name, v.span, v.frame)
         if isinstance(v, Block):
             return self.apply_block(BlockLayer(v, (), {}, None, span), t)
         if isinstance(v, list):
@@ -587,12 +595,14 @@ class Elaborator:
         fail(f"expected a layer here, found {_kind(v)}", span,
              "numbers go inside an op's parentheses, e.g. conv3(64)" if isinstance(v, (int, float)) else None)
 
-    def lookup_tensor(self, name: str, span: Span) -> str:
-        frame = self.frames[-1]
-        if name == "in" and frame.input is not None:
-            return frame.input
+    def lookup_tensor(self, name: str, span: Span, frame: Frame | None = None) -> str:
+        frame = frame or self.frames[-1]
         if name in frame.tensors:
             return frame.tensors[name]
+        if name == "in" and frame.input is not None:
+            return frame.input
+        if name == "prev" and frame.prev is not None:
+            return frame.prev
         fail(f"unknown tensor '@{name}'", span,
              _suggest(name, frame.tensors) or (f"named tensors here: {', '.join('@' + n for n in frame.tensors)}"
                                                if frame.tensors else "label a statement first, e.g. 'enc1: conv3(64)'"))
@@ -606,9 +616,11 @@ class Elaborator:
         opened = self.b.push_unit(blk.name, layer.span)
         self.b.call_stack.append((blk.name, layer.span))
         saved_target, self.b.target = self.b.target, None
+        caller = self.frames[-1]
         self.frames.append(Frame({}, t))
         try:
             out = self.run_statements(blk.body, t, env, in_block=True)
+            caller.prev = t
         except _Fail as f:
             if len(f.diag.notes) < 4:
                 f.diag.notes.append((f"in block '{blk.name}' called here", layer.span))
@@ -793,7 +805,8 @@ class Elaborator:
             sx, sy = self.b.shape(t), self.b.shape(y)
             shortcut = a["shortcut"]
             if shortcut is None and sx != sy:
-                shortcut = a["proj"] if a["proj"] is not None else _DEFAULT_PROJ
+                # the default 'conv1 bn' means what conv and bn mean where residual was written
+                shortcut = a["proj"] if a["proj"] is not None else Thunk(_DEFAULT_PROJ.seq, v.env or Env(), v.span)
             if shortcut is not None:
                 self.b.push("shortcut", v.span, exact=False)
                 saved, self.b.target = self.b.target, sy

@@ -155,7 +155,7 @@ class _ToAst(Transformer):
         return A.Import(self._s(items), str(items[0])[1:-1], tuple(str(t) for t in items[1:]))
 
     def input_stmt(self, items):
-        items = _strip(items)
+        items = [i for i in _strip(items) if not (isinstance(i, Token) and i.type == "INPUT_CALL")]
         if len(items) == 1 and isinstance(items[0], Token):
             return A.Input(self._s(items), (A.Const(self._s(items), _shape(items[0])),))
         return A.Input(self._s(items), tuple(items[0]) if items else ())
@@ -331,7 +331,7 @@ _TOKEN_NAMES = {
     "_NL": "a line break", "NAME": "a name", "INT": "an integer", "FLOAT": "a number", "STRING": "a string",
     "SHAPE": "a shape such as 224x224x3", "REPEAT": "a repetition such as x2", "AT": "'@'", "SLASH": "'/'",
     "COMP_OP": "a comparison", "ADD_OP": "'+' or '-'", "MUL_OP": "'*', '/', '//' or '%'", "MINUS": "'-'",
-    "__ANON_0": "'**'", "$END": "the end of the file", "IF": "'if'", "ELSE": "'else'",
+    "__ANON_0": "'**'", "$END": "the end of the file", "IF": "'if'", "ELSE": "'else'", "FNAME": "a name", "INPUT_CALL": "'input'",
 }
 
 

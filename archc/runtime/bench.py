@@ -1,0 +1,58 @@
+"""Inference benchmark of one model: XLA compile time, throughput, peak memory.
+
+Used by `archc bench` and by the harness in bench/. Warm-up is excluded; throughput is the median
+of several timed runs, each of several iterations, with block_until_ready.
+"""
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def compile_forward(fn, variables, x):
+    """jit, lower and compile fn(variables, x); returns (compiled, seconds)."""
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(variables, x).compile()
+    return compiled, time.perf_counter() - t0
+
+
+def time_compiled(compiled, variables, x, iters: int = 5, repeats: int = 5, warmup: int = 2) -> float:
+    """Median images/s of compiled(variables, x) over `repeats` runs of `iters` calls."""
+    for _ in range(warmup):
+        jax.block_until_ready(compiled(variables, x))
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            out = compiled(variables, x)
+        jax.block_until_ready(out)
+        rates.append(iters * x.shape[0] / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def bench_model(model, batch: int = 1, iters: int = 5, repeats: int = 5, dtype=jnp.float32) -> dict:
+    variables = model.init(seed=0)
+    x = jnp.ones((batch,) + tuple(model.input_shape), dtype)
+
+    def forward(v, x):
+        return model.apply_fn(v, x)
+
+    compiled, compile_s = compile_forward(forward, variables, x)
+    ips = time_compiled(compiled, variables, x, iters=iters, repeats=repeats)
+    return {
+        "name": model.name,
+        "batch": batch,
+        "input_shape": list(model.input_shape),
+        "compile_s": round(compile_s, 3),
+        "images_per_s": round(ips, 2),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "device": str(jax.devices()[0]),
+    }
