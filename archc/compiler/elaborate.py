@@ -164,6 +164,8 @@ SURFACE_OPS: dict[str, tuple[str, dict]] = {
     "lrn": ("lrn", {}), "scale": ("scale", {}), "shuffle": ("shuffle", {}), "slice": ("slice", {}),
     "pad": ("pad", {}), "crop": ("crop", {}), "upsample": ("upsample", {}), "identity": ("identity", {}),
     "concat": ("concat", {}), "add": ("add", {}), "mul": ("mul", {}),
+    "reshape": ("reshape", {}), "adaptive_avgpool": ("adaptive_avgpool", {}), "adaptive_maxpool": ("adaptive_maxpool", {}),
+    "l2norm": ("l2norm", {}), "normalize": ("normalize", {}), "rescale": ("rescale", {}),
     "residual": ("residual", {}), "dense": ("dense", {}),
 }
 for _k in (1, 2, 3, 4, 5, 7, 9, 11):
@@ -198,6 +200,11 @@ SIGNATURES: dict[str, dict[str, Any]] = {
     "crop": {"p": ...},
     "upsample": {"f": 2, "mode": "nearest"},
     "identity": {},
+    "reshape": {"shape": ...},
+    "adaptive_avgpool": {"out": ...}, "adaptive_maxpool": {"out": ...},
+    "l2norm": {"init": 20.0, "eps": 1e-12},
+    "normalize": {"eps": 1e-7},
+    "rescale": {"scale": 1.0, "offset": 0.0},
     "residual": {"proj": None, "shortcut": None, "scale": 1.0},
     "dense": {},
     "concat": {"crop": False}, "add": {}, "mul": {},
@@ -260,8 +267,11 @@ class Builder:
         """Open the scope of one block/combinator instance; False when it shares its parent's."""
         sc = self.scope
         if sc.inline_single:
+            # The stage's only block takes the stage's name; blocks inside it are named as in
+            # any block body (se1, inner1), so continue with a non-stage scope on the same path.
             sc.inline_single = False
-            return False
+            self.scopes.append(Scope(sc.path, sc.counters))
+            return True
         if sc.stage:
             idx = sc.counters.get("#", 0)
             sc.counters["#"] = idx + 1
@@ -735,6 +745,29 @@ class Elaborator:
         if kind == "crop":
             _spatial(s, "crop", span)
             return self.b.add("crop", [t], dict(crop=_explicit4(a["p"], "crop", span)), span, "crop")
+        if kind == "reshape":
+            shp = a["shape"]
+            if not isinstance(shp, (list, tuple)) or not 1 <= len(shp) <= 3:
+                fail("reshape needs a shape such as 7x7x30 or [7, 7, 30]", span)
+            return self.b.add("reshape", [t], dict(shape=tuple(_posint(d, "size", span) for d in shp)), span, "reshape")
+        if kind in ("adaptive_avgpool", "adaptive_maxpool"):
+            _spatial(s, kind, span)
+            return self.b.add("adaptive_pool", [t], dict(kind=kind[9:12], out=_pair(a["out"], "output size", span)), span, kind)
+        if kind == "l2norm":
+            return self.b.add("l2norm", [t], dict(init=float(_number(a["init"], "init", span)),
+                                                  eps=float(_number(a["eps"], "eps", span))), span, "l2norm")
+        if kind == "normalize":
+            return self.b.add("normalize", [t], dict(eps=float(_number(a["eps"], "eps", span))), span, "normalize")
+        if kind == "rescale":
+            c = s[-1]
+            vals = []
+            for key in ("scale", "offset"):
+                v = a[key]
+                v = list(v) if isinstance(v, (list, tuple)) else [v] * c
+                if len(v) != c:
+                    fail(f"rescale {key} has {len(v)} values for {c} channels", span)
+                vals.append(tuple(float(_number(x, key, span)) for x in v))
+            return self.b.add("rescale", [t], dict(scale=vals[0], offset=vals[1]), span, "rescale")
         if kind == "upsample":
             if a["mode"] not in ("nearest", "bilinear"):
                 fail(f"upsample mode must be \"nearest\" or \"bilinear\", not {a['mode']!r}", span)
@@ -862,6 +895,8 @@ class Elaborator:
             elif isinstance(st, A.Output):
                 if in_block:
                     fail("'output' belongs at the top level of a file, not in a block", st.span)
+                if st.when is not None and not self._truth(self.value(st.when, env), st.when.span):
+                    continue
                 outs = []
                 for n, sp in zip(st.names, st.spans):
                     outs.append(self.lookup_tensor(n, sp))

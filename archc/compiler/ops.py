@@ -153,6 +153,20 @@ def _upsample(a, ins):
     return (h * a["factor"][0], w * a["factor"][1], c)
 
 
+def _reshape(a, ins):
+    if prod(ins[0]) != prod(a["shape"]):
+        raise ShapeError(f"cannot reshape {fmt(ins[0])} ({prod(ins[0])} values) to {fmt(a['shape'])} ({prod(a['shape'])} values)")
+    return tuple(a["shape"])
+
+
+def _adaptive_pool(a, ins):
+    h, w, c = _spatial("adaptive pool", ins[0])
+    oh, ow = a["out"]
+    if oh > h or ow > w:
+        raise ShapeError(f"adaptive pooling cannot enlarge {fmt(ins[0])} to {oh}x{ow}")
+    return (oh, ow, c)
+
+
 # ---- parameter counts: (trainable, non-trainable) ----
 def _conv_params(a, ins, out):
     cin = ins[0][-1]
@@ -175,6 +189,14 @@ def _bn_params(a, ins, out):
 
 def _no_params(a, ins, out):
     return (0, 0)
+
+
+def _l2norm_params(a, ins, out):
+    return (ins[0][-1], 0)          # a learned scale per channel (SSD's conv4_3 L2Norm)
+
+
+def _normalize_params(a, ins, out):
+    return (0, 2 * ins[0][-1] + 1)  # Keras Normalization: mean, variance and the sample count
 
 
 # ---- multiply-accumulates ----
@@ -225,6 +247,11 @@ OPS: dict[str, OpRule] = {
     "crop": OpRule(_crop),
     "upsample": OpRule(_upsample),
     "identity": OpRule(_same),
+    "reshape": OpRule(_reshape),
+    "adaptive_pool": OpRule(_adaptive_pool),
+    "l2norm": OpRule(_same, _l2norm_params),
+    "normalize": OpRule(_same, _normalize_params),
+    "rescale": OpRule(_same),
 }
 
 ACTIVATIONS = ("relu", "relu6", "leaky_relu", "elu", "sigmoid", "tanh", "swish", "hard_swish",

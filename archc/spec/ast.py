@@ -146,6 +146,7 @@ class Input(Node):
 class Output(Node):
     names: tuple
     spans: tuple
+    when: Any = None      # output a, b if aux
 
 
 @dataclass(frozen=True, slots=True)

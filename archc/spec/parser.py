@@ -161,7 +161,9 @@ class _ToAst(Transformer):
         return A.Input(self._s(items), tuple(items[0]) if items else ())
 
     def output_stmt(self, items):
-        return A.Output(self._s(items), tuple(str(t) for t in items), tuple(self._s([t]) for t in items))
+        names = [t for t in items if isinstance(t, Token)]
+        when = items[-1] if not isinstance(items[-1], Token) else None
+        return A.Output(self._s(items), tuple(str(t) for t in names), tuple(self._s([t]) for t in names), when)
 
     def branch_stmt(self, items):
         return A.Labelled(self._s(items), str(items[0]), items[1], side=True)

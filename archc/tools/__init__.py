@@ -1,0 +1,1 @@
+"""Maintenance tools (run as modules, e.g. ``python -m archc.tools.architectures_doc``)."""
