@@ -8,7 +8,8 @@ flat dicts of arrays. NNX keeps state inside mutable objects, so the same API wo
 
 Layout is NHWC; every parameterised node's variables live flat under its IR name:
 ``variables['params']['layer2.0.conv1']['kernel']`` (HWIO), ``['bias']``; BatchNorm has params
-``scale``/``bias`` and batch_stats ``mean``/``var``. A transposed convolution's kernel is
+``scale``/``bias`` and batch_stats ``mean``/``var``; l2norm a param ``scale``; normalize
+batch_stats ``mean``/``var``/``count``. A transposed convolution's kernel is
 (kh, kw, out, in): Flax's ``transpose_kernel=True`` layout, which makes it the exact gradient of a
 convolution, i.e. PyTorch's ConvTranspose2d (torch weight ``w.permute(2, 3, 1, 0)``).
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import difflib
 import functools
 import operator
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +47,7 @@ class Program:
     This wrapper hashes and compares by identity, which is what a compiled program should do.
     """
 
-    __slots__ = ("graph", "order", "inputs", "primary", "has_dropout", "_needed")
+    __slots__ = ("graph", "order", "inputs", "primary", "has_dropout", "_needed", "_scopes")
 
     def __init__(self, graph: Graph):
         for node in graph:
@@ -58,10 +59,44 @@ class Program:
         self.primary = graph.outputs[0]
         self.has_dropout = any(n.op == "dropout" and n.attrs.get("rate", 0) > 0 for n in graph)
         self._needed: dict = {}
+        self._scopes: dict | None = None
+
+    @property
+    def scopes(self) -> dict[str, str]:
+        """Block name -> the node that is the block's output: for every dotted prefix
+        ('layer3', 'layer3.1'), the one node inside it that is used outside it (or is a graph
+        output); the last inside it if that is not a single node."""
+        if self._scopes is None:
+            members: dict[str, list] = {}
+            for node in self.order:
+                parts = node.name.split(".")
+                for k in range(1, len(parts)):
+                    members.setdefault(".".join(parts[:k]), []).append(node.name)
+            used_outside: dict[str, set] = {}
+            for node in self.order:
+                for i in node.inputs:
+                    parts = i.split(".")
+                    for k in range(1, len(parts)):
+                        scope = ".".join(parts[:k])
+                        if not node.name.startswith(scope + "."):
+                            used_outside.setdefault(scope, set()).add(i)
+            outs = set(self.graph.outputs)
+            scopes = {}
+            for scope, names in members.items():
+                if scope in self.graph.nodes:
+                    continue
+                exits = used_outside.get(scope, set()) | (outs & set(names))
+                scopes[scope] = next(iter(exits)) if len(exits) == 1 else names[-1]
+            self._scopes = scopes
+        return self._scopes
+
+    def resolve(self, name: str) -> str:
+        """A node name, or a block name standing for the block's output node."""
+        return name if name in self.graph.nodes else self.scopes[name]
 
     def check_outputs(self, outputs) -> tuple[str, ...] | None:
-        """Normalise ``outputs`` to a tuple of node names, or raise a ValueError naming close
-        matches for unknown ones."""
+        """Normalise ``outputs`` to a tuple of names (nodes, or blocks such as 'layer3'), or
+        raise a ValueError naming close matches for unknown ones."""
         if outputs is None:
             return None
         if isinstance(outputs, str):
@@ -69,10 +104,10 @@ class Program:
         outputs = tuple(outputs)
         nodes = self.graph.nodes
         for name in outputs:
-            if name not in nodes:
-                close = difflib.get_close_matches(name, list(nodes), n=5, cutoff=0.6)
+            if name not in nodes and name not in self.scopes:
+                close = difflib.get_close_matches(name, list(self.scopes) + list(nodes), n=5, cutoff=0.6)
                 hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-                raise ValueError(f"model {self.graph.name!r} has no node named {name!r}{hint}")
+                raise ValueError(f"model {self.graph.name!r} has no node or block named {name!r}{hint}")
         return outputs
 
     def needed(self, outputs: tuple[str, ...]) -> frozenset:
@@ -271,6 +306,79 @@ def _identity(node: Node, xs, train):
     return xs[0]
 
 
+def _reshape(node: Node, xs, train):
+    x = xs[0]
+    return x.reshape((x.shape[0],) + tuple(node.attrs["shape"]))
+
+
+def _adaptive_along(x, axis: int, out: int, reduce):
+    """PyTorch's adaptive pooling along one axis: window i is [floor(i*n/o), ceil((i+1)*n/o))."""
+    n = x.shape[axis]
+    if n % out == 0:                                           # equal windows: one reshape
+        return reduce(x.reshape(x.shape[:axis] + (out, n // out) + x.shape[axis + 1:]), axis=axis + 1)
+    parts = [reduce(lax.slice_in_dim(x, (i * n) // out, -(-((i + 1) * n) // out), axis=axis),
+                    axis=axis, keepdims=True) for i in range(out)]
+    return jnp.concatenate(parts, axis=axis)
+
+
+def _adaptive_pool(node: Node, xs, train):
+    # separable: a mean (max) over a rectangle is the mean (max) over its rows of the mean
+    # (max) over its columns, and PyTorch's windows are a product of per-axis windows
+    reduce = jnp.mean if node.attrs["kind"] == "avg" else jnp.max
+    oh, ow = node.attrs["out"]
+    return _adaptive_along(_adaptive_along(xs[0], 1, oh, reduce), 2, ow, reduce)
+
+
+class L2Norm(nn.Module):
+    """SSD's L2Norm: x / max(||x||_2 over channels, eps) times a learned per-channel scale."""
+    init_scale: float = 20.0
+    eps: float = 1e-12
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.initializers.constant(self.init_scale), (x.shape[-1],), jnp.float32)
+        norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
+        return x / jnp.maximum(norm, self.eps) * scale
+
+
+class Normalize(nn.Module):
+    """Keras Normalization: (x - mean) / max(sqrt(var), eps), with mean, var and the sample
+    count as non-trainable state (in 'batch_stats'; training leaves them unchanged)."""
+    eps: float = 1e-7
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        self.variable("batch_stats", "count", lambda: jnp.zeros((), jnp.float32))
+        return (x - mean.value) / jnp.maximum(jnp.sqrt(var.value), self.eps)
+
+
+def _l2norm(node: Node, xs, train):
+    return L2Norm(node.attrs.get("init", 20.0), node.attrs.get("eps", 1e-12), name=node.name)(xs[0])
+
+
+def _normalize(node: Node, xs, train):
+    return Normalize(node.attrs.get("eps", 1e-7), name=node.name)(xs[0])
+
+
+def _per_channel(values):
+    """A per-channel constant: a Python float when all channels agree, else a (C,) array."""
+    values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
+    return float(values[0]) if len(set(values)) == 1 else np.asarray(values, np.float32)
+
+
+def _rescale(node: Node, xs, train):
+    x = xs[0]
+    scale, offset = _per_channel(node.attrs.get("scale", 1.0)), _per_channel(node.attrs.get("offset", 0.0))
+    if not (isinstance(scale, float) and scale == 1.0):
+        x = x * scale
+    if not (isinstance(offset, float) and offset == 0.0):
+        x = x + offset
+    return x
+
+
 LOWERINGS: dict[str, Callable] = {
     "conv": _conv,
     "conv_transpose": _conv_transpose,
@@ -292,8 +400,95 @@ LOWERINGS: dict[str, Callable] = {
     "crop": _crop,
     "upsample": _upsample,
     "identity": _identity,
+    "reshape": _reshape,
+    "adaptive_pool": _adaptive_pool,
+    "l2norm": _l2norm,
+    "normalize": _normalize,
+    "rescale": _rescale,
     "input": None,          # bound from the arguments, never called
 }
+
+
+# --------------------------------------------------------------------------------------------
+# The variables each op creates, as the Flax layers above create them. Model.init builds the
+# variables from this table with one random draw (see archc.runtime.model); a test checks it
+# against jax.eval_shape(GraphModule.init).
+# --------------------------------------------------------------------------------------------
+class VarSpec(NamedTuple):
+    collection: str     # 'params' | 'batch_stats'
+    node: str
+    leaf: str           # 'kernel', 'bias', 'scale', 'mean', 'var'
+    shape: tuple
+    init: str           # 'lecun_normal' | 'zeros' | 'ones' | 'constant'
+    fan_in: int = 0     # for lecun_normal
+    value: float = 0.0  # for constant
+
+
+def _conv_vars(node: Node, ins):
+    a = node.attrs
+    kh, kw = a["kernel"]
+    cin = ins[0][-1] // a.get("groups", 1)
+    yield VarSpec("params", node.name, "kernel", (kh, kw, cin, a["features"]), "lecun_normal", kh * kw * cin)
+    if a.get("bias", True):
+        yield VarSpec("params", node.name, "bias", (a["features"],), "zeros")
+
+
+def _conv_transpose_vars(node: Node, ins):
+    a = node.attrs
+    kh, kw = a["kernel"]
+    f = a["features"]
+    # transpose_kernel layout (kh, kw, out, in); Flax's fan_in is kh*kw*shape[-2]
+    yield VarSpec("params", node.name, "kernel", (kh, kw, f, ins[0][-1]), "lecun_normal", kh * kw * f)
+    if a.get("bias", True):
+        yield VarSpec("params", node.name, "bias", (f,), "zeros")
+
+
+def _dense_vars(node: Node, ins):
+    a = node.attrs
+    yield VarSpec("params", node.name, "kernel", (ins[0][-1], a["features"]), "lecun_normal", ins[0][-1])
+    if a.get("bias", True):
+        yield VarSpec("params", node.name, "bias", (a["features"],), "zeros")
+
+
+def _bn_vars(node: Node, ins):
+    a, c = node.attrs, ins[0][-1]
+    if a.get("scale", True):
+        yield VarSpec("params", node.name, "scale", (c,), "ones")
+    if a.get("center", True):
+        yield VarSpec("params", node.name, "bias", (c,), "zeros")
+    yield VarSpec("batch_stats", node.name, "mean", (c,), "zeros")
+    yield VarSpec("batch_stats", node.name, "var", (c,), "ones")
+
+
+def _l2norm_vars(node: Node, ins):
+    yield VarSpec("params", node.name, "scale", (ins[0][-1],), "constant", value=node.attrs.get("init", 20.0))
+
+
+def _normalize_vars(node: Node, ins):
+    c = ins[0][-1]
+    yield VarSpec("batch_stats", node.name, "mean", (c,), "zeros")
+    yield VarSpec("batch_stats", node.name, "var", (c,), "ones")
+    yield VarSpec("batch_stats", node.name, "count", (), "zeros")
+
+
+VARIABLES: dict[str, Callable] = {
+    "conv": _conv_vars,
+    "conv_transpose": _conv_transpose_vars,
+    "dense": _dense_vars,
+    "bn": _bn_vars,
+    "l2norm": _l2norm_vars,
+    "normalize": _normalize_vars,
+}
+
+
+def variable_specs(graph: Graph) -> list[VarSpec]:
+    """Every variable the lowered module has, in graph order."""
+    specs = []
+    for node in graph:
+        rule = VARIABLES.get(node.op)
+        if rule is not None:
+            specs.extend(rule(node, [tuple(graph.nodes[i].shape) for i in node.inputs]))
+    return specs
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,7 +531,7 @@ class GraphModule(nn.Module):
 
         # walk the graph; when only some outputs are wanted (and we are not creating the
         # variables) only their ancestors are traced
-        targets = wanted if wanted is not None else (prog.primary,)
+        targets = tuple(map(prog.resolve, wanted)) if wanted is not None else (prog.primary,)
         needed = None if self.is_initializing() else prog.needed(targets)
         for node in prog.order:
             if node.op == "input" or (needed is not None and node.name not in needed):
@@ -346,7 +541,7 @@ class GraphModule(nn.Module):
         fix = (lambda a: a[0]) if unbatched else (lambda a: a)
         if wanted is None:
             return fix(env[prog.primary])
-        return {name: fix(env[name]) for name in wanted}
+        return {name: fix(env[node]) for name, node in zip(wanted, targets)}
 
 
 def lower(graph: Graph) -> GraphModule:

@@ -12,12 +12,15 @@ with ``jax.jit``/``jax.grad``/``jax.vmap`` yourself (``model.apply`` works insid
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
+from math import prod
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..compiler.ir import Graph
-from ..compiler.lower import GraphModule, Program
+from ..compiler.lower import GraphModule, Program, variable_specs
 from ..compiler.stats import summarize
 
 
@@ -40,7 +43,7 @@ class Model:
         self.graph = graph
         self.program = Program(graph)
         self.module = GraphModule(self.program)
-        self._init_jit = jax.jit(self._init_fn)
+        self.variable_specs = variable_specs(graph)
         self._apply_jit = jax.jit(self._apply_pure, static_argnames=("train", "outputs"))
 
     # ---- description ----
@@ -67,19 +70,40 @@ class Model:
                 f"{fmt(map(str, self.output_shape))}, {s['trainable_params']:,} params)")
 
     # ---- variables ----
-    def _dummy_inputs(self, batch: int, dtype=jnp.float32):
-        xs = tuple(jnp.zeros((batch,) + tuple(self.graph[n].shape), dtype) for n in self.graph.inputs)
-        return xs[0] if len(xs) == 1 else xs
-
-    def _init_fn(self, key):
-        # the forward pass traced here has no live outputs, so XLA removes it
-        return self.module.init({"params": key}, self._dummy_inputs(1), train=False)
-
     def init(self, seed: int | jax.Array = 0) -> dict:
-        """Fresh variables ``{'params': ..., 'batch_stats': ...}``; the same seed (an int, or
-        a PRNG key) gives bit-identical variables."""
+        """Fresh variables ``{'params': {node: {...}}, 'batch_stats': {node: {...}}}``.
+
+        Flax's default initialisers: kernels LeCun-normal (truncated normal, variance
+        1/fan_in), biases and BatchNorm shifts/means 0, scales/variances 1. The same seed (an
+        int, or a PRNG key) gives bit-identical variables.
+
+        All kernels come from one jitted draw of truncated normals, split and scaled per
+        kernel: XLA:CPU compiles a threefry call in ~0.5 s, so Linen's one-draw-per-parameter
+        init (``model.module.init``, equally valid, different numbers) takes ~20 s to compile
+        for ResNet-50 where this takes ~1 s. The splitting happens on the host, except under a
+        JAX transformation (``jax.eval_shape(model.init)``, ``jax.jit``), where it is traced.
+        """
         key = seed if isinstance(seed, jax.Array) else jax.random.PRNGKey(int(seed))
-        return self._init_jit(key)
+        n_random = sum(prod(v.shape) for v in self.variable_specs if v.init == "lecun_normal")
+        flat = _truncated_normal(key, _bucket(n_random)) if n_random else None
+        if not isinstance(flat, jax.core.Tracer):
+            flat = np.asarray(flat) if n_random else None
+        variables: dict = {}
+        offset = 0
+        for v in self.variable_specs:
+            if v.init == "lecun_normal":
+                n = prod(v.shape)
+                std = np.float32(np.sqrt(1.0 / v.fan_in)) / np.float32(_TRUNC_STD)
+                value = flat[offset:offset + n].reshape(v.shape) * std
+                offset += n
+            elif v.init == "zeros":
+                value = np.zeros(v.shape, np.float32)
+            elif v.init == "ones":
+                value = np.ones(v.shape, np.float32)
+            else:
+                value = np.full(v.shape, v.value, np.float32)
+            variables.setdefault(v.collection, {}).setdefault(v.node, {})[v.leaf] = jnp.asarray(value)
+        return variables
 
     # ---- running ----
     def _rngs(self, rngs, train: bool):
@@ -133,3 +157,18 @@ class Model:
             return out
 
         return {k: tuple(v.shape) for k, v in jax.eval_shape(run, x).items()}
+
+
+_TRUNC_STD = 0.87962566103423978   # stddev of a standard normal truncated to [-2, 2] (as Flax)
+
+
+def _bucket(n: int) -> int:
+    """Round the draw size up (by < 12.5%) so that models of similar size share one compiled
+    draw: compiling threefry is what an init of a small model mostly costs."""
+    step = 1 << max(n.bit_length() - 4, 12)
+    return -(-n // step) * step
+
+
+@partial(jax.jit, static_argnums=1)
+def _truncated_normal(key, n: int):
+    return jax.random.truncated_normal(key, -2.0, 2.0, (n,), jnp.float32)

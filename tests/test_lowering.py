@@ -1,0 +1,570 @@
+"""Lowering and runtime: op semantics against independent numpy implementations, and the Model
+API (init, train, outputs=, save/load, jit/grad/vmap). Hand-built graphs; no front end needed."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.special import erf
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ir_helpers import P0, GraphBuilder, resnet50_graph  # noqa: E402
+
+from archc.compiler.lower import variable_specs  # noqa: E402
+from archc.runtime.model import Model  # noqa: E402
+from archc.runtime.variables_io import load_variables, save_variables  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def highest_precision():
+    old = jax.config.jax_default_matmul_precision
+    jax.config.update("jax_default_matmul_precision", "highest")
+    yield
+    jax.config.update("jax_default_matmul_precision", old)
+
+
+def rand(*shape, seed=0, positive=False):
+    r = np.random.default_rng(seed)
+    x = r.standard_normal(shape).astype(np.float32)
+    return np.abs(x) + 0.5 if positive else x
+
+
+def run_single(op, in_shape, x, batch=2, params=None, stats=None, **attrs):
+    """Graph input -> one `op` node; returns (model output, the node's input/params)."""
+    g = GraphBuilder("t", in_shape)
+    g.add(op, "input", name="node", **attrs)
+    model = Model(g.output())
+    v = model.init(0)
+    if params is not None:
+        v["params"]["node"] = {k: jnp.asarray(a) for k, a in params.items()}
+    if stats is not None:
+        v["batch_stats"]["node"] = {k: jnp.asarray(a) for k, a in stats.items()}
+    y = model.apply(v, x)
+    assert y.shape == (x.shape[0],) + model.graph["node"].shape
+    return np.asarray(y), v
+
+
+# ---------------------------------------------------------------- numpy references
+def np_conv(x, k, b, strides, padding, dilation, groups):
+    x, k = x.astype(np.float64), k.astype(np.float64)
+    n, h, w, c = x.shape
+    kh, kw, cig, f = k.shape
+    (sh, sw), (dh, dw) = strides, dilation
+    xp = np.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    oh = (xp.shape[1] - dh * (kh - 1) - 1) // sh + 1
+    ow = (xp.shape[2] - dw * (kw - 1) - 1) // sw + 1
+    out = np.zeros((n, oh, ow, f))
+    fg = f // groups
+    for i in range(kh):
+        for j in range(kw):
+            patch = xp[:, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw, :]
+            for gi in range(groups):
+                out[..., gi * fg:(gi + 1) * fg] += patch[..., gi * cig:(gi + 1) * cig] @ k[i, j, :, gi * fg:(gi + 1) * fg]
+    return out + (0 if b is None else b)
+
+
+def np_conv_transpose(x, k, b, strides, padding, output_padding):
+    """PyTorch ConvTranspose2d with weight w[ci, co, i, j] == k[i, j, co, ci]."""
+    n, h, w, c = x.shape
+    kh, kw, f, _ = k.shape
+    (sh, sw) = strides
+    full = np.zeros((n, (h - 1) * sh + kh + output_padding[0], (w - 1) * sw + kw + output_padding[1], f))
+    for i in range(kh):
+        for j in range(kw):
+            full[:, i:i + sh * (h - 1) + 1:sh, j:j + sw * (w - 1) + 1:sw, :] += np.einsum(
+                "nhwc,fc->nhwf", x.astype(np.float64), k[i, j].astype(np.float64))
+    oh = full.shape[1] - padding[0][0] - padding[0][1]
+    ow = full.shape[2] - padding[1][0] - padding[1][1]
+    return full[:, padding[0][0]:padding[0][0] + oh, padding[1][0]:padding[1][0] + ow] + b
+
+
+def np_pool(x, kind, kernel, strides, padding, extra, count_include_pad):
+    """PyTorch's pooling loops, output by output."""
+    n, h, w, c = x.shape
+    (kh, kw), (sh, sw) = kernel, strides
+    (pt, pb), (pl, pr) = padding
+    oh = (h + pt + pb + extra[0][1] - kh) // sh + 1
+    ow = (w + pl + pr + extra[1][1] - kw) // sw + 1
+    out = np.zeros((n, oh, ow, c))
+    for oi in range(oh):
+        for oj in range(ow):
+            hs, ws = oi * sh - pt, oj * sw - pl
+            he, we = hs + kh, ws + kw
+            h0, h1, w0, w1 = max(hs, 0), min(he, h), max(ws, 0), min(we, w)
+            win = x[:, h0:h1, w0:w1, :].astype(np.float64)
+            if kind == "max":
+                out[:, oi, oj] = win.max(axis=(1, 2))
+            else:
+                if count_include_pad:
+                    div = (min(he, h + pb) - max(hs, -pt)) * (min(we, w + pr) - max(ws, -pl))
+                else:
+                    div = (h1 - h0) * (w1 - w0)
+                out[:, oi, oj] = win.sum(axis=(1, 2)) / div
+    return out
+
+
+def np_lrn(x, size, alpha, beta, k):
+    x = x.astype(np.float64)
+    c = x.shape[-1]
+    out = np.empty_like(x)
+    for ch in range(c):
+        lo, hi = max(0, ch - size // 2), min(c, ch + (size - 1) // 2 + 1)
+        s = (x[..., lo:hi] ** 2).sum(-1)
+        out[..., ch] = x[..., ch] / (k + alpha / size * s) ** beta
+    return out
+
+
+def np_bilinear(x, fh, fw):
+    def axis(a, f, ax):
+        n = a.shape[ax]
+        dst = np.arange(n * f)
+        src = np.maximum((dst + 0.5) / f - 0.5, 0.0)
+        i0 = np.floor(src).astype(int)
+        i1 = np.minimum(i0 + 1, n - 1)
+        lam = (src - i0).reshape([-1 if d == ax else 1 for d in range(a.ndim)])
+        return np.take(a, i0, ax) * (1 - lam) + np.take(a, i1, ax) * lam
+    return axis(axis(x.astype(np.float64), fh, 1), fw, 2)
+
+
+def close(a, b, tol=1e-5):
+    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=tol, atol=tol)
+
+
+# ---------------------------------------------------------------- op semantics
+@pytest.mark.parametrize("kernel,strides,padding,dilation,groups,cin,cout", [
+    ((3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), 1, 3, 4),
+    ((3, 3), (2, 2), ((0, 1), (0, 1)), (1, 1), 1, 3, 4),        # TF 'same', stride 2
+    ((3, 2), (2, 1), ((2, 0), (1, 3)), (1, 1), 1, 3, 5),        # asymmetric everything
+    ((3, 3), (1, 1), ((2, 2), (2, 2)), (2, 2), 1, 4, 4),        # dilation
+    ((3, 3), (1, 2), ((1, 1), (1, 1)), (1, 1), 2, 4, 6),        # groups
+    ((3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1), 6, 6, 6),        # depthwise
+    ((3, 3), (1, 1), ((1, 2), (0, 1)), (2, 1), 3, 6, 3),        # dilation + groups, asymmetric
+])
+def test_conv(kernel, strides, padding, dilation, groups, cin, cout):
+    x = rand(2, 9, 8, cin)
+    k = rand(kernel[0], kernel[1], cin // groups, cout, seed=1)
+    b = rand(cout, seed=2)
+    y, _ = run_single("conv", (9, 8, cin), x, params={"kernel": k, "bias": b}, features=cout,
+                      kernel=kernel, strides=strides, padding=padding, dilation=dilation,
+                      groups=groups, bias=True)
+    close(y, np_conv(x, k, b, strides, padding, dilation, groups))
+
+
+@pytest.mark.parametrize("kernel,strides,padding,output_padding", [
+    ((4, 4), (2, 2), ((1, 1), (1, 1)), (0, 0)),                 # the DCGAN/U-Net 2x upsampler
+    ((3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1)),                 # with output_padding
+    ((3, 2), (1, 2), ((0, 2), (1, 0)), (0, 1)),
+])
+def test_conv_transpose(kernel, strides, padding, output_padding):
+    x = rand(2, 5, 4, 3)
+    k = rand(kernel[0], kernel[1], 4, 3, seed=1)
+    b = rand(4, seed=2)
+    y, _ = run_single("conv_transpose", (5, 4, 3), x, params={"kernel": k, "bias": b}, features=4,
+                      kernel=kernel, strides=strides, padding=padding,
+                      output_padding=output_padding, bias=True)
+    close(y, np_conv_transpose(x, k, b, strides, padding, output_padding))
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("kernel,strides,padding,extra,cip", [
+    ((2, 2), (2, 2), P0, P0, True),
+    ((3, 3), (2, 2), ((1, 1), (1, 1)), P0, True),               # ResNet stem / AvgPool(3,2,1)
+    ((3, 3), (2, 2), ((1, 1), (1, 1)), P0, False),
+    ((3, 3), (2, 2), P0, ((0, 1), (0, 1)), True),               # ceil_mode (GoogLeNet)
+    ((3, 3), (2, 2), ((1, 1), (1, 1)), ((0, 1), (0, 1)), True),  # ceil_mode + padding
+    ((3, 3), (2, 2), ((1, 1), (1, 1)), ((0, 1), (0, 1)), False),
+    ((3, 3), (1, 1), ((1, 1), (1, 1)), P0, False),              # TF 'same' avg, stride 1
+    ((3, 2), (2, 2), ((0, 1), (0, 1)), P0, False),              # TF 'same' avg, asymmetric
+])
+def test_pool(kind, kernel, strides, padding, extra, cip):
+    x = rand(2, 8, 7, 3)
+    y, _ = run_single("pool", (8, 7, 3), x, kind=kind, kernel=kernel, strides=strides,
+                      padding=padding, extra=extra, count_include_pad=cip)
+    close(y, np_pool(x, kind, kernel, strides, padding, extra, cip))
+
+
+@pytest.mark.parametrize("size,alpha,beta,k", [(5, 1e-4, 0.75, 2.0), (4, 0.5, 0.6, 1.0), (3, 2.0, 1.2, 0.5)])
+def test_lrn(size, alpha, beta, k):
+    x = rand(2, 3, 3, 7) * 3
+    y, _ = run_single("lrn", (3, 3, 7), x, size=size, alpha=alpha, beta=beta, k=k)
+    close(y, np_lrn(x, size, alpha, beta, k))
+
+
+def test_flatten_orders():
+    x = rand(2, 3, 4, 5)
+    y, _ = run_single("flatten", (3, 4, 5), x, order="nchw")
+    close(y, x.transpose(0, 3, 1, 2).reshape(2, -1), 0)
+    y, _ = run_single("flatten", (3, 4, 5), x, order="nhwc")
+    close(y, x.reshape(2, -1), 0)
+
+
+def test_shuffle_matches_pytorch_channel_shuffle():
+    x = rand(2, 3, 3, 12)
+    y, _ = run_single("shuffle", (3, 3, 12), x, groups=3)
+    nchw = x.transpose(0, 3, 1, 2)
+    ref = nchw.reshape(2, 3, 4, 3, 3).transpose(0, 2, 1, 3, 4).reshape(2, 12, 3, 3).transpose(0, 2, 3, 1)
+    close(y, ref, 0)
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+ACT_REFS = {
+    "relu": lambda x: np.maximum(x, 0),
+    "relu6": lambda x: np.clip(x, 0, 6),
+    "leaky_relu": lambda x: np.where(x > 0, x, 0.2 * x),
+    "elu": lambda x: np.where(x > 0, x, 0.7 * (np.exp(x) - 1)),
+    "sigmoid": _sigmoid,
+    "tanh": np.tanh,
+    "swish": lambda x: x * _sigmoid(x),
+    "hard_swish": lambda x: x * np.clip(x + 3, 0, 6) / 6,
+    "hard_sigmoid": lambda x: np.clip(x + 3, 0, 6) / 6,
+    "gelu": lambda x: 0.5 * x * (1 + erf(x / np.sqrt(2))),
+    "gelu_tanh": lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))),
+    "softmax": lambda x: np.exp(x - x.max(-1, keepdims=True)) / np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True),
+    "softplus": lambda x: np.log1p(np.exp(x)),
+    "mish": lambda x: x * np.tanh(np.log1p(np.exp(x))),
+}
+
+
+@pytest.mark.parametrize("fn", sorted(ACT_REFS))
+def test_activation(fn):
+    from archc.compiler.ops import ACTIVATIONS
+    assert set(ACT_REFS) == set(ACTIVATIONS)
+    x = rand(2, 2, 3, 8) * 4
+    x[0, 0, 0, :4] = [-3.0, 3.0, 0.0, 6.5]            # the hard_* kinks
+    attrs = {"alpha": 0.2} if fn == "leaky_relu" else {"alpha": 0.7} if fn == "elu" else {}
+    y, _ = run_single("act", (2, 3, 8), x, fn=fn, **attrs)
+    close(y, ACT_REFS[fn](x.astype(np.float64)), 2e-6)
+
+
+@pytest.mark.parametrize("scale,center", [(True, True), (False, True), (True, False)])
+def test_batchnorm_inference(scale, center):
+    x = rand(2, 3, 3, 4)
+    mean, var = rand(4, seed=1), rand(4, seed=2, positive=True)
+    params = {}
+    if scale:
+        params["scale"] = rand(4, seed=3)
+    if center:
+        params["bias"] = rand(4, seed=4)
+    y, _ = run_single("bn", (3, 3, 4), x, params=params, stats={"mean": mean, "var": var},
+                      eps=1e-3, momentum=0.9, scale=scale, center=center)
+    ref = (x - mean) / np.sqrt(var.astype(np.float64) + 1e-3)
+    close(y, ref * params.get("scale", 1.0) + params.get("bias", 0.0))
+
+
+@pytest.mark.parametrize("method", ["nearest", "bilinear"])
+def test_upsample(method):
+    x = rand(2, 3, 4, 2)
+    y, _ = run_single("upsample", (3, 4, 2), x, factor=(2, 3), method=method)
+    ref = x.repeat(2, 1).repeat(3, 2) if method == "nearest" else np_bilinear(x, 2, 3)
+    close(y, ref)
+
+
+def test_small_ops():
+    x = rand(2, 5, 6, 4)
+    close(run_single("pad", (5, 6, 4), x, padding=((1, 0), (2, 3)), value=-1.5)[0],
+          np.pad(x, ((0, 0), (1, 0), (2, 3), (0, 0)), constant_values=-1.5), 0)
+    close(run_single("crop", (5, 6, 4), x, crop=((1, 2), (0, 3)))[0], x[:, 1:3, 0:3], 0)
+    close(run_single("slice", (5, 6, 4), x, start=1, stop=3)[0], x[..., 1:3], 0)
+    close(run_single("scale", (5, 6, 4), x, value=0.25)[0], x * 0.25, 0)
+    close(run_single("identity", (5, 6, 4), x)[0], x, 0)
+    close(run_single("dropout", (5, 6, 4), x, rate=0.5)[0], x, 0)          # inference
+    close(run_single("global_pool", (5, 6, 4), x, kind="avg", keepdims=True)[0], x.mean((1, 2), keepdims=True))
+    close(run_single("global_pool", (5, 6, 4), x, kind="max", keepdims=False)[0], x.max((1, 2)), 0)
+    k, b = rand(4, 3, seed=1), rand(3, seed=2)
+    close(run_single("dense", (5, 6, 4), x, params={"kernel": k, "bias": b}, features=3, bias=True)[0],
+          x.astype(np.float64) @ k + b)
+
+
+def np_adaptive(x, kind, out):
+    n, h, w, c = x.shape
+    res = np.zeros((n,) + tuple(out) + (c,))
+    for i in range(out[0]):
+        for j in range(out[1]):
+            win = x[:, (i * h) // out[0]:-(-((i + 1) * h) // out[0]), (j * w) // out[1]:-(-((j + 1) * w) // out[1])]
+            res[:, i, j] = win.max((1, 2)) if kind == "max" else win.astype(np.float64).mean((1, 2))
+    return res
+
+
+@pytest.mark.parametrize("kind", ["avg", "max"])
+@pytest.mark.parametrize("out", [(2, 3), (3, 4), (5, 5), (1, 1)])
+def test_adaptive_pool(kind, out):
+    x = rand(2, 6, 7, 3)          # 6 -> 2, 3 divide; 7 -> 3, 4, 5 do not (overlapping windows)
+    y, _ = run_single("adaptive_pool", (6, 7, 3), x, kind=kind, out=out)
+    close(y, np_adaptive(x, kind, out))
+
+
+def test_reshape_l2norm_normalize_rescale():
+    x = rand(2, 3, 4, 6)
+    close(run_single("reshape", (3, 4, 6), x, shape=(12, 6))[0], x.reshape(2, 12, 6), 0)
+    close(run_single("reshape", (3, 4, 6), x, shape=(72,))[0], x.reshape(2, 72), 0)
+    scale = rand(6, seed=3)
+    y, v = run_single("l2norm", (3, 4, 6), x, params={"scale": scale}, init=20.0, eps=1e-12)
+    close(y, x / np.sqrt((x.astype(np.float64) ** 2).sum(-1, keepdims=True)) * scale)
+    y, v = run_single("l2norm", (3, 4, 6), np.zeros_like(x), init=20.0, eps=1e-12)
+    close(y, np.zeros_like(x), 0)                                  # eps guards the zero vector
+    mean, var = rand(6, seed=1), rand(6, seed=2, positive=True)
+    var[0] = 1e-20                                                  # below eps**2
+    y, v = run_single("normalize", (3, 4, 6), x, stats={"mean": mean, "var": var, "count": np.float32(5)}, eps=1e-7)
+    close(y, (x - mean) / np.maximum(np.sqrt(var.astype(np.float64)), 1e-7), 1e-4)
+    sc, off = tuple(rand(6, seed=4).tolist()), tuple(rand(6, seed=5).tolist())
+    close(run_single("rescale", (3, 4, 6), x, scale=sc, offset=off)[0], x * np.float32(sc) + np.float32(off))
+    close(run_single("rescale", (3, 4, 6), x, scale=(1 / 255,) * 6, offset=(-1.0,) * 6)[0], x / 255 - 1)
+
+
+def test_new_op_variables():
+    g = GraphBuilder("vars", (4, 4, 3))
+    g.add("l2norm", "input", name="l2", init=10.0, eps=1e-12)
+    g.add("normalize", "l2", name="norm", eps=1e-7)
+    model = Model(g.output())
+    v = model.init(0)
+    close(v["params"]["l2"]["scale"], np.full(3, 10.0), 0)
+    assert {k: a.shape for k, a in v["batch_stats"]["norm"].items()} == {"mean": (3,), "var": (3,), "count": ()}
+    _, v2 = model.apply(v, rand(2, 4, 4, 3), train=True)                  # training leaves them alone
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(v2)))
+
+
+def test_concat_add_mul_broadcast():
+    g = GraphBuilder("t", (4, 4, 3))
+    se = g.add("global_pool", "input", name="gp", kind="avg", keepdims=True)
+    m = g.add("mul", ["input", se], name="mul")
+    a = g.add("add", ["input", m, se], name="add")
+    g.add("concat", ["input", a, m], name="cat")
+    model = Model(g.output())
+    x = rand(2, 4, 4, 3)
+    y = model.apply(model.init(0), x, outputs=["mul", "add", "cat"])
+    s = x.mean((1, 2), keepdims=True)
+    close(y["mul"], x * s)
+    close(y["add"], x + x * s + s)
+    close(y["cat"], np.concatenate([x, x + x * s + s, x * s], -1))
+
+
+# ---------------------------------------------------------------- a graph using every op
+def every_op_graph(dropout: float = 0.3) -> GraphBuilder:
+    g = GraphBuilder("every_op", (9, 9, 4))
+    x = g.conv("input", 8, 3, 1, padding=((2, 0), (1, 3)), dilation=(2, 1), groups=2, name="conv")
+    x = g.bn(x, "bn")
+    x = g.act(x, "leaky_relu", name="act", alpha=0.1)
+    x = g.pool(x, "max", 3, 2, extra=((0, 1), (0, 1)), name="pool")
+    x = g.add("conv_transpose", x, name="deconv", features=6, kernel=(4, 4), strides=(2, 2),
+              padding=((1, 1), (1, 1)), output_padding=(0, 0), bias=True)
+    x = g.add("lrn", x, name="lrn", size=3, alpha=1e-3, beta=0.75, k=1.0)
+    x = g.add("shuffle", x, name="shuffle", groups=3)
+    s1 = g.add("slice", x, name="slice", start=0, stop=4)
+    s1 = g.add("pad", s1, name="pad", padding=((1, 1), (1, 1)), value=0.0)
+    s1 = g.add("crop", s1, name="crop", crop=((1, 1), (1, 1)))
+    s2 = g.pool(x, "avg", 2, 2, count_include_pad=False, name="avg")
+    s2 = g.add("upsample", s2, name="up", factor=(2, 2), method="bilinear")
+    x = g.add("concat", [s1, s2], name="cat")
+    x = g.add("add", [x, g.conv(x, 10, 1, name="proj")], name="res")
+    se = g.add("global_pool", x, name="se_pool", kind="avg", keepdims=True)
+    se = g.act(g.conv(se, 10, 1, name="se_fc"), "sigmoid", name="se_gate")
+    x = g.add("mul", [x, se], name="se")
+    x = g.add("bn", x, name="bn_noscale", eps=1e-5, momentum=0.99, scale=False, center=True)
+    x = g.add("dropout", x, name="drop", rate=dropout)
+    x = g.add("scale", x, name="scale", value=0.5)
+    x = g.add("identity", x, name="id")
+    x = g.add("l2norm", x, name="l2norm", init=20.0, eps=1e-12)
+    x = g.add("normalize", x, name="normalize", eps=1e-7)
+    x = g.add("rescale", x, name="rescale", scale=(0.5,) * 10, offset=tuple(range(10)))
+    x = g.add("adaptive_pool", x, name="adaptive", kind="avg", out=(3, 2))
+    x = g.add("reshape", x, name="reshape", shape=(2, 3, 10))
+    x = g.add("flatten", x, name="flat", order="nchw")
+    g.add("dense", x, name="fc", features=5, bias=False)
+    return g
+
+
+@pytest.fixture(scope="module")
+def every_op():
+    return Model(every_op_graph().output())
+
+
+@pytest.fixture(scope="module")
+def every_op_nodrop():
+    return Model(every_op_graph(dropout=0.0).output())
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    g = GraphBuilder("tiny", (6, 6, 3))
+    x = g.act(g.bn(g.conv("input", 4, 3, 2, name="conv"), "bn"), name="relu")
+    x = g.add("global_pool", x, name="gap", kind="avg", keepdims=False)
+    g.add("dense", x, name="fc", features=2)
+    return Model(g.output())
+
+
+def test_eval_shapes_match_ir(every_op):
+    shapes = every_op.eval_shapes(batch=3)
+    for node in every_op.graph:
+        assert shapes[node.name] == (3,) + tuple(node.shape), node.name
+
+
+def test_eval_shapes_match_ir_resnet50():
+    model = Model(resnet50_graph(classes=10))
+    shapes = model.eval_shapes(batch=2)
+    assert {n: s[1:] for n, s in shapes.items()} == {n.name: tuple(n.shape) for n in model.graph}
+    s = model.summary()
+    assert (s["trainable_params"], s["non_trainable_params"]) == (23_528_522, 53_120)
+    assert resnet50_graph() and Model(resnet50_graph()).summary()["trainable_params"] == 25_557_032
+
+
+def test_variables_match_linen_init(every_op):
+    """Model.init's fast path creates exactly the variables Linen's own init would."""
+    x = jnp.zeros((1,) + every_op.input_shape)
+    ref = jax.eval_shape(lambda: every_op.module.init(jax.random.PRNGKey(0), x))
+    mine = every_op.init(0)
+    assert jax.tree.structure(ref) == jax.tree.structure(mine)
+    for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(mine)):
+        assert (a.shape, a.dtype) == (b.shape, b.dtype)
+    assert len(variable_specs(every_op.graph)) == len(jax.tree.leaves(mine))
+    k = mine["params"]["proj"]["kernel"]
+    assert k.shape == (1, 1, 10, 10) and 0.15 < float(jnp.std(k)) < 0.5   # lecun: 1/sqrt(10)
+
+
+def test_init_deterministic(every_op):
+    a, b, c = every_op.init(0), every_op.init(0), every_op.init(1)
+    la, lb, lc = jax.tree.leaves(a), jax.tree.leaves(b), jax.tree.leaves(c)
+    assert all(np.array_equal(x, y) for x, y in zip(la, lb))
+    assert not np.array_equal(a["params"]["conv"]["kernel"], c["params"]["conv"]["kernel"])
+    assert float(jnp.abs(a["params"]["conv"]["kernel"] - a["params"]["proj"]["kernel"][:3, :1, :4, :8].sum()).sum()) > 0
+
+
+def test_train_updates_batch_stats(every_op_nodrop):
+    m = every_op_nodrop
+    v = m.init(0)
+    x = rand(4, 9, 9, 4)
+    y, v2 = m.apply(v, x, train=True)
+    assert set(v2) == set(v)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(v2["params"]), jax.tree.leaves(v["params"])))
+    # momentum 0.9: new = 0.9 * old + 0.1 * batch statistic (biased variance) of the bn input
+    conv = np.asarray(m.apply(v, x, outputs=["conv"])["conv"], np.float64)
+    close(v2["batch_stats"]["bn"]["mean"], 0.1 * conv.mean((0, 1, 2)), 1e-5)
+    close(v2["batch_stats"]["bn"]["var"], 0.9 + 0.1 * conv.var((0, 1, 2)), 1e-5)
+    assert not np.array_equal(v2["batch_stats"]["bn_noscale"]["mean"], v["batch_stats"]["bn_noscale"]["mean"])
+    # train mode normalises with the batch statistics: bn output has ~zero mean per channel
+    assert not np.allclose(y, m.apply(v, x))
+
+
+def test_dropout_train():
+    g = GraphBuilder("drop", (4, 4, 8))
+    g.add("dropout", "input", name="drop", rate=0.25)
+    model = Model(g.output())
+    v, x = model.init(0), rand(4, 4, 4, 8, positive=True)
+    with pytest.raises(ValueError, match="rng"):
+        model.apply(v, x, train=True)
+    y1, _ = model.apply(v, x, train=True, rng=jax.random.PRNGKey(1))
+    y2, _ = model.apply(v, x, train=True, rng=jax.random.PRNGKey(2))
+    y1, y2 = np.asarray(y1), np.asarray(y2)
+    kept = y1 != 0
+    close(y1[kept], x[kept] / 0.75)
+    assert 0.6 < kept.mean() < 0.9 and not np.array_equal(y1, y2)
+    close(model.apply(v, x), x, 0)
+
+
+def test_save_load_roundtrip(every_op, tmp_path):
+    v = every_op.init(3)
+    v["batch_stats"]["bn"]["mean"] = jnp.asarray(rand(8, seed=9))
+    path = tmp_path / "v.safetensors"
+    save_variables(v, path)
+    from safetensors.numpy import load_file
+    assert "params/conv/kernel" in load_file(str(path))
+    w = load_variables(path)
+    assert jax.tree.structure(w) == jax.tree.structure(v)
+    for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(w)):
+        assert a.dtype == b.dtype and np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    close(every_op.apply(w, rand(2, 9, 9, 4)), every_op.apply(v, rand(2, 9, 9, 4)), 0)
+
+
+def test_outputs_intermediates(every_op):
+    v = every_op.init(0)
+    x = rand(2, 9, 9, 4)
+    feats = every_op.apply(v, x, outputs=["conv", "pool", "fc"])
+    assert set(feats) == {"conv", "pool", "fc"}
+    k, b = (np.asarray(v["params"]["conv"][n]) for n in ("kernel", "bias"))
+    close(feats["conv"], np_conv(x, k, b, (1, 1), ((2, 0), (1, 3)), (2, 1), 2))
+    close(feats["fc"], every_op.apply(v, x))
+    with pytest.raises(ValueError, match="'pool'"):
+        every_op.apply(v, x, outputs=["poool"])
+    # the input itself is a node too
+    close(every_op.apply(v, x, outputs=("input",))["input"], x, 0)
+
+
+def test_outputs_block_names():
+    g = GraphBuilder("blocks", (4, 4, 2))
+    a = g.conv("input", 2, 1, name="blk.0.conv")
+    side = g.act(a, "relu", name="blk.0.side")                  # used only inside blk
+    b = g.add("add", [a, side], name="blk.0.add")
+    g.add("scale", b, name="blk.1.scale", value=2.0)            # blk's output
+    g.add("scale", "blk.1.scale", name="head", value=3.0)
+    model = Model(g.output())
+    assert model.program.resolve("blk") == "blk.1.scale" and model.program.resolve("blk.0") == "blk.0.add"
+    v, x = model.init(0), rand(2, 4, 4, 2)
+    out = model.apply(v, x, outputs=["blk", "blk.0"])
+    close(out["blk"] * 3, model.apply(v, x), 1e-6)
+    close(out["blk.0"] * 2, out["blk"], 1e-6)
+    with pytest.raises(ValueError, match="'blk'"):
+        model.apply(v, x, outputs=["bl"])
+
+
+def test_grad_through_every_op(every_op_nodrop):
+    m = every_op_nodrop
+    v = m.init(0)
+    x = rand(3, 9, 9, 4)
+
+    def loss(params):
+        return jnp.sum(m.apply_fn({**v, "params": params}, x) ** 2)
+
+    g = jax.jit(jax.grad(loss))(v["params"])
+    assert jax.tree.structure(g) == jax.tree.structure(v["params"])
+    assert all(bool(jnp.all(jnp.isfinite(a))) and float(jnp.abs(a).sum()) > 0 for a in jax.tree.leaves(g))
+
+def test_jit_grad_vmap(tiny):
+    v = tiny.init(0)
+    x = rand(3, 6, 6, 3)
+    ref = tiny.apply(v, x)
+    close(jax.jit(tiny.apply_fn)(v, x), ref, 1e-5)
+    close(jax.jit(lambda v, x: tiny.apply(v, x))(v, x), ref, 1e-5)       # jit inside jit
+
+    def loss(params, batch_stats, x):                                  # a training step's grad
+        y, new = tiny.apply_fn({"params": params, "batch_stats": batch_stats}, x, train=True)
+        return jnp.sum(y ** 2), new["batch_stats"]
+
+    grads, stats = jax.jit(jax.grad(loss, has_aux=True))(v["params"], v["batch_stats"], x)
+    assert jax.tree.structure(grads) == jax.tree.structure(v["params"])
+    assert float(jnp.abs(grads["conv"]["kernel"]).sum()) > 0
+    assert not np.array_equal(stats["bn"]["mean"], v["batch_stats"]["bn"]["mean"])
+    # vmap over a stack of batches (through the jitted apply), and per example (unbatched)
+    xs = rand(2, 3, 6, 6, 3)
+    close(jax.vmap(lambda x: tiny.apply(v, x))(xs), np.stack([tiny.apply(v, xs[0]), tiny.apply(v, xs[1])]), 1e-5)
+    close(jax.vmap(tiny.apply_fn, in_axes=(None, 0))(v, x), ref, 1e-5)
+    # vmap over variables: an ensemble of two initialisations
+    vs = jax.tree.map(lambda a, b: jnp.stack([a, b]), v, tiny.init(1))
+    close(jax.vmap(tiny.apply_fn, in_axes=(0, None))(vs, x)[1], tiny.apply(tiny.init(1), x), 1e-5)
+
+
+def test_archc_load_builtin():
+    """The front end's ResNet-18, through archc.load: names, shapes, feature extraction."""
+    build = pytest.importorskip("archc.compiler.build")
+    import archc
+    model = archc.load("resnet18", classes=10)
+    assert model.output_shape == (10,)
+    shapes = model.eval_shapes(batch=1)
+    assert all(shapes[n.name] == (1,) + tuple(n.shape) for n in model.graph)
+    assert model.summary()["trainable_params"] == 11_181_642
+    assert isinstance(build.build_graph("resnet18"), type(model.graph))
+    # block names stand for the block's output
+    v = jax.eval_shape(model.init)
+    x = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
+    feats = jax.eval_shape(lambda v, x: model.apply_fn(v, x, outputs=["layer3", "layer4"]), v, x)
+    assert {k: a.shape for k, a in feats.items()} == {"layer3": (2, 14, 14, 256), "layer4": (2, 7, 7, 512)}
+
+
+def test_load_unknown_input_shape_error(every_op):
+    with pytest.raises(ValueError, match="expects"):
+        every_op.apply(every_op.init(0), rand(2, 9, 9, 3))
