@@ -103,8 +103,13 @@ def cmd_build(args) -> int:
         print(json.dumps(s, indent=1))
     else:
         print(render_table(s, g))
-        for k, v in report.items():
-            print(f"{k.replace('_', ' ').capitalize()}: {v}")
+        if "lowering_check_s" in report:
+            print(f"Flax lowering: {report['lowered_nodes_checked']} node shapes verified with jax.eval_shape "
+                  f"({report['lowering_check_s']:.2f} s)")
+        if "xla_compile_s" in report:
+            print(f"XLA compile (batch {args.batch}): {report['xla_compile_s']:.2f} s")
+        if "written" in report:
+            print(f"Variables written to {report['written']}")
     return 0
 
 
@@ -120,7 +125,7 @@ def _validate_lowering(g, args) -> dict:
     bad = [n for n, shp in shapes.items() if n in g.nodes and tuple(shp[1:]) != tuple(g.nodes[n].shape)]
     if bad:
         raise RuntimeError(f"internal error: lowered shapes differ from the checker's at {bad[:5]}")
-    report = {"lowering_check_s": round(time.perf_counter() - t0, 3)}
+    report = {"lowering_check_s": round(time.perf_counter() - t0, 3), "lowered_nodes_checked": len(shapes)}
     if getattr(args, "compile", False):
         import jax.numpy as jnp
         from .runtime.bench import compile_forward
@@ -153,6 +158,199 @@ def cmd_list(args) -> int:
     for name in library.names():
         print(name)
     return 0
+
+
+def cmd_train(args) -> int:
+    """``archc train``: see docs/training.md. User errors exit 2, a diverged run 3."""
+    from .runtime.data import DataError
+    from .runtime.train import TrainError, TrainingDiverged, extract_features, train
+    keys = ("epochs", "batch", "lr", "optimizer", "momentum", "nesterov", "weight_decay",
+            "label_smoothing", "schedule", "warmup_epochs", "step_epochs", "gamma", "milestones",
+            "clip_norm", "accumulate", "bf16", "remat", "seed", "classes", "weights",
+            "weights_from", "freeze", "freeze_all_but_head", "bn", "val_split", "normalize",
+            "augment", "flip", "crop_scale", "workers", "prefetch", "devices")
+    opts = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    opts["params"] = dict(args.param or [])
+    opts["input_shape"] = list(args.input) if args.input else None
+    opts["lr_mult"] = dict(args.lr_mult or [])
+    opts["progress"] = not args.quiet
+    try:
+        if args.resume:
+            given = [k for k in keys if k not in ("epochs", "workers", "prefetch")
+                     and getattr(args, k) is not None]
+            if args.spec or args.data or given or args.param or args.input or args.lr_mult:
+                raise TrainError(f"--resume continues a run with its own options (its "
+                                 f"config.json); only --epochs, --workers, --prefetch and "
+                                 f"--quiet may be given (got {', '.join(given) or 'SPEC/--data'})")
+            train(resume=args.resume, **{k: opts[k] for k in ("epochs", "workers", "prefetch", "progress")
+                                          if k in opts})
+            return 0
+        if args.extract_features is not None:
+            node = args.extract_features or None
+            if not args.out:
+                raise TrainError("--extract-features writes its .npy files to --out DIR")
+            opts.pop("progress")
+            res = extract_features(args.spec, args.data, args.out, node=node, **opts)
+            for split_name, (f, _) in res.items():
+                print(f"{split_name}: {f.shape[0]} x {f.shape[1]} features -> "
+                      f"{args.out}/{split_name}_features.npy")
+            return 0
+        if not args.out:
+            raise TrainError("give the run directory: --out RUN_DIR")
+        result = train(args.spec, args.data, args.out, **opts)
+        m = result.metrics
+        if m["epoch"]:
+            best = m["best_val_accuracy"]
+            print(f"{args.out}: {m['epoch'][-1]} epochs, train_loss {m['train_loss'][-1]:.4f}"
+                  + (f", val_accuracy {m['val_accuracy'][-1]:.4f} (best {best:.4f} at epoch "
+                     f"{m['best_epoch']})" if best is not None else ""))
+        return 0
+    except (TrainError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("\ninterrupted; continue from the last complete epoch with archc train --resume "
+              "RUN_DIR", file=sys.stderr)
+        return 130
+
+
+def _lr_mult(text: str) -> tuple:
+    pat, sep, factor = text.rpartition("=")
+    try:
+        if not sep or not pat:
+            raise ValueError
+        return pat, float(factor)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected PATTERN=FACTOR such as 'layer4.*=0.1', "
+                                         f"got {text!r}") from None
+
+
+def _floats(n):
+    def parse(text: str) -> list:
+        try:
+            vals = [float(v) for v in text.split(",")]
+        except ValueError:
+            vals = []
+        if n and len(vals) != n or not vals:
+            raise argparse.ArgumentTypeError(f"expected {n or 'some'} comma-separated numbers, got {text!r}")
+        return vals
+    return parse
+
+
+def _add_train_parser(sub, common) -> None:
+    sp = sub.add_parser("train", help="train or fine-tune a network on an image folder")
+    common(sp)
+    a = sp.add_argument
+    a("--data", metavar="DIR", help="image folder: DIR/train/<class>/*.png (+ DIR/val/...) or DIR/<class>/*")
+    a("--out", metavar="RUN_DIR", help="run directory: checkpoints, metrics.json, curves.png")
+    a("--resume", metavar="RUN_DIR", help="continue a run from its last complete epoch")
+    a("--epochs", type=int)
+    a("--batch", type=int, help="global batch size (default 32)")
+    a("--lr", type=float, help="peak learning rate (default: sgd 0.01, adamw 1e-3, rmsprop 0.045)")
+    a("--optimizer", choices=["sgd", "adamw", "rmsprop"])
+    a("--momentum", type=float)
+    a("--nesterov", action="store_true", default=None)
+    a("--weight-decay", type=float)
+    a("--label-smoothing", type=float)
+    a("--schedule", choices=["constant", "step", "cosine"])
+    a("--warmup", dest="warmup_epochs", type=float, metavar="EPOCHS")
+    a("--step-epochs", type=int, help="step schedule: decay every N epochs")
+    a("--gamma", type=float, help="step schedule: decay factor (default 0.1)")
+    a("--milestones", type=lambda t: [int(float(v)) for v in _floats(0)(t)], metavar="E1,E2")
+    a("--clip-norm", type=float)
+    a("--accumulate", type=int, metavar="K", help="gradient accumulation over K batches")
+    a("--bf16", action="store_true", default=None, help="bfloat16 compute, float32 parameters")
+    a("--remat", action="store_true", default=None, help="rematerialise activations (saves memory)")
+    a("--seed", type=int)
+    a("--classes", type=int, metavar="K", help="new K-way classifier head")
+    a("--weights", metavar="FILE", help="initial weights")
+    a("--from", dest="weights_from", metavar="SOURCE", help="format of --weights (default archc)")
+    a("--freeze", action="append", metavar="PATTERN", help="freeze layers by name: 'stem,layer1.*', '!head.*'")
+    a("--freeze-all-but-head", action="store_true", default=None)
+    a("--lr-mult", action="append", type=_lr_mult, metavar="PATTERN=FACTOR")
+    a("--bn", choices=["auto", "update", "frozen"], help="batch-norm statistics (default auto)")
+    a("--val-split", type=float, metavar="FRACTION")
+    a("--normalize", metavar="NAME|MEAN/STD", help="unit (default), symmetric, imagenet, raw or m1,m2,m3/s1,s2,s3")
+    a("--no-augment", dest="augment", action="store_false", default=None)
+    a("--no-flip", dest="flip", action="store_false", default=None)
+    a("--crop-scale", type=_floats(2), metavar="LO,HI")
+    a("--workers", type=int)
+    a("--prefetch", type=int)
+    a("--devices", type=int, help="data parallel over N local devices (default all)")
+    a("--extract-features", nargs="?", const="", metavar="NODE",
+      help="write pooled features of NODE (default: the classifier's input) to --out; no training")
+    a("--quiet", action="store_true")
+    sp.set_defaults(func=cmd_train, expr=None)
+
+
+def _user_errors():
+    """The exceptions that mean bad input to `import`/`predict` (reported, exit status 2)."""
+    from .runtime.checkpoint import CheckpointError
+    from .runtime.predict import PredictError
+    from .runtime.weights import WeightsError
+    return (CheckpointError, WeightsError, PredictError, OSError, ValueError, KeyError,
+            NotImplementedError)
+
+
+def cmd_import(args) -> int:
+    """archc import SPEC CHECKPOINT --from SOURCE [--map RULES] --out FILE: verify and convert."""
+    try:
+        from .runtime.model import Model
+        from .runtime.variables_io import save_variables
+        from .runtime.weights import WeightsError, import_weights, match_weights, weights_metadata
+        model = Model(_graph(args))
+        report, assignments, rules = match_weights(model, args.checkpoint, source=args.source, rules=args.map,
+                                                   skip=args.skip or (), allow_missing=args.allow_missing or ())
+        if args.json:
+            print(json.dumps(report.to_json(), indent=1))
+        else:
+            print(report.render(limit=args.limit))
+        if not report.ok:
+            return EXIT_USER
+        if args.out:
+            from .runtime.weights import _assemble
+            variables = _assemble(model, assignments, report, args.seed)
+            save_variables(variables, args.out, metadata=weights_metadata(model, report, rules))
+            if not args.json:
+                print(f"wrote {args.out}")
+        return 0
+    except ArchError:
+        raise
+    except _user_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER
+
+
+def cmd_predict(args) -> int:
+    """archc predict SPEC --weights FILE IMAGE... [--top 5] [--json]."""
+    try:
+        from .runtime.model import Model
+        from .runtime.predict import predict
+        weights, images = args.weights[0], list(args.images) + list(args.weights[1:])
+        if not images:
+            print("error: no images given: archc predict SPEC --weights FILE IMAGE...", file=sys.stderr)
+            return EXIT_USER
+        if args.top < 1:
+            print("error: --top must be at least 1", file=sys.stderr)
+            return EXIT_USER
+        model = Model(_graph(args))
+        results = predict(model, weights, images, top=args.top, preprocess=args.preprocess)
+        if args.json:
+            print(json.dumps(results, indent=1))
+        else:
+            for r in results:
+                print(r["file"])
+                for t in r["top"]:
+                    print(f"  {t['prob']:7.2%}  {t['index']:>4}  {t['label']}")
+        return 0
+    except ArchError:
+        raise
+    except _user_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER
 
 
 def main(argv=None) -> int:
@@ -190,8 +388,38 @@ def main(argv=None) -> int:
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_bench, expr=None)
 
+    _add_train_parser(sub, common)
+
     sp = sub.add_parser("list", help="list the built-in architectures")
     sp.set_defaults(func=cmd_list)
+
+    sp = sub.add_parser("import", help="import a pretrained checkpoint (torchvision, timm, Keras) into archc variables")
+    common(sp)
+    sp.add_argument("checkpoint", help="a .pth/.pt/.bin, .safetensors, .weights.h5/.h5 or .npz file")
+    sp.add_argument("--from", dest="source", choices=["torchvision", "timm", "keras"],
+                    help="the checkpoint's origin: picks the built-in name mapping (Keras files: inferred)")
+    sp.add_argument("--map", metavar="RULES.toml", help="your own rename rules (docs/weights.md) instead of the built-in ones")
+    sp.add_argument("--out", metavar="FILE", help="write the variables (.safetensors); without it, only verify")
+    sp.add_argument("--skip", action="append", metavar="PATTERN", help="ignore checkpoint tensors matching this glob (e.g. 'fc.*')")
+    sp.add_argument("--allow-missing", action="append", metavar="PATTERN",
+                    help="model variables matching this glob may stay at their init (a new head: 'head.*')")
+    sp.add_argument("--seed", type=int, default=0, help="init seed for --allow-missing variables")
+    sp.add_argument("--limit", type=int, default=10, help="entries shown per section of a failed report")
+    sp.add_argument("--json", action="store_true", help="print the report as JSON")
+    sp.set_defaults(func=cmd_import, expr=None)
+
+    sp = sub.add_parser("predict", help="classify images with imported weights")
+    common(sp)
+    sp.add_argument("images", nargs="*", metavar="IMAGE", help="PNG/JPEG files")
+    # `--weights FILE IMAGE...`: the images may follow the weights file (argparse cannot split
+    # one positional list around an option)
+    sp.add_argument("--weights", required=True, nargs="+", metavar=("FILE", "IMAGE"),
+                    help="variables written by `archc import`, then the images")
+    sp.add_argument("--top", type=int, default=5)
+    sp.add_argument("--preprocess", choices=["torch", "inception", "tf", "caffe", "none"],
+                    help="override the preprocessing recorded in the weights file")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_predict, expr=None)
 
     args = p.parse_args(argv)
     try:

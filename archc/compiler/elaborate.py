@@ -921,18 +921,15 @@ class Elaborator:
         return n
 
 
-_DEFAULT_PROJ = None  # set after OpLayer exists: conv1 bn, the torchvision projection
-
-
 def _units(v) -> int:
-    if isinstance(v, BlockLayer) or isinstance(v, Block):
+    if isinstance(v, (BlockLayer, Block)):
         return 1
     if isinstance(v, OpLayer) and v.kind in COMBINATORS:
         return 1
     if isinstance(v, Repeat):
-        return v.count * 1 if v.count else 0
+        return v.count
     if isinstance(v, Thunk):
-        return 2  # a nested sequence: number its units
+        return 2  # a nested sequence may hold several units: number them
     return 0
 
 
@@ -1090,6 +1087,8 @@ _SURFACE = {
     for name, (kind, preset) in SURFACE_OPS.items()
 }
 
+# The default projection shortcut, 'conv1 bn' (torchvision's downsample), resolved at each use in
+# the environment where residual was written.
 _DEFAULT_PROJ = Thunk(
     A.Seq(Span("<builtin>", 1, 1, 1, 1), (A.Name(Span("<builtin>", 1, 1, 1, 1), "conv1"),
                                           A.Name(Span("<builtin>", 1, 6, 1, 8), "bn"))),

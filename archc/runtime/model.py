@@ -143,6 +143,13 @@ class Model:
         self._rngs(rng, train)                         # fail early, outside the trace
         return self._apply_jit(variables, x, rng, train=bool(train), outputs=outputs)
 
+    def fold_batchnorm(self, variables) -> tuple["Model", dict]:
+        """An inference model with each BN folded into the conv/dense before it, and its variables
+        (archc.compiler.fold). The folded model computes the same function in fewer ops."""
+        from ..compiler.fold import fold_batchnorm
+        graph, folded = fold_batchnorm(self.graph, jax.tree_util.tree_map(np.asarray, variables))
+        return Model(graph), jax.tree_util.tree_map(jnp.asarray, folded)
+
     def eval_shapes(self, batch: int = 1) -> dict[str, tuple]:
         """Shape of every node's output for a batch of ``batch``, traced by ``jax.eval_shape``
         (nothing is computed or allocated): name -> (batch, *node shape)."""
@@ -151,12 +158,16 @@ class Model:
                    for n in self.graph.inputs)
         x = xs[0] if len(xs) == 1 else xs
 
-        def run(x):
-            out, _ = self.module.init_with_output({"params": jax.random.PRNGKey(0)}, x,
-                                                  train=False, outputs=names)
-            return out
+        # Abstract variables from the specs: tracing apply skips the initialisers entirely.
+        variables: dict = {}
+        for v in self.variable_specs:
+            variables.setdefault(v.collection, {}).setdefault(v.node, {})[v.leaf] = \
+                jax.ShapeDtypeStruct(tuple(v.shape), jnp.float32)
 
-        return {k: tuple(v.shape) for k, v in jax.eval_shape(run, x).items()}
+        def run(variables, x):
+            return self.module.apply(variables, x, train=False, outputs=names)
+
+        return {k: tuple(v.shape) for k, v in jax.eval_shape(run, variables, x).items()}
 
 
 _TRUNC_STD = 0.87962566103423978   # stddev of a standard normal truncated to [-2, 2] (as Flax)

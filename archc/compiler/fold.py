@@ -1,0 +1,82 @@
+"""Inference-time folding of batch norm into the conv or dense layer before it.
+
+    y = gamma * (W*x + b - mean) / sqrt(var + eps) + beta
+      = (W * s) * x + ((b - mean) * s + beta),   s = gamma / sqrt(var + eps)
+
+A pure pass: (graph, variables) in, (graph, variables) out. A BN folds when its input is a conv
+(not transposed) or dense node whose only consumer is that BN and which is not itself an output;
+consumers, outputs and stage aliases of the BN then point at the folded layer, which keeps its name.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from .ir import Graph, Node
+
+FOLDABLE = ("conv", "dense")
+
+
+def _consumers(graph: Graph) -> dict:
+    uses: dict = {name: [] for name in graph.nodes}
+    for node in graph:
+        for i in node.inputs:
+            uses[i].append(node.name)
+    return uses
+
+
+def foldable_pairs(graph: Graph) -> list[tuple[str, str]]:
+    """(layer, bn) pairs that fold."""
+    uses = _consumers(graph)
+    pairs = []
+    for node in graph:
+        if node.op != "bn" or len(node.inputs) != 1:
+            continue
+        src = graph.nodes[node.inputs[0]]
+        if src.op in FOLDABLE and uses[src.name] == [node.name] and src.name not in graph.outputs:
+            pairs.append((src.name, node.name))
+    return pairs
+
+
+def fold_batchnorm(graph: Graph, variables: dict) -> tuple[Graph, dict]:
+    pairs = foldable_pairs(graph)
+    if not pairs:
+        return graph, variables
+    params = {k: dict(v) for k, v in variables.get("params", {}).items()}
+    stats = {k: dict(v) for k, v in variables.get("batch_stats", {}).items()}
+    redirect = {}
+    new_attrs = {}
+    for layer, bn in pairs:
+        a = graph.nodes[bn].attrs
+        p, st = params.get(bn, {}), stats[bn]
+        mean = np.asarray(st["mean"], np.float64)
+        var = np.asarray(st["var"], np.float64)
+        gamma = np.asarray(p["scale"], np.float64) if a["scale"] else np.ones_like(mean)
+        beta = np.asarray(p["bias"], np.float64) if a["center"] else np.zeros_like(mean)
+        s = gamma / np.sqrt(var + a["eps"])
+        lp = params[layer]
+        kernel = np.asarray(lp["kernel"], np.float64)
+        bias = np.asarray(lp["bias"], np.float64) if "bias" in lp else np.zeros_like(mean)
+        dtype = np.asarray(lp["kernel"]).dtype
+        params[layer] = {"kernel": (kernel * s).astype(dtype), "bias": ((bias - mean) * s + beta).astype(dtype)}
+        params.pop(bn, None)
+        stats.pop(bn)
+        redirect[bn] = layer
+        new_attrs[layer] = {**graph.nodes[layer].attrs, "bias": True}
+
+    nodes = {}
+    for node in graph:
+        if node.name in redirect:
+            continue
+        nodes[node.name] = replace(node, inputs=tuple(redirect.get(i, i) for i in node.inputs),
+                                   attrs=new_attrs.get(node.name, node.attrs))
+    folded = Graph(graph.name, nodes, list(graph.inputs), [redirect.get(o, o) for o in graph.outputs],
+                   dict(graph.params), {k: redirect.get(v, v) for k, v in graph.aliases.items()}, graph.sources)
+    out = dict(variables)
+    out["params"] = params
+    if stats:
+        out["batch_stats"] = stats
+    else:
+        out.pop("batch_stats", None)
+    return folded, out
