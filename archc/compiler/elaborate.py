@@ -20,7 +20,7 @@ from . import ops
 from .ir import Graph, Node
 from .ops import ShapeError, fmt
 
-MAX_NODES = 1_000_000
+MAX_NODES = 100_000   # the largest built-in has ~3,000; generous for generated networks
 MAX_REPEAT = 100_000
 
 
