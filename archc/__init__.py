@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["load", "Model", "save_variables", "load_variables"]
+__all__ = ["load", "Model", "save_variables", "load_variables", "train", "Trainer", "TrainConfig",
+           "import_weights", "predict"]
 
 _LAZY = {
     "load": "archc.runtime.model",
     "Model": "archc.runtime.model",
     "save_variables": "archc.runtime.variables_io",
     "load_variables": "archc.runtime.variables_io",
+    "train": "archc.runtime.train",
+    "Trainer": "archc.runtime.train",
+    "TrainConfig": "archc.runtime.train",
+    "import_weights": "archc.runtime.weights",
+    "predict": "archc.runtime.predict",
 }
 
 

@@ -1,0 +1,416 @@
+"""Image-folder datasets for ``archc train``: scanning, decoding, augmentation, streaming.
+
+Layout (class = sub-folder name, classes sorted by name)::
+
+    DIR/train/<class>/*.png|jpg|...      DIR/val/<class>/*          # explicit split
+    DIR/<class>/*                                                   # split by a fraction
+
+Images are decoded with Pillow one batch at a time (a dataset larger than memory works), on
+``workers`` threads, optionally ``prefetch`` batches ahead on a background thread. Everything
+random is a pure function of ``(seed, epoch, sample index)``: the shuffle order of an epoch and
+the crop/flip of a sample are the same in every run, every process and after ``--resume``,
+whatever the thread scheduling.
+"""
+from __future__ import annotations
+
+import io
+import os
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
+                    ".pgm", ".pbm")
+
+# Pixel statistics in [0, 1] units: x = (pixel / 255 - mean) / std.
+NORMALIZATIONS: dict[str, tuple] = {
+    "unit": ((0.0,), (1.0,)),                                        # [0, 1]
+    "symmetric": ((0.5,), (0.5,)),                                   # [-1, 1]: Inception, Keras "tf"
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),      # torchvision, Keras "torch"
+    "raw": ((0.0,), (1.0 / 255.0,)),                                 # 0..255 (a rescale layer in the net)
+    # Caffe (Keras ResNet50/VGG): RGB -> BGR, the ImageNet BGR mean subtracted, no scaling
+    "caffe": ((103.939 / 255, 116.779 / 255, 123.68 / 255), (1.0 / 255.0,)),
+}
+# The preprocessing modes of imported weights (archc.runtime.predict) -> these names.
+PREPROCESS_MODES = {"torch": "imagenet", "inception": "symmetric", "tf": "symmetric",
+                    "none": "raw", "caffe": "caffe"}
+
+
+class DataError(ValueError):
+    """A problem with the user's data (missing folder, empty class, unreadable image).
+    The CLI prints it and exits with status 2."""
+
+
+# --------------------------------------------------------------------------------------------
+# Scanning
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ImageFolder:
+    """A list of (path, label) with the class names; nothing is decoded here."""
+
+    root: str
+    classes: list[str]
+    samples: list[tuple[str, int]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @classmethod
+    def scan(cls, root: str | os.PathLike, classes: Sequence[str] | None = None) -> "ImageFolder":
+        """Scan ``root/<class>/*``. With ``classes`` (the training set's), labels follow that list,
+        and a class folder not in it is an error; classes may be missing (a small validation set)."""
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"data folder {root} does not exist" if not root.exists()
+                            else f"{root} is not a folder")
+        found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not found:
+            raise DataError(f"{root} has no class folders: expected {root}/<class>/<image> "
+                            f"(or {root}/train/<class>/... and {root}/val/<class>/...)")
+        if classes is None:
+            classes = found
+        else:
+            classes = list(classes)
+            extra = [c for c in found if c not in classes]
+            if extra:
+                raise DataError(f"{root} has class folders that the training set lacks: "
+                                f"{', '.join(extra[:5])}")
+        index = {c: i for i, c in enumerate(classes)}
+        samples = []
+        for name in found:
+            files = sorted(f for f in (root / name).iterdir()
+                           if f.is_file() and not f.name.startswith(".")
+                           and f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                raise DataError(f"class folder {root / name} has no images "
+                                f"(looked for {', '.join(IMAGE_EXTENSIONS[:4])}, ...)")
+            samples += [(str(f), index[name]) for f in files]
+        return cls(str(root), list(classes), samples)
+
+    def subset(self, indices) -> "ImageFolder":
+        return ImageFolder(self.root, self.classes, [self.samples[i] for i in indices])
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([y for _, y in self.samples], np.int32)
+
+    def read(self, i: int):
+        from PIL import Image, UnidentifiedImageError
+        path = self.samples[i][0]
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            im = Image.open(io.BytesIO(data))
+            im.load()
+            return im
+        except UnidentifiedImageError:
+            raise DataError(f"cannot read image {path}: not an image format Pillow knows, "
+                            f"or a damaged file") from None
+        except (OSError, ValueError, SyntaxError) as e:
+            raise DataError(f"cannot read image {path}: {e}") from None
+
+
+@dataclass
+class ArrayData:
+    """In-memory examples for the Python API: ``x`` uint8 (N, H, W, C) pixels 0..255 (or
+    float in [0, 1]), ``y`` int labels; ``classes`` optional names."""
+
+    x: np.ndarray
+    y: np.ndarray
+    classes: list[str] | None = None
+
+    def __post_init__(self):
+        self.x, self.y = np.asarray(self.x), np.asarray(self.y, np.int32)
+        if self.x.ndim == 3:
+            self.x = self.x[..., None]
+        if self.x.ndim != 4 or len(self.x) != len(self.y):
+            raise DataError(f"expected x of shape (N, H, W, C) and N labels, got {self.x.shape} "
+                            f"and {self.y.shape}")
+        if self.classes is None:
+            self.classes = [str(i) for i in range(int(self.y.max()) + 1 if len(self.y) else 0)]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.y
+
+    def subset(self, indices) -> "ArrayData":
+        indices = np.asarray(indices, int)
+        return ArrayData(self.x[indices], self.y[indices], self.classes)
+
+    def read(self, i: int):
+        from PIL import Image
+        a = self.x[i]
+        if a.dtype != np.uint8:
+            a = np.clip(np.rint(a.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
+
+
+def split(data, fraction: float, seed: int = 0):
+    """Stratified, deterministic split: (train, val), about ``fraction`` of each class in val."""
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"the validation fraction must be between 0 and 1, got {fraction}")
+    labels = data.labels
+    rng = np.random.default_rng([seed, 0x5EED])
+    val = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        n_val = int(round(fraction * len(idx)))
+        if len(idx) >= 2:
+            n_val = min(max(n_val, 1), len(idx) - 1)
+        val += list(rng.permutation(idx)[:n_val])
+    val_set = set(int(i) for i in val)
+    return (data.subset([i for i in range(len(data)) if i not in val_set]),
+            data.subset(sorted(val_set)))
+
+
+def find_splits(data_dir: str | os.PathLike, val_split: float | None = None, seed: int = 0):
+    """``(train, val)`` image folders for ``data_dir``. ``DIR/train`` (+ ``DIR/val`` or
+    ``DIR/validation``) when present; otherwise ``DIR/<class>`` split by ``val_split`` (default
+    0.2; 0 for no validation set). ``val`` may be None."""
+    root = Path(data_dir)
+    if not root.exists():
+        raise DataError(f"data folder {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder")
+    train_dir = root / "train"
+    if train_dir.is_dir():
+        train = ImageFolder.scan(train_dir)
+        for name in ("val", "validation"):
+            if (root / name).is_dir():
+                return train, ImageFolder.scan(root / name, classes=train.classes)
+        if val_split:
+            return split(train, val_split, seed)
+        return train, None
+    if (root / "val").is_dir():
+        raise DataError(f"{root} has val/ but no train/ folder")
+    data = ImageFolder.scan(root)
+    fraction = 0.2 if val_split is None else val_split
+    if not fraction:
+        return data, None
+    return split(data, fraction, seed)
+
+
+# --------------------------------------------------------------------------------------------
+# Preprocessing
+# --------------------------------------------------------------------------------------------
+def parse_normalization(spec: str | Sequence, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """``'imagenet'|'unit'|'symmetric'|'raw'`` or ``'m1,m2,m3/s1,s2,s3'`` (in [0, 1] units) ->
+    per-channel (mean, std) arrays."""
+    if isinstance(spec, str):
+        spec = PREPROCESS_MODES.get(spec, spec)
+        if spec in NORMALIZATIONS:
+            mean, std = NORMALIZATIONS[spec]
+        else:
+            try:
+                m, s = spec.split("/")
+                mean = tuple(float(v) for v in m.split(","))
+                std = tuple(float(v) for v in s.split(","))
+            except ValueError:
+                raise DataError(f"--normalize {spec!r}: expected one of "
+                                f"{', '.join(NORMALIZATIONS)} or MEAN/STD such as "
+                                f"0.5,0.5,0.5/0.25,0.25,0.25") from None
+    else:
+        mean, std = spec
+    mean, std = np.asarray(mean, np.float32).ravel(), np.asarray(std, np.float32).ravel()
+    if mean.size == 3 and channels == 1:          # grey images with RGB statistics: average them
+        mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
+    for v in (mean, std):
+        if v.size not in (1, channels):
+            raise DataError(f"normalisation has {v.size} values for {channels}-channel images")
+    if np.any(std <= 0):
+        raise DataError("normalisation standard deviations must be positive")
+    return np.broadcast_to(mean, (channels,)).copy(), np.broadcast_to(std, (channels,)).copy()
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Decode -> (augment) -> resize to (height, width) -> float32 normalised HWC.
+
+    Training augmentation: random-resized crop (area fraction ``crop_scale``, aspect ratio
+    ``crop_ratio``, as torchvision's RandomResizedCrop) and a horizontal flip with probability
+    0.5. Evaluation: a plain resize to the input size."""
+
+    height: int
+    width: int
+    channels: int
+    mean: tuple = (0.0,)
+    std: tuple = (1.0,)
+    crop: bool = True
+    flip: bool = True
+    crop_scale: tuple = (0.08, 1.0)
+    crop_ratio: tuple = (3 / 4, 4 / 3)
+    bgr: bool = False                  # reverse the channels (Caffe-style weights)
+
+    def _box(self, w: int, h: int, rng: np.random.Generator):
+        area = w * h
+        lo, hi = np.log(self.crop_ratio[0]), np.log(self.crop_ratio[1])
+        for _ in range(10):
+            target = area * rng.uniform(*self.crop_scale)
+            ratio = float(np.exp(rng.uniform(lo, hi)))
+            cw = int(round(np.sqrt(target * ratio)))
+            ch = int(round(np.sqrt(target / ratio)))
+            if 0 < cw <= w and 0 < ch <= h:
+                x0 = int(rng.integers(0, w - cw + 1))
+                y0 = int(rng.integers(0, h - ch + 1))
+                return (x0, y0, x0 + cw, y0 + ch)
+        # fallback: the central crop with the ratio clamped to the range (as torchvision)
+        in_ratio = w / h
+        if in_ratio < self.crop_ratio[0]:
+            cw, ch = w, int(round(w / self.crop_ratio[0]))
+        elif in_ratio > self.crop_ratio[1]:
+            ch, cw = h, int(round(h * self.crop_ratio[1]))
+        else:
+            cw, ch = w, h
+        x0, y0 = (w - cw) // 2, (h - ch) // 2
+        return (x0, y0, x0 + cw, y0 + ch)
+
+    def __call__(self, image, rng: np.random.Generator | None = None) -> np.ndarray:
+        from PIL import Image
+        mode = "L" if self.channels == 1 else "RGB"
+        if image.mode != mode:
+            if image.mode in ("RGBA", "LA", "P") and mode == "RGB":
+                image = image.convert("RGBA")
+                bg = Image.new("RGBA", image.size, (0, 0, 0, 255))
+                image = Image.alpha_composite(bg, image)
+            image = image.convert(mode)
+        size = (self.width, self.height)
+        if rng is not None and self.crop:
+            box = self._box(image.width, image.height, rng)
+            image = image.resize(size, Image.BILINEAR, box=box)
+        elif image.size != size:
+            image = image.resize(size, Image.BILINEAR)
+        a = np.asarray(image, np.float32)
+        if a.ndim == 2:
+            a = a[..., None]
+        if a.shape[-1] != self.channels:               # e.g. 4-channel models: repeat grey
+            a = np.repeat(a[..., :1], self.channels, axis=-1)
+        if rng is not None and self.flip and rng.random() < 0.5:
+            a = a[:, ::-1]
+        if self.bgr:
+            a = a[..., ::-1]
+        mean = np.asarray(self.mean, np.float32)
+        std = np.asarray(self.std, np.float32)
+        return (a * np.float32(1 / 255) - mean) / std
+
+
+# --------------------------------------------------------------------------------------------
+# Batches
+# --------------------------------------------------------------------------------------------
+class Batch(NamedTuple):
+    x: np.ndarray          # (B, H, W, C) float32
+    y: np.ndarray          # (B,) int32
+    mask: np.ndarray       # (B,) float32: 0 for padding in the last evaluation batch
+
+
+class Loader:
+    """Batches of a dataset, decoded on demand.
+
+    ``train=True``: shuffled per epoch by ``(seed, epoch)``, augmented, incomplete last batch
+    dropped (one compiled shape). ``train=False``: in order, no augmentation, the last batch
+    padded to full size with ``mask`` 0. ``shard=(index, count)``: this process's slice of every
+    global batch (multi-host data parallelism); ``batch`` is the global batch size.
+    """
+
+    def __init__(self, data, preprocess: Preprocess, batch: int, *, train: bool, seed: int = 0,
+                 workers: int = 0, prefetch: int = 2, shard: tuple[int, int] = (0, 1)):
+        self.data, self.preprocess, self.batch = data, preprocess, int(batch)
+        self.train, self.seed = train, int(seed)
+        self.workers, self.prefetch = int(workers), int(prefetch)
+        self.shard = shard
+        if self.batch < 1:
+            raise DataError(f"batch size must be positive, got {batch}")
+        if self.batch % shard[1]:
+            raise DataError(f"batch {batch} does not split over {shard[1]} processes")
+
+    def __len__(self) -> int:
+        n = len(self.data)
+        return n // self.batch if self.train else -(-n // self.batch)
+
+    def order(self, epoch: int) -> np.ndarray:
+        n = len(self.data)
+        if not self.train:
+            return np.arange(n)
+        return np.random.default_rng([self.seed, int(epoch)]).permutation(n)
+
+    def _sample(self, epoch: int, i: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, int(epoch), int(i), 1]) if self.train else None
+        return self.preprocess(self.data.read(int(i)), rng)
+
+    def _make(self, epoch: int, ids: np.ndarray, pool) -> Batch:
+        real = len(ids)
+        if real < self.batch:                               # evaluation: pad the last batch
+            ids = np.concatenate([ids, np.full(self.batch - real, ids[0])])
+        mask = (np.arange(self.batch) < real).astype(np.float32)
+        per = self.batch // self.shard[1]
+        lo = self.shard[0] * per
+        ids, mask = ids[lo:lo + per], mask[lo:lo + per]
+        if pool is not None:
+            xs = list(pool.map(lambda i: self._sample(epoch, i), ids))
+        else:
+            xs = [self._sample(epoch, i) for i in ids]
+        labels = self.data.labels[ids]
+        return Batch(np.stack(xs), labels.astype(np.int32), mask)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """The batches of ``epoch`` (0-based), from batch number ``start``."""
+        order = self.order(epoch)
+        chunks = [order[b * self.batch:(b + 1) * self.batch] for b in range(start, len(self))]
+        pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
+        try:
+            if self.prefetch <= 0:
+                for ids in chunks:
+                    yield self._make(epoch, ids, pool)
+            else:
+                yield from _background((self._make(epoch, ids, pool) for ids in chunks),
+                                       self.prefetch)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _background(gen: Iterator, depth: int) -> Iterator:
+    """Run ``gen`` on a daemon thread, ``depth`` items ahead; re-raise its errors here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def work():
+        try:
+            for item in gen:
+                if not put(("item", item)):
+                    return
+            put(("done", None))
+        except BaseException as e:   # noqa: BLE001 - forwarded to the consumer
+            put(("error", e))
+
+    t = threading.Thread(target=work, daemon=True, name="archc-prefetch")
+    t.start()
+    try:
+        while True:
+            kind, item = q.get()
+            if kind == "item":
+                yield item
+            elif kind == "error":
+                raise item
+            else:
+                return
+    finally:
+        stop.set()
+        t.join(timeout=5)

@@ -1,0 +1,1011 @@
+"""Training and fine-tuning: ``archc train`` and ``archc.train(...)``.
+
+    result = archc.train("lenet5", data="digits/", out="runs/lenet", epochs=10,
+                         optimizer="adamw", lr=3e-3)
+    result = archc.train("cifar_resnet_v1", data="shapes/", out="runs/ft", classes=5,
+                         weights="pretrained.safetensors", freeze_all_but_head=True)
+    result = archc.train(resume="runs/lenet")          # after a crash: same data order, same result
+
+A run directory holds ``config.json`` (every option: what ``--resume`` reads),
+``train_state.safetensors`` (variables, optimizer state, epoch, history: the resume point),
+``last.safetensors`` and ``best.safetensors`` (variables only, readable by
+``archc.load_variables``), ``metrics.json`` and ``curves.png``. Every file is written to a
+temporary name and renamed, so a killed run leaves the previous complete epoch intact.
+
+See docs/training.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .data import (ArrayData, DataError, Loader, Preprocess, find_splits,
+                   parse_normalization)
+
+PARAM_OPS = ("conv", "conv_transpose", "dense", "bn")
+OPTIMIZERS = ("sgd", "adamw", "rmsprop")
+SCHEDULES = ("constant", "step", "cosine")
+BN_MODES = ("auto", "update", "frozen")
+DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-3, "rmsprop": 0.045}
+STATE_FILE = "train_state.safetensors"
+
+# Testing hook: os._exit right after this global step (simulates a killed process).
+CRASH_ENV = "ARCHC_TRAIN_CRASH_AT_STEP"
+
+
+class TrainError(ValueError):
+    """A user error in the training options or run directory (CLI: message, exit status 2)."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept (CLI: exit status 3)."""
+
+    def __init__(self, message: str, step: int, epoch: int):
+        super().__init__(message)
+        self.step, self.epoch = step, epoch
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    """Every option of a run; saved as ``RUN_DIR/config.json`` and read back by resume."""
+
+    spec: str | None = None               # built-in name or .arch path
+    data: str | None = None               # image folder (None: arrays given to Trainer)
+    out: str | None = None                # run directory
+    epochs: int = 10
+    batch: int = 32                       # global batch (over all devices)
+    lr: float | None = None               # default per optimizer: DEFAULT_LR
+    optimizer: str = "sgd"                # sgd (momentum) | adamw | rmsprop (Inception v3's)
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0             # kernels only; AdamW decoupled, SGD/RMSProp as L2
+    label_smoothing: float = 0.0
+    schedule: str = "constant"            # constant | step | cosine
+    warmup_epochs: float = 0.0            # linear warm-up from 0
+    step_epochs: int = 30                 # step schedule: multiply by gamma every step_epochs...
+    gamma: float = 0.1
+    milestones: list | None = None        # ...or at these epochs
+    clip_norm: float | None = None        # clip gradients by global norm
+    accumulate: int = 1                   # gradient accumulation: micro-batches per update
+    bf16: bool = False                    # bf16 compute, f32 params and optimizer state
+    remat: bool = False                   # recompute all but conv/matmul outputs in backward
+    seed: int = 0                         # init, data order, augmentation, dropout
+    params: dict = field(default_factory=dict)    # family parameter overrides
+    input_shape: list | None = None       # [H, W, C] override
+    classes: int | None = None            # new classifier head with K classes
+    weights: str | None = None            # initial weights (transfer learning)
+    weights_from: str = "archc"           # their format
+    freeze: list = field(default_factory=list)    # node-name patterns ('layer1.*', '!head.*')
+    freeze_all_but_head: bool = False
+    lr_mult: dict = field(default_factory=dict)   # pattern -> learning-rate factor
+    bn: str = "auto"                      # update | frozen (inference mode) | auto
+    val_split: float | None = None        # fraction held out when there is no val/ folder
+    normalize: str | None = None          # unit|symmetric|imagenet|raw|caffe|MEAN/STD; None: as
+                                          # the --weights file says, else unit
+    augment: bool = True                  # random-resized crop (+ flip) on training images
+    flip: bool = True
+    crop_scale: list = field(default_factory=lambda: [0.08, 1.0])
+    workers: int = 0                      # decoding threads per batch
+    prefetch: int = 2                     # batches decoded ahead on a background thread
+    devices: int | None = None            # data parallel over N local devices (default all)
+    progress: bool = True
+    class_names: list | None = None       # filled in from the data
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise TrainError(f"unknown training options: {', '.join(unknown)}")
+        return cls(**d)
+
+    def validate(self) -> None:
+        def need(cond, msg):
+            if not cond:
+                raise TrainError(msg)
+        need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
+             f"got {self.optimizer!r}")
+        need(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}")
+        need(self.bn in BN_MODES, f"bn must be one of {', '.join(BN_MODES)}")
+        need(isinstance(self.epochs, int) and self.epochs >= 1, "epochs must be a positive integer")
+        need(isinstance(self.batch, int) and self.batch >= 1, "batch must be a positive integer")
+        need(self.lr is None or self.lr > 0, "the learning rate must be positive")
+        need(self.accumulate >= 1, "accumulate must be at least 1")
+        need(0.0 <= self.label_smoothing < 1.0, "label smoothing must be in [0, 1)")
+        need(self.weight_decay >= 0, "weight decay must be non-negative")
+        need(self.classes is None or self.classes >= 1, "classes must be positive")
+        need(self.warmup_epochs >= 0, "warm-up must be non-negative")
+        lo, hi = self.crop_scale
+        need(0 < lo <= hi <= 1, f"crop scale must satisfy 0 < lo <= hi <= 1, got {lo},{hi}")
+        for p, m in self.lr_mult.items():
+            need(isinstance(m, (int, float)) and m >= 0, f"lr multiplier for {p!r} must be >= 0")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path | None
+    metrics: dict                 # as metrics.json
+    variables: dict               # final (last epoch) variables, numpy
+    classes: list
+    step_losses: list             # training loss of every step run in this process
+
+    @property
+    def best_path(self) -> Path | None:
+        return None if self.run_dir is None else self.run_dir / "best.safetensors"
+
+
+# --------------------------------------------------------------------------------------------
+# Graph helpers: logits, the classifier head, name patterns
+# --------------------------------------------------------------------------------------------
+def logits_node(graph) -> str:
+    """The node whose output is the logits: the primary output, or its input when the output
+    is a softmax (the library's Keras-style networks end in one)."""
+    out = graph.nodes[graph.outputs[0]]
+    if out.op == "act" and out.attrs.get("fn") == "softmax":
+        return out.inputs[0]
+    return out.name
+
+
+def head_nodes(graph) -> list[str]:
+    """The classifier: the first parameterised nodes met walking back from the logits
+    (``head.fc1`` in ResNet, ``classifier.conv1`` in SqueezeNet)."""
+    seen, stack, head = set(), [logits_node(graph)], []
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        node = graph.nodes[name]
+        if node.op in PARAM_OPS:
+            head.append(name)
+        else:
+            stack.extend(node.inputs)
+    return sorted(head, key=list(graph.nodes).index)
+
+
+def feature_node(graph) -> str:
+    """The input of the classifier, before any flatten/dropout: what a linear probe sees."""
+    head = head_nodes(graph)
+    if not head:
+        raise TrainError(f"{graph.name}: found no classifier layer before the output")
+    name = graph.nodes[head[0]].inputs[0]
+    while graph.nodes[name].op in ("flatten", "dropout", "identity") and graph.nodes[name].inputs:
+        name = graph.nodes[name].inputs[0]
+    return name
+
+
+def _matches(pattern: str, name: str) -> bool:
+    return fnmatch.fnmatchcase(name, pattern) or name.startswith(pattern + ".") or name == pattern
+
+
+def select(patterns: Sequence[str], names: Sequence[str], what: str = "--freeze") -> set:
+    """Nodes selected by ``patterns``: globs on node names (``layer1.*``, ``*.bn?``); a plain
+    stage or block name selects everything inside it (``layer1``); ``!PAT`` selects every node
+    that PAT does not match. Comma-separated lists are accepted. A pattern that selects no
+    node is an error (with close names)."""
+    chosen: set = set()
+    for entry in patterns:
+        for pat in (p.strip() for p in str(entry).split(",")):
+            if not pat:
+                raise TrainError(f"{what}: empty pattern")
+            negate = pat.startswith("!")
+            core = pat[1:].strip() if negate else pat
+            if not core:
+                raise TrainError(f"{what}: {pat!r} negates nothing")
+            hit = {n for n in names if _matches(core, n)}
+            if not hit:
+                import difflib
+                stages = sorted({n.split(".")[0] for n in names})
+                close = difflib.get_close_matches(core, list(stages) + list(names), n=4, cutoff=0.5)
+                hint = (f"; did you mean {', '.join(repr(c) for c in close)}?" if close else
+                        f"; the stages are {', '.join(stages[:12])}")
+                raise TrainError(f"{what}: pattern {core!r} matches no layer with weights{hint}")
+            chosen |= (set(names) - hit) if negate else hit
+    return chosen
+
+
+# --------------------------------------------------------------------------------------------
+# Weights
+# --------------------------------------------------------------------------------------------
+def _preprocess_name(meta: Mapping | None) -> str | None:
+    """The normalisation recorded in a weights file: ``archc.preprocess`` (written by ``archc
+    import``) or ``normalize`` (written by ``archc train``)."""
+    from .data import PREPROCESS_MODES
+    if not meta:
+        return None
+    if meta.get("archc.preprocess"):
+        try:
+            mode = json.loads(meta["archc.preprocess"]).get("mode")
+        except (ValueError, AttributeError):
+            mode = None
+        return PREPROCESS_MODES.get(mode)
+    return meta.get("normalize") or None
+
+
+def read_weights(path: str, source: str = "archc", model=None) -> tuple[dict, str | None]:
+    """``(variables, normalisation)`` from ``path``. ``source='archc'``: an archc safetensors
+    file (``archc build --out``, ``archc import``, ``archc train``); ``'torchvision'``,
+    ``'timm'``, ``'keras'``: a checkpoint of that library, mapped by name with
+    ``archc.runtime.weights.match_weights`` — tensors that do not fit (a head of another size)
+    are left out here, not an error. The normalisation is the one the weights expect (a name of
+    ``archc.runtime.data.NORMALIZATIONS``), when the file says."""
+    p = Path(path)
+    if not p.is_file():
+        raise TrainError(f"weights file {path} does not exist")
+    if source in (None, "", "archc"):
+        from safetensors import SafetensorError, safe_open
+        from .variables_io import unflatten_variables
+        try:
+            with safe_open(str(p), "numpy") as f:
+                meta = f.metadata() or {}
+                flat = {k: f.get_tensor(k) for k in f.keys()}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise TrainError(f"cannot read weights {path} as an archc .safetensors file ({e}); "
+                             f"for a torchvision, timm or Keras checkpoint pass --from SOURCE") from None
+        return unflatten_variables(flat), _preprocess_name(meta)
+    try:
+        from .weights import WeightsError, match_weights
+        from .checkpoint import CheckpointError
+    except ImportError:
+        raise TrainError(f"--from {source}: this build cannot import {source} weights; "
+                         f"convert them to an archc .safetensors file first") from None
+    try:
+        report, assignments, rules = match_weights(model, str(p), source=source)
+    except (WeightsError, CheckpointError) as e:
+        raise TrainError(f"--weights {path} --from {source}: {e}") from None
+    variables: dict = {}
+    for (coll, node, leaf), value in assignments.items():
+        variables.setdefault(coll, {}).setdefault(node, {})[leaf] = value
+    pre = rules.preprocess_for(model.name) if rules is not None else None
+    from .data import PREPROCESS_MODES
+    return variables, (PREPROCESS_MODES.get(pre.get("mode")) if pre else None)
+
+
+def transfer(fresh: dict, loaded: Mapping, reinit: set = frozenset()) -> tuple[dict, dict]:
+    """``fresh`` variables with every tensor of ``loaded`` of the same name and shape copied
+    in, except nodes in ``reinit`` (a new head). Returns (variables, report)."""
+    out: dict = {}
+    report = {"loaded": 0, "reinitialised": [], "shape_mismatch": [], "missing": [], "unused": []}
+    for coll, nodes in fresh.items():
+        out[coll] = {}
+        for node, leaves in nodes.items():
+            out[coll][node] = {}
+            for leaf, value in leaves.items():
+                src = loaded.get(coll, {}).get(node, {}).get(leaf)
+                key = f"{node}/{leaf}" if coll == "params" else f"{coll}/{node}/{leaf}"
+                if node in reinit:
+                    out[coll][node][leaf] = value
+                    report["reinitialised"].append(key)
+                elif src is None:
+                    out[coll][node][leaf] = value
+                    report["missing"].append(key)
+                elif tuple(np.shape(src)) != tuple(value.shape):
+                    out[coll][node][leaf] = value
+                    report["shape_mismatch"].append(
+                        f"{key} {tuple(np.shape(src))} -> {tuple(value.shape)}")
+                else:
+                    out[coll][node][leaf] = np.asarray(src, dtype=np.asarray(value).dtype)
+                    report["loaded"] += 1
+    for coll, nodes in loaded.items():
+        for node, leaves in nodes.items() if isinstance(nodes, Mapping) else ():
+            for leaf in leaves:
+                if leaf not in fresh.get(coll, {}).get(node, {}):
+                    report["unused"].append(f"{coll}/{node}/{leaf}")
+    return out, report
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizer and schedule
+# --------------------------------------------------------------------------------------------
+def make_schedule(cfg: TrainConfig, steps_per_epoch: int):
+    """Learning rate as a function of the update count (optax schedule)."""
+    import optax
+    lr = cfg.learning_rate
+    spe = max(1, steps_per_epoch)
+    total = cfg.epochs * spe
+    warm = int(round(cfg.warmup_epochs * spe))
+    if cfg.schedule == "constant":
+        main = optax.constant_schedule(lr)
+    elif cfg.schedule == "cosine":
+        main = optax.cosine_decay_schedule(lr, decay_steps=max(1, total - warm))
+    else:
+        if cfg.milestones:
+            bounds = {int(m) * spe - warm: cfg.gamma for m in cfg.milestones}
+            main = optax.piecewise_constant_schedule(lr, {b: g for b, g in bounds.items() if b > 0})
+        else:
+            main = optax.exponential_decay(lr, transition_steps=cfg.step_epochs * spe,
+                                           decay_rate=cfg.gamma, staircase=True)
+    if warm <= 0:
+        return main
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), main], [warm])
+
+
+def make_optimizer(cfg: TrainConfig, schedule, labels: dict | None, groups: dict):
+    """optax transformation for the trainable parameters. ``groups``: label -> lr factor;
+    ``labels``: the per-parameter labels (None: one group)."""
+    import jax
+    import optax
+
+    def decay_mask(params):
+        return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+
+    def one(factor: float):
+        sched = schedule if factor == 1.0 else (lambda c, f=factor: schedule(c) * f)
+        parts = []
+        if cfg.optimizer == "adamw":
+            parts.append(optax.adamw(sched, weight_decay=cfg.weight_decay, mask=decay_mask))
+        else:
+            if cfg.weight_decay:
+                parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask))
+            if cfg.optimizer == "sgd":
+                parts.append(optax.sgd(sched, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
+            else:   # Inception v3 (TF1 RMSPropOptimizer): decay 0.9, momentum 0.9, eps 1.0, ms from 1
+                parts.append(optax.rmsprop(sched, decay=0.9, eps=1.0, initial_scale=1.0,
+                                           momentum=cfg.momentum or None))
+        return optax.chain(*parts) if len(parts) > 1 else parts[0]
+
+    if labels is None:
+        tx = one(1.0)
+    else:
+        tx = optax.multi_transform({g: one(f) for g, f in groups.items()}, labels)
+    if cfg.clip_norm:
+        tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
+    if cfg.accumulate > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=cfg.accumulate)
+    return tx
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_json(path: Path, obj) -> None:
+    _atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
+
+
+def _atomic_safetensors(path: Path, tensors: dict, metadata: dict) -> None:
+    from safetensors.numpy import save
+    # (np.ascontiguousarray would turn 0-d arrays, such as step counts, into 1-d ones)
+    flat = {k: np.require(np.asarray(v), requirements="C") for k, v in tensors.items()}
+    _atomic_write_bytes(path, save(flat, metadata={k: str(v) for k, v in metadata.items()}))
+
+
+def _flat_variables(variables: Mapping) -> dict:
+    from .variables_io import flatten_variables
+    return flatten_variables(variables)
+
+
+def plot_curves(metrics: dict, path: Path) -> None:
+    """Loss and accuracy per epoch (matplotlib, Agg canvas; the global backend is untouched)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    epochs = metrics["epoch"]
+    for i, (key, title) in enumerate((("loss", "loss"), ("accuracy", "accuracy"))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for split in ("train", "val"):
+            ys = metrics.get(f"{split}_{key}", [])
+            pts = [(e, y) for e, y in zip(epochs, ys) if y is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=split)
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    fig.savefig(tmp)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Progress
+# --------------------------------------------------------------------------------------------
+class Progress:
+    """One line per epoch; redrawn in place (with a bar) when the stream is a terminal."""
+
+    def __init__(self, epoch: int, epochs: int, total: int, enabled: bool = True, stream=None):
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.prefix = f"epoch {epoch}/{epochs}"
+        self.total = total
+        self.last = 0.0
+
+    def update(self, done: int, loss: float, acc: float, ips: float) -> None:
+        now = time.perf_counter()
+        if not self.tty or (now - self.last < 0.1 and done < self.total):
+            return
+        self.last = now
+        width = 24
+        fill = int(width * done / max(1, self.total))
+        bar = "█" * fill + "·" * (width - fill)
+        self.stream.write(f"\r{self.prefix} {bar} {done}/{self.total}  loss {loss:.4f}  "
+                          f"acc {acc:.4f}  {ips:,.0f} img/s ")
+        self.stream.flush()
+
+    def close(self, text: str) -> None:
+        if not self.enabled:
+            return
+        self.stream.write(("\r\x1b[K" if self.tty else "") + f"{self.prefix}  {text}\n")
+        self.stream.flush()
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer
+# --------------------------------------------------------------------------------------------
+class Trainer:
+    """Builds data, model, variables, optimizer and the jitted steps from a ``TrainConfig``.
+
+    ``train_data``/``val_data``: in-memory datasets (``ArrayData`` or ``(x, y)``) instead of
+    ``config.data``. ``resume=True``: continue the run in ``config.out`` from its last
+    complete epoch (its ``config.json`` should be what was passed)."""
+
+    def __init__(self, config: TrainConfig, *, train_data=None, val_data=None,
+                 resume: bool = False, log=_log):
+        self.cfg = cfg = config
+        self.log = log
+        cfg.validate()
+        self.run_dir = Path(cfg.out) if cfg.out else None
+        self.resuming = resume
+        self._check_run_dir()
+        self._setup_data(train_data, val_data)
+        self._setup_model()
+        self._setup_variables()
+        self._setup_preprocess()
+        self._setup_parallel()
+        self._setup_steps()
+
+    # ---- setup ----
+    def _check_run_dir(self) -> None:
+        if self.run_dir is None:
+            return
+        state = self.run_dir / STATE_FILE
+        if self.resuming:
+            if not state.is_file():
+                raise TrainError(f"{self.run_dir} has no {STATE_FILE} to resume from "
+                                 f"(no epoch finished yet, or not a run directory)")
+        elif state.exists():
+            raise TrainError(f"{self.run_dir} already holds a training run; continue it with "
+                             f"--resume {self.run_dir}, or choose another --out")
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise TrainError(f"--out {self.run_dir} exists and is not a folder")
+
+    def _setup_data(self, train_data, val_data) -> None:
+        cfg = self.cfg
+        as_data = lambda d: d if d is None or not isinstance(d, tuple) else ArrayData(*d)  # noqa: E731
+        train_data, val_data = as_data(train_data), as_data(val_data)
+        if train_data is None:
+            if not cfg.data:
+                raise TrainError("no training data: pass --data DIR")
+            train_data, split_val = find_splits(cfg.data, cfg.val_split, seed=cfg.seed)
+            val_data = val_data if val_data is not None else split_val
+        if len(train_data) == 0:
+            raise DataError("the training set is empty")
+        self.train_data, self.val_data = train_data, val_data
+        self.classes = list(train_data.classes)
+        if cfg.class_names and list(cfg.class_names) != self.classes:
+            raise TrainError(f"the data's classes {self.classes[:6]} differ from the run's "
+                             f"{list(cfg.class_names)[:6]}")
+        cfg.class_names = self.classes
+
+    def _setup_model(self) -> None:
+        from .model import load
+        cfg = self.cfg
+        if not cfg.spec:
+            raise TrainError("give a network: a built-in name (lenet5) or an .arch file")
+        params = dict(cfg.params or {})
+        if cfg.classes is not None:
+            params["classes"] = int(cfg.classes)
+        self.model = model = load(cfg.spec, input_shape=tuple(cfg.input_shape) if cfg.input_shape else None,
+                                  **params)
+        g = model.graph
+        if len(g.inputs) != 1 or len(g.input_shape) != 3:
+            raise TrainError(f"{g.name}: training needs one image input (HxWxC), "
+                             f"the network has {len(g.inputs)} inputs")
+        self.logits = logits_node(g)
+        shape = tuple(g.nodes[self.logits].shape)
+        if len(shape) != 1:
+            raise TrainError(f"{g.name}: training needs a classifier (a vector output); "
+                             f"{self.logits} is {'x'.join(map(str, shape))}")
+        self.num_outputs = shape[0]
+        k = len(self.classes)
+        if k > self.num_outputs or (cfg.classes is not None and k != self.num_outputs):
+            hint = (f"pass --classes {k} for a new {k}-way head" if "classes" in g.params
+                    else f"{g.name} has no 'classes' parameter: edit its final layer")
+            raise TrainError(f"the data has {k} classes but {g.name} outputs {self.num_outputs}; {hint}")
+        self.head = head_nodes(g)
+        self.param_nodes = [n.name for n in g if n.op in PARAM_OPS]
+        self.bn_nodes = [n.name for n in g if n.op == "bn"]
+        h, w, c = g.input_shape
+        if cfg.normalize is not None:
+            parse_normalization(cfg.normalize, c)          # a bad value fails before any work
+
+    def _setup_preprocess(self) -> None:
+        cfg = self.cfg
+        h, w, c = self.model.graph.input_shape
+        if cfg.normalize is None:
+            cfg.normalize = self.weights_normalize or "unit"
+            if self.weights_normalize:
+                self.log(f"normalisation: {cfg.normalize} (as {cfg.weights} expects)")
+        mean, std = parse_normalization(cfg.normalize, c)
+        aug = cfg.augment
+        self.pre_train = Preprocess(h, w, c, tuple(mean.tolist()), tuple(std.tolist()),
+                                    crop=aug, flip=aug and cfg.flip,
+                                    crop_scale=tuple(cfg.crop_scale),
+                                    bgr=cfg.normalize == "caffe" and c == 3)
+        self.pre_eval = dataclasses.replace(self.pre_train, crop=False, flip=False)
+
+    def _setup_variables(self) -> None:
+        cfg, g = self.cfg, self.model.graph
+        fresh = {c: {n: {k: np.asarray(v) for k, v in leaves.items()} for n, leaves in nodes.items()}
+                 for c, nodes in self.model.init(seed=cfg.seed).items()}
+        self.transfer_report = None
+        self.weights_normalize = None
+        if cfg.weights and not self.resuming:
+            loaded, self.weights_normalize = read_weights(cfg.weights, cfg.weights_from, self.model)
+            reinit = set(self.head) if cfg.classes is not None else set()
+            variables, report = transfer(fresh, loaded, reinit)
+            if report["loaded"] == 0:
+                raise TrainError(f"no tensor of {cfg.weights} fits {g.name} (by name and shape)")
+            self.transfer_report = report
+            skipped = report["reinitialised"] + report["shape_mismatch"]
+            self.log(f"weights: {report['loaded']} tensors loaded from {cfg.weights}"
+                     + (f"; new: {', '.join(skipped[:6])}{' ...' if len(skipped) > 6 else ''}"
+                        if skipped else "")
+                     + (f"; {len(report['missing'])} not in the file" if report["missing"] else "")
+                     + (f"; {len(report['unused'])} unused" if report["unused"] else ""))
+        else:
+            variables = fresh
+        params = variables.get("params", {})
+        frozen_nodes: set = set()
+        names = [n for n in self.param_nodes if n in params]
+        if cfg.freeze:
+            frozen_nodes |= select(cfg.freeze, names, "--freeze")
+        if cfg.freeze_all_but_head:
+            frozen_nodes |= set(names) - set(self.head)
+        self.frozen_nodes = frozen_nodes
+        self.trainable = {n: v for n, v in params.items() if n not in frozen_nodes}
+        self.frozen = {n: v for n, v in params.items() if n in frozen_nodes}
+        if not self.trainable:
+            raise TrainError("every layer is frozen: nothing to train")
+        self.batch_stats = variables.get("batch_stats", {})
+        bn = cfg.bn
+        if bn == "auto":
+            bn = "frozen" if self.bn_nodes and all(n in frozen_nodes for n in self.bn_nodes) else "update"
+        self.bn_mode = bn
+        # per-group learning rates
+        self.groups = {"base": 1.0}
+        self.labels = None
+        if cfg.lr_mult:
+            tnames = list(self.trainable)
+            label_of = {}
+            for i, (pat, factor) in enumerate(cfg.lr_mult.items()):
+                self.groups[f"g{i}"] = float(factor)
+                for n in select([pat], tnames, "--lr-mult"):
+                    label_of.setdefault(n, f"g{i}")
+            self.labels = {n: {leaf: label_of.get(n, "base") for leaf in leaves}
+                           for n, leaves in self.trainable.items()}
+        n_train = sum(int(np.prod(v.shape)) for leaves in self.trainable.values() for v in leaves.values())
+        n_frozen = sum(int(np.prod(v.shape)) for leaves in self.frozen.values() for v in leaves.values())
+        self.log(f"{g.name}: {n_train:,} trainable parameters"
+                 + (f", {n_frozen:,} frozen ({len(self.frozen)} layers)" if n_frozen else "")
+                 + f"; batch norm {self.bn_mode}" * bool(self.bn_nodes))
+
+    def _setup_parallel(self) -> None:
+        from .parallel import DataParallel
+        cfg = self.cfg
+        try:
+            self.dp = DataParallel(cfg.devices)
+        except ValueError as e:
+            raise TrainError(str(e)) from None
+        batch = cfg.batch
+        n = len(self.train_data)
+        if n < batch:
+            raise TrainError(f"the training set has {n} images, fewer than one batch of {batch}: "
+                             f"lower --batch")
+        if batch % self.dp.size:
+            raise TrainError(f"batch {batch} does not split evenly over {self.dp.size} devices; "
+                             f"use a multiple of {self.dp.size} or --devices")
+        shard = (self.dp.process_index, self.dp.process_count)
+        self.train_loader = Loader(self.train_data, self.pre_train, batch, train=True,
+                                   seed=cfg.seed, workers=cfg.workers, prefetch=cfg.prefetch,
+                                   shard=shard)
+        self.val_loader = None if not self.val_data or len(self.val_data) == 0 else Loader(
+            self.val_data, self.pre_eval, batch, train=False, seed=cfg.seed,
+            workers=cfg.workers, prefetch=cfg.prefetch, shard=shard)
+        self.steps_per_epoch = len(self.train_loader)
+        self.updates_per_epoch = self.steps_per_epoch // cfg.accumulate
+        if self.updates_per_epoch < 1:
+            raise TrainError(f"--accumulate {cfg.accumulate} is more than the "
+                             f"{self.steps_per_epoch} batches of an epoch")
+
+    def _forward_fn(self, train: bool):
+        import jax
+        import jax.numpy as jnp
+        model, logits_name, bf16 = self.model, self.logits, self.cfg.bf16
+
+        def forward(params, batch_stats, x, rng):
+            if bf16:
+                params = jax.tree_util.tree_map(lambda p: p.astype(jnp.bfloat16), params)
+                x = x.astype(jnp.bfloat16)
+            variables = {"params": params}
+            if batch_stats:
+                variables["batch_stats"] = batch_stats
+            if train:
+                out, new = model.apply_fn(variables, x, train=True, rngs=rng, outputs=(logits_name,))
+                stats = jax.tree_util.tree_map(lambda s: s.astype(jnp.float32),
+                                               new.get("batch_stats", {}))
+            else:
+                out = model.apply_fn(variables, x, train=False, outputs=(logits_name,))
+                stats = batch_stats
+            return out[logits_name].astype(jnp.float32), stats
+
+        if self.cfg.remat:
+            forward = jax.checkpoint(forward, policy=jax.checkpoint_policies.dots_saveable)
+        return forward
+
+    def _setup_steps(self) -> None:
+        import jax
+        import jax.numpy as jnp
+        import optax
+        cfg = self.cfg
+        self.schedule = make_schedule(cfg, self.updates_per_epoch)
+        self.tx = make_optimizer(cfg, self.schedule, self.labels, self.groups)
+        k = self.num_outputs
+        smoothing = cfg.label_smoothing
+        train_mode = self.bn_mode == "update"
+        forward_train = self._forward_fn(train_mode)
+        forward_eval = self._forward_fn(False)
+        use_rng = train_mode and self.model.program.has_dropout
+        base_key = jax.random.PRNGKey(cfg.seed + 1)
+        frozen_bn = set(self.frozen_nodes)
+        tx = self.tx
+
+        def train_step(state, frozen, x, y):
+            rng = jax.random.fold_in(base_key, state["step"]) if use_rng else None
+
+            def loss_fn(trainable):
+                logits, stats = forward_train({**frozen, **trainable}, state["batch_stats"], x, rng)
+                labels = jax.nn.one_hot(y, k)
+                if smoothing:
+                    labels = optax.smooth_labels(labels, smoothing)
+                loss = optax.softmax_cross_entropy(logits, labels).mean()
+                return loss, (logits, stats)
+
+            (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["trainable"])
+            updates, opt_state = tx.update(grads, state["opt"], state["trainable"])
+            trainable = optax.apply_updates(state["trainable"], updates)
+            old = state["batch_stats"]
+            stats = {n: (old[n] if n in frozen_bn else stats[n]) for n in old}
+            correct = jnp.sum(jnp.argmax(logits, -1) == y)
+            new_state = {"trainable": trainable, "opt": opt_state, "batch_stats": stats,
+                         "step": state["step"] + 1}
+            return new_state, {"loss": loss, "correct": correct}
+
+        def eval_step(trainable, frozen, batch_stats, x, y, mask):
+            logits, _ = forward_eval({**frozen, **trainable}, batch_stats, x, None)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+            correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+            return jnp.sum(loss * mask), jnp.sum(correct * mask)
+
+        rep = self.dp.replicated
+        self._train_step = jax.jit(train_step, donate_argnums=(0,), out_shardings=(rep, rep))
+        self._eval_step = jax.jit(eval_step, out_shardings=(rep, rep))
+
+    def init_state(self) -> dict:
+        import jax.numpy as jnp
+        trainable = {n: {k: jnp.asarray(v) for k, v in leaves.items()} for n, leaves in self.trainable.items()}
+        return {"trainable": trainable, "opt": self.tx.init(trainable),
+                "batch_stats": self.batch_stats, "step": np.int32(0)}
+
+    # ---- checkpoints ----
+    def variables_of(self, host_state: dict) -> dict:
+        params = {**self.frozen, **host_state["trainable"]}
+        params = {n: params[n] for n in self.model.graph.nodes if n in params}
+        out = {"params": params}
+        if host_state["batch_stats"]:
+            out["batch_stats"] = host_state["batch_stats"]
+        return out
+
+    def _metadata(self, epoch: int, extra: dict | None = None) -> dict:
+        cfg = self.cfg
+        meta = {"spec": cfg.spec, "classes": json.dumps(self.classes), "epoch": epoch,
+                "normalize": cfg.normalize, "params": json.dumps(cfg.params or {}),
+                "input_shape": json.dumps(list(self.model.input_shape)),
+                "logits": self.logits}
+        if cfg.classes is not None:
+            meta["num_classes"] = cfg.classes
+        # what `archc predict` reads: the model and its preprocessing (plain resize, as here)
+        meta["archc.model"] = self.model.name
+        mode = {"imagenet": "torch", "symmetric": "tf", "raw": "none", "caffe": "caffe"}.get(cfg.normalize)
+        if mode:
+            meta["archc.preprocess"] = json.dumps({"mode": mode, "resize": "exact"}, sort_keys=True)
+        meta.update(extra or {})
+        return meta
+
+    def save_state(self, host_state: dict, epoch: int, history: dict) -> None:
+        """The resume point: variables, optimizer state, step, epoch and history, one file."""
+        import jax
+        leaves = jax.tree_util.tree_leaves(host_state["opt"])
+        tensors = _flat_variables(self.variables_of(host_state))
+        for i, leaf in enumerate(leaves):
+            tensors[f"opt/{i:05d}"] = np.asarray(leaf)
+        tensors["step"] = np.asarray(host_state["step"], np.int64)
+        _atomic_safetensors(self.run_dir / STATE_FILE, tensors, self._metadata(epoch, {
+            "format": "archc-train-state", "opt_leaves": len(leaves),
+            "history": json.dumps(history)}))
+
+    def load_state(self) -> tuple[dict, int, dict]:
+        import jax
+        from safetensors import safe_open
+        path = self.run_dir / STATE_FILE
+        with safe_open(str(path), "numpy") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if meta.get("format") != "archc-train-state":
+            raise TrainError(f"{path} is not an archc training state")
+        template = self.init_state()
+        tleaves, treedef = jax.tree_util.tree_flatten(template["opt"])
+        n = int(meta["opt_leaves"])
+        if n != len(tleaves):
+            raise TrainError(f"{path}: optimizer state does not match this configuration")
+        opt_leaves = []
+        for i, t in enumerate(tleaves):
+            a = tensors[f"opt/{i:05d}"]
+            if a.shape != tuple(np.shape(t)):
+                raise TrainError(f"{path}: optimizer state does not match this configuration")
+            opt_leaves.append(a.astype(np.asarray(t).dtype))
+        params, stats = {}, {}
+        for key, a in tensors.items():
+            parts = key.split("/")
+            if parts[0] == "params":
+                params.setdefault(parts[1], {})[parts[2]] = a
+            elif parts[0] == "batch_stats":
+                stats.setdefault(parts[1], {})[parts[2]] = a
+        self.frozen = {n: params[n] for n in self.frozen}
+        state = {"trainable": {n: params[n] for n in self.trainable},
+                 "opt": jax.tree_util.tree_unflatten(treedef, opt_leaves),
+                 "batch_stats": stats, "step": np.int32(tensors["step"])}
+        return state, int(meta["epoch"]), json.loads(meta["history"])
+
+    def _write_outputs(self, host_state: dict, epoch: int, history: dict, best: bool) -> None:
+        variables = self.variables_of(host_state)
+        flat = _flat_variables(variables)
+        meta = self._metadata(epoch, {"format": "archc"})
+        _atomic_safetensors(self.run_dir / "last.safetensors", flat, meta)
+        if best:
+            _atomic_safetensors(self.run_dir / "best.safetensors", flat, meta)
+        _atomic_json(self.run_dir / "metrics.json", history)
+
+    # ---- running ----
+    def evaluate(self, state) -> tuple[float | None, float | None]:
+        if self.val_loader is None:
+            return None, None
+        if getattr(self, "_frozen_dev", None) is None:
+            self._frozen_dev = self.dp.replicate(self.frozen)
+        total_loss, total_correct = 0.0, 0.0
+        for batch in self.val_loader.epoch(0):
+            x, y, m = (self.dp.shard_batch(a) for a in batch)
+            loss, correct = self._eval_step(state["trainable"], self._frozen_dev, state["batch_stats"], x, y, m)
+            total_loss += float(loss)
+            total_correct += float(correct)
+        count = len(self.val_data)
+        return total_loss / count, total_correct / count
+
+    def fit(self) -> TrainResult:
+        from .parallel import to_host
+        cfg = self.cfg
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        history = {"epoch": [], "train_loss": [], "train_accuracy": [], "val_loss": [],
+                   "val_accuracy": [], "lr": [], "images_per_s": [], "time_s": [],
+                   "best_epoch": None, "best_val_accuracy": None, "classes": self.classes}
+        start_epoch = 0
+        if self.resuming:
+            host_state, start_epoch, history = self.load_state()
+            self.log(f"resuming {self.run_dir} after epoch {start_epoch}")
+            _atomic_json(self.run_dir / "config.json", cfg.to_json())     # --epochs may have changed
+            # repair outputs a kill between the state and them may have left stale
+            self._write_outputs(host_state, start_epoch, history,
+                                best=history.get("best_epoch") == start_epoch)
+            if start_epoch >= cfg.epochs:
+                self.log(f"{self.run_dir}: all {cfg.epochs} epochs already done")
+        else:
+            host_state = self.init_state()
+            if self.run_dir is not None:
+                _atomic_json(self.run_dir / "config.json", cfg.to_json())
+        state = self.dp.replicate(host_state)
+        self._frozen_dev = self.dp.replicate(self.frozen)
+        crash_at = int(os.environ.get(CRASH_ENV, "0") or 0)
+        step_losses: list = []
+        spe = self.steps_per_epoch
+        for epoch in range(start_epoch, cfg.epochs):
+            progress = Progress(epoch + 1, cfg.epochs, spe, enabled=cfg.progress)
+            t0 = time.perf_counter()
+            loss_sum, correct, seen = 0.0, 0, 0
+            for b, batch in enumerate(self.train_loader.epoch(epoch)):
+                x, y = self.dp.shard_batch(batch.x), self.dp.shard_batch(batch.y)
+                state, m = self._train_step(state, self._frozen_dev, x, y)
+                loss = float(m["loss"])
+                step = epoch * spe + b + 1
+                step_losses.append(loss)
+                if not math.isfinite(loss):
+                    progress.close("stopped")
+                    where = (f"{self.run_dir / 'last.safetensors'} (epoch {epoch})" if epoch > 0 and
+                             self.run_dir is not None else "none (no epoch finished)")
+                    raise TrainingDiverged(
+                        f"the training loss became {loss} at step {step} (epoch {epoch + 1}, batch "
+                        f"{b + 1}); stopping. Last good checkpoint: {where}. Try a lower --lr, "
+                        f"--warmup or --clip-norm.", step, epoch + 1)
+                loss_sum += loss
+                correct += int(m["correct"])
+                seen += cfg.batch
+                dt = time.perf_counter() - t0
+                progress.update(b + 1, loss_sum / (b + 1), correct / seen, seen / max(dt, 1e-9))
+                if crash_at and step == crash_at:
+                    os._exit(86)
+            train_time = time.perf_counter() - t0
+            val_loss, val_acc = self.evaluate(state)
+            dt = time.perf_counter() - t0
+            lr = float(self.schedule(max(0, (epoch + 1) * self.updates_per_epoch - 1)))
+            row = {"epoch": epoch + 1, "train_loss": loss_sum / spe, "train_accuracy": correct / seen,
+                   "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr,
+                   "images_per_s": seen / max(train_time, 1e-9), "time_s": dt}
+            for key, v in row.items():
+                history[key].append(v)
+            score = val_acc if val_acc is not None else -row["train_loss"]
+            prev = history["best_val_accuracy"] if val_acc is not None else (
+                None if history["best_epoch"] is None else -history["train_loss"][history["best_epoch"] - 1])
+            improved = prev is None or score > prev
+            if improved:
+                history["best_epoch"] = epoch + 1
+                history["best_val_accuracy"] = val_acc
+            text = f"loss {row['train_loss']:.4f}  acc {row['train_accuracy']:.4f}"
+            if val_acc is not None:
+                text += f"  val_loss {val_loss:.4f}  val_acc {val_acc:.4f}"
+            text += f"  {row['images_per_s']:,.0f} img/s  {dt:.1f}s" + ("  *" if improved and val_acc is not None else "")
+            progress.close(text)
+            if self.run_dir is not None and self.dp.process_index == 0:
+                host_state = to_host(state)
+                self.save_state(host_state, epoch + 1, history)      # the commit point
+                self._write_outputs(host_state, epoch + 1, history, improved)
+        host_state = to_host(state)
+        if self.run_dir is not None and self.dp.process_index == 0:
+            _atomic_json(self.run_dir / "metrics.json", history)
+            if history["epoch"]:
+                try:
+                    plot_curves(history, self.run_dir / "curves.png")
+                except ImportError:
+                    self.log("curves.png not drawn: matplotlib is not installed")
+        return TrainResult(self.run_dir, history, self.variables_of(host_state), self.classes,
+                           step_losses)
+
+    # ---- features ----
+    def extract_features(self, node: str | None = None, out_dir: str | None = None) -> dict:
+        """Pooled features of ``node`` (default: the classifier's input) for the training and
+        validation images, without augmentation: ``{split: (features (N, D), labels (N,))}``;
+        also written as ``{split}_features.npy``/``{split}_labels.npy`` under ``out_dir``."""
+        import jax
+        import jax.numpy as jnp
+        g = self.model.graph
+        node = node or feature_node(g)
+        if node not in g.nodes:
+            try:
+                self.model.program.check_outputs([node])
+            except ValueError as e:
+                raise TrainError(str(e)) from None
+        variables = {"params": {**self.frozen, **self.trainable}}
+        if self.batch_stats:
+            variables["batch_stats"] = self.batch_stats
+        model = self.model
+
+        @jax.jit
+        def feats(variables, x):
+            f = model.apply_fn(variables, x, train=False, outputs=(node,))[node]
+            return jnp.mean(f, axis=(1, 2)) if f.ndim == 4 else f.reshape(f.shape[0], -1)
+
+        result = {}
+        splits = [("train", self.train_data), ("val", self.val_data)]
+        for name, data in splits:
+            if data is None or len(data) == 0:
+                continue
+            loader = Loader(data, self.pre_eval, self.cfg.batch, train=False,
+                            workers=self.cfg.workers, prefetch=self.cfg.prefetch)
+            chunks = []
+            for batch in loader.epoch(0):
+                chunks.append(np.asarray(feats(variables, batch.x))[batch.mask > 0])
+            result[name] = (np.concatenate(chunks), np.asarray(data.labels))
+        if out_dir is not None:
+            out = Path(out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            for name, (f, y) in result.items():
+                np.save(out / f"{name}_features.npy", f)
+                np.save(out / f"{name}_labels.npy", y)
+            _atomic_json(out / "features.json", {"node": node, "classes": self.classes,
+                                                 "dim": int(next(iter(result.values()))[0].shape[1])})
+        return result
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------------------------
+def _config_for_resume(run_dir: str, overrides: dict) -> TrainConfig:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise TrainError(f"{run_dir} is not a training run directory (no config.json)")
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise TrainError(f"cannot read {path}: {e}") from None
+    cfg = TrainConfig.from_json(d)
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(cfg, key, value)
+    cfg.out = str(run_dir)
+    return cfg
+
+
+def train(spec: str | None = None, data: str | None = None, out: str | None = None, *,
+          resume: str | None = None, train_data=None, val_data=None, log=_log,
+          **options) -> TrainResult:
+    """Train ``spec`` (a built-in name or .arch path) on the image folder ``data``, writing the
+    run to ``out``; ``options`` are ``TrainConfig`` fields (epochs, batch, lr, optimizer,
+    weights, classes, freeze, ...). ``resume=RUN_DIR`` continues a run (``epochs`` and
+    ``progress`` may be overridden)."""
+    if resume is not None:
+        allowed = {"epochs", "progress", "workers", "prefetch"}
+        bad = set(options) - allowed
+        if bad or spec or data:
+            raise TrainError(f"--resume reads the run's options from its config.json; only "
+                             f"{', '.join(sorted(allowed))} may be changed")
+        cfg = _config_for_resume(resume, options)
+        return Trainer(cfg, train_data=train_data, val_data=val_data, resume=True, log=log).fit()
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise TypeError(f"train() got unknown options: {', '.join(unknown)}")
+    cfg = TrainConfig(spec=spec, data=None if data is None else str(data),
+                      out=None if out is None else str(out), **options)
+    return Trainer(cfg, train_data=train_data, val_data=val_data, log=log).fit()
+
+
+def extract_features(spec: str, data: str, out: str | None = None, *, node: str | None = None,
+                     log=_log, **options) -> dict:
+    """Feature-extractor mode: pooled features of ``node`` for every image (no training)."""
+    cfg = TrainConfig(spec=spec, data=str(data), out=None, **options)
+    trainer = Trainer(cfg, log=log)
+    return trainer.extract_features(node, out)
