@@ -300,7 +300,7 @@ def cmd_import(args) -> int:
     try:
         from .runtime.model import Model
         from .runtime.variables_io import save_variables
-        from .runtime.weights import WeightsError, import_weights, match_weights, weights_metadata
+        from .runtime.weights import _assemble, match_weights, weights_metadata
         model = Model(_graph(args))
         report, assignments, rules = match_weights(model, args.checkpoint, source=args.source, rules=args.map,
                                                    skip=args.skip or (), allow_missing=args.allow_missing or ())
@@ -311,7 +311,6 @@ def cmd_import(args) -> int:
         if not report.ok:
             return EXIT_USER
         if args.out:
-            from .runtime.weights import _assemble
             variables = _assemble(model, assignments, report, args.seed)
             save_variables(variables, args.out, metadata=weights_metadata(model, report, rules))
             if not args.json:

@@ -1,0 +1,617 @@
+"""Pretrained weights: checkpoint names -> archc variables, layout conversion, strict verification.
+
+    variables, report = archc.import_weights(model, "resnet50.pth", source="torchvision")
+    print(report)                 # what went where; on a mismatch WeightsError carries the report
+
+Mapping is by name, through declarative rename rules (TOML, ``archc/architectures/mappings/
+FAMILY.SOURCE.toml`` for the built-ins, or the user's own file; see docs/weights.md):
+
+* ``[rename]``: checkpoint module -> archc node, exact names or patterns with captured indices,
+  ``"layer{a}.{b}.downsample.0" = "layer{a}.{b}.shortcut.conv1"``; ``{b-1}`` shifts a capture.
+* a module whose name is an archc node name maps to it unchanged.
+* ``[[sequence]]``: explicit order-based pairing where names carry no structure (torch
+  ``nn.Sequential`` indices, Keras auto names ``conv2d_17``): the checkpoint modules matching
+  ``from`` (in natural order) are paired one by one with the model's nodes matching ``to`` (in
+  graph order), verified by kind and shape.
+* ``skip = [...]``: checkpoint modules to ignore.
+
+A module is a checkpoint name without its leaf (``layer1.0.conv1`` for ``layer1.0.conv1.weight``;
+a Keras layer). Leaves convert by the archc node's op: conv OIHW -> HWIO (grouped and depthwise
+included), Linear (out, in) -> (in, out), BatchNorm weight/bias/running stats -> scale/bias and
+batch_stats mean/var (``num_batches_tracked`` ignored), ConvTranspose (in, out, kh, kw) ->
+(kh, kw, out, in); Keras kernels are already HWIO, depthwise (kh, kw, C, m) -> (kh, kw, 1, C*m),
+a SeparableConv2D layer NAME is two modules NAME.depthwise and NAME.pointwise.
+
+Strict: every checkpoint tensor consumed, every model variable filled, every shape equal —
+otherwise nothing is returned and :class:`WeightsError` carries a :class:`Report` listing the
+missing, unexpected and mismatched entries with both shapes and the nearest names.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import Checkpoint, CheckpointError, read_checkpoint
+
+MAPPINGS = Path(__file__).resolve().parent.parent / "architectures" / "mappings"
+SOURCES = ("torchvision", "timm", "keras")
+
+
+class WeightsError(ValueError):
+    """The checkpoint does not fit the model (``.report`` says how), or the rules are invalid."""
+
+    def __init__(self, message: str, report: "Report | None" = None):
+        super().__init__(message)
+        self.report = report
+
+
+# --------------------------------------------------------------------------------------------
+# Rules
+# --------------------------------------------------------------------------------------------
+_TOKEN = re.compile(r"\{([A-Za-z_]\w*)(:w)?\}|\*\*|\*")
+_TEMPLATE = re.compile(r"\{([A-Za-z_]\w*)\s*(?:([+-])\s*(\d+))?\}")
+
+
+def compile_pattern(pattern: str) -> re.Pattern:
+    """``{name}`` captures a run of digits, ``{name:w}`` a word (letters, digits, ``_``); the same
+    name twice must match the same text. ``*`` matches any characters but ``.``, ``**`` any
+    characters; everything else is literal."""
+    out, pos, seen = [], 0, set()
+    for m in _TOKEN.finditer(pattern):
+        out.append(re.escape(pattern[pos:m.start()]))
+        if m.group(1):
+            name = m.group(1)
+            out.append(f"(?P={name})" if name in seen else
+                       f"(?P<{name}>\\w+?)" if m.group(2) else f"(?P<{name}>\\d+)")
+            seen.add(name)
+        elif m.group(0) == "**":
+            out.append(".*")
+        else:
+            out.append(r"[^.]*")
+        pos = m.end()
+    out.append(re.escape(pattern[pos:]))
+    return re.compile("".join(out) + r"\Z")
+
+
+def fill_template(template: str, captures: Mapping, where: str = "") -> str:
+    def sub(m):
+        name, sign, k = m.groups()
+        if name not in captures:
+            raise WeightsError(f"rule {where}: the target uses {{{name}}}, which the pattern does not capture")
+        if not sign:
+            return str(captures[name])
+        v = int(captures[name])
+        if sign:
+            v = v + int(k) if sign == "+" else v - int(k)
+        return str(v)
+    return _TEMPLATE.sub(sub, template)
+
+
+@dataclass
+class Sequence_:
+    src: str
+    dst: str
+    op: str | None = None
+    order: str = "natural"          # 'natural' (numeric-aware name order) or 'checkpoint'
+
+
+@dataclass
+class Rules:
+    """A parsed rules file (see docs/weights.md)."""
+    source: str | None = None
+    models: list = field(default_factory=list)
+    layout: str | None = None                       # 'torch' | 'keras' (default: from the source)
+    renames: list = field(default_factory=list)      # (pattern text, compiled, target template)
+    sequences: list = field(default_factory=list)
+    skip: list = field(default_factory=list)
+    allow_missing: list = field(default_factory=list)
+    preprocess: dict = field(default_factory=dict)
+    path: str | None = None
+
+    def preprocess_for(self, model_name: str) -> dict | None:
+        p = self.preprocess.get(model_name, self.preprocess.get("default"))
+        return dict(p) if p is not None else None
+
+
+def parse_rules(data: Mapping, path: str | None = None) -> Rules:
+    where = path or "rules"
+    known = {"source", "models", "layout", "rename", "sequence", "skip", "allow_missing", "preprocess", "description"}
+    unknown = set(data) - known
+    if unknown:
+        raise WeightsError(f"{where}: unknown key(s) {sorted(unknown)}; expected {sorted(known)}")
+    r = Rules(source=data.get("source"), models=list(data.get("models", [])), layout=data.get("layout"),
+              skip=list(data.get("skip", [])), allow_missing=list(data.get("allow_missing", [])),
+              preprocess=dict(data.get("preprocess", {})), path=path)
+    if r.layout not in (None, "torch", "keras"):
+        raise WeightsError(f"{where}: layout must be 'torch' or 'keras', not {r.layout!r}")
+    rename = data.get("rename", {})
+    if not isinstance(rename, Mapping):
+        raise WeightsError(f"{where}: [rename] must be a table of \"checkpoint pattern\" = \"archc name\"")
+    for pat, target in rename.items():
+        if not isinstance(target, str):
+            raise WeightsError(f"{where}: rename {pat!r} must map to a string, not {target!r}")
+        rx = compile_pattern(pat)
+        missing = set(m.group(1) for m in _TEMPLATE.finditer(target)) - set(rx.groupindex)
+        if missing:
+            raise WeightsError(f"{where}: rename {pat!r} = {target!r} uses {sorted(missing)}, not captured by the pattern")
+        r.renames.append((pat, rx, target))
+    for i, s in enumerate(data.get("sequence", [])):
+        if not isinstance(s, Mapping) or "from" not in s or "to" not in s:
+            raise WeightsError(f"{where}: [[sequence]] #{i + 1} needs 'from' and 'to'")
+        if s.get("order", "natural") not in ("natural", "checkpoint"):
+            raise WeightsError(f"{where}: [[sequence]] #{i + 1}: order is 'natural' or 'checkpoint'")
+        r.sequences.append(Sequence_(s["from"], s["to"], s.get("op"), s.get("order", "natural")))
+    return r
+
+
+def load_rules(rules) -> Rules:
+    """A :class:`Rules` from a path to a TOML file, a parsed mapping, or a Rules."""
+    if isinstance(rules, Rules):
+        return rules
+    if isinstance(rules, Mapping):
+        return parse_rules(rules)
+    import tomllib
+    path = Path(rules)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: no such rules file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise WeightsError(f"{path}: invalid TOML: {e}") from None
+    return parse_rules(data, str(path))
+
+
+def builtin_rules(model_name: str, source: str | None = None) -> Rules | None:
+    """The rules shipped for a built-in architecture and source, or None."""
+    for path in sorted(MAPPINGS.glob("*.toml")):
+        parts = path.name.split(".")
+        if len(parts) != 3 or (source is not None and parts[1] != source):
+            continue
+        r = load_rules(path)
+        if model_name in r.models:
+            return r
+    return None
+
+
+def builtin_sources(model_name: str) -> list:
+    return [s for s in SOURCES if builtin_rules(model_name, s) is not None]
+
+
+# --------------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------------
+def _fmt(shape) -> str:
+    return str(tuple(int(d) for d in shape))
+
+
+@dataclass
+class Report:
+    model: str
+    checkpoint: str
+    source: str | None
+    loaded: list = field(default_factory=list)      # (checkpoint key, src shape, var path, shape)
+    ignored: list = field(default_factory=list)      # (key, why)
+    missing: list = field(default_factory=list)      # (var path, shape, nearest checkpoint names)
+    unexpected: list = field(default_factory=list)   # (key, shape, nearest model names)
+    mismatched: list = field(default_factory=list)   # (key, src shape, converted shape, var path, var shape)
+    allowed_missing: list = field(default_factory=list)   # (var path, shape): kept from init
+    errors: list = field(default_factory=list)       # rule problems
+    cast: list = field(default_factory=list)          # (key, dtype) converted to float32
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched or self.errors)
+
+    @property
+    def n_values(self) -> int:
+        n = 0
+        for _, _, _, shape in self.loaded:
+            n += int(np.prod(shape)) if shape else 1
+        return n
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model, "checkpoint": self.checkpoint, "source": self.source, "ok": self.ok,
+            "loaded": len(self.loaded), "values": self.n_values,
+            "ignored": [{"key": k, "why": w} for k, w in self.ignored],
+            "missing": [{"variable": v, "shape": list(s), "nearest": n} for v, s, n in self.missing],
+            "unexpected": [{"key": k, "shape": list(s), "nearest": n} for k, s, n in self.unexpected],
+            "mismatched": [{"key": k, "shape": list(s), "converted": list(c), "variable": v, "expected": list(e)}
+                           for k, s, c, v, e in self.mismatched],
+            "allowed_missing": [{"variable": v, "shape": list(s)} for v, s in self.allowed_missing],
+            "errors": list(self.errors),
+        }
+
+    def render(self, limit: int = 10) -> str:
+        head = f"{self.checkpoint} -> {self.model}" + (f" (from {self.source})" if self.source else "")
+        lines = []
+        ign = {}
+        for _, why in self.ignored:
+            ign[why] = ign.get(why, 0) + 1
+        ign_txt = "; ".join(f"{n} {w}" for w, n in ign.items())
+        if self.ok:
+            lines.append(f"ok: {head}")
+            lines.append(f"  {len(self.loaded)} tensors -> {len(self.loaded)} variables, {self.n_values:,} values"
+                         + (f"; ignored {ign_txt}" if ign_txt else ""))
+            if self.allowed_missing:
+                lines.append(f"  {len(self.allowed_missing)} variables not in the checkpoint, kept from init (allowed):")
+                lines += [f"    {v} {_fmt(s)}" for v, s in self.allowed_missing[:limit]]
+                if len(self.allowed_missing) > limit:
+                    lines.append(f"    … and {len(self.allowed_missing) - limit} more")
+            if self.cast:
+                lines.append(f"  {len(self.cast)} tensors converted to float32 (from {sorted(set(d for _, d in self.cast))})")
+            return "\n".join(lines)
+        counts = []
+        for what, items in (("shape mismatches", self.mismatched), ("missing", self.missing),
+                            ("unexpected", self.unexpected), ("rule errors", self.errors)):
+            if items:
+                counts.append(f"{len(items)} {what}")
+        lines.append(f"error: the checkpoint does not fit the model: {', '.join(counts)}; nothing was loaded")
+        lines.append(f"  {head}: {len(self.loaded)} tensors fitted")
+        for e in self.errors[:limit]:
+            lines.append(f"  rule error: {e}")
+
+        def section(title, items, fmt):
+            if not items:
+                return
+            lines.append(f"  {title}:")
+            for it in items[:limit]:
+                lines.append("    " + fmt(it))
+            if len(items) > limit:
+                lines.append(f"    … and {len(items) - limit} more")
+
+        section("shape mismatch (checkpoint tensor -> model variable)", self.mismatched,
+                lambda t: f"{t[0]} {_fmt(t[1])}" + (f" (as {_fmt(t[2])})" if tuple(t[2]) != tuple(t[1]) else "")
+                + f" -> {t[3]} needs {_fmt(t[4])}")
+        section("missing (model variables that nothing in the checkpoint fills)", self.missing,
+                lambda t: f"{t[0]} {_fmt(t[1])}" + (f"   nearest in checkpoint: {', '.join(t[2])}" if t[2] else ""))
+        section("unexpected (checkpoint tensors that fit nothing in the model)", self.unexpected,
+                lambda t: f"{t[0]} {_fmt(t[1])}" + (f"   nearest in model: {', '.join(t[2])}" if t[2] else ""))
+        if self.missing or self.unexpected:
+            lines.append("  help: map names with --map RULES.toml (docs/weights.md); for a new head use "
+                         "--skip 'fc.*' --allow-missing 'head.*'")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+# --------------------------------------------------------------------------------------------
+# Conversion of one module's leaves to one node's variables
+# --------------------------------------------------------------------------------------------
+_KIND_BY_OP = {"conv": "conv", "conv_transpose": "conv", "dense": "dense", "bn": "bn"}
+
+
+def _module_kind(leaves: Mapping, layout: str) -> str:
+    names = set(leaves)
+    if names & {"running_mean", "running_var", "moving_mean", "moving_variance"}:
+        return "bn"
+    w = leaves.get("weight") if layout == "torch" else (leaves.get("kernel") if "kernel" in leaves else leaves.get("depthwise_kernel"))
+    if w is not None:
+        if w.ndim == 4:
+            return "conv"
+        if w.ndim == 2:
+            return "dense"
+    if "pointwise_kernel" in names or "depthwise_kernel" in names:
+        return "conv"
+    return "other"
+
+
+def _kinds_fit(kind: str, op: str) -> bool:
+    want = _KIND_BY_OP.get(op, "other")
+    if kind == want or kind == "other" or want == "other":
+        return True
+    return {kind, want} == {"conv", "dense"}       # 1x1 convs <-> linear layers; shapes decide
+
+
+_TORCH_BN = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
+_KERAS_BN = {"gamma": "scale", "beta": "bias", "moving_mean": "mean", "moving_variance": "var"}
+_KERAS_NORM = {"mean": "mean", "variance": "var", "count": "count"}
+
+
+def _convert(layout: str, leaf: str, arr: np.ndarray, node, specs: Mapping):
+    """(target leaf, converted array) for one checkpoint leaf, or (None, why)."""
+    op = node.op
+    a = node.attrs
+    if layout == "torch":
+        if op in ("conv", "conv_transpose"):
+            if leaf == "weight":
+                if arr.ndim == 4:
+                    return "kernel", np.transpose(arr, (2, 3, 1, 0))
+                if arr.ndim == 2 and op == "conv":          # a Linear as a 1x1 conv
+                    return "kernel", arr.T.reshape((1, 1) + arr.T.shape)
+                return "kernel", arr
+            if leaf == "bias":
+                return "bias", arr
+        elif op == "dense":
+            if leaf == "weight":
+                if arr.ndim == 4:                            # a 1x1 conv as a Linear
+                    arr = arr.reshape(arr.shape[0], -1)
+                return "kernel", arr.T if arr.ndim == 2 else arr
+            if leaf == "bias":
+                return "bias", arr
+        elif op == "bn":
+            if leaf in _TORCH_BN:
+                return _TORCH_BN[leaf], arr
+        if leaf == "weight" and "weight" not in specs:
+            only = [k for k in specs if k != "bias"]
+            if len(only) == 1:                               # l2norm scale and the like
+                return only[0], arr
+    else:
+        if op in ("conv", "conv_transpose"):
+            if leaf in ("kernel", "depthwise_kernel", "pointwise_kernel"):
+                groups = a.get("groups", 1)
+                if arr.ndim == 4 and op == "conv" and groups > 1 and arr.shape[2] == groups:
+                    # Keras depthwise (kh, kw, C, m) -> grouped conv (kh, kw, 1, C*m)
+                    return "kernel", arr.reshape(arr.shape[0], arr.shape[1], 1, -1)
+                if arr.ndim == 2 and op == "conv":
+                    return "kernel", arr.reshape((1, 1) + arr.shape)
+                return "kernel", arr
+            if leaf == "bias":
+                return "bias", arr
+        elif op == "dense":
+            if leaf == "kernel":
+                return "kernel", arr.reshape(-1, arr.shape[-1]) if arr.ndim == 4 else arr
+            if leaf == "bias":
+                return "bias", arr
+        elif op == "bn":
+            if leaf in _KERAS_BN:
+                return _KERAS_BN[leaf], arr
+        elif op == "normalize":
+            t = _KERAS_NORM.get(leaf)
+            if t is not None:
+                for cand in (t, leaf):
+                    if cand in specs:
+                        return cand, arr
+    if leaf in specs:
+        return leaf, arr
+    return None, f"no variable of a {op} node takes {leaf!r}"
+
+
+def _fit(arr: np.ndarray, shape: tuple):
+    if tuple(arr.shape) == tuple(shape):
+        return arr
+    if tuple(d for d in arr.shape if d != 1) == tuple(d for d in shape if d != 1) and arr.size == int(np.prod(shape)):
+        return arr.reshape(shape)           # (1, 1, 1, C) statistics for a (C,) variable and the like
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Planning
+# --------------------------------------------------------------------------------------------
+def _natural_key(name: str):
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t)
+
+
+def _group_modules(tensors: Mapping, layout: str) -> dict:
+    """module -> {leaf: key}, in checkpoint order; Keras SeparableConv2D split in two."""
+    modules: dict = {}
+    for key, arr in tensors.items():
+        mod, dot, leaf = key.rpartition(".")
+        if not dot:
+            mod, leaf = key, ""
+        if layout == "keras" and f"{mod}.depthwise_kernel" in tensors and f"{mod}.pointwise_kernel" in tensors:
+            sub = "depthwise" if leaf == "depthwise_kernel" else "pointwise"
+            modules.setdefault(f"{mod}.{sub}", {})[leaf] = key
+            continue
+        modules.setdefault(mod, {})[leaf] = key
+    return modules
+
+
+def _any_match(patterns, *names) -> bool:
+    return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names)
+
+
+def match_weights(model, checkpoint, *, source: str | None = None, rules=None,
+                  skip: Sequence[str] = (), allow_missing: Sequence[str] = (),
+                  use_torch: bool | None = None):
+    """Plan the import without raising on misfit: ``(report, assignments, rules)`` where
+    assignments maps (collection, node, leaf) -> float32 array."""
+    ckpt = read_checkpoint(checkpoint, use_torch=use_torch)
+    graph = model.graph
+    if rules is None:
+        if source is None:
+            if ckpt.format.startswith("keras"):
+                source = "keras"
+            else:
+                found = builtin_sources(model.name)
+                found = [s for s in found if s != "keras"]
+                if not found:
+                    raise WeightsError(f"no built-in weight mapping for {model.name!r}; give --map RULES.toml "
+                                       "(see docs/weights.md)")
+                source = found[0]
+        r = builtin_rules(model.name, source)
+        if r is None:
+            have = builtin_sources(model.name)
+            hint = (f"; built-in mappings for it: {', '.join(have)}" if have else
+                    "; give your own rules with --map RULES.toml (see docs/weights.md)")
+            raise WeightsError(f"no built-in {source} weight mapping for {model.name!r}{hint}")
+        rules = r
+    else:
+        rules = load_rules(rules)
+        source = source or rules.source
+    layout = rules.layout or ("keras" if (source == "keras" or ckpt.format.startswith("keras")) else "torch")
+
+    label = ckpt.path or "<mapping>"
+    report = Report(model=model.name, checkpoint=label, source=source)
+
+    # the model's variables, by node
+    specs: dict = {}
+    for v in model.variable_specs:
+        specs.setdefault(v.node, {})[v.leaf] = v
+    node_order = list(specs)
+
+    # the checkpoint's tensors, minus the ignored ones
+    tensors = {}
+    skip_all = list(skip) + list(rules.skip)
+    for key, arr in ckpt.tensors.items():
+        if key.endswith("num_batches_tracked"):
+            report.ignored.append((key, "num_batches_tracked"))
+        elif _any_match(skip_all, key, key.rpartition(".")[0]):
+            report.ignored.append((key, "skipped"))
+        else:
+            tensors[key] = arr
+    modules = _group_modules(tensors, layout)
+
+    # 1. renames, 2. identical names, 3. sequences
+    binding: dict = {}           # module -> node
+    bound_nodes: set = set()
+    pending_targets: dict = {}   # module -> target name that is not a node
+    for mod in modules:
+        for pat, rx, target in rules.renames:
+            m = rx.match(mod)
+            if m:
+                node = fill_template(target, m.groupdict(), f"{pat!r}")
+                if node in specs and node not in bound_nodes:
+                    binding[mod] = node
+                    bound_nodes.add(node)
+                elif node in bound_nodes:
+                    report.errors.append(f"{pat!r} maps {mod!r} to {node!r}, which another checkpoint module already fills")
+                else:
+                    pending_targets[mod] = node
+                break
+    for mod in modules:
+        if mod not in binding and mod not in pending_targets and mod in specs and mod not in bound_nodes:
+            binding[mod] = mod
+            bound_nodes.add(mod)
+    for i, seq in enumerate(rules.sequences, 1):
+        rx_src, rx_dst = compile_pattern(seq.src), compile_pattern(seq.dst)
+        src = [m for m in modules if m not in binding and m not in pending_targets and rx_src.match(m)]
+        if seq.order == "natural":
+            src.sort(key=_natural_key)
+        dst = [n for n in node_order if n not in bound_nodes and rx_dst.match(n)
+               and (seq.op is None or graph.nodes[n].op == seq.op)]
+        desc = f"[[sequence]] #{i} (from {seq.src!r} to {seq.dst!r}{', op ' + repr(seq.op) if seq.op else ''})"
+        if len(src) != len(dst):
+            report.errors.append(f"{desc}: {len(src)} checkpoint modules but {len(dst)} model nodes; "
+                                 f"checkpoint {src[:3]}…, model {dst[:3]}…")
+            continue
+        for k, (s, d) in enumerate(zip(src, dst)):
+            kind = _module_kind({l: tensors[key] for l, key in modules[s].items()}, layout)
+            if not _kinds_fit(kind, graph.nodes[d].op):
+                report.errors.append(f"{desc}: position {k} pairs {s!r} ({kind}) with {d!r} "
+                                     f"({graph.nodes[d].op}): the two orders differ there")
+                break
+            binding[s] = d
+            bound_nodes.add(d)
+
+    # convert and check
+    assignments: dict = {}
+    filled: set = set()
+    unconsumed: list = []
+    for mod, leaves in modules.items():
+        node_name = binding.get(mod)
+        if node_name is None:
+            unconsumed.extend(leaves.values())
+            continue
+        node = graph.nodes[node_name]
+        nspecs = specs[node_name]
+        for leaf, key in leaves.items():
+            arr = tensors[key]
+            target, value = _convert(layout, leaf, arr, node, nspecs)
+            if target is None or target not in nspecs or (node_name, target) in filled:
+                unconsumed.append(key)
+                continue
+            spec = nspecs[target]
+            var_path = f"{spec.collection}/{node_name}/{target}"
+            if value.dtype != np.float32:
+                report.cast.append((key, str(value.dtype)))
+                value = value.astype(np.float32)
+            fitted = _fit(value, spec.shape)
+            filled.add((node_name, target))
+            if fitted is None:
+                report.mismatched.append((key, tuple(arr.shape), tuple(value.shape), var_path, tuple(spec.shape)))
+                continue
+            assignments[(spec.collection, node_name, target)] = np.ascontiguousarray(fitted)
+            report.loaded.append((key, tuple(arr.shape), var_path, tuple(spec.shape)))
+
+    # what is left on either side
+    allow_all = list(allow_missing) + list(rules.allow_missing)
+    unfilled = []
+    for node_name, nspecs in specs.items():
+        for leaf, spec in nspecs.items():
+            if (node_name, leaf) in filled:
+                continue
+            path = f"{spec.collection}/{node_name}/{leaf}"
+            if _any_match(allow_all, node_name, f"{node_name}/{leaf}", path):
+                report.allowed_missing.append((path, tuple(spec.shape)))
+            else:
+                unfilled.append((node_name, leaf, spec))
+    free_mods = sorted({k.rpartition(".")[0] or k for k in unconsumed})
+    free_nodes = sorted({n for n, _, _ in unfilled})
+    for key in unconsumed:
+        mod = key.rpartition(".")[0] or key
+        near = []
+        if mod in pending_targets:
+            near.append(f"(a rule maps it to {pending_targets[mod]!r}, which the model does not have)")
+            near += difflib.get_close_matches(pending_targets[mod], list(specs), n=2, cutoff=0.6)
+        elif mod in binding:
+            near.append(f"(mapped to {binding[mod]!r}, which has no variable for it)")
+        else:
+            near += difflib.get_close_matches(mod, free_nodes, n=3, cutoff=0.5)
+        report.unexpected.append((key, tuple(tensors[key].shape), near))
+    all_mods = list(modules)
+    near_cache: dict = {}
+    for node_name, leaf, spec in unfilled:
+        if node_name not in near_cache:
+            near = difflib.get_close_matches(node_name, free_mods, n=3, cutoff=0.5)
+            if not near:        # nothing left over: the closest names the checkpoint has at all
+                near = difflib.get_close_matches(node_name, all_mods, n=2, cutoff=0.6)
+            near_cache[node_name] = near
+        near = near_cache[node_name]
+        report.missing.append((f"{spec.collection}/{node_name}/{leaf}", tuple(spec.shape), near))
+    return report, assignments, rules
+
+
+def import_weights(model, checkpoint, *, source: str | None = None, rules=None,
+                   skip: Sequence[str] = (), allow_missing: Sequence[str] = (), seed: int = 0,
+                   use_torch: bool | None = None):
+    """Import a pretrained checkpoint into ``model``'s variables.
+
+    ``checkpoint``: a path (PyTorch .pth/.pt/.bin, .safetensors, Keras .weights.h5/.h5, .npz) or a
+    mapping of name -> array. ``source``: 'torchvision', 'timm' or 'keras' (the built-in rules for
+    the model; inferred for Keras files). ``rules``: your own rules (TOML path or mapping) instead.
+    ``skip``: checkpoint names (glob) to ignore; ``allow_missing``: model variables (glob on the
+    node name or ``collection/node/leaf``) that may stay at their init (seed ``seed``).
+
+    Returns ``(variables, report)``. Raises :class:`WeightsError` (with ``.report``) if the
+    checkpoint does not fit, :class:`CheckpointError` if it cannot be read; nothing is loaded then.
+    """
+    report, assignments, _ = match_weights(model, checkpoint, source=source, rules=rules, skip=skip,
+                                           allow_missing=allow_missing, use_torch=use_torch)
+    if not report.ok:
+        raise WeightsError(report.render(), report)
+    return _assemble(model, assignments, report, seed), report
+
+
+def _assemble(model, assignments: Mapping, report: Report, seed: int) -> dict:
+    import jax.numpy as jnp
+    base = model.init(seed=seed) if report.allowed_missing else None
+    variables: dict = {}
+    for v in model.variable_specs:
+        value = assignments.get((v.collection, v.node, v.leaf))
+        if value is None:
+            value = base[v.collection][v.node][v.leaf]
+        variables.setdefault(v.collection, {}).setdefault(v.node, {})[v.leaf] = jnp.asarray(value)
+    return variables
+
+
+def weights_metadata(model, report: Report, rules: Rules | None) -> dict:
+    """String metadata saved with imported variables (read back by ``archc predict``)."""
+    meta = {"archc.model": model.name, "archc.source": report.source or "",
+            "archc.checkpoint": Path(report.checkpoint).name}
+    pre = rules.preprocess_for(model.name) if rules is not None else None
+    if pre is not None:
+        meta["archc.preprocess"] = json.dumps(pre, sort_keys=True)
+    return meta
+
+
+__all__ = ["import_weights", "match_weights", "load_rules", "parse_rules", "builtin_rules",
+           "Rules", "Report", "WeightsError", "CheckpointError", "Checkpoint"]

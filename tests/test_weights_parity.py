@@ -1,0 +1,363 @@
+"""Parity of imported checkpoints with the reference implementations.
+
+Each reference model is built with random weights (fixed seed) and randomised BatchNorm
+statistics (not 0/1), saved to a temporary checkpoint in its native format (torchvision: .pth,
+timm: .safetensors, Keras: save_weights .weights.h5), imported with the built-in rules, and run
+in inference mode on the same random batch as the archc model. Logits and a named intermediate
+feature map must agree to 1e-4 (float32, matmul precision "highest").
+
+Each case writes its largest differences to build/weights-parity/<case>.json; docs/weights.md's
+table is generated from those files by ``python tests/test_weights_parity.py --table`` (which
+runs the cases that have no result yet).
+
+Keras references run on Keras's torch backend by default (building a model on the JAX backend
+costs ~25 s of XLA compiles per model); ARCHC_TEST_KERAS_BACKEND=jax selects the JAX backend.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ["KERAS_BACKEND"] = os.environ.get("ARCHC_TEST_KERAS_BACKEND", "torch")
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+jax.config.update("jax_default_matmul_precision", "highest")
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "build" / "weights-parity"
+TOL = 1e-4
+
+
+@dataclass
+class Case:
+    id: str
+    source: str                  # torchvision | timm | keras
+    ref: str                     # the reference's constructor name
+    arch: str                    # archc built-in
+    size: int                    # input H = W
+    feats: dict                  # archc stage/node -> reference module (torch) or layer (Keras)
+    batch: int = 2
+    params: dict = field(default_factory=dict)
+    ref_kwargs: dict = field(default_factory=dict)
+    heavy: bool = False
+    xfail: str | None = None     # a known bug outside weight import that breaks parity
+
+
+CASES = [
+    # torchvision (.pth)
+    Case("tv-alexnet", "torchvision", "alexnet", "alexnet", 224, {"features": "features"}, batch=1),
+    Case("tv-vgg16", "torchvision", "vgg16", "vgg16", 224, {"features": "features"}, batch=1, heavy=True),
+    Case("tv-vgg16_bn", "torchvision", "vgg16_bn", "vgg16_bn", 224, {"features": "features"}, batch=1, heavy=True),
+    Case("tv-googlenet", "torchvision", "googlenet", "googlenet", 96, {"inception4a": "inception4a"},
+         ref_kwargs={"aux_logits": True, "init_weights": True}),
+    Case("tv-inception_v3", "torchvision", "inception_v3", "inception_v3", 299, {"Mixed_5d": "Mixed_5d"},
+         batch=1, ref_kwargs={"aux_logits": True, "init_weights": True}, heavy=True),
+    Case("tv-resnet18", "torchvision", "resnet18", "resnet18", 64, {"layer2": "layer2"}),
+    Case("tv-resnet50", "torchvision", "resnet50", "resnet50", 64, {"layer2": "layer2"}),
+    Case("tv-resnext50_32x4d", "torchvision", "resnext50_32x4d", "resnext50_32x4d", 96, {"layer2": "layer2"}),
+    Case("tv-wide_resnet50_2", "torchvision", "wide_resnet50_2", "wide_resnet50_2", 64, {"layer2": "layer2"}, heavy=True),
+    Case("tv-densenet121", "torchvision", "densenet121", "densenet121", 64, {"denseblock2": "features.denseblock2"}),
+    Case("tv-mobilenet_v2", "torchvision", "mobilenet_v2", "mobilenet_v2", 64, {"features": "features"}),
+    Case("tv-mobilenet_v3_large", "torchvision", "mobilenet_v3_large", "mobilenet_v3_large", 64, {"blocks": "features.15"}),
+    Case("tv-squeezenet1_1", "torchvision", "squeezenet1_1", "squeezenet1_1", 64, {"features": "features"}),
+    Case("tv-shufflenet_v2_x1_0", "torchvision", "shufflenet_v2_x1_0", "shufflenet_v2_x1_0", 64, {"stage3": "stage3"}),
+    Case("tv-mnasnet1_0", "torchvision", "mnasnet1_0", "mnasnet1_0", 64, {"layers": "layers.13"}),
+    Case("tv-efficientnet_b0", "torchvision", "efficientnet_b0", "efficientnet_b0", 64, {"stage4": "features.4"}),
+    # timm (.safetensors)
+    Case("timm-inception_v4", "timm", "inception_v4", "inception_v4", 299, {"reduction_a": "features.10"},
+         batch=1, heavy=True),
+    Case("timm-inception_resnet_v2", "timm", "inception_resnet_v2", "inception_resnet_v2", 75,
+         {"block17": "repeat_1"}, batch=1, heavy=True),
+    Case("timm-legacy_xception", "timm", "legacy_xception", "legacy_xception", 71, {"middle": "block11"}),
+    Case("timm-seresnet50", "timm", "seresnet50", "seresnet50", 64, {"layer2": "layer2"}),
+    Case("timm-efficientnet_lite0", "timm", "efficientnet_lite0", "efficientnet_lite0", 64, {"stage4": "blocks.3"}),
+    Case("timm-tf_efficientnet_lite0", "timm", "tf_efficientnet_lite0", "tf_efficientnet_lite0", 64, {"stage4": "blocks.3"}),
+    Case("timm-tf_efficientnet_b0", "timm", "tf_efficientnet_b0", "tf_efficientnet_b0", 64, {"stage4": "blocks.3"}),
+    # Keras (save_weights .weights.h5)
+    Case("keras-resnet50", "keras", "ResNet50", "keras/resnet50", 128, {"conv3": "conv3_block4_out"}),
+    Case("keras-resnet50_v2", "keras", "ResNet50V2", "keras/resnet50_v2", 64, {"conv3": "conv3_block4_out"}),
+    Case("keras-densenet121", "keras", "DenseNet121", "keras/densenet121", 64, {"transition2": "pool3_pool"}),
+    Case("keras-mobilenet_v2", "keras", "MobileNetV2", "keras/mobilenet_v2", 64, {"features": "out_relu"}),
+    Case("keras-inception_v3", "keras", "InceptionV3", "keras/inception_v3", 139, {"Mixed_6a": "mixed3"}),
+    Case("keras-xception", "keras", "Xception", "keras/xception", 71, {"conv3": "block14_sepconv1_act"}),
+    Case("keras-efficientnet_b0", "keras", "EfficientNetB0", "keras/efficientnet_b0", 64, {"stage4": "block4c_add"}),
+]
+BY_ID = {c.id: c for c in CASES}
+
+
+# --------------------------------------------------------------------------------------------
+# references
+# --------------------------------------------------------------------------------------------
+def _torch():
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    return torch
+
+
+def _randomise_torch_bn(model, seed: int, size: int):
+    """BatchNorm statistics of a "trained" network, randomised: the running statistics are first
+    calibrated on a random batch (so activations stay of order 1 through the depth, as in a trained
+    model, and a 1e-4 tolerance means something), then perturbed per channel, with a floor of a
+    tenth of the layer's mean variance (a near-dead channel would otherwise amplify float32
+    rounding ~30x, past what float32 PyTorch itself agrees with float64); scales and shifts are
+    random too. Where the logits' standard deviation exceeds 1, the last Linear layer is scaled
+    down to make it 1: a 1e-4 tolerance on logits of order 100 would be below float32's own
+    agreement with float64 for these depths (PyTorch float32 vs float64 differs by ~3e-3 there)."""
+    torch = _torch()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in bns:
+            if m.weight is not None:
+                m.weight.copy_(torch.rand(m.num_features, generator=g) * 0.4 + 0.8)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.momentum = None                       # cumulative: running stats = batch stats
+            m.reset_running_stats()
+        for m in model.modules():             # BN in training mode; dropout, drop-path off
+            m.train(isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+        xcal = torch.randn(4, 3, size, size, generator=g)
+        model(xcal)
+        model.eval()
+        for m in bns:
+            c = m.num_features
+            m.running_var.mul_(torch.rand(c, generator=g) * 0.6 + 0.7).add_(0.1 * m.running_var.mean())
+            m.running_mean.add_(torch.randn(c, generator=g) * 0.1 * m.running_var.sqrt())
+            m.momentum = 0.1
+        # logits of order 1, as the 1e-4 tolerance assumes: the classifier scaled down if needed
+        std = float(model(xcal).std())
+        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        if std > 1 and linears:
+            linears[-1].weight.div_(std)
+            linears[-1].bias.div_(std)
+
+
+def build_torch_reference(case: Case, tmp: Path):
+    """(model in eval mode, checkpoint path) for a torchvision or timm case."""
+    torch = _torch()
+    torch.manual_seed(0)
+    if case.source == "torchvision":
+        tv = pytest.importorskip("torchvision")
+        model = getattr(tv.models, case.ref)(weights=None, **case.ref_kwargs)
+    else:
+        timm = pytest.importorskip("timm")
+        model = timm.create_model(case.ref, pretrained=False, **case.ref_kwargs)
+    _randomise_torch_bn(model, 1, case.size)
+    model.eval()
+    if case.source == "torchvision":
+        path = tmp / f"{case.ref}.pth"
+        torch.save(model.state_dict(), path)
+    else:
+        from safetensors.torch import save_file
+        path = tmp / f"{case.ref}.safetensors"
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return model, path
+
+
+def run_torch_reference(model, x_nhwc: np.ndarray, feats: dict) -> dict:
+    torch = _torch()
+    modules = dict(model.named_modules())
+    got: dict = {}
+    hooks = [modules[name].register_forward_hook(
+        lambda m, i, o, name=name: got.__setitem__(name, o.detach().numpy().copy())) for name in feats.values()]
+    try:
+        with torch.no_grad():
+            out = model(torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))))
+    finally:
+        for h in hooks:
+            h.remove()
+    result = {"logits": out.numpy()}
+    for a, name in feats.items():
+        v = got[name]
+        result[a] = v.transpose(0, 2, 3, 1) if v.ndim == 4 else v
+    return result
+
+
+def build_keras_reference(case: Case, tmp: Path):
+    keras = pytest.importorskip("keras")
+    pytest.importorskip("h5py")
+    keras.utils.set_random_seed(0)
+    model = getattr(keras.applications, case.ref)(weights=None, input_shape=(case.size, case.size, 3))
+    rng = np.random.default_rng(1)
+    # as for PyTorch: statistics calibrated on a random batch (momentum 0: moving = batch
+    # statistics), then perturbed per channel, with random scales and shifts
+    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Normalization):
+            mean, var, count = layer.get_weights()
+            layer.set_weights([rng.normal(0.45, 0.05, mean.shape).astype("float32"),
+                               rng.uniform(0.04, 0.08, var.shape).astype("float32"), count])
+    for layer in bns:
+        w = {v.path.split("/")[-1]: v for v in layer.weights}
+        c = w["moving_mean"].shape[0]
+        if "gamma" in w:
+            w["gamma"].assign(rng.uniform(0.8, 1.2, c).astype("float32"))
+        if "beta" in w:
+            w["beta"].assign(rng.normal(0, 0.1, c).astype("float32"))
+        layer._saved_momentum, layer.momentum = layer.momentum, 0.0
+    dropouts = [l for l in model.layers if isinstance(l, keras.layers.Dropout)]
+    rates = [l.rate for l in dropouts]
+    for l in dropouts:                      # no dropout / drop-connect while calibrating
+        l.rate = 0.0
+    xcal = rng.standard_normal((4, case.size, case.size, 3)).astype("float32")
+    if "efficientnet" in case.arch:
+        xcal = xcal * 40 + 120
+    model(xcal, training=True)
+    for l, r in zip(dropouts, rates):
+        l.rate = r
+    for layer in bns:
+        layer.momentum = layer._saved_momentum
+        w = {v.path.split("/")[-1]: v for v in layer.weights}
+        c = w["moving_mean"].shape[0]
+        var = np.asarray(keras.ops.convert_to_numpy(w["moving_variance"]))
+        var = var * rng.uniform(0.7, 1.3, c) + 0.1 * var.mean()
+        mean = np.asarray(keras.ops.convert_to_numpy(w["moving_mean"])) + rng.normal(0, 0.1, c) * np.sqrt(var)
+        w["moving_variance"].assign(var.astype("float32"))
+        w["moving_mean"].assign(mean.astype("float32"))
+    head = model.layers[-1]                 # logits of order 1, as for PyTorch
+    logits_model = keras.Model(model.inputs, head.input)
+    feats = np.asarray(keras.ops.convert_to_numpy(logits_model(xcal, training=False)))
+    kernel, bias = [np.asarray(keras.ops.convert_to_numpy(w)) for w in head.weights]
+    std = float((feats @ kernel + bias).std())
+    if std > 1:
+        head.set_weights([kernel / std, bias / std])
+    path = tmp / f"{case.ref}.weights.h5"
+    model.save_weights(str(path))
+    return model, path
+
+
+def run_keras_reference(model, x: np.ndarray, feats: dict) -> dict:
+    keras = pytest.importorskip("keras")
+    head = model.layers[-1]              # Dense(classes, activation="softmax")
+    sub = keras.Model(model.inputs, [model.get_layer(n).output for n in feats.values()] + [head.input])
+    outs = [np.asarray(keras.ops.convert_to_numpy(o)) for o in sub(x, training=False)]
+    kernel, bias = [np.asarray(keras.ops.convert_to_numpy(w)) for w in head.weights]
+    # the logits before Keras's built-in softmax, in float64
+    logits = (outs[-1].astype(np.float64) @ kernel.astype(np.float64) + bias).astype(np.float32)
+    return {"logits": logits, **{a: o for a, o in zip(feats, outs[:-1])}}
+
+
+# --------------------------------------------------------------------------------------------
+# the check
+# --------------------------------------------------------------------------------------------
+def _pre_softmax(model) -> str:
+    """The node whose output is the logits: the primary output, or its input if that is a softmax."""
+    g = model.graph
+    node = g.nodes[g.outputs[0]]
+    if node.op == "act" and node.attrs.get("fn") == "softmax":
+        return node.inputs[0]
+    return node.name
+
+
+def run_case(case: Case, tmp: Path) -> dict:
+    import archc
+
+    t0 = time.perf_counter()
+    if case.source == "keras":
+        ref, path = build_keras_reference(case, tmp)
+    else:
+        ref, path = build_torch_reference(case, tmp)
+    model = archc.load(case.arch, input_shape=(case.size, case.size, 3), **case.params)
+    variables, report = archc.import_weights(model, path, source=case.source)
+    assert report.ok, report.render()
+
+    x = np.random.default_rng(42).standard_normal((case.batch, case.size, case.size, 3)).astype(np.float32)
+    if case.source == "keras":
+        x = (x * 40 + 120).astype(np.float32) if "efficientnet" in case.arch else x
+        want = run_keras_reference(ref, x, case.feats)
+    else:
+        want = run_torch_reference(ref, x, case.feats)
+
+    logits_node = _pre_softmax(model)
+    nodes = {a: model.graph.aliases.get(a, a) for a in case.feats}
+    got = model.apply(variables, x, outputs=[logits_node, *nodes.values()])
+    deltas = {"logits": float(np.max(np.abs(np.asarray(got[logits_node]) - want["logits"])))}
+    scale = {"logits": float(np.max(np.abs(want["logits"])))}
+    for a, n in nodes.items():
+        g, w = np.asarray(got[n]), want[a]
+        assert g.shape == w.shape, f"{a}: archc {g.shape} vs reference {w.shape}"
+        deltas[a] = float(np.max(np.abs(g - w)))
+        scale[a] = float(np.max(np.abs(w)))
+    result = {"case": case.id, "source": case.source, "reference": case.ref, "arch": case.arch,
+              "input": f"{case.batch}x{case.size}x{case.size}x3", "max_delta": deltas, "max_abs_ref": scale,
+              "tensors": len(report.loaded), "values": report.n_values,
+              "seconds": round(time.perf_counter() - t0, 1)}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{case.id}.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _check(case: Case, tmp_path: Path):
+    if case.xfail:
+        pytest.xfail(case.xfail)
+    r = run_case(case, tmp_path)
+    bad = {k: v for k, v in r["max_delta"].items() if not v <= TOL}
+    assert not bad, f"{case.id}: max |Δ| above {TOL}: {bad} (reference magnitudes {r['max_abs_ref']})"
+
+
+LIGHT = [c for c in CASES if not c.heavy]
+HEAVY = [c for c in CASES if c.heavy]
+
+
+@pytest.mark.parametrize("case", LIGHT, ids=[c.id for c in LIGHT])
+def test_parity(case, tmp_path):
+    _check(case, tmp_path)
+
+
+@pytest.mark.parametrize("case", HEAVY, ids=[c.id for c in HEAVY])
+def test_parity_heavy(case, tmp_path):
+    """The largest references (VGG-16, Inception, Wide ResNet): the longest runs of the suite."""
+    _check(case, tmp_path)
+
+
+# --------------------------------------------------------------------------------------------
+# docs/weights.md's table
+# --------------------------------------------------------------------------------------------
+BEGIN, END = "<!-- parity-table:begin -->", "<!-- parity-table:end -->"
+
+
+def render_table() -> str:
+    rows = ["| reference | archc | input | max \\|Δ logits\\| (max \\|logit\\|) | feature: max \\|Δ\\| | tensors |",
+            "|---|---|---|---|---|---|"]
+    for c in CASES:
+        f = RESULTS / f"{c.id}.json"
+        if not f.exists():
+            rows.append(f"| {c.source} {c.ref} | {c.arch} | — | not run | | |")
+            continue
+        r = json.loads(f.read_text())
+        d = r["max_delta"]
+        feats = ", ".join(f"{k}: {v:.1e}" for k, v in d.items() if k != "logits")
+        ok = all(v <= TOL for v in d.values())
+        note = "" if ok else f" — **fails**{': ' + c.xfail if c.xfail else ''}"
+        rows.append(f"| {c.source} {c.ref} | {c.arch} | {r['input']} | {d['logits']:.1e} ({r['max_abs_ref']['logits']:.2g}) | {feats}{note} | {r['tensors']} |")
+    return "\n".join(rows)
+
+
+def write_table(doc: Path = ROOT / "docs" / "weights.md") -> None:
+    text = doc.read_text(encoding="utf-8")
+    i, j = text.index(BEGIN) + len(BEGIN), text.index(END)
+    doc.write_text(text[:i] + "\n" + render_table() + "\n" + text[j:], encoding="utf-8")
+
+
+if __name__ == "__main__":       # python tests/test_weights_parity.py --table [--rerun] [CASE…]
+    import tempfile
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    rerun = "--rerun" in sys.argv
+    for c in CASES:
+        if (args and c.id not in args) or (not rerun and not args and (RESULTS / f"{c.id}.json").exists()):
+            continue
+        with tempfile.TemporaryDirectory() as d:
+            try:
+                r = run_case(c, Path(d))
+                print(c.id, r["max_delta"], f"{r['seconds']} s", flush=True)
+            except BaseException as e:      # noqa: BLE001 - a skipped or failing case stays 'not run'
+                print(c.id, "FAILED:", type(e).__name__, str(e)[:2000], flush=True)
+    if "--table" in sys.argv:
+        write_table()
+        print(render_table())
