@@ -1,0 +1,508 @@
+"""One-command performance harness: archc vs its peers on this machine -> BENCHMARKS.md.
+
+    python bench/harness.py [--quick] [--out BENCHMARKS.md] [--nets resnet50 ...] [--no-wait]
+
+Measures, per network (archc built-ins resnet50, densenet121, mobilenet_v2, efficientnet_b0,
+inception_v3) and batch (1, 32): inference throughput, compile time and RSS increase for archc
+(plain and BN-folded), the hand-written Flax ResNet-50, torchvision eager, torch.compile, ONNX
+Runtime and Keras Applications (JAX backend); the `archc build densenet121` front-end time vs
+Keras DenseNet121 construction; a ResNet-50 training step (archc/optax vs PyTorch eager); and
+ResNet-50's achieved FLOP/s against this CPU's float32 matmul peak.
+
+Each network runs in its own subprocess (so memory figures and caches do not leak between
+networks); inside it every framework is set up, compiled and warmed up in turn, then the timed
+runs are interleaved (framework order rotating run by run) so load drifts hit all alike.
+Before each subprocess the harness waits (poll 30 s) until the 1-minute load average is below
+--max-load, and records the load it ran under. `--quick`: resnet50 at batch 32 + build timing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+NETS = ["resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0", "inception_v3"]
+MARK = "@@RESULT "
+BEGIN, END = "<!-- harness:begin -->", "<!-- harness:end -->"
+
+
+def load1() -> float:
+    return os.getloadavg()[0]
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class PeakRSS:
+    """Samples this process's resident set every 5 ms in a thread: peak increase over a window."""
+
+    def __enter__(self):
+        self.base = self.peak = rss_mib()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+        self._t.start()
+        return self
+
+    def _loop(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, rss_mib())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, rss_mib())
+        self.increase = self.peak - self.base
+
+
+def emit(obj):
+    print(MARK + json.dumps(obj), flush=True)
+
+
+# ============================================================ workers (run in subprocesses)
+
+def worker_net(net: str, batches: list[int], runs32: int, runs1: int, only=None):
+    import gc
+    import jax
+    jax.config.update("jax_enable_compilation_cache", False)
+    from peers import runners
+    out = {"net": net, "load_start": load1(), "frameworks": {}, "batches": batches}
+    rs = runners(net, only)
+    prepared = {}
+    for r in rs:
+        gc.collect()
+        info = {"compile_s": {}, "first_call_s": {}}
+        with PeakRSS() as mem:
+            t0 = time.perf_counter()
+            r.setup()
+            info["setup_s"] = time.perf_counter() - t0
+            for b in batches:
+                if b not in getattr(r, "batches", batches):
+                    continue
+                secs, run = r.prepare(b)
+                t0 = time.perf_counter()
+                run()                                   # warm-up
+                info["first_call_s"][b] = time.perf_counter() - t0
+                run()
+                info["compile_s"][b] = secs
+                prepared[(r.name, b)] = run
+        info["rss_increase_mib"] = mem.increase
+        for k in ("export_s", "session_s"):
+            if hasattr(r, k):
+                info[k] = getattr(r, k)
+        out["frameworks"][r.name] = info
+        print(f"[{net}] {r.name}: setup {info['setup_s']:.1f}s compile {info['compile_s']} "
+              f"rss +{mem.increase:.0f} MiB", file=sys.stderr, flush=True)
+    out["ips"], out["times"] = {}, {}
+    for b in batches:
+        names = [r.name for r in rs if (r.name, b) in prepared]
+        runs = runs32 if b >= 8 else runs1
+        iters = {}
+        for n in names:        # calls per timed run: ~1 s worth, at least 1
+            t0 = time.perf_counter()
+            prepared[(n, b)]()
+            iters[n] = max(1, int(round(1.0 / max(time.perf_counter() - t0, 1e-4))))
+        times = {n: [] for n in names}
+        for k in range(runs):
+            order = names[k % len(names):] + names[:k % len(names)]
+            if k % 2:
+                order = order[::-1]
+            for n in order:
+                run = prepared[(n, b)]
+                time.sleep(0.2)                         # let other pools' spinning threads park
+                t0 = time.perf_counter()
+                for _ in range(iters[n]):
+                    run()
+                times[n].append((time.perf_counter() - t0) / iters[n])
+        out["ips"][b] = {n: b / statistics.median(ts) for n, ts in times.items()}
+        out["times"][b] = {n: {"iters": iters[n], "runs": runs, "s_per_call": ts} for n, ts in times.items()}
+        print(f"[{net}] batch {b}: " + ", ".join(f"{n} {v:.1f}" for n, v in out["ips"][b].items()),
+              file=sys.stderr, flush=True)
+    out["load_end"] = load1()
+    emit(out)
+
+
+def worker_peak():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    out = {"load_start": load1()}
+    n = 4096
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.standard_normal((n, n), np.float32))
+    b = jnp.asarray(rng.standard_normal((n, n), np.float32))
+    f = jax.jit(jnp.dot)
+    f(a, b).block_until_ready()
+    ts = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        f(a, b).block_until_ready()
+        ts.append(time.perf_counter() - t0)
+    out.update(n=n, best_s=min(ts), gflops=2 * n**3 / min(ts) / 1e9, load_end=load1())
+    emit(out)
+
+
+def worker_build_archc():
+    t0 = time.perf_counter()
+    from archc.compiler.build import build_graph
+    from archc.compiler.stats import summarize
+    imp = time.perf_counter() - t0
+    ts = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        g = build_graph("densenet121", None, None)
+        summarize(g)
+        ts.append(time.perf_counter() - t0)
+    emit({"import_s": imp, "first_s": ts[0], "median_s": statistics.median(ts), "all_s": ts, "load": load1()})
+
+
+def worker_build_keras():
+    os.environ["KERAS_BACKEND"] = "jax"
+    t0 = time.perf_counter()
+    import keras
+    imp = time.perf_counter() - t0
+    ts = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        keras.applications.DenseNet121(weights=None)
+        ts.append(time.perf_counter() - t0)
+        keras.backend.clear_session()
+    emit({"import_s": imp, "first_s": ts[0], "median_s": statistics.median(ts), "all_s": ts, "load": load1()})
+
+
+def worker_train(runs: int):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    import torch
+    import archc
+    from peers import torchvision_model
+    jax.config.update("jax_enable_compilation_cache", False)
+    torch.set_num_threads(2)
+    batch, out = 32, {"load_start": load1(), "batch": 32}
+    rng = np.random.default_rng(0)
+    xh = rng.standard_normal((batch, 224, 224, 3), np.float32)
+    labels = rng.integers(0, 1000, batch)
+
+    model = archc.load("resnet50")
+    v = model.init(seed=0)
+    tx = optax.sgd(0.01, momentum=0.9)
+    params, stats = v["params"], v["batch_stats"]
+    opt = tx.init(params)
+
+    def step(params, stats, opt, x, y):
+        def loss_fn(p):
+            logits, nv = model.apply_fn({"params": p, "batch_stats": stats}, x, train=True)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), nv["batch_stats"]
+        (loss, stats2), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        upd, opt2 = tx.update(g, opt, params)
+        return optax.apply_updates(params, upd), stats2, opt2, loss
+
+    x, y = jnp.asarray(xh), jnp.asarray(labels)
+    t0 = time.perf_counter()
+    cstep = jax.jit(step, donate_argnums=(0, 1, 2)).lower(params, stats, opt, x, y).compile()
+    out["archc_compile_s"] = time.perf_counter() - t0
+    state = [params, stats, opt]
+
+    def run_archc():
+        p, s, o, loss = cstep(*state, x, y)
+        state[:] = [p, s, o]
+        jax.block_until_ready(loss)
+
+    tm = torchvision_model("resnet50").train()
+    topt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
+    tx_ = torch.from_numpy(np.ascontiguousarray(xh.transpose(0, 3, 1, 2)))
+    ty = torch.from_numpy(labels)
+
+    def run_torch():
+        topt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(tm(tx_), ty)
+        loss.backward()
+        topt.step()
+
+    fns = {"archc": run_archc, "torch-eager": run_torch}
+    for f in fns.values():
+        f()                                                  # warm-up
+    times = {k: [] for k in fns}
+    for k in range(runs):
+        for n in (list(fns) if k % 2 == 0 else list(fns)[::-1]):
+            time.sleep(0.2)
+            t0 = time.perf_counter()
+            fns[n]()
+            times[n].append(time.perf_counter() - t0)
+    out["ips"] = {n: batch / statistics.median(ts) for n, ts in times.items()}
+    out["times"] = times
+    out["load_end"] = load1()
+    emit(out)
+
+
+# ============================================================ orchestration
+
+def wait_for_load(max_load: float, max_wait: float, enabled: bool) -> float:
+    t0 = time.time()
+    while enabled and load1() >= max_load and time.time() - t0 < max_wait:
+        print(f"load {load1():.2f} >= {max_load}: waiting 30 s", file=sys.stderr, flush=True)
+        time.sleep(30)
+    return load1()
+
+
+def call_worker(args_list, timeout=1800, env=None) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker"] + [str(a) for a in args_list]
+    print("$ " + " ".join(cmd[2:]), file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=timeout,
+                       env={**os.environ, **(env or {})})
+    wall = time.perf_counter() - t0
+    for line in p.stdout.splitlines()[::-1]:
+        if line.startswith(MARK):
+            res = json.loads(line[len(MARK):])
+            res["worker_wall_s"] = wall
+            return res
+    raise RuntimeError(f"worker {args_list} failed (rc {p.returncode})")
+
+
+def machine() -> dict:
+    cpu = "unknown CPU"
+    try:
+        m = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
+        cpu = m.group(1).strip() if m else cpu
+    except OSError:
+        pass
+    from importlib.metadata import version
+    libs = {}
+    for pkg in ("jax", "jaxlib", "flax", "optax", "torch", "torchvision", "onnx", "onnxruntime", "keras"):
+        try:
+            libs[pkg] = version(pkg)
+        except Exception:  # noqa: BLE001
+            libs[pkg] = "?"
+    mem = "?"
+    try:
+        kb = int(re.search(r"MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text()).group(1))
+        mem = f"{kb / 2**20:.0f} GiB"
+    except (OSError, AttributeError):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "mem": mem, "python": platform.python_version(), "libs": libs,
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def fmt(x, nd=1):
+    if x is None:
+        return "–"
+    return f"{x:.{nd}f}" if abs(x) < 1000 else f"{x:,.0f}"
+
+
+def render(res: dict) -> str:
+    m = res["machine"]
+    L = [BEGIN, "## Harness: archc vs peers (`python bench/harness.py" + (" --quick" if res["quick"] else "")
+         + " --out BENCHMARKS.md`)", "",
+         f"Machine: {m['cpu']}, {m['cores']} cores, {m['mem']} RAM, Python {m['python']}; "
+         + ", ".join(f"{k} {v}" for k, v in m["libs"].items())
+         + (f"; XLA_FLAGS=`{m['xla_flags']}`" if m["xla_flags"] else "") + ".",
+         f"Run: {res['date']}, {res['total_s'] / 60:.1f} min in all. Each section notes the 1-minute load "
+         f"average at its start/end (target < {res['max_load']}; other jobs share this machine).", "",
+         "Method: float32 inference, random inputs, each framework in its native layout (NHWC for "
+         "archc/Flax/Keras, NCHW for PyTorch/ONNX Runtime); all frameworks of one network in one "
+         "subprocess, set up and warmed up in turn, then timed interleaved (order rotating per run). "
+         f"Batch 32: median of {res['runs32']} timed runs of 1 call each; batch 1: median of "
+         f"{res['runs1']} runs of ~1 s of calls. Compile = XLA `jit(f).lower().compile()` (archc, "
+         "Flax, Keras), first call incl. Inductor compile (torch.compile, `dynamic=False`, fresh cache), "
+         "InferenceSession creation (ONNX Runtime; export time listed separately). RSS = peak increase "
+         "of the process's resident memory (sampled every 5 ms) while that framework was built, "
+         "compiled and warmed up at all batches — with the weights, compiled code and the largest "
+         "batch's activations. PyTorch and ONNX Runtime use 2 threads; XLA uses its default (all cores).", ""]
+    for net in res["nets"]:
+        r = res["net"].get(net)
+        if r is None:
+            continue
+        L += [f"### {net} ({'299x299' if net == 'inception_v3' else '224x224'}) — load {r['load_start']:.2f} → "
+              f"{r['load_end']:.2f}", ""]
+        bs = [str(b) for b in r["batches"]]
+        head = "| framework | " + " | ".join(f"img/s b{b} | ×archc b{b} | compile b{b} (s)" for b in bs) \
+            + " | RSS + (MiB) |"
+        L += [head, "|---" + "|---:" * (3 * len(bs) + 1) + "|"]
+        for fw, info in r["frameworks"].items():
+            cells = []
+            for b in bs:
+                ips = r["ips"][b].get(fw)
+                if ips is None:
+                    cells += ["–", "–", "–"]
+                    continue
+                cells += [fmt(ips, 2 if ips < 10 else 1), f"{r['ips'][b]['archc'] / ips:.2f}",
+                          fmt(info["compile_s"][b], 2)]
+            L.append(f"| {fw} | " + " | ".join(cells) + f" | {info['rss_increase_mib']:.0f} |")
+        extra = r["frameworks"].get("onnxruntime", {})
+        if "export_s" in extra:
+            L.append("")
+            L.append(f"ONNX export (torch.onnx, dynamic batch): {extra['export_s']:.1f} s; "
+                     f"session creation {extra['session_s']:.2f} s.")
+        L.append("")
+        L.append("×archc = archc img/s ÷ that framework's img/s (> 1: archc is faster).")
+        L.append("")
+    if "build" in res:
+        a, k, cli = res["build"]["archc"], res["build"]["keras"], res["build"]["cli"]
+        L += ["### `archc build densenet121` vs `keras.applications.DenseNet121(weights=None)` — load "
+              f"{a['load']:.2f}", "",
+              "| | first call (s) | median of repeats (s) | imports (s) |", "|---|---:|---:|---:|",
+              f"| archc front end (`build_graph` + `summarize`) | {a['first_s']:.3f} | {a['median_s']:.3f} | {a['import_s']:.2f} |",
+              f"| Keras DenseNet121 construction | {k['first_s']:.3f} | {k['median_s']:.3f} | {k['import_s']:.2f} |",
+              f"| `archc build densenet121` full CLI wall time (process start, imports, front end, table, "
+              f"jax.eval_shape lowering check) | {cli['median_s']:.2f} | (median of {len(cli['all_s'])}) | incl. |",
+              "",
+              f"Ratio archc front end / Keras construction: first call {a['first_s'] / k['first_s']:.3f}, "
+              f"repeats {a['median_s'] / k['median_s']:.3f} (goal ≤ 0.100). "
+              f"Full CLI / (Keras import + construction): {cli['median_s'] / (k['import_s'] + k['first_s']):.2f}.", ""]
+    if "train" in res:
+        t = res["train"]
+        L += [f"### Training step, ResNet-50, batch 32 — load {t['load_start']:.2f} → {t['load_end']:.2f}", "",
+              "SGD momentum 0.9, softmax cross-entropy; one step = forward + backward + update. archc: "
+              "`jax.jit(step, donate_argnums=(params, batch_stats, opt_state))` with optax; PyTorch eager: "
+              f"`loss.backward(); opt.step()`. Median of {len(t['times']['archc'])} interleaved steps after 1 warm-up.", "",
+              "| | img/s | s/step |", "|---|---:|---:|"]
+        for n, v in t["ips"].items():
+            L.append(f"| {n} | {v:.2f} | {statistics.median(t['times'][n]):.2f} |")
+        L += ["", f"Ratio archc / PyTorch eager: {t['ips']['archc'] / t['ips']['torch-eager']:.2f}. "
+              f"archc step compile: {t['archc_compile_s']:.1f} s.", ""]
+    if "peak" in res and "resnet50" in res["net"]:
+        p, r = res["peak"], res["net"]["resnet50"]
+        macs = res["resnet50_macs"]
+        L += [f"### ResNet-50 achieved FLOP/s vs matmul peak — load {p['load_start']:.2f}", "",
+              f"float32 matmul peak: jitted `jnp.dot` {p['n']}x{p['n']}, best of 5: {p['gflops']:.1f} GFLOP/s. "
+              f"ResNet-50: {macs / 1e9:.3f} GMACs/image (archc.compiler.stats), 2 FLOPs per MAC.", "",
+              "| framework | batch | img/s | GFLOP/s | fraction of peak |", "|---|---:|---:|---:|---:|"]
+        for b in r["batches"]:
+            for fw in r["ips"][str(b)]:
+                ips = r["ips"][str(b)][fw]
+                g = 2 * macs * ips / 1e9
+                L.append(f"| {fw} | {b} | {ips:.2f} | {g:.1f} | {g / p['gflops']:.2f} |")
+        L.append("")
+    if res.get("notes"):
+        L += ["### Notes", ""] + res["notes"] + [""]
+    L.append(END)
+    return "\n".join(L)
+
+
+def write(path: Path, text: str):
+    old = path.read_text() if path.exists() else ""
+    if BEGIN in old and END in old:
+        new = old[:old.index(BEGIN)] + text + old[old.index(END) + len(END):]
+    else:
+        new = text + "\n\n" + old if old.strip() else text + "\n"
+    path.write_text(new)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="resnet50 at batch 32 + build timing only")
+    ap.add_argument("--out", help="Markdown file whose harness section to add/replace")
+    ap.add_argument("--json", help="also write the raw results here")
+    ap.add_argument("--nets", nargs="+", default=None)
+    ap.add_argument("--batches", type=int, nargs="+", default=None)
+    ap.add_argument("--only", nargs="+", default=None, help="framework names to run (default: all)")
+    ap.add_argument("--runs32", type=int, default=3)
+    ap.add_argument("--runs1", type=int, default=5)
+    ap.add_argument("--no-train", action="store_true")
+    ap.add_argument("--compile-batches", default="32",
+                    help="batches at which torch.compile is measured (comma-separated; Inductor compiles "
+                         "take ~1 min each on 2 cores)")
+    ap.add_argument("--max-load", type=float, default=1.5)
+    ap.add_argument("--first-wait", type=float, default=900, help="max seconds to wait for low load at the start")
+    ap.add_argument("--wait", type=float, default=120, help="max seconds to wait for low load between sections")
+    ap.add_argument("--no-wait", action="store_true")
+    ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.worker:
+        kind, rest = args.worker[0], args.worker[1:]
+        if kind == "net":
+            batches = [int(b) for b in rest[1].split(",")]
+            only = rest[4].split(",") if len(rest) > 4 and rest[4] else None
+            os.environ["HARNESS_COMPILE_BATCHES"] = rest[5] if len(rest) > 5 else ""
+            worker_net(rest[0], batches, int(rest[2]), int(rest[3]), only)
+        elif kind == "peak":
+            worker_peak()
+        elif kind == "build_archc":
+            worker_build_archc()
+        elif kind == "build_keras":
+            worker_build_keras()
+        elif kind == "train":
+            worker_train(int(rest[0]))
+        return 0
+
+    t_start = time.perf_counter()
+    nets = args.nets or (["resnet50"] if args.quick else NETS)
+    batches = args.batches or ([32] if args.quick else [1, 32])
+    res = {"machine": machine(), "quick": args.quick, "nets": nets, "runs32": args.runs32, "runs1": args.runs1,
+           "max_load": args.max_load, "date": time.strftime("%Y-%m-%d %H:%M %Z"), "net": {}}
+    wait = not args.no_wait
+    first = [True]
+
+    def section():
+        wait_for_load(args.max_load, args.first_wait if first[0] else args.wait, wait)
+        first[0] = False
+
+    def flush():
+        res["total_s"] = time.perf_counter() - t_start
+        for r in res["net"].values():
+            r["ips"] = {str(k): v for k, v in r["ips"].items()}
+            for f in r["frameworks"].values():
+                f["compile_s"] = {str(k): v for k, v in f["compile_s"].items()}
+        notes_path = ROOT / "bench" / "harness_notes.md"
+        res["notes"] = notes_path.read_text().strip().splitlines() if notes_path.exists() else []
+        text = render(res)
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=1))
+        if args.out:
+            write(Path(args.out), text)
+        return text
+
+    section()
+    res["peak"] = call_worker(["peak"])
+    print(f"matmul peak {res['peak']['gflops']:.1f} GFLOP/s", file=sys.stderr)
+    from archc.compiler.build import build_graph
+    from archc.compiler.stats import summarize
+    res["resnet50_macs"] = summarize(build_graph("resnet50", None, None))["macs"]
+
+    section()
+    b = {"archc": call_worker(["build_archc"]), "keras": call_worker(["build_keras"])}
+    cli = []
+    exe = Path(sys.executable).with_name("archc")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        subprocess.run([str(exe), "build", "densenet121"], check=True, stdout=subprocess.DEVNULL)
+        cli.append(time.perf_counter() - t0)
+    b["cli"] = {"median_s": statistics.median(cli), "all_s": cli}
+    res["build"] = b
+    flush()
+
+    for net in nets:
+        section()
+        try:
+            res["net"][net] = call_worker(["net", net, ",".join(map(str, batches)), args.runs32, args.runs1,
+                                           ",".join(args.only or []), args.compile_batches])
+        except Exception as e:  # noqa: BLE001 - report the rest
+            print(f"{net}: {e}", file=sys.stderr)
+        flush()
+
+    if not (args.quick or args.no_train):
+        section()
+        res["train"] = call_worker(["train", args.runs32])
+
+    print(flush())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
