@@ -9,7 +9,7 @@ import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
-os.environ["KERAS_BACKEND"] = os.environ.get("ARCHC_TEST_KERAS_BACKEND", "torch")
+os.environ["KERAS_BACKEND"] = os.environ.get("ARCHC_TEST_KERAS_BACKEND", "jax")
 
 import numpy as np
 import pytest
