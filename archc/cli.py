@@ -286,6 +286,20 @@ def _add_train_parser(sub, common) -> None:
     sp.set_defaults(func=cmd_train, expr=None)
 
 
+def _reports_user_errors(handler):
+    """Bad input to `import`/`predict` is reported with exit status 2, never a traceback. The error
+    types are imported only when an exception is being matched, so other commands stay light."""
+    def run(args) -> int:
+        try:
+            return handler(args)
+        except ArchError:
+            raise
+        except _user_errors() as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USER
+    return run
+
+
 def _user_errors():
     """The exceptions that mean bad input to `import`/`predict` (reported, exit status 2)."""
     from .runtime.checkpoint import CheckpointError
@@ -295,61 +309,51 @@ def _user_errors():
             NotImplementedError)
 
 
+@_reports_user_errors
 def cmd_import(args) -> int:
     """archc import SPEC CHECKPOINT --from SOURCE [--map RULES] --out FILE: verify and convert."""
-    try:
-        from .runtime.model import Model
-        from .runtime.variables_io import save_variables
-        from .runtime.weights import _assemble, match_weights, weights_metadata
-        model = Model(_graph(args))
-        report, assignments, rules = match_weights(model, args.checkpoint, source=args.source, rules=args.map,
-                                                   skip=args.skip or (), allow_missing=args.allow_missing or ())
-        if args.json:
-            print(json.dumps(report.to_json(), indent=1))
-        else:
-            print(report.render(limit=args.limit))
-        if not report.ok:
-            return EXIT_USER
-        if args.out:
-            variables = _assemble(model, assignments, report, args.seed)
-            save_variables(variables, args.out, metadata=weights_metadata(model, report, rules))
-            if not args.json:
-                print(f"wrote {args.out}")
-        return 0
-    except ArchError:
-        raise
-    except _user_errors() as e:
-        print(f"error: {e}", file=sys.stderr)
+    from .runtime.model import Model
+    from .runtime.variables_io import save_variables
+    from .runtime.weights import _assemble, match_weights, weights_metadata
+    model = Model(_graph(args))
+    report, assignments, rules = match_weights(model, args.checkpoint, source=args.source, rules=args.map,
+                                               skip=args.skip or (), allow_missing=args.allow_missing or ())
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1))
+    else:
+        print(report.render(limit=args.limit))
+    if not report.ok:
         return EXIT_USER
+    if args.out:
+        variables = _assemble(model, assignments, report, args.seed)
+        save_variables(variables, args.out, metadata=weights_metadata(model, report, rules))
+        if not args.json:
+            print(f"wrote {args.out}")
+    return 0
 
 
+@_reports_user_errors
 def cmd_predict(args) -> int:
     """archc predict SPEC --weights FILE IMAGE... [--top 5] [--json]."""
-    try:
-        from .runtime.model import Model
-        from .runtime.predict import predict
-        weights, images = args.weights[0], list(args.images) + list(args.weights[1:])
-        if not images:
-            print("error: no images given: archc predict SPEC --weights FILE IMAGE...", file=sys.stderr)
-            return EXIT_USER
-        if args.top < 1:
-            print("error: --top must be at least 1", file=sys.stderr)
-            return EXIT_USER
-        model = Model(_graph(args))
-        results = predict(model, weights, images, top=args.top, preprocess=args.preprocess)
-        if args.json:
-            print(json.dumps(results, indent=1))
-        else:
-            for r in results:
-                print(r["file"])
-                for t in r["top"]:
-                    print(f"  {t['prob']:7.2%}  {t['index']:>4}  {t['label']}")
-        return 0
-    except ArchError:
-        raise
-    except _user_errors() as e:
-        print(f"error: {e}", file=sys.stderr)
+    from .runtime.model import Model
+    from .runtime.predict import predict
+    weights, images = args.weights[0], list(args.images) + list(args.weights[1:])
+    if not images:
+        print("error: no images given: archc predict SPEC --weights FILE IMAGE...", file=sys.stderr)
         return EXIT_USER
+    if args.top < 1:
+        print("error: --top must be at least 1", file=sys.stderr)
+        return EXIT_USER
+    model = Model(_graph(args))
+    results = predict(model, weights, images, top=args.top, preprocess=args.preprocess)
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        for r in results:
+            print(r["file"])
+            for t in r["top"]:
+                print(f"  {t['prob']:7.2%}  {t['index']:>4}  {t['label']}")
+    return 0
 
 
 def main(argv=None) -> int:
