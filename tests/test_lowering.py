@@ -143,6 +143,14 @@ def close(a, b, tol=1e-5):
     ((3, 3), (1, 2), ((1, 1), (1, 1)), (1, 1), 2, 4, 6),        # groups
     ((3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1), 6, 6, 6),        # depthwise
     ((3, 3), (1, 1), ((1, 2), (0, 1)), (2, 1), 3, 6, 3),        # dilation + groups, asymmetric
+    # the CPU rewrites (archc.compiler.lower._cpu_conv_path): 1x1 as a dot, unpadded kxk
+    # padded-then-cropped, depthwise as shifted slices (with dilation)
+    ((1, 1), (1, 1), P0, (1, 1), 1, 3, 4),
+    ((1, 1), (2, 2), P0, (1, 1), 1, 3, 4),                      # ResNet's projection shortcut
+    ((3, 3), (1, 1), P0, (1, 1), 1, 3, 4),                      # Inception's 'valid' 3x3
+    ((3, 3), (2, 2), P0, (1, 1), 1, 3, 4),                      # on 9 rows (odd) and 8 columns
+    ((3, 1), (2, 1), P0, (1, 1), 1, 3, 4),
+    ((3, 3), (1, 1), ((2, 2), (2, 2)), (2, 2), 6, 6, 6),        # dilated depthwise
 ])
 def test_conv(kernel, strides, padding, dilation, groups, cin, cout):
     x = rand(2, 9, 8, cin)
@@ -152,6 +160,22 @@ def test_conv(kernel, strides, padding, dilation, groups, cin, cout):
                       kernel=kernel, strides=strides, padding=padding, dilation=dilation,
                       groups=groups, bias=True)
     close(y, np_conv(x, k, b, strides, padding, dilation, groups))
+
+
+@pytest.mark.parametrize("attrs,path", [
+    ({"kernel": (1, 1), "strides": (2, 2), "padding": P0, "features": 8}, "pointwise"),
+    ({"kernel": (3, 3), "strides": (1, 1), "padding": P0, "features": 8}, "pad_crop"),
+    ({"kernel": (1, 7), "strides": (1, 1), "padding": ((0, 0), (3, 3)), "features": 8}, None),
+    ({"kernel": (3, 3), "strides": (1, 1), "padding": P0, "dilation": (2, 2), "features": 8}, None),
+    ({"kernel": (3, 3), "strides": (1, 1), "padding": ((1, 1), (1, 1)), "groups": 4, "features": 4}, "depthwise"),
+    ({"kernel": (3, 3), "strides": (1, 1), "padding": ((1, 1), (1, 1)), "groups": 2, "features": 4}, None),
+])
+def test_cpu_conv_path_choice(attrs, path):
+    """The CPU rewrites apply exactly where they were measured to help (and test_conv above
+    checks each one's values)."""
+    from archc.compiler.lower import _cpu_conv_path
+    expected = path if jax.default_backend() == "cpu" else None
+    assert _cpu_conv_path(attrs, jnp.zeros((1, 9, 8, 4))) == expected
 
 
 @pytest.mark.parametrize("kernel,strides,padding,output_padding", [
@@ -179,6 +203,8 @@ def test_conv_transpose(kernel, strides, padding, output_padding):
     ((3, 3), (2, 2), ((1, 1), (1, 1)), ((0, 1), (0, 1)), False),
     ((3, 3), (1, 1), ((1, 1), (1, 1)), P0, False),              # TF 'same' avg, stride 1
     ((3, 2), (2, 2), ((0, 1), (0, 1)), P0, False),              # TF 'same' avg, asymmetric
+    ((3, 3), (2, 2), P0, P0, True),                             # unpadded: separable slices on CPU
+    ((3, 2), (1, 2), P0, P0, True),
 ])
 def test_pool(kind, kernel, strides, padding, extra, cip):
     x = rand(2, 8, 7, 3)

@@ -132,11 +132,34 @@ class Program:
 # One small function per op: fn(node, inputs, train) -> array. Layers are created inside the
 # compact __call__ of GraphModule, so Linen binds them to it under the node's name.
 # --------------------------------------------------------------------------------------------
-class _DepthwiseConv(nn.Module):
-    """Depthwise conv (groups == in == out channels) as a sum of kh*kw shifted, strided slices
-    times per-channel weights. Same variables as nn.Conv (kernel (kh, kw, 1, C), bias (C,)), same
-    function. Used on CPU only: XLA:CPU runs grouped convolutions through a slow generic loop
-    (~12x slower than this at MobileNet shapes, 56x56x144, batch 32)."""
+# XLA:CPU convolution paths, measured on this machine (jax 0.10, batch 8; see BENCHMARKS.md):
+# - grouped convs with groups == channels run through a slow generic loop: a depthwise 3x3 at
+#   56x56x144 takes 957 ms, the same op as 9 shifted slices x per-channel weights 78 ms;
+# - a kxk conv (k > 1) with no padding at all misses the fast kernel: Inception's 3x3 80->192
+#   at 73x73 takes 337 ms unpadded, 140 ms with one row/column of zeros added at the end (and
+#   the extra output cropped) -- the same values, since the added row only reaches outputs that
+#   are cut away;
+# - a 1x1 conv is a matrix product, and XLA runs it ~25% faster as a dot than as a convolution.
+# `_CpuConv` keeps nn.Conv's variables (kernel HWIO, bias) and function, so checkpoints, BN
+# folding and parity do not see which path ran.
+def _cpu_conv_path(a: dict, x) -> str | None:
+    if jax.default_backend() != "cpu" or x.ndim != 4:
+        return None
+    g, kernel = a.get("groups", 1), tuple(a["kernel"])
+    if g > 1:
+        return "depthwise" if g == a["features"] == x.shape[-1] else None
+    if tuple(a.get("dilation", (1, 1))) != (1, 1):
+        return None
+    unpadded = all(p == 0 for side in a["padding"] for p in side)
+    if kernel == (1, 1) and unpadded:
+        return "pointwise"
+    if unpadded and max(kernel) > 1:
+        return "pad_crop"
+    return None
+
+
+class _CpuConv(nn.Module):
+    strategy: str
     features: int
     kernel_size: tuple
     strides: tuple
@@ -146,18 +169,26 @@ class _DepthwiseConv(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        kh, kw = self.kernel_size
-        (sh, sw), (dh, dw) = self.strides, self.dilation
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (kh, kw, 1, self.features))
-        xp = jnp.pad(x, ((0, 0), tuple(self.padding[0]), tuple(self.padding[1]), (0, 0)))
-        ho = (xp.shape[1] - dh * (kh - 1) - 1) // sh + 1
-        wo = (xp.shape[2] - dw * (kw - 1) - 1) // sw + 1
-        y = None
-        for i in range(kh):
-            for j in range(kw):
-                t = xp[:, i * dh:i * dh + (ho - 1) * sh + 1:sh, j * dw:j * dw + (wo - 1) * sw + 1:sw, :] \
-                    * kernel[i, j, 0]
-                y = t if y is None else y + t
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.strides, self.dilation
+        cin = x.shape[-1] if self.strategy != "depthwise" else 1
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (kh, kw, cin, self.features))
+        if self.strategy == "pointwise":
+            y = lax.dot_general(x[:, ::sh, ::sw, :], kernel[0, 0], (((3,), (0,)), ((), ())))
+        elif self.strategy == "pad_crop":
+            ho, wo = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+            pad = [(0, int(kh > 1)), (0, int(kw > 1))]
+            y = lax.conv_general_dilated(x, kernel, (sh, sw), pad,
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))[:, :ho, :wo, :]
+        else:                                                   # depthwise: shifted slices
+            xp = jnp.pad(x, ((0, 0), tuple(self.padding[0]), tuple(self.padding[1]), (0, 0)))
+            ho = (xp.shape[1] - dh * (kh - 1) - 1) // sh + 1
+            wo = (xp.shape[2] - dw * (kw - 1) - 1) // sw + 1
+            y = None
+            for i in range(kh):
+                for j in range(kw):
+                    t = xp[:, i * dh:i * dh + (ho - 1) * sh + 1:sh, j * dw:j * dw + (wo - 1) * sw + 1:sw, :] \
+                        * kernel[i, j, 0]
+                    y = t if y is None else y + t
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,))
         return y
@@ -165,12 +196,11 @@ class _DepthwiseConv(nn.Module):
 
 def _conv(node: Node, xs, train):
     a = node.attrs
-    g = a.get("groups", 1)
-    if (g > 1 and g == a["features"] == xs[0].shape[-1] and jax.default_backend() == "cpu"
-            and xs[0].ndim == 4):
-        return _DepthwiseConv(a["features"], tuple(a["kernel"]), tuple(a["strides"]),
-                              tuple(tuple(p) for p in a["padding"]), tuple(a.get("dilation", (1, 1))),
-                              a.get("bias", True), name=node.name)(xs[0])
+    path = _cpu_conv_path(a, xs[0])
+    if path is not None:
+        return _CpuConv(path, a["features"], tuple(a["kernel"]), tuple(a["strides"]),
+                        tuple(tuple(p) for p in a["padding"]), tuple(a.get("dilation", (1, 1))),
+                        a.get("bias", True), name=node.name)(xs[0])
     return nn.Conv(a["features"], tuple(a["kernel"]), strides=tuple(a["strides"]),
                    padding=[tuple(p) for p in a["padding"]],
                    kernel_dilation=tuple(a.get("dilation", (1, 1))),
@@ -201,6 +231,18 @@ def _axis_counts(n: int, k: int, s: int, pad: tuple, extra: tuple, include_pad: 
     return np.minimum(start + k, hi) - np.maximum(start, lo)
 
 
+def _separable_window(x, kernel, strides, combine):
+    """An unpadded pooling window as shifted, strided slices, rows then columns: on XLA:CPU 4-6x
+    faster than reduce_window (Inception's 3x3/2 max pool at 71x71x192, batch 32: 89 -> 14 ms).
+    A window op over a rectangle is that op over the row-reductions of its columns. (With
+    padding, reduce_window stays: padding the input first makes the slices slower than it.)"""
+    for axis, k, s in ((1, kernel[0], strides[0]), (2, kernel[1], strides[1])):
+        n = (x.shape[axis] - k) // s + 1
+        parts = [lax.slice_in_dim(x, i, i + (n - 1) * s + 1, s, axis) for i in range(k)]
+        x = functools.reduce(combine, parts)
+    return x
+
+
 def _pool(node: Node, xs, train):
     a = node.attrs
     x = xs[0]
@@ -210,9 +252,13 @@ def _pool(node: Node, xs, train):
     full = ((0, 0), (pads[0][0] + extra[0][0], pads[0][1] + extra[0][1]),
             (pads[1][0] + extra[1][0], pads[1][1] + extra[1][1]), (0, 0))
     window, strides = (1, kh, kw, 1), (1, sh, sw, 1)
+    combine = lax.max if a["kind"] == "max" else lax.add
+    if jax.default_backend() == "cpu" and not any(any(side) for side in full):
+        total = _separable_window(x, (kh, kw), (sh, sw), combine)
+    else:
+        total = lax.reduce_window(x, -jnp.inf if a["kind"] == "max" else 0.0, combine, window, strides, full)
     if a["kind"] == "max":
-        return lax.reduce_window(x, -jnp.inf, lax.max, window, strides, full)
-    total = lax.reduce_window(x, 0.0, lax.add, window, strides, full)
+        return total
     include = a.get("count_include_pad", True)
     ch = _axis_counts(x.shape[1], kh, sh, pads[0], extra[0], include)
     cw = _axis_counts(x.shape[2], kw, sw, pads[1], extra[1], include)
