@@ -142,6 +142,14 @@ def _validate_lowering(g, args) -> dict:
 def cmd_bench(args) -> int:
     from .runtime.bench import bench_model
     from .runtime.model import Model
+    if args.profile:
+        from .runtime.profile import profile_model, render_profile
+        try:
+            p = profile_model(Model(_graph(args)), batch=args.batch, runs=args.repeats)
+        except RuntimeError as e:
+            raise ArchError([_diag(str(e))]) from None
+        print(json.dumps(p, indent=1) if args.json else render_profile(p, top=args.top))
+        return 0
     result = bench_model(Model(_graph(args)), batch=args.batch, iters=args.iters, repeats=args.repeats)
     if args.json:
         print(json.dumps(result, indent=1))
@@ -389,6 +397,9 @@ def main(argv=None) -> int:
     sp.add_argument("--iters", type=int, default=5)
     sp.add_argument("--repeats", type=int, default=5)
     sp.add_argument("--json", action="store_true")
+    sp.add_argument("--profile", action="store_true",
+                    help="time each compiled kernel and name it by the IR nodes fused into it (CPU)")
+    sp.add_argument("--top", type=int, default=20, help="kernels listed by --profile")
     sp.set_defaults(func=cmd_bench, expr=None)
 
     _add_train_parser(sub, common)

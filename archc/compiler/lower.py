@@ -619,7 +619,8 @@ class GraphModule(nn.Module):
         for node in prog.order:
             if node.op == "input" or (needed is not None and node.name not in needed):
                 continue
-            env[node.name] = LOWERINGS[node.op](node, [env[i] for i in node.inputs], train)
+            with jax.named_scope(node.name):         # HLO metadata names the IR node (profiles)
+                env[node.name] = LOWERINGS[node.op](node, [env[i] for i in node.inputs], train)
 
         fix = (lambda a: a[0]) if unbatched else (lambda a: a)
         if wanted is None:
