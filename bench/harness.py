@@ -127,6 +127,11 @@ def worker_net(net: str, batches: list[int], runs32: int, runs1: int, only=None)
                     run()
                 times[n].append((time.perf_counter() - t0) / iters[n])
         out["ips"][b] = {n: b / statistics.median(ts) for n, ts in times.items()}
+        # ×archc per round (all frameworks timed back to back), then the median over rounds: the
+        # host's speed drifts by up to 2x over seconds, and a round sees one speed
+        if "archc" in times:
+            out.setdefault("ratio", {})[b] = {
+                n: statistics.median(t / a for t, a in zip(ts, times["archc"])) for n, ts in times.items()}
         out["times"][b] = {n: {"iters": iters[n], "runs": runs, "s_per_call": ts} for n, ts in times.items()}
         print(f"[{net}] batch {b}: " + ", ".join(f"{n} {v:.1f}" for n, v in out["ips"][b].items()),
               file=sys.stderr, flush=True)
@@ -316,7 +321,7 @@ def render(res: dict) -> str:
          "Method: float32 inference, random inputs, each framework in its native layout (NHWC for "
          "archc/Flax/Keras, NCHW for PyTorch/ONNX Runtime); all frameworks of one network in one "
          "subprocess, set up and warmed up in turn, then timed interleaved (order rotating per run). "
-         f"Batch 32: median of {res['runs32']} timed runs of 1 call each; batch 1: median of "
+         f"Batch 32: {res['runs32']} timed rounds of 1 call each; batch 1: "
          f"{res['runs1']} runs of ~1 s of calls. Compile = XLA `jit(f).lower().compile()` (archc, "
          "Flax, Keras), first call incl. Inductor compile (torch.compile, `dynamic=False`, fresh cache), "
          "InferenceSession creation (ONNX Runtime; export time listed separately). RSS = peak increase "
@@ -340,7 +345,8 @@ def render(res: dict) -> str:
                 if ips is None:
                     cells += ["–", "–", "–"]
                     continue
-                cells += [fmt(ips, 2 if ips < 10 else 1), f"{r['ips'][b]['archc'] / ips:.2f}",
+                ratio = r.get("ratio", {}).get(b, {}).get(fw, r["ips"][b]["archc"] / ips)
+                cells += [fmt(ips, 2 if ips < 10 else 1), f"{ratio:.2f}",
                           fmt(info["compile_s"][b], 2)]
             L.append(f"| {fw} | " + " | ".join(cells) + f" | {info['rss_increase_mib']:.0f} |")
         extra = r["frameworks"].get("onnxruntime", {})
@@ -349,7 +355,8 @@ def render(res: dict) -> str:
             L.append(f"ONNX export (torch.onnx, dynamic batch): {extra['export_s']:.1f} s; "
                      f"session creation {extra['session_s']:.2f} s.")
         L.append("")
-        L.append("×archc = archc img/s ÷ that framework's img/s (> 1: archc is faster).")
+        L.append("×archc = that framework's time per call ÷ archc's in the same round, median over rounds "
+                 "(> 1: archc is faster); img/s = batch ÷ median time per call.")
         L.append("")
     if "build" in res:
         a, k, cli = res["build"]["archc"], res["build"]["keras"], res["build"]["cli"]
@@ -373,7 +380,8 @@ def render(res: dict) -> str:
               "| | img/s | s/step |", "|---|---:|---:|"]
         for n, v in t["ips"].items():
             L.append(f"| {n} | {v:.2f} | {statistics.median(t['times'][n]):.2f} |")
-        L += ["", f"Ratio archc / PyTorch eager: {t['ips']['archc'] / t['ips']['torch-eager']:.2f}. "
+        pair = statistics.median(b / a for a, b in zip(t["times"]["archc"], t["times"]["torch-eager"]))
+        L += ["", f"Ratio archc / PyTorch eager (speed; median over adjacent step pairs): {pair:.2f}. "
               f"archc step compile: {t['archc_compile_s']:.1f} s.", ""]
     if "peak" in res and "resnet50" in res["net"]:
         p, r = res["peak"], res["net"]["resnet50"]
@@ -411,7 +419,7 @@ def main(argv=None) -> int:
     ap.add_argument("--nets", nargs="+", default=None)
     ap.add_argument("--batches", type=int, nargs="+", default=None)
     ap.add_argument("--only", nargs="+", default=None, help="framework names to run (default: all)")
-    ap.add_argument("--runs32", type=int, default=3)
+    ap.add_argument("--runs32", type=int, default=5)
     ap.add_argument("--runs1", type=int, default=5)
     ap.add_argument("--no-train", action="store_true")
     ap.add_argument("--compile-batches", default="32",
@@ -457,6 +465,7 @@ def main(argv=None) -> int:
         res["total_s"] = time.perf_counter() - t_start
         for r in res["net"].values():
             r["ips"] = {str(k): v for k, v in r["ips"].items()}
+            r["ratio"] = {str(k): v for k, v in r.get("ratio", {}).items()}
             for f in r["frameworks"].values():
                 f["compile_s"] = {str(k): v for k, v in f["compile_s"].items()}
         notes_path = ROOT / "bench" / "harness_notes.md"
