@@ -237,8 +237,9 @@ def _axis_counts(n: int, k: int, s: int, pad: tuple, extra: tuple, include_pad: 
 def _separable_window(x, kernel, strides, combine):
     """An unpadded pooling window as shifted, strided slices, rows then columns: on XLA:CPU 4-6x
     faster than reduce_window (Inception's 3x3/2 max pool at 71x71x192, batch 32: 89 -> 14 ms).
-    A window op over a rectangle is that op over the row-reductions of its columns. (With
-    padding, reduce_window stays: padding the input first makes the slices slower than it.)"""
+    A window op over a rectangle is that op over the row-reductions of its columns. Padded avg
+    pools (zero-padded first) gain too (Inception-v3 batch 8: 1.08x overall); padded max pools
+    stay on reduce_window, which beats -inf padding + slices there (ResNet's stem: 55 vs 92 ms)."""
     for axis, k, s in ((1, kernel[0], strides[0]), (2, kernel[1], strides[1])):
         n = (x.shape[axis] - k) // s + 1
         parts = [lax.slice_in_dim(x, i, i + (n - 1) * s + 1, s, axis) for i in range(k)]
@@ -256,8 +257,10 @@ def _pool(node: Node, xs, train):
             (pads[1][0] + extra[1][0], pads[1][1] + extra[1][1]), (0, 0))
     window, strides = (1, kh, kw, 1), (1, sh, sw, 1)
     combine = lax.max if a["kind"] == "max" else lax.add
-    if jax.default_backend() == "cpu" and not any(any(side) for side in full):
-        total = _separable_window(x, (kh, kw), (sh, sw), combine)
+    padded = any(any(side) for side in full)
+    if jax.default_backend() == "cpu" and (not padded or a["kind"] == "avg"):
+        # zero padding adds nothing to a sum; the divisor below counts the cells
+        total = _separable_window(jnp.pad(x, full) if padded else x, (kh, kw), (sh, sw), combine)
     else:
         total = lax.reduce_window(x, -jnp.inf if a["kind"] == "max" else 0.0, combine, window, strides, full)
     if a["kind"] == "max":
