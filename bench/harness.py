@@ -279,13 +279,16 @@ def call_worker(args_list, timeout=1800, env=None) -> dict:
     raise RuntimeError(f"worker {args_list} failed (rc {p.returncode})")
 
 
-def machine() -> dict:
-    cpu = "unknown CPU"
+def cpu_model() -> str:
     try:
         m = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
-        cpu = m.group(1).strip() if m else cpu
     except OSError:
-        pass
+        return "unknown CPU"
+    return m.group(1).strip() if m else "unknown CPU"
+
+
+def machine() -> dict:
+    cpu = cpu_model()
     from importlib.metadata import version
     libs = {}
     for pkg in ("jax", "jaxlib", "flax", "optax", "torch", "torchvision", "onnx", "onnxruntime", "keras"):

@@ -160,14 +160,11 @@ class TorchEagerRunner:
         return 0.0, run
 
 
-class TorchCompileRunner:
+class TorchCompileRunner(TorchEagerRunner):
     """torch.compile(model, dynamic=False) (Inductor, default mode); compile time = the first
     call's wall time minus one eager-speed call is not subtracted: it is the first call's time.
     A fresh Inductor cache directory per process, so nothing is reused from earlier runs."""
     name = "torch.compile"
-
-    def __init__(self, net: str):
-        self.net = net
 
     @property
     def batches(self):
@@ -181,13 +178,7 @@ class TorchCompileRunner:
         self.model = torch.compile(torchvision_model(self.net), dynamic=False)
 
     def prepare(self, batch):
-        import torch
-        x = torch.from_numpy(_nchw(batch, image_size(self.net)))
-        m = self.model
-
-        def run():
-            with torch.inference_mode():
-                return m(x)
+        _, run = super().prepare(batch)
         t0 = time.perf_counter()
         run()
         return time.perf_counter() - t0, run

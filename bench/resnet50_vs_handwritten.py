@@ -82,15 +82,10 @@ def handwritten_variables(graph, variables, hw_shapes):
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        m = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
-        cpu = m.group(1).strip() if m else cpu
-    except OSError:
-        pass
+    from harness import cpu_model
     import flax
     dev = jax.devices()[0]
-    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}; "
+    return (f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}; "
             f"device {dev.platform}:{dev.device_kind}; jax {jax.__version__}, flax {flax.__version__}, "
             f"Python {platform.python_version()}")
 

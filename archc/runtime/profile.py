@@ -33,57 +33,49 @@ _OP_NAME = re.compile(r'op_name="([^"]+)"')
 
 
 def _parse_hlo(text: str):
-    """(entry instructions, computation -> (op_names, called computations), instr -> shape)."""
-    comps: dict[str, tuple[set, set]] = {}
-    entry, shapes, current, in_entry = [], {}, None, False
+    """(entry instruction -> (op_names, called computations, result shape),
+        computation -> (op_names, called computations))."""
+    entry, comps, current, in_entry = {}, {}, None, False
     for line in text.splitlines():
-        if not line.startswith(" ") and "{" in line and _COMPUTATION.match(line):
-            current = _COMPUTATION.match(line).group(1)
-            in_entry = line.startswith("ENTRY")
+        header = _COMPUTATION.match(line)
+        if header and "{" in line:
+            current, in_entry = header.group(1), line.startswith("ENTRY")
             comps[current] = (set(), set())
             continue
         m = _INSTR.match(line)
         if m is None or current is None:
             continue
-        names, calls = comps[current]
         op = _OP_NAME.search(line)
-        if op:
-            names.add(op.group(1))
-        calls.update(_CALLS.findall(line))
+        names, calls = ({op.group(1)} if op else set()), set(_CALLS.findall(line))
         if in_entry:
-            entry.append(m.group(1))
-            shapes[m.group(1)] = m.group(2)
-            comps.setdefault("%" + m.group(1), (set(), set()))
-            comps["%" + m.group(1)][0].update({op.group(1)} if op else set())
-            comps["%" + m.group(1)][1].update(_CALLS.findall(line))
-    return entry, comps, shapes
+            entry[m.group(1)] = (names, calls, m.group(2))
+        else:
+            comps[current][0].update(names)
+            comps[current][1].update(calls)
+    return entry, comps
 
 
-def _op_names(comps, key: str, seen=None) -> set:
-    seen = set() if seen is None else seen
-    if key in seen or key not in comps:
-        return set()
-    seen.add(key)
-    names, calls = comps[key]
-    out = set(names)
-    for c in calls:
-        out |= _op_names(comps, c, seen)
+def _reachable_op_names(comps, calls, seen) -> set:
+    out = set()
+    for c in calls - seen:
+        seen.add(c)
+        names, inner = comps.get(c, (set(), set()))
+        out |= names | _reachable_op_names(comps, inner, seen)
     return out
 
 
 def thunk_nodes(hlo_text: str, node_names) -> dict[str, tuple[list[str], str]]:
     """Entry instruction (thunk) name -> (IR nodes it computes, in graph order; result shape)."""
     order = {n: i for i, n in enumerate(node_names)}
-    entry, comps, shapes = _parse_hlo(hlo_text)
+    entry, comps = _parse_hlo(hlo_text)
     result = {}
-    for instr in entry:
+    for instr, (names, calls, shape) in entry.items():
         nodes = set()
-        for op_name in _op_names(comps, "%" + instr):
-            for part in op_name.split("/"):
-                if part in order:
-                    nodes.add(part)
-                    break
-        result[instr] = (sorted(nodes, key=order.__getitem__), shapes.get(instr, ""))
+        for op_name in names | _reachable_op_names(comps, calls, set()):
+            node = next((part for part in op_name.split("/") if part in order), None)
+            if node is not None:
+                nodes.add(node)
+        result[instr] = (sorted(nodes, key=order.__getitem__), shape)
     return result
 
 
