@@ -1,4 +1,6 @@
 """Golden tests of the error messages: place, line with caret, shapes involved, a fix."""
+import json
+
 import pytest
 
 from archc.compiler.build import build_graph
@@ -93,3 +95,39 @@ def test_missing_input():
 
 def test_duplicate_stage_name():
     assert "error: the name 'a' is used twice" in render("input 8x8x3\na: conv3(4)\na: conv3(4)\n")
+
+
+# --- the shipped LALR table (archc/spec/arch_table.json) ---------------------------------------
+SYNTAX_ERRORS = ["x = conv3(", "net n(a) {\n  conv3(64) >> \n}", "x = )", "net n { ) }", "x = [conv1(8), ",
+                 "net n {\n  input 32x32x3\n  conv3(64) x\n}"]
+
+
+def test_shipped_parse_table_is_current():
+    """Regenerate with `python -m archc.spec.parser` after editing arch.lark."""
+    from archc.spec import parser as P
+    table = json.loads(P.PARSE_TABLE.read_text())
+    assert table["key"]["grammar_sha256"] == P._table_key(P.GRAMMAR.read_text())["grammar_sha256"]
+
+
+def test_shipped_parse_table_parses_like_the_grammar():
+    from archc.spec import parser as P
+    from archc.compiler.library import LIBRARY
+    key = json.loads(P.PARSE_TABLE.read_text())["key"]
+    if key["lark"] != P._table_key("")["lark"]:
+        pytest.skip(f"table made with lark {key['lark']}: this lark rebuilds it (correct, 0.2 s slower)")
+    built = P._build_lark(P.GRAMMAR.read_text())
+    P._lark.cache_clear()
+    loaded = P._lark()
+    assert loaded.source_path == "<deserialized>"          # the table was used, not rebuilt
+    for f in sorted(LIBRARY.rglob("*.arch")):
+        text = f.read_text()
+        assert repr(loaded.parse(text)) == repr(built.parse(text)), f.name
+    for text in SYNTAX_ERRORS:
+        errors = []
+        for parser in (loaded, built):
+            with pytest.raises(Exception) as e:
+                parser.parse(text)
+            err = e.value              # (the message lists the expected set in arbitrary order)
+            errors.append((type(err), getattr(err, "line", None), getattr(err, "column", None),
+                           repr(getattr(err, "token", None)), sorted(getattr(err, "expected", ()))))
+        assert errors[0] == errors[1], text

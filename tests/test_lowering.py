@@ -594,3 +594,42 @@ def test_archc_load_builtin():
 def test_load_unknown_input_shape_error(every_op):
     with pytest.raises(ValueError, match="expects"):
         every_op.apply(every_op.init(0), rand(2, 9, 9, 3))
+
+
+def test_linen_module_is_the_same_function(every_op_nodrop):
+    """model.module (the Linen wrapper) computes what model.apply computes, in both modes,
+    and its own init makes the same variable tree."""
+    m = every_op_nodrop
+    v, x = m.init(0), rand(3, 9, 9, 4)
+    assert jax.tree.structure(m.module.init(jax.random.PRNGKey(0), x)) == jax.tree.structure(v)
+    close(m.module.apply(v, x), m.apply(v, x), 1e-6)
+    y, updates = m.module.apply(v, x, train=True, mutable=["batch_stats"])
+    y2, v2 = m.apply(v, x, train=True)
+    close(y, y2, 1e-6)
+    for a, b in zip(jax.tree.leaves(updates["batch_stats"]), jax.tree.leaves(v2["batch_stats"])):
+        close(a, b, 1e-6)
+
+
+@pytest.mark.parametrize("scale,center", [(True, True), (False, True), (True, False)])
+def test_bn_matches_flax_batchnorm(scale, center):
+    """archc's BN is Flax's nn.BatchNorm op for op: outputs and running statistics."""
+    import flax.linen as nn
+    g = GraphBuilder("bn", (5, 5, 6))
+    g.add("bn", "input", name="bn", momentum=0.8, eps=1e-3, scale=scale, center=center)
+    model = Model(g.output())
+    v = model.init(0)
+    if scale:
+        v["params"]["bn"]["scale"] = jnp.asarray(rand(6, seed=1, positive=True))
+    if center:
+        v["params"]["bn"]["bias"] = jnp.asarray(rand(6, seed=2))
+    v["batch_stats"]["bn"] = {"mean": jnp.asarray(rand(6, seed=3)), "var": jnp.asarray(rand(6, seed=4, positive=True))}
+    x = rand(4, 5, 5, 6, seed=5) * 3 + 1
+    ref = nn.BatchNorm(momentum=0.8, epsilon=1e-3, use_scale=scale, use_bias=center, use_fast_variance=False)
+    fv = {"params": v["params"]["bn"], "batch_stats": v["batch_stats"]["bn"]} if v["params"] else \
+         {"batch_stats": v["batch_stats"]["bn"]}
+    close(model.apply(v, x), ref.apply(fv, x, use_running_average=True), 1e-6)
+    y, new = model.apply(v, x, train=True)
+    y_ref, new_ref = ref.apply(fv, x, use_running_average=False, mutable=["batch_stats"])
+    close(y, y_ref, 1e-6)
+    for k in ("mean", "var"):
+        close(new["batch_stats"]["bn"][k], new_ref["batch_stats"][k], 1e-6)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..compiler.ir import Graph
-from ..compiler.lower import GraphModule, Program, variable_specs
+from ..compiler.lower import Program, run_graph
 from ..compiler.stats import summarize
 
 
@@ -42,8 +42,7 @@ class Model:
     def __init__(self, graph: Graph):
         self.graph = graph
         self.program = Program(graph)
-        self.module = GraphModule(self.program)
-        self.variable_specs = variable_specs(graph)
+        self.variable_specs = list(self.program.variable_specs)
         self._apply_jit = jax.jit(self._apply_pure, static_argnames=("train", "outputs"))
 
     # ---- description ----
@@ -68,6 +67,12 @@ class Model:
         fmt = "x".join
         return (f"Model({self.name!r}, {fmt(map(str, self.input_shape))} -> "
                 f"{fmt(map(str, self.output_shape))}, {s['trainable_params']:,} params)")
+
+    @property
+    def module(self):
+        """The same network as a Flax Linen module (archc.compiler.linen.GraphModule)."""
+        from ..compiler.linen import GraphModule
+        return GraphModule(self.program)
 
     # ---- variables ----
     def init(self, seed: int | jax.Array = 0) -> dict:
@@ -124,13 +129,12 @@ class Model:
         With ``train=True`` returns ``(y, variables)`` where ``variables`` holds the updated
         ``batch_stats`` (and dropout is active: ``rngs`` is a key or ``{'dropout': key}``).
         """
-        outputs = self.program.check_outputs(outputs)
         rngs = self._rngs(rngs, train)
+        y, updates = run_graph(self.program, variables, x, train=train, outputs=outputs,
+                               rng=rngs.get("dropout"))
         if not train:
-            return self.module.apply(variables, x, train=False, outputs=outputs, rngs=rngs)
-        y, updates = self.module.apply(variables, x, train=True, outputs=outputs, rngs=rngs,
-                                       mutable=["batch_stats"])
-        return y, {**variables, **updates}
+            return y
+        return y, {**variables, "batch_stats": {**variables.get("batch_stats", {}), **updates}}
 
     def _apply_pure(self, variables, x, rngs, train, outputs):
         return self.apply_fn(variables, x, train=train, rngs=rngs, outputs=outputs)
@@ -165,7 +169,7 @@ class Model:
                 jax.ShapeDtypeStruct(tuple(v.shape), jnp.float32)
 
         def run(variables, x):
-            return self.module.apply(variables, x, train=False, outputs=names)
+            return run_graph(self.program, variables, x, outputs=names)[0]
 
         return {k: tuple(v.shape) for k, v in jax.eval_shape(run, variables, x).items()}
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 from pathlib import Path
 
 import lark
@@ -11,6 +13,10 @@ from . import ast as A
 from .source import ArchError, Diagnostic, Span
 
 GRAMMAR = Path(__file__).with_name("arch.lark")
+# The LALR table Lark computes from GRAMMAR, shipped as JSON: computing it costs 0.15-0.3 s of
+# every process's first parse, loading it 0.03 s. Plain JSON data (never pickle, which Lark's
+# own cache uses); ignored unless made from this grammar text by this Lark minor version.
+PARSE_TABLE = Path(__file__).with_name("arch_table.json")
 
 # Bracket depth decides whether a line break separates statements: inside (...), [...] and
 # <...> it is plain whitespace; inside {...} (a block body) it separates statements again.
@@ -300,10 +306,41 @@ def _climb(t: _ToAst, items):
 _TRANSFORMER = _ToAst()
 
 
+def _table_key(grammar: str) -> dict:
+    lark_minor = ".".join(lark.__version__.split(".")[:2])      # table format is per minor release
+    return {"grammar_sha256": hashlib.sha256(grammar.encode()).hexdigest(), "lark": lark_minor}
+
+
+def _int_keys(pairs):
+    # JSON object keys are strings; Lark's table keys states and memo entries by int
+    return {int(k) if k.isdigit() else k: v for k, v in pairs}
+
+
+def _build_lark(grammar: str) -> lark.Lark:
+    return lark.Lark(grammar, parser="lalr", maybe_placeholders=False,
+                     postlex=_BracketPostLex(), transformer=_TRANSFORMER)
+
+
 @functools.lru_cache(maxsize=1)
 def _lark() -> lark.Lark:
-    return lark.Lark(GRAMMAR.read_text(), parser="lalr", maybe_placeholders=False,
-                     postlex=_BracketPostLex(), transformer=_TRANSFORMER)
+    grammar = GRAMMAR.read_text()
+    try:
+        table = json.loads(PARSE_TABLE.read_text(), object_pairs_hook=_int_keys)
+    except (OSError, ValueError):
+        table = None
+    if table is None or table.get("key") != _table_key(grammar):
+        return _build_lark(grammar)
+    return lark.Lark._load_from_dict(table["data"], table["memo"], postlex=_BracketPostLex(),
+                                     transformer=_TRANSFORMER)
+
+
+def write_parse_table(path: Path = PARSE_TABLE) -> None:
+    """Compute the LALR table from GRAMMAR and store it (``python -m archc.spec.parser``)."""
+    grammar = GRAMMAR.read_text()
+    data, memo = _build_lark(grammar).memo_serialize([lark.lexer.TerminalDef, lark.grammar.Rule])
+    data["options"].update(postlex=None, transformer=None)     # objects; given again at load
+    path.write_text(json.dumps({"key": _table_key(grammar), "data": data, "memo": memo},
+                               sort_keys=True, separators=(",", ":")) + "\n")
 
 
 def _shape(tok) -> tuple:
@@ -369,3 +406,8 @@ def _syntax_diagnostic(e: lark.exceptions.UnexpectedInput, text: str, file: str)
             hint = "expected " + (", ".join(expected[:8]) + (" …" if len(expected) > 8 else ""))
         return Diagnostic(f"unexpected {what}", Span(file, line, col, line, col + width), hint)
     return Diagnostic("syntax error", Span(file, line, col, line, col + 1))
+
+
+if __name__ == "__main__":
+    write_parse_table()
+    print(f"wrote {PARSE_TABLE}")
