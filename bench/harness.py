@@ -392,7 +392,7 @@ def render(res: dict) -> str:
               f"{med(a['check_s']):.3f} | {a['import_jax_s']:.2f} (jax) |",
               f"| **archc build, both** | **{a['first_s']:.3f}** | **{a['median_s']:.3f}** | |",
               f"| Keras DenseNet121 construction | {k['first_s']:.3f} | {k['median_s']:.3f} | {k['import_s']:.2f} |",
-              "", "Whole processes (wall time, median of 3, alternated):", "",
+              "", f"Whole processes (wall time, median of {len(cli['all_s'])}, alternated):", "",
               "| command | wall (s) | all (s) |", "|---|---:|---|",
               f"| `archc build densenet121` (process start, imports, build, table, lowering check) | "
               f"{cli['median_s']:.2f} | {', '.join(f'{t:.2f}' for t in cli['all_s'])} |",
@@ -459,6 +459,9 @@ def main(argv=None) -> int:
     ap.add_argument("--runs32", type=int, default=5)
     ap.add_argument("--runs1", type=int, default=5)
     ap.add_argument("--no-train", action="store_true")
+    ap.add_argument("--sections", nargs="+", choices=["peak", "build", "nets", "train"],
+                    default=["peak", "build", "nets", "train"],
+                    help="parts to run (a partial run is best written with --out to another file)")
     ap.add_argument("--compile-batches", default="32",
                     help="batches at which torch.compile is measured (comma-separated; Inductor compiles "
                          "take ~1 min each on 2 cores)")
@@ -514,31 +517,18 @@ def main(argv=None) -> int:
             write(Path(args.out), text)
         return text
 
-    section()
-    res["peak"] = call_worker(["peak"])
-    print(f"matmul peak {res['peak']['gflops']:.1f} GFLOP/s", file=sys.stderr)
-    from archc.compiler.build import build_graph
-    from archc.compiler.stats import summarize
-    res["resnet50_macs"] = summarize(build_graph("resnet50", None, None))["macs"]
-
-    section()
-    b = {"archc": call_worker(["build_archc"]), "keras": call_worker(["build_keras"])}
-    # whole processes, alternated: the `archc build` command against a Python process that
-    # imports Keras and constructs the model
-    commands = {"cli": [str(Path(sys.executable).with_name("archc")), "build", "densenet121"],
-                "keras_process": [sys.executable, "-c", KERAS_BUILD]}
-    walls: dict = {k: [] for k in commands}
-    for i in range(3):
-        for k in (list(commands) if i % 2 == 0 else list(commands)[::-1]):
-            t0 = time.perf_counter()
-            subprocess.run(commands[k], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            walls[k].append(time.perf_counter() - t0)
-    for k, ts in walls.items():
-        b[k] = {"median_s": statistics.median(ts), "all_s": ts}
-    res["build"] = b
-    flush()
-
-    for net in nets:
+    if "peak" in args.sections:
+        section()
+        res["peak"] = call_worker(["peak"])
+        print(f"matmul peak {res['peak']['gflops']:.1f} GFLOP/s", file=sys.stderr)
+        from archc.compiler.build import build_graph
+        from archc.compiler.stats import summarize
+        res["resnet50_macs"] = summarize(build_graph("resnet50", None, None))["macs"]
+    if "build" in args.sections:
+        section()
+        res["build"] = build_timings()
+        flush()
+    for net in nets if "nets" in args.sections else []:
         section()
         try:
             res["net"][net] = call_worker(["net", net, ",".join(map(str, batches)), args.runs32, args.runs1,
@@ -546,8 +536,7 @@ def main(argv=None) -> int:
         except Exception as e:  # noqa: BLE001 - report the rest
             print(f"{net}: {e}", file=sys.stderr)
         flush()
-
-    if not (args.quick or args.no_train):
+    if "train" in args.sections and not (args.quick or args.no_train):
         # one process per framework, in two rounds (A B A B) so that drifts in machine speed
         # reach both
         res["train"] = {"rounds": []}
@@ -555,9 +544,25 @@ def main(argv=None) -> int:
             section()
             res["train"]["rounds"].append({fw: call_worker(["train", fw, args.runs32])
                                            for fw in ("archc", "torch-eager")})
-
     print(flush())
     return 0
+
+
+def build_timings() -> dict:
+    b = {"archc": call_worker(["build_archc"]), "keras": call_worker(["build_keras"])}
+    # whole processes, alternated: the `archc build` command against a Python process that
+    # imports Keras and constructs the model
+    commands = {"cli": [str(Path(sys.executable).with_name("archc")), "build", "densenet121"],
+                "keras_process": [sys.executable, "-c", KERAS_BUILD]}
+    walls: dict = {k: [] for k in commands}
+    for i in range(5):
+        for k in (list(commands) if i % 2 == 0 else list(commands)[::-1]):
+            t0 = time.perf_counter()
+            subprocess.run(commands[k], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            walls[k].append(time.perf_counter() - t0)
+    for k, ts in walls.items():
+        b[k] = {"median_s": statistics.median(ts), "all_s": ts}
+    return b
 
 
 if __name__ == "__main__":
