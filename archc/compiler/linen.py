@@ -55,5 +55,3 @@ class GraphModule(nn.Module):
             for node, new in updates.items():
                 stats[node].value = {**stats[node].value, **new}
         return y
-
-

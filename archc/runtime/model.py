@@ -42,8 +42,12 @@ class Model:
     def __init__(self, graph: Graph):
         self.graph = graph
         self.program = Program(graph)
-        self.variable_specs = list(self.program.variable_specs)
         self._apply_jit = jax.jit(self._apply_pure, static_argnames=("train", "outputs"))
+
+    @property
+    def variable_specs(self) -> tuple:
+        """Every variable the model has, in graph order (archc.compiler.lower.VarSpec)."""
+        return self.program.variable_specs
 
     # ---- description ----
     @property
