@@ -343,9 +343,10 @@ def test_import_then_predict_cli(tmp_path):
     r = run_cli("predict", "squeezenet1_1", "--weights", out, *imgs, "--top", "3", "--json")
     assert r.returncode == 0, r.stderr
     import json
+    from archc.runtime.predict import imagenet_classes
     res = json.loads(r.stdout)
     assert [x["file"] for x in res] == [str(p) for p in imgs] and all(len(x["top"]) == 3 for x in res)
-    classes = archc.runtime.predict.imagenet_classes()
+    classes = imagenet_classes()
     assert res[0]["top"][0]["label"] == classes[res[0]["top"][0]["index"]]
     # same numbers as torchvision on torchvision's preprocessing
     T = tv.transforms
