@@ -146,16 +146,18 @@ def cmd_bench(args) -> int:
     if args.profile:
         from .runtime.profile import profile_model, render_profile
         try:
-            p = profile_model(Model(_graph(args)), batch=args.batch, runs=args.repeats)
+            p = profile_model(Model(_graph(args)), batch=args.batch, runs=args.repeats, dtype=args.dtype)
         except RuntimeError as e:
             raise ArchError([_diag(str(e))]) from None
         print(json.dumps(p, indent=1) if args.json else render_profile(p, top=args.top))
         return 0
-    result = bench_model(Model(_graph(args)), batch=args.batch, iters=args.iters, repeats=args.repeats)
+    result = bench_model(Model(_graph(args)), batch=args.batch, iters=args.iters, repeats=args.repeats,
+                         dtype=args.dtype)
     if args.json:
         print(json.dumps(result, indent=1))
     else:
-        print(f"{result['name']}: batch {result['batch']}, {fmt_shape(result['input_shape'])} on {result['device']}")
+        print(f"{result['name']}: batch {result['batch']}, {fmt_shape(result['input_shape'])}, "
+              f"{result['dtype']} compute on {result['device']}")
         print(f"  XLA compile      {result['compile_s']:.2f} s")
         print(f"  throughput       {result['images_per_s']:.1f} images/s (median of {args.repeats} x {args.iters} calls, warm-up excluded)")
         print(f"  peak memory      {result['peak_rss_mib']:.0f} MiB resident")
@@ -397,6 +399,9 @@ def main(argv=None) -> int:
     sp.add_argument("--batch", type=int, default=1)
     sp.add_argument("--iters", type=int, default=5)
     sp.add_argument("--repeats", type=int, default=5)
+    sp.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                    help="compute dtype: bfloat16 runs convs and dense layers in bf16 (BN "
+                         "statistics, weights and outputs stay float32)")
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--profile", action="store_true",
                     help="time each compiled kernel and name it by the IR nodes fused into it (CPU)")

@@ -633,3 +633,73 @@ def test_bn_matches_flax_batchnorm(scale, center):
     close(y, y_ref, 1e-6)
     for k in ("mean", "var"):
         close(new["batch_stats"]["bn"][k], new_ref["batch_stats"][k], 1e-6)
+
+
+# ---------------------------------------------------------------- mixed precision
+def _conv_bn_dense():
+    g = GraphBuilder("mp", (9, 9, 4))
+    x = g.conv("input", 8, 3, bias=True, name="conv")
+    x = g.act(g.bn(x, name="bn"), "relu", name="relu")
+    x = g.add("global_pool", x, name="gap", kind="avg", keepdims=False)
+    g.add("dense", x, name="fc", features=5)
+    return Model(g.output())
+
+
+def test_bf16_policy_is_flax_mixed_precision():
+    """dtype='bfloat16' computes what Flax's modules do with dtype=bfloat16 and float32
+    params: convs and dense layers in bf16, BN statistics in float32; the output is float32."""
+    import flax.linen as nn
+
+    class Ref(nn.Module):
+        @nn.compact
+        def __call__(self, x, train):
+            bf = jnp.bfloat16
+            x = nn.Conv(8, (3, 3), padding=((1, 1), (1, 1)), dtype=bf, name="conv")(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                             use_fast_variance=False, dtype=bf, name="bn")(x)
+            x = nn.relu(x).mean((1, 2))
+            return nn.Dense(5, dtype=bf, name="fc")(x)
+
+    model = _conv_bn_dense()
+    v = model.init(3)
+    v["batch_stats"]["bn"] = {"mean": jnp.asarray(rand(8, seed=1) * 0.1),
+                              "var": jnp.asarray(rand(8, seed=2, positive=True))}
+    x = rand(4, 9, 9, 4, seed=4)
+    y = model.apply(v, x, dtype="bfloat16")
+    assert y.dtype == jnp.float32
+    ref = Ref().apply(v, x, train=False).astype(jnp.float32)
+    f32 = model.apply(v, x)
+    scale = float(jnp.abs(f32).max())
+    # the same bf16 arithmetic as Flax (identical on this CPU), visibly not float32's
+    assert float(jnp.abs(y - ref).max()) < 2e-4 * scale
+    assert float(jnp.abs(y - f32).max()) > 1e-3 * scale
+    # training mode: float32 statistics close to Flax's, float32 gradients
+    yt, new = model.apply(v, x, train=True, dtype="bfloat16")
+    yt_ref, new_ref = Ref().apply(v, x, train=True, mutable=["batch_stats"])
+    assert float(jnp.abs(yt - yt_ref.astype(jnp.float32)).max()) < 2e-4 * float(jnp.abs(yt).max())
+    for k in ("mean", "var"):
+        got, want = new["batch_stats"]["bn"][k], new_ref["batch_stats"]["bn"][k]
+        assert got.dtype == jnp.float32
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    grads = jax.grad(lambda p: model.apply_fn({**v, "params": p}, x, train=True,
+                                              dtype="bfloat16")[0].sum())(v["params"])
+    assert {a.dtype for a in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
+
+
+def test_bf16_policy_runs_convs_and_dots_in_bf16():
+    """The policy reaches XLA: the conv and the dense are bf16 operations, BN's reductions f32."""
+    model = _conv_bn_dense()
+    v, x = model.init(0), rand(2, 9, 9, 4)
+    hlo = jax.jit(lambda v, x: model.apply_fn(v, x, dtype="bfloat16")).lower(v, x).as_text()
+    conv = [line for line in hlo.splitlines() if "convolution" in line]
+    dots = [line for line in hlo.splitlines() if "dot_general" in line or " dot(" in line]
+    assert conv and all("bf16" in line for line in conv), conv
+    assert dots and all("bf16" in line for line in dots), dots
+    hlo32 = jax.jit(lambda v, x: model.apply_fn(v, x)).lower(v, x).as_text()
+    assert "bf16" not in hlo32
+
+
+def test_unknown_compute_dtype_is_a_readable_error():
+    model = _conv_bn_dense()
+    with pytest.raises(ValueError, match="unknown compute dtype 'int8'.*bfloat16"):
+        model.apply(model.init(0), rand(1, 9, 9, 4), dtype="int8")

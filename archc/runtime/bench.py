@@ -12,6 +12,8 @@ import time
 import jax
 import jax.numpy as jnp
 
+from ..compiler.lower import compute_dtype
+
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -38,12 +40,13 @@ def time_compiled(compiled, variables, x, iters: int = 5, repeats: int = 5, warm
     return statistics.median(rates)
 
 
-def bench_model(model, batch: int = 1, iters: int = 5, repeats: int = 5, dtype=jnp.float32) -> dict:
+def bench_model(model, batch: int = 1, iters: int = 5, repeats: int = 5, dtype=None) -> dict:
+    """``dtype``: the compute dtype of the mixed-precision policy ('bfloat16'), None for float32."""
     variables = model.init(seed=0)
-    x = jnp.ones((batch,) + tuple(model.input_shape), dtype)
+    x = jnp.ones((batch,) + tuple(model.input_shape), jnp.float32)
 
     def forward(v, x):
-        return model.apply_fn(v, x)
+        return model.apply_fn(v, x, dtype=dtype)
 
     compiled, compile_s = compile_forward(forward, variables, x)
     ips = time_compiled(compiled, variables, x, iters=iters, repeats=repeats)
@@ -53,6 +56,7 @@ def bench_model(model, batch: int = 1, iters: int = 5, repeats: int = 5, dtype=j
         "input_shape": list(model.input_shape),
         "compile_s": round(compile_s, 3),
         "images_per_s": round(ips, 2),
+        "dtype": jnp.dtype(compute_dtype(dtype) or jnp.float32).name,
         "peak_rss_mib": round(peak_rss_mib(), 1),
         "device": str(jax.devices()[0]),
     }

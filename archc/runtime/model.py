@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..compiler.ir import Graph
-from ..compiler.lower import Program, run_graph
+from ..compiler.lower import Program, compute_dtype, run_graph
 from ..compiler.stats import summarize
 
 
@@ -42,7 +42,7 @@ class Model:
     def __init__(self, graph: Graph):
         self.graph = graph
         self.program = Program(graph)
-        self._apply_jit = jax.jit(self._apply_pure, static_argnames=("train", "outputs"))
+        self._apply_jit = jax.jit(self._apply_pure, static_argnames=("train", "outputs", "dtype"))
 
     @property
     def variable_specs(self) -> tuple:
@@ -126,30 +126,34 @@ class Model:
         return {"dropout": rngs}
 
     def apply_fn(self, variables, x, train: bool = False, rngs=None,
-                 outputs: Sequence[str] | str | None = None):
+                 outputs: Sequence[str] | str | None = None, dtype=None):
         """The pure forward function (no internal jit).
 
         Returns the primary output, or a dict name -> array when ``outputs`` names nodes.
         With ``train=True`` returns ``(y, variables)`` where ``variables`` holds the updated
         ``batch_stats`` (and dropout is active: ``rngs`` is a key or ``{'dropout': key}``).
+        ``dtype='bfloat16'``: mixed precision -- convs and dense layers compute in bf16, BN
+        statistics, variables and outputs stay float32 (archc.compiler.lower.COMPUTE_DTYPES).
         """
         rngs = self._rngs(rngs, train)
         y, updates = run_graph(self.program, variables, x, train=train, outputs=outputs,
-                               rng=rngs.get("dropout"))
+                               rng=rngs.get("dropout"), dtype=dtype)
         if not train:
             return y
         return y, {**variables, "batch_stats": {**variables.get("batch_stats", {}), **updates}}
 
-    def _apply_pure(self, variables, x, rngs, train, outputs):
-        return self.apply_fn(variables, x, train=train, rngs=rngs, outputs=outputs)
+    def _apply_pure(self, variables, x, rngs, train, outputs, dtype):
+        return self.apply_fn(variables, x, train=train, rngs=rngs, outputs=outputs, dtype=dtype)
 
     def apply(self, variables, x, train: bool = False, rng=None,
-              outputs: Sequence[str] | str | None = None):
-        """``apply_fn`` compiled with ``jax.jit``, cached per (input shapes, train, outputs).
-        ``rng``: a PRNG key (or dict of keys) for dropout when ``train=True``."""
+              outputs: Sequence[str] | str | None = None, dtype=None):
+        """``apply_fn`` compiled with ``jax.jit``, cached per (input shapes, train, outputs,
+        dtype). ``rng``: a PRNG key (or dict of keys) for dropout when ``train=True``."""
         outputs = self.program.check_outputs(outputs)
         self._rngs(rng, train)                         # fail early, outside the trace
-        return self._apply_jit(variables, x, rng, train=bool(train), outputs=outputs)
+        dtype = compute_dtype(dtype)
+        return self._apply_jit(variables, x, rng, train=bool(train), outputs=outputs,
+                               dtype=None if dtype is None else jnp.dtype(dtype).name)
 
     def fold_batchnorm(self, variables) -> tuple["Model", dict]:
         """An inference model with each BN folded into the conv/dense before it, and its variables

@@ -16,6 +16,7 @@ import re
 import tempfile
 import time
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -88,7 +89,7 @@ def _trace_events(logdir: Path) -> list[dict]:
     return [e for e in events if e.get("ph") == "X"]
 
 
-def profile_model(model, batch: int = 1, runs: int = 3, variables=None) -> dict:
+def profile_model(model, batch: int = 1, runs: int = 3, variables=None, dtype=None) -> dict:
     """Profile ``model``'s inference forward pass at ``batch``. Returns a dict with the wall time
     per call, the summed kernel time per call, and ``kernels`` (one row per thunk: ms per call,
     IR op kind, IR nodes, result shape) and ``by_op`` (ms per IR op kind), heaviest first."""
@@ -96,7 +97,7 @@ def profile_model(model, batch: int = 1, runs: int = 3, variables=None) -> dict:
         raise RuntimeError(f"profile: only the CPU backend is supported (this is {jax.default_backend()})")
     variables = model.init(seed=0) if variables is None else variables
     x = jnp.asarray(np.random.default_rng(0).standard_normal((batch,) + tuple(model.input_shape), np.float32))
-    compiled = jax.jit(model.apply_fn).lower(variables, x).compile(
+    compiled = jax.jit(partial(model.apply_fn, dtype=dtype)).lower(variables, x).compile(
         compiler_options={"xla_cpu_enable_xprof_traceme": True})
     jax.block_until_ready(compiled(variables, x))                 # warm-up
     names = thunk_nodes(compiled.as_text(), list(model.graph.nodes))

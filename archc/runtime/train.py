@@ -655,24 +655,21 @@ class Trainer:
 
     def _forward_fn(self, train: bool):
         import jax
-        import jax.numpy as jnp
-        model, logits_name, bf16 = self.model, self.logits, self.cfg.bf16
+        model, logits_name = self.model, self.logits
+        dtype = "bfloat16" if self.cfg.bf16 else None     # the graph's mixed-precision policy
 
         def forward(params, batch_stats, x, rng):
-            if bf16:
-                params = jax.tree_util.tree_map(lambda p: p.astype(jnp.bfloat16), params)
-                x = x.astype(jnp.bfloat16)
             variables = {"params": params}
             if batch_stats:
                 variables["batch_stats"] = batch_stats
             if train:
-                out, new = model.apply_fn(variables, x, train=True, rngs=rng, outputs=(logits_name,))
-                stats = jax.tree_util.tree_map(lambda s: s.astype(jnp.float32),
-                                               new.get("batch_stats", {}))
+                out, new = model.apply_fn(variables, x, train=True, rngs=rng, outputs=(logits_name,),
+                                          dtype=dtype)
+                stats = new.get("batch_stats", {})
             else:
-                out = model.apply_fn(variables, x, train=False, outputs=(logits_name,))
+                out = model.apply_fn(variables, x, train=False, outputs=(logits_name,), dtype=dtype)
                 stats = batch_stats
-            return out[logits_name].astype(jnp.float32), stats
+            return out[logits_name], stats
 
         if self.cfg.remat:
             forward = jax.checkpoint(forward, policy=jax.checkpoint_policies.dots_saveable)
