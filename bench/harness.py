@@ -41,6 +41,22 @@ def load1() -> float:
     return os.getloadavg()[0]
 
 
+def cpu_jiffies() -> list:
+    """(steal, total) CPU jiffies since boot from /proc/stat: the share of time the hypervisor
+    gave this VM's cores to others (steal) between two readings is the noise floor of a timing."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return [0, 0]
+    return [fields[7] if len(fields) > 7 else 0, sum(fields)]
+
+
+def steal_pct(start, end) -> float:
+    d_total = end[1] - start[1]
+    return 100.0 * (end[0] - start[0]) / d_total if d_total > 0 else 0.0
+
+
 def rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -83,7 +99,7 @@ def worker_net(net: str, batches: list[int], runs32: int, runs1: int, only=None)
     import jax
     jax.config.update("jax_enable_compilation_cache", False)
     from peers import runners
-    out = {"net": net, "load_start": load1(), "frameworks": {}, "batches": batches}
+    out = {"net": net, "load_start": load1(), "cpu_start": cpu_jiffies(), "frameworks": {}, "batches": batches}
     rs = runners(net, only)
     prepared = {}
     for r in rs:
@@ -140,7 +156,7 @@ def worker_net(net: str, batches: list[int], runs32: int, runs1: int, only=None)
         out["times"][b] = {n: {"iters": iters[n], "runs": runs, "s_per_call": ts} for n, ts in times.items()}
         print(f"[{net}] batch {b}: " + ", ".join(f"{n} {v:.1f}" for n, v in out["ips"][b].items()),
               file=sys.stderr, flush=True)
-    out["load_end"] = load1()
+    out["load_end"], out["cpu_end"] = load1(), cpu_jiffies()
     emit(out)
 
 
@@ -210,9 +226,13 @@ def worker_build_keras():
 def worker_train(framework: str, runs: int):
     """`runs` timed training steps of one framework, alone in this process (two frameworks
     training batch 32 in one process compete for memory: session 2 measured archc at 77 s/step
-    that way and 24 s alone)."""
+    that way and 24 s alone). A '-bf16' suffix: mixed precision, archc's dtype='bfloat16'
+    policy against PyTorch's CPU autocast to bfloat16 (both keep float32 weights)."""
     import numpy as np
-    batch, out = 32, {"load_start": load1(), "batch": 32, "framework": framework}
+    batch = 32
+    out = {"load_start": load1(), "cpu_start": cpu_jiffies(), "batch": batch, "framework": framework}
+    bf16 = framework.endswith("-bf16")
+    framework = framework.removesuffix("-bf16")
     rng = np.random.default_rng(0)
     xh = rng.standard_normal((batch, 224, 224, 3), np.float32)
     labels = rng.integers(0, 1000, batch)
@@ -230,7 +250,8 @@ def worker_train(framework: str, runs: int):
 
         def step(params, stats, opt, x, y):
             def loss_fn(p):
-                logits, nv = model.apply_fn({"params": p, "batch_stats": stats}, x, train=True)
+                logits, nv = model.apply_fn({"params": p, "batch_stats": stats}, x, train=True,
+                                            dtype="bfloat16" if bf16 else None)
                 return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), nv["batch_stats"]
             (loss, stats2), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
             upd, opt2 = tx.update(g, opt, params)
@@ -257,7 +278,8 @@ def worker_train(framework: str, runs: int):
 
         def run():
             topt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(tm(tx_), ty)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = torch.nn.functional.cross_entropy(tm(tx_), ty)
             loss.backward()
             topt.step()
 
@@ -268,7 +290,7 @@ def worker_train(framework: str, runs: int):
         t0 = time.perf_counter()
         run()
         times.append(time.perf_counter() - t0)
-    out.update(times=times, load_end=load1(), peak_rss_gib=peak_rss_gib())
+    out.update(times=times, load_end=load1(), cpu_end=cpu_jiffies(), peak_rss_gib=peak_rss_gib())
     emit(out)
 
 
@@ -353,8 +375,9 @@ def render(res: dict) -> str:
         r = res["net"].get(net)
         if r is None:
             continue
+        steal = f", steal {steal_pct(r['cpu_start'], r['cpu_end']):.0f} %" if "cpu_start" in r else ""
         L += [f"### {net} ({'299x299' if net == 'inception_v3' else '224x224'}) — load {r['load_start']:.2f} → "
-              f"{r['load_end']:.2f}", ""]
+              f"{r['load_end']:.2f}{steal}", ""]
         bs = [str(b) for b in r["batches"]]
         head = "| framework | " + " | ".join(f"img/s b{b} | ×archc b{b} | compile b{b} (s)" for b in bs) \
             + " | RSS + (MiB) |"
@@ -409,17 +432,28 @@ def render(res: dict) -> str:
         L += [f"### Training step, ResNet-50, batch 32 — load {min(loads):.2f} to {max(loads):.2f}", "",
               "SGD momentum 0.9, softmax cross-entropy; one step = forward + backward + update. archc: "
               "`jax.jit(step, donate_argnums=(params, batch_stats, opt_state))` with optax; PyTorch eager: "
-              "`loss.backward(); opt.step()`. Each framework trains alone in its own process, "
-              f"{len(rounds)} rounds (archc, PyTorch, archc, PyTorch) of {len(rounds[0]['archc']['times'])} "
-              "timed steps after 1 warm-up.", "",
-              "| | img/s | s/step (median) | all steps (s) | peak RSS (GiB) |", "|---|---:|---:|---|---:|"]
+              "`loss.backward(); opt.step()`. '-bf16': mixed precision with float32 weights, archc's "
+              "`dtype='bfloat16'` policy and PyTorch's `torch.autocast('cpu', torch.bfloat16)`. Each "
+              f"framework trains alone in its own process, {len(rounds)} rounds in the order of the "
+              f"table, {len(rounds[0]['archc']['times'])} timed steps after 1 warm-up. Steal: the share "
+              "of the VM's CPU time the hypervisor took (/proc/stat) while that process ran.", "",
+              "| | img/s | s/step (median) | all steps (s) | peak RSS (GiB) | steal % |",
+              "|---|---:|---:|---|---:|---|"]
         for fw, ts in steps.items():
             rss = max(r[fw]["peak_rss_gib"] for r in rounds)
+            steal = ", ".join(f"{steal_pct(r[fw]['cpu_start'], r[fw]['cpu_end']):.0f}"
+                              for r in rounds if "cpu_start" in r[fw])
             L.append(f"| {fw} | {32 / statistics.median(ts):.2f} | {statistics.median(ts):.2f} | "
-                     f"{', '.join(f'{t:.1f}' for t in ts)} | {rss:.1f} |")
-        ratio = statistics.median(steps["torch-eager"]) / statistics.median(steps["archc"])
-        L += ["", f"Ratio archc / PyTorch eager (speed, ratio of median step times): {ratio:.2f}. "
-              f"archc step compile: {statistics.median(r['archc']['compile_s'] for r in rounds):.1f} s.", ""]
+                     f"{', '.join(f'{t:.1f}' for t in ts)} | {rss:.1f} | {steal} |")
+        L.append("")
+        for suffix in ("", "-bf16"):
+            a, t = steps.get("archc" + suffix), steps.get("torch-eager" + suffix)
+            if a and t:
+                L.append(f"Ratio archc{suffix} / PyTorch eager{suffix} (speed, ratio of median step times): "
+                         f"{statistics.median(t) / statistics.median(a):.2f}.")
+        if "archc-bf16" in steps:
+            L.append(f"archc bf16 / float32: {statistics.median(steps['archc']) / statistics.median(steps['archc-bf16']):.2f}.")
+        L += [f"archc step compile: {statistics.median(r['archc']['compile_s'] for r in rounds):.1f} s.", ""]
     if "peak" in res and "resnet50" in res["net"]:
         p, r = res["peak"], res["net"]["resnet50"]
         macs = res["resnet50_macs"]
@@ -459,6 +493,10 @@ def main(argv=None) -> int:
     ap.add_argument("--runs32", type=int, default=5)
     ap.add_argument("--runs1", type=int, default=5)
     ap.add_argument("--no-train", action="store_true")
+    ap.add_argument("--runs-train", type=int, default=5, help="timed steps per training process")
+    ap.add_argument("--train-frameworks", nargs="+",
+                    default=["archc", "torch-eager", "archc-bf16", "torch-eager-bf16"],
+                    choices=["archc", "torch-eager", "archc-bf16", "torch-eager-bf16"])
     ap.add_argument("--sections", nargs="+", choices=["peak", "build", "nets", "train"],
                     default=["peak", "build", "nets", "train"],
                     help="parts to run (a partial run is best written with --out to another file)")
@@ -542,8 +580,8 @@ def main(argv=None) -> int:
         res["train"] = {"rounds": []}
         for _ in range(2):
             section()
-            res["train"]["rounds"].append({fw: call_worker(["train", fw, args.runs32])
-                                           for fw in ("archc", "torch-eager")})
+            res["train"]["rounds"].append({fw: call_worker(["train", fw, args.runs_train])
+                                           for fw in args.train_frameworks})
     print(flush())
     return 0
 

@@ -628,6 +628,14 @@ VARIABLES: dict[str, Callable] = {
 }
 
 
+def variables_tree(specs, leaf: Callable) -> dict:
+    """``{collection: {node: {leaf name: leaf(spec)}}}`` for variable specs, in their order."""
+    tree: dict = {}
+    for v in specs:
+        tree.setdefault(v.collection, {}).setdefault(v.node, {})[v.leaf] = leaf(v)
+    return tree
+
+
 def variable_specs(graph: Graph) -> list[VarSpec]:
     """Every variable the lowered module has, in graph order."""
     specs = []

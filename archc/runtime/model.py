@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..compiler.ir import Graph
-from ..compiler.lower import Program, compute_dtype, run_graph
+from ..compiler.lower import Program, compute_dtype, run_graph, variables_tree
 from ..compiler.stats import summarize
 
 
@@ -97,22 +97,19 @@ class Model:
         flat = _truncated_normal(key, _bucket(n_random)) if n_random else None
         if not isinstance(flat, jax.core.Tracer):
             flat = np.asarray(flat) if n_random else None
-        variables: dict = {}
         offset = 0
-        for v in self.variable_specs:
+
+        def value(v):
+            nonlocal offset
             if v.init == "lecun_normal":
                 n = prod(v.shape)
                 std = np.float32(np.sqrt(1.0 / v.fan_in)) / np.float32(_TRUNC_STD)
-                value = flat[offset:offset + n].reshape(v.shape) * std
                 offset += n
-            elif v.init == "zeros":
-                value = np.zeros(v.shape, np.float32)
-            elif v.init == "ones":
-                value = np.ones(v.shape, np.float32)
-            else:
-                value = np.full(v.shape, v.value, np.float32)
-            variables.setdefault(v.collection, {}).setdefault(v.node, {})[v.leaf] = jnp.asarray(value)
-        return variables
+                return jnp.asarray(flat[offset - n:offset].reshape(v.shape) * std)
+            fill = {"zeros": 0.0, "ones": 1.0}.get(v.init, v.value)
+            return jnp.asarray(np.full(v.shape, fill, np.float32))
+
+        return variables_tree(self.variable_specs, value)
 
     # ---- running ----
     def _rngs(self, rngs, train: bool):
@@ -171,10 +168,8 @@ class Model:
         x = xs[0] if len(xs) == 1 else xs
 
         # Abstract variables from the specs: tracing apply skips the initialisers entirely.
-        variables: dict = {}
-        for v in self.variable_specs:
-            variables.setdefault(v.collection, {}).setdefault(v.node, {})[v.leaf] = \
-                jax.ShapeDtypeStruct(tuple(v.shape), jnp.float32)
+        variables = variables_tree(self.variable_specs,
+                                   lambda v: jax.ShapeDtypeStruct(tuple(v.shape), jnp.float32))
 
         def run(variables, x):
             return run_graph(self.program, variables, x, outputs=names)[0]

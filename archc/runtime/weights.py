@@ -593,14 +593,14 @@ def import_weights(model, checkpoint, *, source: str | None = None, rules=None,
 
 def _assemble(model, assignments: Mapping, report: Report, seed: int) -> dict:
     import jax.numpy as jnp
+    from ..compiler.lower import variables_tree
     base = model.init(seed=seed) if report.allowed_missing else None
-    variables: dict = {}
-    for v in model.variable_specs:
-        value = assignments.get((v.collection, v.node, v.leaf))
-        if value is None:
-            value = base[v.collection][v.node][v.leaf]
-        variables.setdefault(v.collection, {}).setdefault(v.node, {})[v.leaf] = jnp.asarray(value)
-    return variables
+
+    def value(v):
+        got = assignments.get((v.collection, v.node, v.leaf))
+        return jnp.asarray(base[v.collection][v.node][v.leaf] if got is None else got)
+
+    return variables_tree(model.variable_specs, value)
 
 
 def weights_metadata(model, report: Report, rules: Rules | None) -> dict:
