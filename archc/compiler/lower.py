@@ -164,9 +164,17 @@ def _cpu_conv_path(a: dict, x) -> str | None:
 # Elementwise arithmetic in lax rather than jnp operators: the same HLO, but a jnp operator
 # costs ~0.5 ms of dispatch per call while tracing, a lax primitive ~0.02 ms, and tracing
 # speed is what `archc build`'s shape check and every compile pay for.
+def _cast(a, dtype):
+    return a if a.dtype == dtype else lax.convert_element_type(a, dtype)
+
+
+def _at_least_f32(x):
+    return _cast(x, jnp.promote_types(x.dtype, jnp.float32))
+
+
 def _promote(*xs):
     dtype = jnp.result_type(*xs)
-    return [x if x.dtype == dtype else lax.convert_element_type(x, dtype) for x in xs]
+    return [_cast(x, dtype) for x in xs]
 
 
 def _elementwise(op, xs):
@@ -184,14 +192,10 @@ def _channelwise(op, x, c):
 
 
 def _accumulator(x):
-    """Products of bf16/f16 operands accumulate in float32, then round once (_narrow): XLA:CPU
+    """Products of bf16/f16 operands accumulate in float32, then round once (_cast): XLA:CPU
     runs them on its fast path that way (ResNet-50 batch 32 in bf16: 11.3 -> 14.8 img/s; a
     bf16 result type made it 5% slower than float32). Elsewhere the operands' own type."""
     return jnp.float32 if x.dtype in (jnp.bfloat16, jnp.float16) else None
-
-
-def _narrow(y, x):
-    return y if y.dtype == x.dtype else lax.convert_element_type(y, x.dtype)
 
 
 def _cpu_conv(path: str, a: dict, x, kernel):
@@ -199,18 +203,18 @@ def _cpu_conv(path: str, a: dict, x, kernel):
     if path == "pointwise":
         if (sh, sw) != (1, 1):
             x = lax.slice(x, (0, 0, 0, 0), x.shape, (1, sh, sw, 1))
-        return _narrow(lax.dot_general(x, lax.squeeze(kernel, (0, 1)), (((3,), (0,)), ((), ())),
-                                       preferred_element_type=_accumulator(x)), x)
+        return _cast(lax.dot_general(x, lax.squeeze(kernel, (0, 1)), (((3,), (0,)), ((), ())),
+                                     preferred_element_type=_accumulator(x)), x.dtype)
     if path == "pad_crop":
         ho, wo = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
         pad = [(0, int(kh > 1)), (0, int(kw > 1))]
-        y = _narrow(lax.conv_general_dilated(x, kernel, (sh, sw), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                             preferred_element_type=_accumulator(x)), x)
+        y = _cast(lax.conv_general_dilated(x, kernel, (sh, sw), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                           preferred_element_type=_accumulator(x)), x.dtype)
         return lax.slice(y, (0, 0, 0, 0), (y.shape[0], ho, wo, y.shape[3]))
     # depthwise as shifted slices; the barrier makes XLA compute the input once: fused into the
     # k*k slices, a producer such as BN + swish ran k*k times (EfficientNet-B0: 19 -> 44 img/s).
     # The taps sum in float32 (as the products above), rounded once at the end.
-    x0 = x
+    out_dtype = x.dtype
     x, kernel = _at_least_f32(lax.optimization_barrier(x)), _at_least_f32(kernel)
     (pt, pb), (pl, pr) = a["padding"]
     xp = lax.pad(x, lax.full((), 0, x.dtype), ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
@@ -222,7 +226,7 @@ def _cpu_conv(path: str, a: dict, x, kernel):
                                    (1, sh, sw, 1)),
                          lax.squeeze(lax.slice(kernel, (i, j, 0, 0), (i + 1, j + 1, 1, c)), (0, 1, 2)))
             for i in range(kh) for j in range(kw)]
-    return _narrow(functools.reduce(lax.add, taps), x0)
+    return _cast(functools.reduce(lax.add, taps), out_dtype)
 
 
 def _add_bias(y, v):
@@ -234,7 +238,7 @@ def _operands(run, x, kernel):
     is set (the kernel is already cast, see _node_variables), else their common type."""
     if run.dtype is None:
         return _promote(x, kernel)
-    return (x if x.dtype == run.dtype else lax.convert_element_type(x, run.dtype)), kernel
+    return _cast(x, run.dtype), kernel
 
 
 def _conv(node: Node, xs, v, run):
@@ -248,7 +252,7 @@ def _conv(node: Node, xs, v, run):
                                  dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                  feature_group_count=a.get("groups", 1),
                                  preferred_element_type=_accumulator(x))
-    return _add_bias(_narrow(y, x), v)
+    return _add_bias(_cast(y, x.dtype), v)
 
 
 def _conv_transpose(node: Node, xs, v, run):
@@ -263,7 +267,7 @@ def _conv_transpose(node: Node, xs, v, run):
     y = lax.conv_transpose(x, kernel, tuple(a["strides"]), pads,
                            dimension_numbers=("NHWC", "HWIO", "NHWC"), transpose_kernel=True,
                            preferred_element_type=_accumulator(x))
-    return _add_bias(_narrow(y, x), v)
+    return _add_bias(_cast(y, x.dtype), v)
 
 
 def _axis_counts(n: int, k: int, s: int, pad: tuple, extra: tuple, include_pad: bool) -> np.ndarray:
@@ -331,7 +335,7 @@ def _flatten(node: Node, xs, v, run):
 def _dense(node: Node, xs, v, run):
     x, kernel = _operands(run, xs[0], v["kernel"])
     y = lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=_accumulator(x))
-    return _add_bias(_narrow(y, x), v)
+    return _add_bias(_cast(y, x.dtype), v)
 
 
 def _dropout(node: Node, xs, v, run):
@@ -349,7 +353,6 @@ def _bn(node: Node, xs, v, run):
     # either way give the same numbers. Like Flax, statistics and normalisation are at least
     # float32 under a bf16/f16 policy; the result goes back to the input's dtype.
     a, x = node.attrs, xs[0]
-    in_dtype = x.dtype
     x = _at_least_f32(x)
     axes = tuple(range(x.ndim - 1))
     if run.train:
@@ -363,7 +366,7 @@ def _bn(node: Node, xs, v, run):
     if "scale" in v:
         mul = lax.mul(*_promote(mul, v["scale"]))
     y = _add_bias(_channelwise(lax.mul, _channelwise(lax.sub, x, mean), mul), v)
-    return y if y.dtype == in_dtype else lax.convert_element_type(y, in_dtype)
+    return _cast(y, xs[0].dtype)
 
 
 def _lrn(node: Node, xs, v, run):
@@ -373,11 +376,6 @@ def _lrn(node: Node, xs, v, run):
     window = (1,) * (x.ndim - 1) + (size,)
     sq_sum = lax.reduce_window(x * x, 0.0, lax.add, window, (1,) * x.ndim, pad)
     return x / jnp.power(a.get("k", 1.0) + (a.get("alpha", 1e-4) / size) * sq_sum, a.get("beta", 0.75))
-
-
-def _at_least_f32(x):
-    wide = jnp.promote_types(x.dtype, jnp.float32)
-    return x if x.dtype == wide else lax.convert_element_type(x, wide)
 
 
 def _zero(x):
@@ -715,7 +713,7 @@ def _node_variables(variables: Mapping, node: Node, dtype=None) -> dict:
         raise ValueError(f"the variables have no entry for node {node.name!r} ({node.op}): "
                          "were they made for another model?")
     if dtype is not None and node.op in _CASTS_PARAMS:
-        own = {k: lax.convert_element_type(a, dtype) for k, a in own.items()}
+        own = {k: _cast(a, dtype) for k, a in own.items()}
     return own
 
 
