@@ -686,6 +686,13 @@ def test_bf16_policy_is_flax_mixed_precision():
     assert {a.dtype for a in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
 
 
+def test_bf16_policy_through_the_linen_module():
+    model = _conv_bn_dense()
+    v, x = model.init(0), rand(2, 9, 9, 4)
+    module = model.module.clone(dtype="bfloat16")
+    np.testing.assert_array_equal(module.apply(v, x), model.apply(v, x, dtype="bfloat16"))
+
+
 def test_bf16_policy_runs_convs_and_dots_in_bf16():
     """The policy reaches XLA: the conv and the dense are bf16 operations, BN's reductions f32."""
     model = _conv_bn_dense()

@@ -6,6 +6,8 @@ one draw per leaf) and calls the pure ``run_graph``. ``archc.runtime.model.Model
 """
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -31,9 +33,11 @@ class GraphModule(nn.Module):
     """Runs an archc graph (see ``run_graph`` for ``x`` and ``outputs``). Variables: each
     parameterised node's leaves under its IR name in 'params' and 'batch_stats'; training
     mode updates 'batch_stats' (apply with ``mutable=['batch_stats']``) and draws dropout
-    masks from the 'dropout' rng."""
+    masks from the 'dropout' rng. ``dtype``: the mixed-precision policy's compute dtype
+    (``model.module.clone(dtype="bfloat16")``); None computes in float32."""
 
     program: Program
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x, train: bool = False, outputs: tuple[str, ...] | None = None):
@@ -50,7 +54,7 @@ class GraphModule(nn.Module):
                 variables["batch_stats"][node] = stats[node].value
         rng = self.make_rng("dropout") if train and self.program.has_dropout else None
         y, updates = run_graph(self.program, variables, x, train=train, outputs=outputs, rng=rng,
-                               every_node=self.is_initializing())
+                               every_node=self.is_initializing(), dtype=self.dtype)
         if not self.is_initializing():
             for node, new in updates.items():
                 stats[node].value = {**stats[node].value, **new}
