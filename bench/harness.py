@@ -224,6 +224,9 @@ def worker_build_keras():
     emit({"import_s": imp, "first_s": ts[0], "median_s": statistics.median(ts), "all_s": ts, "load": load1()})
 
 
+TRAIN_FRAMEWORKS = ("archc", "torch-eager", "archc-bf16", "torch-eager-bf16")
+
+
 def worker_train(framework: str, runs: int):
     """`runs` timed training steps of one framework, alone in this process (two frameworks
     training batch 32 in one process compete for memory: session 2 measured archc at 77 s/step
@@ -509,9 +512,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runs1", type=int, default=5)
     ap.add_argument("--no-train", action="store_true")
     ap.add_argument("--runs-train", type=int, default=5, help="timed steps per training process")
-    ap.add_argument("--train-frameworks", nargs="+",
-                    default=["archc", "torch-eager", "archc-bf16", "torch-eager-bf16"],
-                    choices=["archc", "torch-eager", "archc-bf16", "torch-eager-bf16"])
+    ap.add_argument("--train-frameworks", nargs="+", default=list(TRAIN_FRAMEWORKS), choices=TRAIN_FRAMEWORKS)
     ap.add_argument("--sections", nargs="+", choices=["peak", "build", "nets", "train"],
                     default=["peak", "build", "nets", "train"],
                     help="parts to run (a partial run is best written with --out to another file)")
@@ -591,8 +592,8 @@ def main(argv=None) -> int:
             print(f"{net}: {e}", file=sys.stderr)
         flush()
     if "train" in args.sections and not (args.quick or args.no_train):
-        # one process per framework, in two rounds (A B A B) so that drifts in machine speed
-        # reach both
+        # one process per framework, in two rounds (A B C D A B C D) so that drifts in machine
+        # speed reach all of them
         res["train"] = {"rounds": []}
         for _ in range(2):
             section()

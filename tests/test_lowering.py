@@ -694,7 +694,7 @@ def test_bf16_policy_through_the_linen_module():
 
 
 def test_bf16_policy_runs_convs_and_dots_in_bf16():
-    """The policy reaches XLA: the conv and the dense are bf16 operations, BN's reductions f32."""
+    """The policy reaches XLA: the conv and the dense are bf16 operations; float32 has none."""
     model = _conv_bn_dense()
     v, x = model.init(0), rand(2, 9, 9, 4)
     hlo = jax.jit(lambda v, x: model.apply_fn(v, x, dtype="bfloat16")).lower(v, x).as_text()

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from .lower import Program, run_graph
+from .lower import Program, run_graph, variables_tree
 
 _LINEN_INIT = {
     "lecun_normal": lambda spec: nn.initializers.lecun_normal(),
@@ -41,17 +41,12 @@ class GraphModule(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False, outputs: tuple[str, ...] | None = None):
-        by_node: dict[tuple, list] = {}
-        for spec in self.program.variable_specs:
-            by_node.setdefault((spec.collection, spec.node), []).append(spec)
-        variables: dict = {"params": {}, "batch_stats": {}}
-        stats = {}
-        for (collection, node), specs in by_node.items():
-            if collection == "params":
-                variables["params"][node] = self.param(node, _linen_initialiser(specs))
-            else:
-                stats[node] = self.variable("batch_stats", node, _linen_initialiser(specs))   # not random
-                variables["batch_stats"][node] = stats[node].value
+        specs = variables_tree(self.program.variable_specs, lambda spec: spec)
+        params = {node: self.param(node, _linen_initialiser(list(leaves.values())))
+                  for node, leaves in specs.get("params", {}).items()}
+        stats = {node: self.variable("batch_stats", node, _linen_initialiser(list(leaves.values())))  # not random
+                 for node, leaves in specs.get("batch_stats", {}).items()}
+        variables = {"params": params, "batch_stats": {node: s.value for node, s in stats.items()}}
         rng = self.make_rng("dropout") if train and self.program.has_dropout else None
         y, updates = run_graph(self.program, variables, x, train=train, outputs=outputs, rng=rng,
                                every_node=self.is_initializing(), dtype=self.dtype)

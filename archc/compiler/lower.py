@@ -191,11 +191,13 @@ def _channelwise(op, x, c):
     return op(x, lax.broadcast_in_dim(c, x.shape, (x.ndim - 1,)))
 
 
-def _accumulator(x):
-    """Products of bf16/f16 operands accumulate in float32, then round once (_cast): XLA:CPU
-    runs them on its fast path that way (ResNet-50 batch 32 in bf16: 11.3 -> 14.8 img/s; a
-    bf16 result type made it 5% slower than float32). Elsewhere the operands' own type."""
-    return jnp.float32 if x.dtype in (jnp.bfloat16, jnp.float16) else None
+def _product(op, x, *args, **kwargs):
+    """A lax product (dot_general, conv_general_dilated, conv_transpose) of x with a kernel,
+    in x's dtype. bf16/f16 operands accumulate in float32 and round once: XLA:CPU runs them
+    on its fast path that way (ResNet-50 batch 32 in bf16: 11.3 -> 14.8 img/s; a bf16 result
+    type made it 5% slower than float32)."""
+    wide = jnp.float32 if x.dtype in (jnp.bfloat16, jnp.float16) else None
+    return _cast(op(x, *args, preferred_element_type=wide, **kwargs), x.dtype)
 
 
 def _cpu_conv(path: str, a: dict, x, kernel):
@@ -203,17 +205,15 @@ def _cpu_conv(path: str, a: dict, x, kernel):
     if path == "pointwise":
         if (sh, sw) != (1, 1):
             x = lax.slice(x, (0, 0, 0, 0), x.shape, (1, sh, sw, 1))
-        return _cast(lax.dot_general(x, lax.squeeze(kernel, (0, 1)), (((3,), (0,)), ((), ())),
-                                     preferred_element_type=_accumulator(x)), x.dtype)
+        return _product(lax.dot_general, x, lax.squeeze(kernel, (0, 1)), (((3,), (0,)), ((), ())))
     if path == "pad_crop":
         ho, wo = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
         pad = [(0, int(kh > 1)), (0, int(kw > 1))]
-        y = _cast(lax.conv_general_dilated(x, kernel, (sh, sw), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                           preferred_element_type=_accumulator(x)), x.dtype)
+        y = _product(lax.conv_general_dilated, x, kernel, (sh, sw), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return lax.slice(y, (0, 0, 0, 0), (y.shape[0], ho, wo, y.shape[3]))
     # depthwise as shifted slices; the barrier makes XLA compute the input once: fused into the
     # k*k slices, a producer such as BN + swish ran k*k times (EfficientNet-B0: 19 -> 44 img/s).
-    # The taps sum in float32 (as the products above), rounded once at the end.
+    # The taps sum in float32 (as _product accumulates), rounded once at the end.
     out_dtype = x.dtype
     x, kernel = _at_least_f32(lax.optimization_barrier(x)), _at_least_f32(kernel)
     (pt, pb), (pl, pr) = a["padding"]
@@ -247,12 +247,10 @@ def _conv(node: Node, xs, v, run):
     path = _cpu_conv_path(a, x)
     if path is not None:
         return _add_bias(_cpu_conv(path, a, x, kernel), v)
-    y = lax.conv_general_dilated(x, kernel, tuple(a["strides"]), [tuple(p) for p in a["padding"]],
-                                 rhs_dilation=tuple(a.get("dilation", (1, 1))),
-                                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                 feature_group_count=a.get("groups", 1),
-                                 preferred_element_type=_accumulator(x))
-    return _add_bias(_cast(y, x.dtype), v)
+    y = _product(lax.conv_general_dilated, x, kernel, tuple(a["strides"]), [tuple(p) for p in a["padding"]],
+                 rhs_dilation=tuple(a.get("dilation", (1, 1))), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                 feature_group_count=a.get("groups", 1))
+    return _add_bias(y, v)
 
 
 def _conv_transpose(node: Node, xs, v, run):
@@ -264,10 +262,9 @@ def _conv_transpose(node: Node, xs, v, run):
     pads = [(k - 1 - p[0], k - 1 - p[1] + op)
             for k, p, op in zip(a["kernel"], a["padding"], a.get("output_padding", (0, 0)))]
     x, kernel = _operands(run, xs[0], v["kernel"])
-    y = lax.conv_transpose(x, kernel, tuple(a["strides"]), pads,
-                           dimension_numbers=("NHWC", "HWIO", "NHWC"), transpose_kernel=True,
-                           preferred_element_type=_accumulator(x))
-    return _add_bias(_cast(y, x.dtype), v)
+    y = _product(lax.conv_transpose, x, kernel, tuple(a["strides"]), pads,
+                 dimension_numbers=("NHWC", "HWIO", "NHWC"), transpose_kernel=True)
+    return _add_bias(y, v)
 
 
 def _axis_counts(n: int, k: int, s: int, pad: tuple, extra: tuple, include_pad: bool) -> np.ndarray:
@@ -334,8 +331,7 @@ def _flatten(node: Node, xs, v, run):
 
 def _dense(node: Node, xs, v, run):
     x, kernel = _operands(run, xs[0], v["kernel"])
-    y = lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=_accumulator(x))
-    return _add_bias(_cast(y, x.dtype), v)
+    return _add_bias(_product(lax.dot_general, x, kernel, (((x.ndim - 1,), (0,)), ((), ()))), v)
 
 
 def _dropout(node: Node, xs, v, run):
