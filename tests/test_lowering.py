@@ -174,7 +174,9 @@ def test_cpu_conv_path_choice(attrs, path):
     """The CPU rewrites apply exactly where they were measured to help (and test_conv above
     checks each one's values)."""
     from archc.compiler.lower import _cpu_conv_path
+    from archc.compiler.ops import attrs_of
     expected = path if jax.default_backend() == "cpu" else None
+    attrs = attrs_of("conv", **{"dilation": (1, 1), "groups": 1, "bias": True, **attrs})
     assert _cpu_conv_path(attrs, jnp.zeros((1, 9, 8, 4))) == expected
 
 
@@ -421,7 +423,7 @@ def tiny():
     g = GraphBuilder("tiny", (6, 6, 3))
     x = g.act(g.bn(g.conv("input", 4, 3, 2, name="conv"), "bn"), name="relu")
     x = g.add("global_pool", x, name="gap", kind="avg", keepdims=False)
-    g.add("dense", x, name="fc", features=2)
+    g.add("dense", x, name="fc", features=2, bias=True)
     return Model(g.output())
 
 
@@ -641,7 +643,7 @@ def _conv_bn_dense():
     x = g.conv("input", 8, 3, bias=True, name="conv")
     x = g.act(g.bn(x, name="bn"), "relu", name="relu")
     x = g.add("global_pool", x, name="gap", kind="avg", keepdims=False)
-    g.add("dense", x, name="fc", features=5)
+    g.add("dense", x, name="fc", features=5, bias=True)
     return Model(g.output())
 
 

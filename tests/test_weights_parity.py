@@ -256,7 +256,7 @@ def _pre_softmax(model) -> str:
     """The node whose output is the logits: the primary output, or its input if that is a softmax."""
     g = model.graph
     node = g.nodes[g.outputs[0]]
-    if node.op == "act" and node.attrs.get("fn") == "softmax":
+    if node.op == "act" and node.attrs.fn == "softmax":
         return node.inputs[0]
     return node.name
 

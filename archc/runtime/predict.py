@@ -116,7 +116,7 @@ def preprocess_image(image, size: tuple, spec: dict) -> np.ndarray:
 def _probabilities(model, y: np.ndarray) -> np.ndarray:
     g = model.graph
     last = g.nodes[g.outputs[0]]
-    if last.op == "act" and last.attrs.get("fn") == "softmax":
+    if last.op == "act" and last.attrs.fn == "softmax":
         return y
     z = y - y.max(axis=-1, keepdims=True)
     e = np.exp(z)

@@ -161,7 +161,7 @@ def logits_node(graph) -> str:
     """The node whose output is the logits: the primary output, or its input when the output
     is a softmax (the library's Keras-style networks end in one)."""
     out = graph.nodes[graph.outputs[0]]
-    if out.op == "act" and out.attrs.get("fn") == "softmax":
+    if out.op == "act" and out.attrs.fn == "softmax":
         return out.inputs[0]
     return out.name
 
