@@ -213,3 +213,14 @@ def test_check_does_not_import_jax():
     code = "import sys; from archc.cli import main; main(['check', 'resnet50']); assert 'jax' not in sys.modules"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_activation_parameter_binds_positionally():
+    # leaky_relu(0.1) used to bind 0.1 to the activation's name and keep the default slope 0.01
+    # (YOLO v1's layers had the wrong slope); alpha is now the first parameter.
+    g = build_graph(text="input 4x4x3\nleaky_relu(0.2) elu(0.5) leaky_relu relu", filename="act.arch")
+    assert [n.attrs.alpha for n in g if n.op == "act"] == [0.2, 0.5, 0.01, None]
+    yolo = build_graph("yolo_v1")
+    assert {n.attrs.alpha for n in yolo if n.op == "act" and n.attrs.fn == "leaky_relu"} == {0.1}
+    with pytest.raises(ArchError, match="relu takes no argument"):
+        build_graph(text="input 4x4x3\nrelu(0.5)", filename="act.arch")
