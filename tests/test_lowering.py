@@ -305,6 +305,24 @@ def test_batchnorm_inference(scale, center):
     close(y, ref * params.get("scale", 1.0) + params.get("bias", 0.0))
 
 
+@numpy_reference('layernorm')
+@pytest.mark.parametrize("shape", [(3, 4, 6), (6,)])
+@pytest.mark.parametrize("train", [False, True])
+def test_layernorm(shape, train):
+    x = rand(2, *shape) * 3 + 5                      # a large mean: the two-pass variance matters
+    scale, bias = rand(shape[-1], seed=1), rand(shape[-1], seed=2)
+    g = GraphBuilder("t", shape)
+    g.add("layernorm", "input", name="node", eps=1e-6)
+    model = Model(g.output())
+    v = model.init(0)
+    v["params"]["node"] = {"scale": jnp.asarray(scale), "bias": jnp.asarray(bias)}
+    y = model.apply(v, x, train=train)
+    y = y[0] if train else y                         # no statistics to update: the same in training
+    x64 = x.astype(np.float64)
+    ref = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-6) * scale + bias
+    close(y, ref)
+
+
 @numpy_reference('upsample')
 @pytest.mark.parametrize("method", ["nearest", "bilinear"])
 def test_upsample(method):
@@ -419,6 +437,7 @@ def every_op_graph(dropout: float = 0.3) -> GraphBuilder:
     se = g.act(g.conv(se, 10, 1, name="se_fc"), "sigmoid", name="se_gate")
     x = g.add("mul", [x, se], name="se")
     x = g.add("bn", x, name="bn_noscale", eps=1e-5, momentum=0.99, scale=False, center=True)
+    x = g.add("layernorm", x, name="layernorm", eps=1e-6)
     x = g.add("dropout", x, name="drop", rate=dropout)
     x = g.add("scale", x, name="scale", value=0.5)
     x = g.add("identity", x, name="id")

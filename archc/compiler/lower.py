@@ -389,6 +389,19 @@ def _bn(node: Node, xs, v, run):
     return _cast(y, xs[0].dtype)
 
 
+@lowering("layernorm")
+def _layernorm(node: Node, xs, v, run):
+    # Two-pass statistics over the channels in at least float32 (as BN's under the bf16
+    # policy): E[x^2] - E[x]^2 loses digits where the mean is large against the spread.
+    x = _at_least_f32(xs[0])
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    centred = lax.sub(x, mean)
+    var = jnp.mean(lax.square(centred), axis=-1, keepdims=True)
+    y = lax.mul(centred, lax.rsqrt(lax.add(var, np.asarray(node.attrs.eps, var.dtype))))
+    y = _add_bias(_channelwise(lax.mul, y, v["scale"]), v)
+    return _cast(y, xs[0].dtype)
+
+
 @lowering("lrn")
 def _lrn(node: Node, xs, v, run):
     a = node.attrs

@@ -86,3 +86,24 @@ register(OpDef(
     weights={"keras": {"mean": "mean", "variance": "var", "count": "count"}},
     surfaces=(Surface("normalize", {"eps": 1e-7}, lambda a, ctx: NormalizeAttrs(float(ctx.number(a["eps"], "eps"))),
                       doc="same; Keras `Normalization`: (x − mean) / max(√var, eps) with non-trainable mean, variance and count"),)))
+
+
+@attrs_class
+class LayerNormAttrs(Attrs):
+    eps: float
+
+
+register(OpDef(
+    "layernorm", LayerNormAttrs, _same,
+    variables=lambda a, ins: (Var("params", "scale", (ins[0][-1],), "ones"), Var("params", "bias", (ins[0][-1],), "zeros")),
+    weights={"torch": {"weight": "scale", "bias": "bias"}, "keras": {"gamma": "scale", "beta": "bias"}},
+    surfaces=(Surface("layernorm", {"eps": 1e-6}, lambda a, ctx: LayerNormAttrs(_positive(ctx, a["eps"], "eps")),
+                      doc="same; normalises over the channels at every position (ConvNeXt's LayerNorm2d; after a "
+                          "flatten or global pool, over the features), biased variance, learned scale and bias"),)))
+
+
+def _positive(ctx, v, what) -> float:
+    v = float(ctx.number(v, what))
+    if v <= 0:
+        ctx.fail(f"{what} must be positive, got {v:g}")
+    return v
