@@ -151,7 +151,10 @@ def load_exported(path) -> Exported:
     from .variables_io import unflatten_variables
     tensors = load_file(str(path))
     exported = jax_export.deserialize(bytearray(tensors.pop(_PROGRAM).tobytes()))
-    variables = jax.tree.map(jax.numpy.asarray, unflatten_variables({k[len(_VARIABLES):]: a for k, a in tensors.items()}))
+    leaves, tree = jax.tree.flatten(unflatten_variables({k[len(_VARIABLES):]: a for k, a in tensors.items()}))
+    # safetensors stores a scalar (normalize's count) as shape (1,): the program's shapes rule
+    variables = jax.tree.unflatten(tree, [jax.numpy.asarray(a).reshape(aval.shape)
+                                          for a, aval in zip(leaves, exported.in_avals)])
     return Exported(lambda *xs: exported.call(variables, *xs), json.loads(meta["inputs"]), json.loads(meta["outputs"]), path)
 
 
