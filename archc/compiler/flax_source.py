@@ -270,9 +270,11 @@ INITIALISERS = {"lecun_normal": nn.initializers.lecun_normal(), "zeros": nn.init
 
 
 def _identifiers(graph: Graph) -> dict[str, str]:
-    taken = set(_HELPERS) | set(dir(builtins)) | {"jax", "jnp", "np", "nn", "lax", "v", "self", "INITIALISERS"}
-    names = {}
+    taken = set(_HELPERS) | set(dir(builtins)) | {"jax", "jnp", "np", "nn", "lax", "v", "x", "self", "INITIALISERS"}
+    names = {graph.inputs[0]: "x"} if len(graph.inputs) == 1 else {}
     for node in graph:
+        if node.name in names:
+            continue
         base = re.sub(r"\W", "_", node.name)
         base = "_" + base if base[0].isdigit() or keyword.iskeyword(base) else base
         name, k = base, 1
