@@ -387,16 +387,17 @@ def cmd_export(args) -> int:
     from .runtime.export import export
     from .runtime.model import Model
     from .runtime.variables_io import load_variables
+    model = Model(_graph(args))
     try:
-        model = Model(_graph(args))
         variables = load_variables(args.weights, as_numpy=True) if args.weights else model.init(seed=args.seed)
+    except Exception as e:   # noqa: BLE001 - a missing file, or safetensors' own error for a bad one
+        print(f"error: cannot read the weights {args.weights}: {e}", file=sys.stderr)
+        return EXIT_USER
+    try:
         path = export(model, variables, args.out, format=args.format, batch=args.batch, layout=args.layout,
                       opset=args.opset)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER
-    except (OSError, ValueError) as e:             # an unreadable or mismatched --weights file
-        print(f"error: {args.weights}: {e}", file=sys.stderr)
         return EXIT_USER
     source = args.weights or f"random weights (seed {args.seed})"
     print(f"{model.name} -> {path} ({args.format or path.suffix[1:]}, {path.stat().st_size / 2**20:.1f} MiB, "

@@ -250,10 +250,10 @@ def test_opset_too_old_for_an_op(tmp_path):
     rc = main(["export", "mobilenet_v3_small", "--input", "32x32x3", "--out", str(out), "--opset", "13"])
     assert rc == 2 and not out.exists() and list(tmp_path.iterdir()) == []
     model = archc.load("mobilenet_v3_small", input_shape=(32, 32, 3))
-    with pytest.raises(ExportError, match="needs ONNX opset 14 or newer"):
+    with pytest.raises(ExportError, match="node 'stem.hard_swish1' \\(hard_swish: ONNX HardSwish\\) needs ONNX opset 14 or newer"):
         archc.export(model, model.init(0), format="onnx", opset=13)
     with pytest.raises(ExportError, match="opset 13 or newer, not 11"):
-        archc.export(archc.load("resnet18", input_shape=(32, 32, 3)), {}, format="onnx", opset=11)
+        archc.export(model, model.init(0), format="onnx", opset=11)
 
 
 def test_unwritable_output(tiny, tmp_path, capsys):
@@ -283,6 +283,19 @@ def test_read_only_folder(tiny, tmp_path):
     finally:
         folder.chmod(stat.S_IRWXU)
     assert [p.name for p in folder.iterdir()] == ["old.onnx"] and (folder / "old.onnx").read_bytes() == b"old"
+
+
+def test_weights_of_another_network(tmp_path, capsys):
+    from archc.cli import main
+    from archc.runtime.variables_io import save_variables
+    save_variables(archc.load("lenet5").init(0), tmp_path / "lenet.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    for weights, message in (("lenet.safetensors", "were they made for another network than 'resnet18'"),
+                             ("junk.safetensors", "cannot read the weights"), ("none.safetensors", "cannot read the weights")):
+        assert main(["export", "resnet18", "--input", "32x32x3", "--weights", str(tmp_path / weights),
+                     "--out", str(tmp_path / "r.onnx")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "r.onnx").exists()
 
 
 def test_cli_export_every_format(tmp_path, capsys):

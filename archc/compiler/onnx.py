@@ -90,7 +90,7 @@ class Emitter:
 
     def require(self, opset: int, what: str) -> None:
         if self.opset < opset:
-            raise ExportError(f"{what} (node {self.scope!r}) needs ONNX opset {opset} or newer; "
+            raise ExportError(f"node {self.scope!r} ({what}) needs ONNX opset {opset} or newer; "
                               f"this export is opset {self.opset}: use --opset {opset}")
 
     def reduce(self, op_type: str, x: str, axes, keepdims: int = 1) -> str:
@@ -270,7 +270,7 @@ def _mish(x, e: Emitter):
 
 
 def _hard_swish(x, e: Emitter):
-    e.require(14, "hard_swish (ONNX HardSwish)")
+    e.require(14, "hard_swish: ONNX HardSwish")
     return e.op("HardSwish", [x])
 
 

@@ -41,6 +41,7 @@ def export(model, variables, path=None, *, format: str | None = None, batch="dyn
     if format != "onnx" and (layout not in (None, "nhwc") or opset is not None):
         raise ExportError(f"--layout nchw and --opset are ONNX options; {format} keeps archc's NHWC")
     variables = _numpy(variables)
+    check_variables(model, variables)
     if format == "onnx":
         from ..compiler.onnx import to_onnx
         artifact = to_onnx(model.graph, variables, opset=opset or DEFAULT_OPSET, batch=batch, layout=layout or "nchw")
@@ -55,6 +56,19 @@ def export(model, variables, path=None, *, format: str | None = None, batch="dyn
         return artifact
     write_whole(Path(path), data)
     return Path(path)
+
+
+def check_variables(model, variables) -> None:
+    """Every variable the model reads is there with its shape (a file made for another network
+    would otherwise fail deep inside a rule)."""
+    for spec in model.variable_specs:
+        leaf = variables.get(spec.collection, {}).get(spec.node, {}).get(spec.leaf)
+        if leaf is None:
+            raise ExportError(f"the variables have no {spec.collection}/{spec.node}/{spec.leaf}: "
+                              f"were they made for another network than {model.name!r}?")
+        if tuple(leaf.shape) != tuple(spec.shape):
+            raise ExportError(f"{spec.collection}/{spec.node}/{spec.leaf} has shape {tuple(leaf.shape)}; "
+                              f"{model.name!r} needs {tuple(spec.shape)}")
 
 
 def _format_of(path) -> str:
