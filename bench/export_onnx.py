@@ -50,7 +50,7 @@ def render(results: list, machine: dict, date: str) -> str:
     L += ["", "Export and session creation (s): " + "; ".join(
         f"{r['net']} archc {r['frameworks']['archc-onnx']['export_s']:.1f} + {r['frameworks']['archc-onnx']['session_s']:.2f}, "
         f"torch {r['frameworks']['onnxruntime']['export_s']:.1f} + {r['frameworks']['onnxruntime']['session_s']:.2f}"
-        for r in results) + ".", END]
+        for r in results) + ".", "", END]
     return "\n".join(L)
 
 
