@@ -920,7 +920,7 @@ class Elaborator:
 
     # ---- files: the program and the modules it imports ----
     def run_program(self, module: Module, params: dict, input_shape: tuple | None,
-                    diagnostics: list = ()) -> Graph:
+                    diagnostics: tuple | list = ()) -> Graph:
         """Elaborate the root file into the Graph: its family parameters (`params`: name -> an
         expression or an Override; absent ones take their default), imports, input, definitions,
         stages and outputs. `input_shape` replaces the file's `input`. Every located error is
