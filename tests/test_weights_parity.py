@@ -84,6 +84,7 @@ CASES = [
     Case("timm-tf_efficientnet_b0", "timm", "tf_efficientnet_b0", "tf_efficientnet_b0", 64, {"stage4": "blocks.3"}),
     Case("timm-regnety_004", "timm", "regnety_004", "regnet_y_400mf", 64, {"stage3": "s3"}),
     Case("timm-regnetx_004_tv", "timm", "regnetx_004_tv", "regnet_x_400mf", 64, {"stage3": "s3"}),
+    Case("timm-regnetx_002", "timm", "regnetx_002", "regnetx_002", 64, {"stage3": "s3"}),
     # Keras (save_weights .weights.h5)
     Case("keras-resnet50", "keras", "ResNet50", "keras/resnet50", 128, {"conv3": "conv3_block4_out"}),
     Case("keras-resnet50_v2", "keras", "ResNet50V2", "keras/resnet50_v2", 64, {"conv3": "conv3_block4_out"}),
