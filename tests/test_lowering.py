@@ -503,7 +503,8 @@ def test_save_load_roundtrip(every_op, tmp_path):
     w = load_variables(path)
     assert jax.tree.structure(w) == jax.tree.structure(v)
     for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(w)):
-        assert a.dtype == b.dtype and np.asarray(a).tobytes() == np.asarray(b).tobytes()
+        assert (a.shape, a.dtype) == (b.shape, b.dtype) and np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    assert w["batch_stats"]["normalize"]["count"].shape == ()
     close(every_op.apply(w, rand(2, 9, 9, 4)), every_op.apply(v, rand(2, 9, 9, 4)), 0)
 
 

@@ -393,8 +393,9 @@ def _atomic_json(path: Path, obj) -> None:
 
 def _atomic_safetensors(path: Path, tensors: dict, metadata: dict) -> None:
     from safetensors.numpy import save
-    # (np.ascontiguousarray would turn 0-d arrays, such as step counts, into 1-d ones)
-    flat = {k: np.require(np.asarray(v), requirements="C") for k, v in tensors.items()}
+
+    from .variables_io import c_contiguous
+    flat = {k: c_contiguous(v) for k, v in tensors.items()}
     _atomic_write_bytes(path, save(flat, metadata={k: str(v) for k, v in metadata.items()}))
 
 
