@@ -31,6 +31,7 @@ import numpy as np
 
 from .data import (ArrayData, DataError, Loader, Preprocess, find_splits,
                    parse_normalization)
+from .logits import logits_node
 
 PARAM_OPS = ("conv", "conv_transpose", "dense", "bn")
 OPTIMIZERS = ("sgd", "adamw", "rmsprop")
@@ -157,15 +158,6 @@ class TrainResult:
 # --------------------------------------------------------------------------------------------
 # Graph helpers: logits, the classifier head, name patterns
 # --------------------------------------------------------------------------------------------
-def logits_node(graph) -> str:
-    """The node whose output is the logits: the primary output, or its input when the output
-    is a softmax (the library's Keras-style networks end in one)."""
-    out = graph.nodes[graph.outputs[0]]
-    if out.op == "act" and out.attrs.get("fn") == "softmax":
-        return out.inputs[0]
-    return out.name
-
-
 def head_nodes(graph) -> list[str]:
     """The classifier: the first parameterised nodes met walking back from the logits
     (``head.fc1`` in ResNet, ``classifier.conv1`` in SqueezeNet)."""
