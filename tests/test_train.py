@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from train_helpers import OTHER_SHAPES, write_digits, write_random, write_shapes
 
-sys.path.insert(0, str(Path(__file__).parent))
-from train_helpers import OTHER_SHAPES, write_digits, write_random, write_shapes  # noqa: E402
-
-from archc.cli import main  # noqa: E402
-from archc.compiler.build import build_graph  # noqa: E402
-from archc.runtime.model import Model  # noqa: E402
-from archc.runtime import data as D  # noqa: E402
-from archc.runtime import train as T  # noqa: E402
+from archc.cli import main
+from archc.compiler.build import build_graph
+from archc.runtime import data as D
+from archc.runtime import train as T
+from archc.runtime.model import Model
 
 
 def quiet(_msg):

@@ -14,12 +14,13 @@ os.environ["KERAS_BACKEND"] = os.environ.get("ARCHC_TEST_KERAS_BACKEND", "jax")
 import numpy as np
 import pytest
 
-jax = pytest.importorskip("jax")
-jax.config.update("jax_default_matmul_precision", "highest")
+pytest.importorskip("jax")
 
 import archc  # noqa: E402
 from archc.runtime.checkpoint import CheckpointError, read_checkpoint, read_torch_zip  # noqa: E402
 from archc.runtime.weights import WeightsError, compile_pattern, fill_template, match_weights  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("highest_precision")
 
 ROOT = Path(__file__).resolve().parent.parent
 ARCHC = [sys.executable, "-m", "archc"]

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 jax = pytest.importorskip("jax")
-jax.config.update("jax_default_matmul_precision", "highest")
+pytestmark = pytest.mark.usefixtures("highest_precision")
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "build" / "weights-parity"
@@ -345,6 +345,7 @@ def write_table(doc: Path = ROOT / "docs" / "weights.md") -> None:
 
 if __name__ == "__main__":       # python tests/test_weights_parity.py --table [--rerun] [CASE…]
     import tempfile
+    jax.config.update("jax_default_matmul_precision", "highest")     # as the tests' fixture
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     rerun = "--rerun" in sys.argv
     for c in CASES:
