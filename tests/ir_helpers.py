@@ -21,6 +21,7 @@ class GraphBuilder:
             self._n += 1
             name = f"{op}{self._n}"
         assert name not in self.graph.nodes, name
+        attrs = ops.attrs_of(op, **attrs)
         shape = ops.infer_shape(op, attrs, [self.graph.nodes[i].shape for i in inputs])
         self.graph.nodes[name] = Node(name, op, tuple(inputs), attrs, tuple(shape))
         self.last = name

@@ -21,10 +21,10 @@ def names(text, inp):
 def test_brief_inception_example():
     g = build_graph(text="inception(64,96>128,16>32,pool>32)", input_shape=(28, 28, 192))
     assert g.output_shape == (28, 28, 256)
-    convs = [(n.attrs["kernel"], n.attrs["features"]) for n in g if n.op == "conv"]
+    convs = [(n.attrs.kernel, n.attrs.features) for n in g if n.op == "conv"]
     assert convs == [((1, 1), 64), ((1, 1), 96), ((3, 3), 128), ((1, 1), 16), ((5, 5), 32), ((1, 1), 32)]
     pool = next(n for n in g if n.op == "pool")
-    assert pool.attrs["kind"] == "max" and pool.attrs["kernel"] == (3, 3) and pool.attrs["strides"] == (1, 1)
+    assert pool.attrs.kind == "max" and pool.attrs.kernel == (3, 3) and pool.attrs.strides == (1, 1)
     # GoogLeNet's table gives 128M ops for inception (3a); ours counts the same convolutions.
     assert abs(summarize(g)["macs"] - 128e6) / 128e6 < 0.02
 
@@ -89,18 +89,18 @@ def test_repetition_precedence():
     assert shape("conv3(8, s=2)*2 conv1(3)", (32, 32, 3)) == (8, 8, 3)
     # the repetition index i
     g = build_graph(text="conv3(4, s=2 if i == 0 else 1) * 3", input_shape=(16, 16, 3))
-    assert [n.attrs["strides"] for n in g if n.op == "conv"] == [(2, 2), (1, 1), (1, 1)]
+    assert [n.attrs.strides for n in g if n.op == "conv"] == [(2, 2), (1, 1), (1, 1)]
 
 
 def test_residual_projection_inferred():
     g = build_graph(text="residual<conv3(32, s=2) bn relu conv3(32) bn>", input_shape=(16, 16, 8))
     assert g.output_shape == (8, 8, 32)
     proj = g.nodes["shortcut.conv1"]
-    assert proj.attrs["strides"] == (2, 2) and proj.attrs["features"] == 32 and proj.attrs["bias"] is False
+    assert proj.attrs.strides == (2, 2) and proj.attrs.features == 32 and proj.attrs.bias is False
     assert g.nodes["shortcut.bn1"].shape == (8, 8, 32)
     # an explicit projection (the seed's res_block_v1 uses a plain 1x1 conv with bias)
     g = build_graph(text="residual(proj=conv1)<conv3(32) bn>", input_shape=(8, 8, 8))
-    assert g.nodes["shortcut.conv1"].attrs["bias"] is True and "shortcut.bn1" not in g.nodes
+    assert g.nodes["shortcut.conv1"].attrs.bias is True and "shortcut.bn1" not in g.nodes
 
 
 def test_dense_connectivity():
@@ -177,8 +177,8 @@ head: gap fc(10)
 def test_padding_modes():
     g = build_graph(text='conv(8, 3, s=2, p="same") conv(8, 3, s=2) maxpool(3, s=2, ceil=true)', input_shape=(224, 224, 3))
     same, auto = g.nodes["conv1"], g.nodes["conv2"]
-    assert same.attrs["padding"] == ((0, 1), (0, 1)) and same.shape == (112, 112, 8)  # TF: extra pixel bottom/right
-    assert auto.attrs["padding"] == ((1, 1), (1, 1)) and auto.shape == (56, 56, 8)
+    assert same.attrs.padding == ((0, 1), (0, 1)) and same.shape == (112, 112, 8)  # TF: extra pixel bottom/right
+    assert auto.attrs.padding == ((1, 1), (1, 1)) and auto.shape == (56, 56, 8)
     pool = g.nodes["maxpool1"]
     assert pool.shape == (28, 28, 8)  # ceil((56-3)/2)+1 = 28 (floor would give 27)
     assert shape("conv(4, 1x7)", (17, 17, 8)) == (17, 17, 4)
@@ -186,9 +186,9 @@ def test_padding_modes():
 
 def test_bias_auto_and_rebinding():
     g = build_graph(text="let conv = conv(bias=false)\nconv3(8) conv1(4) fc(3) bn", input_shape=(8, 8, 3))
-    assert [n.attrs.get("bias") for n in g if n.op in ("conv", "dense")] == [False, False, False]
+    assert [n.attrs.bias for n in g if n.op in ("conv", "dense")] == [False, False, False]
     g = build_graph(text="conv3(8) relu conv3(8) bn", input_shape=(8, 8, 3))
-    assert [n.attrs["bias"] for n in g if n.op == "conv"] == [True, False]
+    assert [n.attrs.bias for n in g if n.op == "conv"] == [True, False]
 
 
 def test_comments_and_line_continuation():
@@ -214,3 +214,14 @@ def test_check_does_not_import_jax():
     code = "import sys; from archc.cli import main; main(['check', 'resnet50']); assert 'jax' not in sys.modules"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_activation_parameter_binds_positionally():
+    # leaky_relu(0.1) used to bind 0.1 to the activation's name and keep the default slope 0.01
+    # (YOLO v1's layers had the wrong slope); alpha is now the first parameter.
+    g = build_graph(text="input 4x4x3\nleaky_relu(0.2) elu(0.5) leaky_relu relu", filename="act.arch")
+    assert [n.attrs.alpha for n in g if n.op == "act"] == [0.2, 0.5, 0.01, None]
+    yolo = build_graph("yolo_v1")
+    assert {n.attrs.alpha for n in yolo if n.op == "act" and n.attrs.fn == "leaky_relu"} == {0.1}
+    with pytest.raises(ArchError, match="relu takes no argument"):
+        build_graph(text="input 4x4x3\nrelu(0.5)", filename="act.arch")

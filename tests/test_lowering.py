@@ -39,6 +39,19 @@ def run_single(op, in_shape, x, batch=2, params=None, stats=None, **attrs):
 
 
 # ---------------------------------------------------------------- numpy references
+NUMPY_REFERENCES: dict[str, str] = {}     # IR op -> the test that checks its lowering against NumPy
+
+
+def numpy_reference(*ops):
+    """Registers a test as the NumPy reference of ``ops`` (tests/test_registry.py checks that
+    every op has one)."""
+    def mark(test):
+        for op in ops:
+            NUMPY_REFERENCES.setdefault(op, test.__name__)
+        return test
+    return mark
+
+
 def np_conv(x, k, b, strides, padding, dilation, groups):
     x, k = x.astype(np.float64), k.astype(np.float64)
     n, h, w, c = x.shape
@@ -142,6 +155,7 @@ def close(a, b, tol=1e-5):
     ((3, 1), (2, 1), P0, (1, 1), 1, 3, 4),
     ((3, 3), (1, 1), ((2, 2), (2, 2)), (2, 2), 6, 6, 6),        # dilated depthwise
 ])
+@numpy_reference('conv')
 def test_conv(kernel, strides, padding, dilation, groups, cin, cout):
     x = rand(2, 9, 8, cin)
     k = rand(kernel[0], kernel[1], cin // groups, cout, seed=1)
@@ -164,7 +178,9 @@ def test_cpu_conv_path_choice(attrs, path):
     """The CPU rewrites apply exactly where they were measured to help (and test_conv above
     checks each one's values)."""
     from archc.compiler.lower import _cpu_conv_path
+    from archc.compiler.ops import attrs_of
     expected = path if jax.default_backend() == "cpu" else None
+    attrs = attrs_of("conv", **{"dilation": (1, 1), "groups": 1, "bias": True, **attrs})
     assert _cpu_conv_path(attrs, jnp.zeros((1, 9, 8, 4))) == expected
 
 
@@ -173,6 +189,7 @@ def test_cpu_conv_path_choice(attrs, path):
     ((3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1)),                 # with output_padding
     ((3, 2), (1, 2), ((0, 2), (1, 0)), (0, 1)),
 ])
+@numpy_reference('conv_transpose')
 def test_conv_transpose(kernel, strides, padding, output_padding):
     x = rand(2, 5, 4, 3)
     k = rand(kernel[0], kernel[1], 4, 3, seed=1)
@@ -196,6 +213,7 @@ def test_conv_transpose(kernel, strides, padding, output_padding):
     ((3, 3), (2, 2), P0, P0, True),                             # unpadded: separable slices on CPU
     ((3, 2), (1, 2), P0, P0, True),
 ])
+@numpy_reference('pool')
 def test_pool(kind, kernel, strides, padding, extra, cip):
     x = rand(2, 8, 7, 3)
     y, _ = run_single("pool", (8, 7, 3), x, kind=kind, kernel=kernel, strides=strides,
@@ -203,6 +221,7 @@ def test_pool(kind, kernel, strides, padding, extra, cip):
     close(y, np_pool(x, kind, kernel, strides, padding, extra, cip))
 
 
+@numpy_reference('lrn')
 @pytest.mark.parametrize("size,alpha,beta,k", [(5, 1e-4, 0.75, 2.0), (4, 0.5, 0.6, 1.0), (3, 2.0, 1.2, 0.5)])
 def test_lrn(size, alpha, beta, k):
     x = rand(2, 3, 3, 7) * 3
@@ -210,6 +229,7 @@ def test_lrn(size, alpha, beta, k):
     close(y, np_lrn(x, size, alpha, beta, k))
 
 
+@numpy_reference('flatten')
 def test_flatten_orders():
     x = rand(2, 3, 4, 5)
     y, _ = run_single("flatten", (3, 4, 5), x, order="nchw")
@@ -218,6 +238,7 @@ def test_flatten_orders():
     close(y, x.reshape(2, -1), 0)
 
 
+@numpy_reference('shuffle')
 def test_shuffle_matches_pytorch_channel_shuffle():
     x = rand(2, 3, 3, 12)
     y, _ = run_single("shuffle", (3, 3, 12), x, groups=3)
@@ -248,10 +269,9 @@ ACT_REFS = {
 }
 
 
+@numpy_reference('act')
 @pytest.mark.parametrize("fn", sorted(ACT_REFS))
 def test_activation(fn):
-    from archc.compiler.ops import ACTIVATIONS
-    assert set(ACT_REFS) == set(ACTIVATIONS)
     x = rand(2, 2, 3, 8) * 4
     x[0, 0, 0, :4] = [-3.0, 3.0, 0.0, 6.5]            # the hard_* kinks
     attrs = {"alpha": 0.2} if fn == "leaky_relu" else {"alpha": 0.7} if fn == "elu" else {}
@@ -259,6 +279,7 @@ def test_activation(fn):
     close(y, ACT_REFS[fn](x.astype(np.float64)), 2e-6)
 
 
+@numpy_reference('bn')
 @pytest.mark.parametrize("scale,center", [(True, True), (False, True), (True, False)])
 def test_batchnorm_inference(scale, center):
     x = rand(2, 3, 3, 4)
@@ -274,6 +295,25 @@ def test_batchnorm_inference(scale, center):
     close(y, ref * params.get("scale", 1.0) + params.get("bias", 0.0))
 
 
+@numpy_reference('layernorm')
+@pytest.mark.parametrize("shape", [(3, 4, 6), (6,)])
+@pytest.mark.parametrize("train", [False, True])
+def test_layernorm(shape, train):
+    x = rand(2, *shape) * 3 + 5                      # a large mean: the two-pass variance matters
+    scale, bias = rand(shape[-1], seed=1), rand(shape[-1], seed=2)
+    g = GraphBuilder("t", shape)
+    g.add("layernorm", "input", name="node", eps=1e-6)
+    model = Model(g.output())
+    v = model.init(0)
+    v["params"]["node"] = {"scale": jnp.asarray(scale), "bias": jnp.asarray(bias)}
+    y = model.apply(v, x, train=train)
+    y = y[0] if train else y                         # no statistics to update: the same in training
+    x64 = x.astype(np.float64)
+    ref = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-6) * scale + bias
+    close(y, ref)
+
+
+@numpy_reference('upsample')
 @pytest.mark.parametrize("method", ["nearest", "bilinear"])
 def test_upsample(method):
     x = rand(2, 3, 4, 2)
@@ -282,6 +322,7 @@ def test_upsample(method):
     close(y, ref)
 
 
+@numpy_reference('pad', 'crop', 'slice', 'scale', 'identity', 'dropout', 'global_pool', 'dense')
 def test_small_ops():
     x = rand(2, 5, 6, 4)
     close(run_single("pad", (5, 6, 4), x, padding=((1, 0), (2, 3)), value=-1.5)[0],
@@ -308,6 +349,7 @@ def np_adaptive(x, kind, out):
     return res
 
 
+@numpy_reference('adaptive_pool')
 @pytest.mark.parametrize("kind", ["avg", "max"])
 @pytest.mark.parametrize("out", [(2, 3), (3, 4), (5, 5), (1, 1)])
 def test_adaptive_pool(kind, out):
@@ -316,6 +358,7 @@ def test_adaptive_pool(kind, out):
     close(y, np_adaptive(x, kind, out))
 
 
+@numpy_reference('reshape', 'l2norm', 'normalize', 'rescale')
 def test_reshape_l2norm_normalize_rescale():
     x = rand(2, 3, 4, 6)
     close(run_single("reshape", (3, 4, 6), x, shape=(12, 6))[0], x.reshape(2, 12, 6), 0)
@@ -346,6 +389,7 @@ def test_new_op_variables():
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(v2)))
 
 
+@numpy_reference('concat', 'add', 'mul')
 def test_concat_add_mul_broadcast():
     g = GraphBuilder("t", (4, 4, 3))
     se = g.add("global_pool", "input", name="gp", kind="avg", keepdims=True)
@@ -383,6 +427,7 @@ def every_op_graph(dropout: float = 0.3) -> GraphBuilder:
     se = g.act(g.conv(se, 10, 1, name="se_fc"), "sigmoid", name="se_gate")
     x = g.add("mul", [x, se], name="se")
     x = g.add("bn", x, name="bn_noscale", eps=1e-5, momentum=0.99, scale=False, center=True)
+    x = g.add("layernorm", x, name="layernorm", eps=1e-6)
     x = g.add("dropout", x, name="drop", rate=dropout)
     x = g.add("scale", x, name="scale", value=0.5)
     x = g.add("identity", x, name="id")
@@ -411,7 +456,7 @@ def tiny():
     g = GraphBuilder("tiny", (6, 6, 3))
     x = g.act(g.bn(g.conv("input", 4, 3, 2, name="conv"), "bn"), name="relu")
     x = g.add("global_pool", x, name="gap", kind="avg", keepdims=False)
-    g.add("dense", x, name="fc", features=2)
+    g.add("dense", x, name="fc", features=2, bias=True)
     return Model(g.output())
 
 
@@ -635,7 +680,7 @@ def _conv_bn_dense():
     x = g.conv("input", 8, 3, bias=True, name="conv")
     x = g.act(g.bn(x, name="bn"), "relu", name="relu")
     x = g.add("global_pool", x, name="gap", kind="avg", keepdims=False)
-    g.add("dense", x, name="fc", features=5)
+    g.add("dense", x, name="fc", features=5, bias=True)
     return Model(g.output())
 
 

@@ -233,12 +233,13 @@ def _build(loader: Loader, src: Source, name: str, preset: str | None, overrides
 
 def graph_input(graph: Graph, shape: tuple, span) -> str:
     from .ir import Node
+    from .ops.layout import InputAttrs
     from .elaborate import _posint
     if len(shape) not in (1, 3):
         fail(f"an input shape is HxWxC (or C), not {len(shape)} numbers", span)
     for d in shape:
         _posint(d, "input size", span)
-    graph.nodes["input"] = Node("input", "input", (), {"shape": tuple(shape)}, tuple(shape), span)
+    graph.nodes["input"] = Node("input", "input", (), InputAttrs(tuple(shape)), tuple(shape), span)
     graph.inputs = ["input"]
     return "input"
 

@@ -2,7 +2,8 @@
 
 One walk over the statements evaluates the value language (integers, lists, block calls, family
 parameters), expands repetition, blocks and combinators, names every node by its place in the spec,
-and infers each node's shape with the rules in ops.py as the node is created. Shape-dependent
+binds each surface op to its IR op's attributes (compiler/ops: one definition per op), and infers each
+node's shape with the op's rule as the node is created. Shape-dependent
 defaults (`cin`, inferred channels of a projection shortcut, TF-'same' padding) need the shapes
 while expanding, which is why expansion and shape inference share this walk; later passes
 (stats, folding, lowering) are separate pure functions of the finished Graph.
@@ -18,7 +19,9 @@ from ..spec import ast as A
 from ..spec.source import ArchError, Diagnostic, Span
 from . import ops
 from .ir import Graph, Node
-from .ops import ShapeError, fmt
+from .ops import NoAttrs, ShapeError, fmt
+from .ops.elementwise import ScaleAttrs
+from .ops.layout import CropAttrs
 
 MAX_NODES = 100_000   # the largest built-in has ~3,000; generous for generated networks
 MAX_REPEAT = 100_000
@@ -155,62 +158,24 @@ FUNCTIONS = {
     "range": lambda *a: list(range(*a)),
 }
 
-# Surface ops: name -> (kind, preset kwargs). Kernel-size aliases such as conv3 are generated.
-SURFACE_OPS: dict[str, tuple[str, dict]] = {
-    "conv": ("conv", {}), "dwconv": ("dwconv", {}), "deconv": ("deconv", {}),
-    "maxpool": ("maxpool", {}), "avgpool": ("avgpool", {}),
-    "gap": ("gap", {}), "gmp": ("gmp", {}), "flatten": ("flatten", {}),
-    "fc": ("fc", {}), "linear": ("fc", {}), "dropout": ("dropout", {}), "bn": ("bn", {}),
-    "lrn": ("lrn", {}), "scale": ("scale", {}), "shuffle": ("shuffle", {}), "slice": ("slice", {}),
-    "pad": ("pad", {}), "crop": ("crop", {}), "upsample": ("upsample", {}), "identity": ("identity", {}),
-    "concat": ("concat", {}), "add": ("add", {}), "mul": ("mul", {}),
-    "reshape": ("reshape", {}), "adaptive_avgpool": ("adaptive_avgpool", {}), "adaptive_maxpool": ("adaptive_maxpool", {}),
-    "l2norm": ("l2norm", {}), "normalize": ("normalize", {}), "rescale": ("rescale", {}),
-    "residual": ("residual", {}), "dense": ("dense", {}),
-}
-for _k in (1, 2, 3, 4, 5, 7, 9, 11):
-    SURFACE_OPS[f"conv{_k}"] = ("conv", {"k": _k})
-    SURFACE_OPS[f"dwconv{_k}"] = ("dwconv", {"k": _k})
-    SURFACE_OPS[f"maxpool{_k}"] = ("maxpool", {"k": _k})
-    SURFACE_OPS[f"avgpool{_k}"] = ("avgpool", {"k": _k})
-for _a in ops.ACTIVATIONS:
-    SURFACE_OPS[_a] = ("act", {"fn": _a})
-SURFACE_OPS["silu"] = ("act", {"fn": "swish"})
-SURFACE_OPS["hswish"] = ("act", {"fn": "hard_swish"})
-SURFACE_OPS["hsigmoid"] = ("act", {"fn": "hard_sigmoid"})
+# The language's structural combinators (not IR ops): their signatures. Every other surface op,
+# its spellings and signature, comes from the op registry (compiler/ops).
+COMBINATORS: dict[str, dict[str, Any]] = {"residual": {"proj": None, "shortcut": None, "scale": 1.0}, "dense": {}}
 
-# Positional parameter order and defaults of each surface op ('...' = required).
-SIGNATURES: dict[str, dict[str, Any]] = {
-    "conv": {"c": None, "k": 3, "s": None, "p": "auto", "d": 1, "g": 1, "bias": "auto"},
-    "dwconv": {"k": 3, "s": 1, "p": "auto", "d": 1, "m": 1, "bias": "auto"},
-    "deconv": {"c": ..., "k": 2, "s": None, "p": 0, "op": 0, "bias": "auto"},
-    "maxpool": {"k": 2, "s": None, "p": 0, "ceil": False},
-    "avgpool": {"k": 2, "s": None, "p": 0, "ceil": False, "count_pad": True},
-    "gap": {"keep": False}, "gmp": {"keep": False},
-    "flatten": {"order": "nhwc"},
-    "fc": {"n": ..., "bias": "auto"},
-    "dropout": {"p": 0.5},
-    "bn": {"eps": 1e-5, "momentum": 0.9, "scale": True, "center": True},
-    "lrn": {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 1.0},
-    "act": {"fn": ..., "alpha": None},
-    "scale": {"v": ...},
-    "shuffle": {"g": ...},
-    "slice": {"start": ..., "stop": None},
-    "pad": {"p": ..., "value": 0.0},
-    "crop": {"p": ...},
-    "upsample": {"f": 2, "mode": "nearest"},
-    "identity": {},
-    "reshape": {"shape": ...},
-    "adaptive_avgpool": {"out": ...}, "adaptive_maxpool": {"out": ...},
-    "l2norm": {"init": 20.0, "eps": 1e-12},
-    "normalize": {"eps": 1e-7},
-    "rescale": {"scale": 1.0, "offset": 0.0},
-    "residual": {"proj": None, "shortcut": None, "scale": 1.0},
-    "dense": {},
-    "concat": {"crop": False}, "add": {}, "mul": {},
-}
-MERGES = ("concat", "add", "mul")
-COMBINATORS = ("residual", "dense")  # structural units: numbered like blocks inside a stage
+
+def signature(kind: str) -> dict:
+    return COMBINATORS[kind] if kind in COMBINATORS else ops.SURFACES[kind][0].signature
+
+
+def _is_merge(kind: str) -> bool:
+    return kind in ops.SURFACES and ops.SURFACES[kind][0].merge
+
+
+# Every spelling -> (surface kind, preset arguments, naming label, whether it is a kernel-size
+# alias that follows a rebinding of its base op).
+_SPELLINGS = {name: (kind, preset, ops.SURFACES[kind][0].label(preset), ops.SURFACES[kind][0].rebinds(preset))
+              for name, (kind, preset) in ops.SPELLINGS.items()}
+_SPELLINGS.update({name: (name, {}, name, False) for name in COMBINATORS})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,8 +296,6 @@ class Elaborator:
             if found and isinstance(v, RefLayer):  # a block parameter bound to a tensor
                 return v
             return RefLayer(e.id, e.span, self.frames[-1])
-        if isinstance(e, A.Call):
-            return self.call(e, env)
         if isinstance(e, (A.ListLit, A.Chain)):
             return [self.value(x, env) for x in e.items]
         if isinstance(e, A.BinOp):
@@ -442,19 +405,19 @@ class Elaborator:
         found, v = env.lookup(name)
         if found:
             return v
-        entry = _SURFACE.get(name)
+        entry = _SPELLINGS.get(name)
         if entry is not None:
-            kind, preset, label, base = entry
-            if base is not None:
+            kind, preset, label, rebinds = entry
+            if rebinds:
                 # conv3, maxpool2 …: kernel-size aliases of whatever conv/maxpool means here, so
                 # 'let conv = conv(bias=false)' also applies to conv1 and conv3.
-                found, v = env.lookup(base)
+                found, v = env.lookup(kind)
                 if found and isinstance(v, OpLayer) and v.kind == kind:
                     return OpLayer(kind, v.args, {**v.kwargs, **preset}, span, v.label, env)
             return OpLayer(kind, (), dict(preset), span, label, env)
         if name in FUNCTIONS:
             fail(f"'{name}' is a function; call it as {name}(…)", span)
-        candidates = env.names() | set(SURFACE_OPS) | set(FUNCTIONS)
+        candidates = env.names() | set(_SPELLINGS) | set(FUNCTIONS)
         fail(f"unknown name '{name}'", span, _suggest(name, candidates) or "define it with let, param or block, or import it")
 
     def call(self, e: A.Call, env: Env):
@@ -487,7 +450,7 @@ class Elaborator:
             merged_args = target.args + args
             merged_kwargs = {**target.kwargs, **kwargs}
             if body is not None:
-                if target.kind not in ("residual", "dense"):
+                if target.kind not in COMBINATORS:
                     fail(f"'{e.func}' takes no <body>", e.body.span, "only residual<…>, dense<…> and blocks with a 'body' parameter do")
                 merged_kwargs["body"] = body
             self.check_signature(target.kind, e.func, merged_args, merged_kwargs, e.span)
@@ -544,8 +507,8 @@ class Elaborator:
                                 layer.span, "block")
 
     def check_signature(self, kind, surface, args, kwargs, span):
-        sig = SIGNATURES[kind]
-        if kind in MERGES:
+        sig = signature(kind)
+        if _is_merge(kind):
             for k in kwargs:
                 if k not in sig:
                     fail(f"'{surface}' has no option '{k}'", span, _suggest(k, sig) or f"its options: {', '.join(sig) or 'none'}")
@@ -559,7 +522,7 @@ class Elaborator:
             if k not in allowed:
                 fail(f"'{surface}' has no parameter '{k}'", span, _suggest(k, allowed) or f"its parameters: {', '.join(names)}")
         for i, n in enumerate(names[:len(args)]):
-            if n in kwargs and kind != "act":
+            if n in kwargs:
                 fail(f"'{surface}' got '{n}' twice", span)
 
     # ---- applying layers to tensors ----
@@ -645,134 +608,15 @@ class Elaborator:
 
     # ---- leaf ops ----
     def apply_op(self, v: OpLayer, t: str, next_is_bn: bool) -> str:
-        kind = v.kind
-        if kind in MERGES:
-            return self.apply_merge(v, t)
-        if kind in COMBINATORS:
+        if v.kind in COMBINATORS:
             return self.apply_combinator(v, t)
-        a = _bind_op(v)
-        s = self.b.shape(t)
-        span = v.span
-        if kind == "identity":
+        surface, op = ops.SURFACES[v.kind]
+        if surface.merge:
+            return self.apply_merge(v, t)
+        attrs = surface.bind(_bind_op(v), _BindContext(self, t, v, next_is_bn))
+        if attrs is None:           # identity: no node
             return t
-        if kind in ("conv", "dwconv"):
-            h, w, c = _spatial(s, v.label, span)
-            k = _pair(a["k"], "kernel", span)
-            d = _pair(a["d"], "dilation", span)
-            if kind == "dwconv":
-                mult = _posint(a["m"], "depth multiplier", span)
-                features, groups = c * mult, c
-            else:
-                features = a["c"]
-                if features is None:
-                    features = self.b.target[-1] if self.b.target else c
-                features = _posint(features, "output channels", span)
-                groups = _posint(a["g"], "groups", span)
-            strides = a["s"]
-            if strides is None:
-                strides = self._inferred_stride(s, span)
-            strides = _pair(strides, "stride", span)
-            padding = _padding(a["p"], (h, w), k, strides, d, span)
-            bias = (not next_is_bn) if a["bias"] == "auto" else bool(a["bias"])
-            attrs = dict(features=features, kernel=k, strides=strides, padding=padding, dilation=d, groups=groups, bias=bias)
-            return self.b.add("conv", [t], attrs, span, v.label)
-        if kind == "deconv":
-            _spatial(s, v.label, span)
-            k = _pair(a["k"], "kernel", span)
-            strides = _pair(a["s"] if a["s"] is not None else a["k"], "stride", span)
-            p = _pair(a["p"], "padding", span, allow_zero=True)
-            op_ = _pair(a["op"], "output padding", span, allow_zero=True)
-            bias = (not next_is_bn) if a["bias"] == "auto" else bool(a["bias"])
-            attrs = dict(features=_posint(a["c"], "output channels", span), kernel=k, strides=strides,
-                         padding=((p[0], p[0]), (p[1], p[1])), output_padding=op_, bias=bias)
-            return self.b.add("conv_transpose", [t], attrs, span, "deconv")
-        if kind in ("maxpool", "avgpool"):
-            h, w, c = _spatial(s, v.label, span)
-            k = _pair(a["k"], "kernel", span)
-            strides = _pair(a["s"] if a["s"] is not None else a["k"], "stride", span)
-            same = a["p"] == "same"
-            padding = _padding(a["p"], (h, w), k, strides, (1, 1), span)
-            extra = ((0, 0), (0, 0))
-            if a["ceil"]:
-                extra = tuple((0, _ceil_extra(n, kk, ss, pp)) for n, kk, ss, pp in zip((h, w), k, strides, padding))
-            count_pad = bool(a.get("count_pad", True)) and not same
-            attrs = dict(kind=kind[:3], kernel=k, strides=strides, padding=padding, extra=extra, count_include_pad=count_pad)
-            return self.b.add("pool", [t], attrs, span, v.label)
-        if kind in ("gap", "gmp"):
-            return self.b.add("global_pool", [t], dict(kind="avg" if kind == "gap" else "max", keepdims=bool(a["keep"])), span, kind)
-        if kind == "flatten":
-            if a["order"] not in ("nhwc", "nchw"):
-                fail(f"flatten order must be \"nhwc\" or \"nchw\", not {a['order']!r}", span)
-            return self.b.add("flatten", [t], dict(order=a["order"]), span, "flatten")
-        if kind == "fc":
-            bias = (not next_is_bn) if a["bias"] == "auto" else bool(a["bias"])
-            return self.b.add("dense", [t], dict(features=_posint(a["n"], "units", span), bias=bias), span, "fc")
-        if kind == "dropout":
-            p = _number(a["p"], "dropout rate", span)
-            if not 0 <= p < 1:
-                fail(f"dropout rate {p} is not in [0, 1)", span)
-            return self.b.add("dropout", [t], dict(rate=float(p)), span, "dropout")
-        if kind == "bn":
-            eps = _number(a["eps"], "eps", span)
-            mom = _number(a["momentum"], "momentum", span)
-            if eps <= 0 or not 0 <= mom < 1:
-                fail("bn needs eps > 0 and 0 <= momentum < 1 (the running-average decay: PyTorch momentum 0.1 is 0.9 here)", span)
-            return self.b.add("bn", [t], dict(eps=float(eps), momentum=float(mom), scale=bool(a["scale"]), center=bool(a["center"])), span, "bn")
-        if kind == "lrn":
-            return self.b.add("lrn", [t], dict(size=_posint(a["size"], "size", span), alpha=float(_number(a["alpha"], "alpha", span)),
-                                               beta=float(_number(a["beta"], "beta", span)), k=float(_number(a["k"], "k", span))), span, "lrn")
-        if kind == "act":
-            attrs = dict(fn=a["fn"])
-            if a["fn"] in ("leaky_relu", "elu"):
-                default = 0.01 if a["fn"] == "leaky_relu" else 1.0
-                attrs["alpha"] = float(_number(a["alpha"] if a["alpha"] is not None else default, "alpha", span))
-            elif a["alpha"] is not None:
-                fail(f"{a['fn']} takes no argument", span)
-            return self.b.add("act", [t], attrs, span, v.label)
-        if kind == "scale":
-            return self.b.add("scale", [t], dict(value=float(_number(a["v"], "scale", span))), span, "scale")
-        if kind == "shuffle":
-            return self.b.add("shuffle", [t], dict(groups=_posint(a["g"], "groups", span)), span, "shuffle")
-        if kind == "slice":
-            c = s[-1]
-            start, stop = a["start"], a["stop"] if a["stop"] is not None else c
-            for x in (start, stop):
-                _int(x, "channel index", span)
-            return self.b.add("slice", [t], dict(start=start, stop=stop), span, "slice")
-        if kind == "pad":
-            _spatial(s, "pad", span)
-            return self.b.add("pad", [t], dict(padding=_explicit4(a["p"], "padding", span), value=float(_number(a["value"], "value", span))), span, "pad")
-        if kind == "crop":
-            _spatial(s, "crop", span)
-            return self.b.add("crop", [t], dict(crop=_explicit4(a["p"], "crop", span)), span, "crop")
-        if kind == "reshape":
-            shp = a["shape"]
-            if not isinstance(shp, (list, tuple)) or not 1 <= len(shp) <= 3:
-                fail("reshape needs a shape such as 7x7x30 or [7, 7, 30]", span)
-            return self.b.add("reshape", [t], dict(shape=tuple(_posint(d, "size", span) for d in shp)), span, "reshape")
-        if kind in ("adaptive_avgpool", "adaptive_maxpool"):
-            _spatial(s, kind, span)
-            return self.b.add("adaptive_pool", [t], dict(kind=kind[9:12], out=_pair(a["out"], "output size", span)), span, kind)
-        if kind == "l2norm":
-            return self.b.add("l2norm", [t], dict(init=float(_number(a["init"], "init", span)),
-                                                  eps=float(_number(a["eps"], "eps", span))), span, "l2norm")
-        if kind == "normalize":
-            return self.b.add("normalize", [t], dict(eps=float(_number(a["eps"], "eps", span))), span, "normalize")
-        if kind == "rescale":
-            c = s[-1]
-            vals = []
-            for key in ("scale", "offset"):
-                v = a[key]
-                v = list(v) if isinstance(v, (list, tuple)) else [v] * c
-                if len(v) != c:
-                    fail(f"rescale {key} has {len(v)} values for {c} channels", span)
-                vals.append(tuple(float(_number(x, key, span)) for x in v))
-            return self.b.add("rescale", [t], dict(scale=vals[0], offset=vals[1]), span, "rescale")
-        if kind == "upsample":
-            if a["mode"] not in ("nearest", "bilinear"):
-                fail(f"upsample mode must be \"nearest\" or \"bilinear\", not {a['mode']!r}", span)
-            return self.b.add("upsample", [t], dict(factor=_pair(a["f"], "factor", span), method=a["mode"]), span, "upsample")
-        raise AssertionError(kind)
+        return self.b.add(op.name, [t], attrs, v.span, v.label)
 
     def _inferred_stride(self, s, span):
         """The stride that takes this input to the projection's target size (1 without a target)."""
@@ -810,7 +654,7 @@ class Elaborator:
             return outs[0]
         if v.kind == "concat" and opts.get("crop"):
             outs = self._center_crop(outs, v.span)
-        return self.b.add(v.kind, outs, {}, v.span, v.kind)
+        return self.b.add(v.kind, outs, NoAttrs(), v.span, v.kind)
 
     def _center_crop(self, outs, span):
         shapes = [self.b.shape(o) for o in outs]
@@ -821,7 +665,7 @@ class Elaborator:
         for o, (h, w, _) in zip(outs, shapes):
             if (h, w) != (th, tw):
                 dh, dw = h - th, w - tw
-                o = self.b.add("crop", [o], dict(crop=((dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2))), span, "crop")
+                o = self.b.add("crop", [o], CropAttrs(((dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2))), span, "crop")
             res.append(o)
         return res
 
@@ -834,7 +678,7 @@ class Elaborator:
         try:
             y = self.apply(body, t, v.span)
             if v.kind == "dense":
-                return self.b.add("concat", [t, y], {}, v.span, "concat")
+                return self.b.add("concat", [t, y], NoAttrs(), v.span, "concat")
             sx, sy = self.b.shape(t), self.b.shape(y)
             shortcut = a["shortcut"]
             if shortcut is None and sx != sy:
@@ -852,8 +696,8 @@ class Elaborator:
                 s = t
             factor = _number(a["scale"], "scale", v.span)
             if factor != 1:
-                y = self.b.add("scale", [y], dict(value=float(factor)), v.span, "scale")
-            return self.b.add("add", [s, y], {}, v.span, "add")
+                y = self.b.add("scale", [y], ScaleAttrs(float(factor)), v.span, "scale")
+            return self.b.add("add", [s, y], NoAttrs(), v.span, "add")
         finally:
             if opened:
                 self.b.pop()
@@ -942,7 +786,7 @@ def _builds_nodes(v) -> bool:
 
 
 def _bind_op(v: OpLayer) -> dict:
-    sig = SIGNATURES[v.kind]
+    sig = signature(v.kind)
     out = dict(sig)
     if v.args:
         out.update(zip(sig, v.args))
@@ -954,10 +798,42 @@ def _bind_op(v: OpLayer) -> dict:
     return out
 
 
-def _label(surface: str, kind: str) -> str:
-    if kind == "act":
-        return SURFACE_OPS[surface][1]["fn"] if surface not in ops.ACTIVATIONS else surface
-    return {"conv": "conv", "dwconv": "dwconv", "maxpool": "maxpool", "avgpool": "avgpool", "fc": "fc"}.get(kind, kind)
+class _BindContext:
+    """What an op's ``bind`` sees of the elaborator (ops.BindContext): the input's shape, the
+    call's place for errors, whether a BN follows, the projection target, and value checks."""
+
+    __slots__ = ("el", "shape", "span", "label", "next_is_bn", "target")
+
+    def __init__(self, el: "Elaborator", t: str, v: OpLayer, next_is_bn: bool):
+        self.el, self.shape, self.span, self.label = el, el.b.shape(t), v.span, v.label
+        self.next_is_bn, self.target = next_is_bn, el.b.target
+
+    def fail(self, message, hint=None, kind="name"):
+        fail(message, self.span, hint, kind)
+
+    def spatial(self):
+        try:
+            return ops.spatial(self.label, self.shape)
+        except ShapeError as e:
+            fail(str(e), self.span, e.hint, kind="shape")
+
+    def int(self, v, what):
+        return _int(v, what, self.span)
+
+    def posint(self, v, what):
+        return _posint(v, what, self.span)
+
+    def number(self, v, what):
+        return _number(v, what, self.span)
+
+    def pair(self, v, what, allow_zero=False):
+        return _pair(v, what, self.span, allow_zero)
+
+    def explicit4(self, p, what):
+        return _explicit4(p, what, self.span)
+
+    def inferred_stride(self):
+        return self.el._inferred_stride(self.shape, self.span)
 
 
 def _kind(v) -> str:
@@ -984,13 +860,6 @@ def _hwc(shape):
     if len(shape) == 3:
         return shape
     return (1, 1, shape[-1])
-
-
-def _spatial(s, what, span):
-    if len(s) != 3:
-        fail(f"{what} needs a feature map HxWxC, but its input is {fmt(s)}", span,
-             "it comes after a flatten or global pool; move it before them", kind="shape")
-    return s
 
 
 def _int(v, what, span):
@@ -1050,42 +919,6 @@ def _explicit4(p, what, span):
             fail(f"{what} {x} is out of range", span)
     return ((vals[0], vals[1]), (vals[2], vals[3]))
 
-
-def _padding(p, hw, k, s, d, span):
-    """Padding spec → explicit ((t, b), (l, r)). 'auto': PyTorch-symmetric (k-1)//2·d (keeps the
-    size at stride 1); 'same': TensorFlow's, the extra pixel at the bottom/right; 'valid': none."""
-    if p == "auto":
-        ph, pw = (k[0] - 1) * d[0] // 2, (k[1] - 1) * d[1] // 2
-        return ((ph, ph), (pw, pw))
-    if p == "valid":
-        return ((0, 0), (0, 0))
-    if p == "same":
-        out = []
-        for n, kk, ss, dd in zip(hw, k, s, d):
-            eff = (kk - 1) * dd + 1
-            total = max((-(-n // ss) - 1) * ss + eff - n, 0)
-            out.append((total // 2, total - total // 2))
-        return tuple(out)
-    if isinstance(p, str):
-        fail(f"unknown padding {p!r}", span, "use a number, [h, w], [t, b, l, r], \"same\" (TensorFlow) or \"valid\"")
-    return _explicit4(p, "padding", span)
-
-
-def _ceil_extra(n, k, s, pad):
-    """Extra bottom/right padding that turns floor into PyTorch's ceil_mode output size."""
-    total = n + pad[0] + pad[1]
-    out = -(-(total - k) // s) + 1
-    if (out - 1) * s >= n + pad[0]:  # the last window must start inside the input or left padding
-        out -= 1
-    return max(0, (out - 1) * s + k - total)
-
-
-# name -> (kind, preset kwargs, naming label, base op whose rebinding a kernel alias follows)
-_SURFACE = {
-    name: (kind, preset, _label(name, kind),
-           next((b for b in ("dwconv", "conv", "maxpool", "avgpool") if name.startswith(b)), None) if "k" in preset else None)
-    for name, (kind, preset) in SURFACE_OPS.items()
-}
 
 # The default projection shortcut, 'conv1 bn' (torchvision's downsample), resolved at each use in
 # the environment where residual was written.

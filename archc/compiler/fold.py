@@ -13,9 +13,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from .ir import Graph, Node
-
-FOLDABLE = ("conv", "dense")
+from .ir import Graph, verify
+from .ops import OPS
 
 
 def _consumers(graph: Graph) -> dict:
@@ -34,7 +33,7 @@ def foldable_pairs(graph: Graph) -> list[tuple[str, str]]:
         if node.op != "bn" or len(node.inputs) != 1:
             continue
         src = graph.nodes[node.inputs[0]]
-        if src.op in FOLDABLE and uses[src.name] == [node.name] and src.name not in graph.outputs:
+        if OPS[src.op].folds_bn and uses[src.name] == [node.name] and src.name not in graph.outputs:
             pairs.append((src.name, node.name))
     return pairs
 
@@ -52,9 +51,9 @@ def fold_batchnorm(graph: Graph, variables: dict) -> tuple[Graph, dict]:
         p, st = params.get(bn, {}), stats[bn]
         mean = np.asarray(st["mean"], np.float64)
         var = np.asarray(st["var"], np.float64)
-        gamma = np.asarray(p["scale"], np.float64) if a["scale"] else np.ones_like(mean)
-        beta = np.asarray(p["bias"], np.float64) if a["center"] else np.zeros_like(mean)
-        s = gamma / np.sqrt(var + a["eps"])
+        gamma = np.asarray(p["scale"], np.float64) if a.scale else np.ones_like(mean)
+        beta = np.asarray(p["bias"], np.float64) if a.center else np.zeros_like(mean)
+        s = gamma / np.sqrt(var + a.eps)
         lp = params[layer]
         kernel = np.asarray(lp["kernel"], np.float64)
         bias = np.asarray(lp["bias"], np.float64) if "bias" in lp else np.zeros_like(mean)
@@ -63,7 +62,7 @@ def fold_batchnorm(graph: Graph, variables: dict) -> tuple[Graph, dict]:
         params.pop(bn, None)
         stats.pop(bn)
         redirect[bn] = layer
-        new_attrs[layer] = {**graph.nodes[layer].attrs, "bias": True}
+        new_attrs[layer] = graph.nodes[layer].attrs.replace(bias=True)
 
     nodes = {}
     for node in graph:
@@ -73,6 +72,7 @@ def fold_batchnorm(graph: Graph, variables: dict) -> tuple[Graph, dict]:
                                    attrs=new_attrs.get(node.name, node.attrs))
     folded = Graph(graph.name, nodes, list(graph.inputs), [redirect.get(o, o) for o in graph.outputs],
                    dict(graph.params), {k: redirect.get(v, v) for k, v in graph.aliases.items()}, graph.sources)
+    verify(folded)
     out = dict(variables)
     out["params"] = params
     if stats:

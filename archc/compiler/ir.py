@@ -1,8 +1,10 @@
 """The IR: a typed DAG of ops with stable hierarchical names and source spans.
 
 Shapes exclude the batch axis: (H, W, C) for feature maps, (C,) after flatten or global pooling.
-Attributes are normalised: every padding is explicit ((top, bottom), (left, right)), so TF-style
-'same' and ceil-mode pooling are resolved here, once, and lowering never guesses.
+Each node's attributes are its op's frozen dataclass (compiler/ops), normalised by the op's
+``bind``: every padding explicit ((top, bottom), (left, right)) -- TF-style 'same' and ceil-mode
+pooling are resolved there, once -- and every default filled in, so no pass guesses or restates
+one. ``verify`` holds any graph (elaborated, built by hand, or rewritten by a pass) to that.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ class Node:
     name: str
     op: str
     inputs: tuple            # names of input nodes
-    attrs: dict
+    attrs: Any               # the op's Attrs dataclass (compiler/ops)
     shape: Shape
     span: Span | None = None
 
@@ -29,7 +31,7 @@ class Node:
             "name": self.name,
             "op": self.op,
             "inputs": list(self.inputs),
-            "attrs": _jsonable(self.attrs),
+            "attrs": self.attrs.to_json(),
             "shape": list(self.shape),
             "span": None if self.span is None else
             {"file": self.span.file, "line": self.span.line, "col": self.span.col},
@@ -80,3 +82,38 @@ def _jsonable(v: Any):
     if isinstance(v, (list, tuple)):
         return [_jsonable(x) for x in v]
     return v
+
+
+def verify(graph: Graph) -> Graph:
+    """Check the IR's invariants; raise ValueError naming the first node that breaks one.
+
+    Names are unique and match their keys, inputs come earlier (topological order), each
+    node's attributes are its op's type, the arity fits, the shape rule reproduces the recorded
+    shape, and the graph's inputs, outputs and stage aliases name nodes.
+    """
+    from . import ops
+    seen: set = set()
+    for key, node in graph.nodes.items():
+        where = f"node {key!r} ({node.op})"
+        if node.name != key:
+            raise ValueError(f"{where} is stored under another name, {node.name!r}")
+        if node.op not in ops.OPS:
+            raise ValueError(f"{where}: unknown op")
+        for i in node.inputs:
+            if i not in seen:
+                raise ValueError(f"{where} reads {i!r}, which is not an earlier node")
+        try:
+            shape = ops.infer_shape(node.op, node.attrs, [graph.nodes[i].shape for i in node.inputs])
+        except (ops.ShapeError, TypeError) as e:
+            raise ValueError(f"{where}: {e}") from None
+        if tuple(shape) != tuple(node.shape):
+            raise ValueError(f"{where} records shape {ops.fmt(node.shape)}, its rule gives {ops.fmt(shape)}")
+        seen.add(key)
+    for what, names in (("input", graph.inputs), ("output", graph.outputs), ("alias", graph.aliases.values())):
+        for n in names:
+            if n not in graph.nodes:
+                raise ValueError(f"the graph's {what} {n!r} is not a node")
+    for n in graph.inputs:
+        if graph.nodes[n].op != "input":
+            raise ValueError(f"the graph's input {n!r} is a {graph.nodes[n].op} node")
+    return graph

@@ -24,7 +24,7 @@ import difflib
 import functools
 import zlib
 from collections.abc import Mapping
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -32,8 +32,21 @@ import numpy as np
 from jax import lax
 
 from .ir import Graph, Node
+from .ops import OPS, VarSpec, variable_specs, variables_tree  # noqa: F401  (VarSpec, variables_tree: re-exported)
 
 Array = jax.Array
+
+# IR op -> fn(node, inputs, variables, run) -> array; filled by @lowering next to each rule.
+LOWERINGS: dict[str, Callable] = {}
+
+
+def lowering(op: str):
+    assert op in OPS and op not in LOWERINGS, op
+
+    def register(fn):
+        LOWERINGS[op] = fn
+        return fn
+    return register
 
 
 # --------------------------------------------------------------------------------------------
@@ -47,18 +60,20 @@ class Program:
     This wrapper hashes and compares by identity, which is what a compiled program should do.
     """
 
-    __slots__ = ("graph", "order", "inputs", "primary", "has_dropout", "variable_specs", "_needed", "_scopes")
+    __slots__ = ("graph", "order", "inputs", "primary", "has_dropout", "variable_specs", "_with_variables",
+                 "_needed", "_scopes")
 
     def __init__(self, graph: Graph):
         for node in graph:
-            if node.op not in LOWERINGS:
+            if node.op != "input" and node.op not in LOWERINGS:
                 raise NotImplementedError(f"no lowering for op {node.op!r} (node {node.name!r})")
         self.graph = graph
         self.order = tuple(graph.nodes.values())
         self.inputs = tuple(graph.inputs)
         self.primary = graph.outputs[0]
-        self.has_dropout = any(n.op == "dropout" and n.attrs.get("rate", 0) > 0 for n in graph)
+        self.has_dropout = any(n.op == "dropout" and n.attrs.rate > 0 for n in graph)
         self.variable_specs = tuple(variable_specs(graph))
+        self._with_variables = frozenset(v.node for v in self.variable_specs)
         self._needed: dict = {}
         self._scopes: dict | None = None
 
@@ -90,6 +105,9 @@ class Program:
                 scopes[scope] = next(iter(exits)) if len(exits) == 1 else names[-1]
             self._scopes = scopes
         return self._scopes
+
+    def has_variables(self, node: str) -> bool:
+        return node in self._with_variables
 
     def resolve(self, name: str) -> str:
         """A node name, or a block name standing for the block's output node."""
@@ -148,12 +166,12 @@ class Program:
 def _cpu_conv_path(a: dict, x) -> str | None:
     if jax.default_backend() != "cpu" or x.ndim != 4:
         return None
-    g, kernel = a.get("groups", 1), tuple(a["kernel"])
+    g, kernel = a.groups, tuple(a.kernel)
     if g > 1:
-        return "depthwise" if g == a["features"] == x.shape[-1] else None
-    if tuple(a.get("dilation", (1, 1))) != (1, 1):
+        return "depthwise" if g == a.features == x.shape[-1] else None
+    if tuple(a.dilation) != (1, 1):
         return None
-    unpadded = all(p == 0 for side in a["padding"] for p in side)
+    unpadded = all(p == 0 for side in a.padding for p in side)
     if kernel == (1, 1) and unpadded:
         return "pointwise"
     if unpadded and max(kernel) > 1:
@@ -201,7 +219,7 @@ def _product(op, x, *args, **kwargs):
 
 
 def _cpu_conv(path: str, a: dict, x, kernel):
-    (kh, kw), (sh, sw), (dh, dw) = tuple(a["kernel"]), tuple(a["strides"]), tuple(a.get("dilation", (1, 1)))
+    (kh, kw), (sh, sw), (dh, dw) = tuple(a.kernel), tuple(a.strides), tuple(a.dilation)
     if path == "pointwise":
         if (sh, sw) != (1, 1):
             x = lax.slice(x, (0, 0, 0, 0), x.shape, (1, sh, sw, 1))
@@ -216,7 +234,7 @@ def _cpu_conv(path: str, a: dict, x, kernel):
     # The taps sum in float32 (as _product accumulates), rounded once at the end.
     out_dtype = x.dtype
     x, kernel = _at_least_f32(lax.optimization_barrier(x)), _at_least_f32(kernel)
-    (pt, pb), (pl, pr) = a["padding"]
+    (pt, pb), (pl, pr) = a.padding
     xp = lax.pad(x, lax.full((), 0, x.dtype), ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
     ho = (xp.shape[1] - dh * (kh - 1) - 1) // sh + 1
     wo = (xp.shape[2] - dw * (kw - 1) - 1) // sw + 1
@@ -241,28 +259,28 @@ def _operands(run, x, kernel):
     return _cast(x, run.dtype), kernel
 
 
+@lowering("conv")
 def _conv(node: Node, xs, v, run):
     a = node.attrs
     x, kernel = _operands(run, xs[0], v["kernel"])
     path = _cpu_conv_path(a, x)
     if path is not None:
         return _add_bias(_cpu_conv(path, a, x, kernel), v)
-    y = _product(lax.conv_general_dilated, x, kernel, tuple(a["strides"]), [tuple(p) for p in a["padding"]],
-                 rhs_dilation=tuple(a.get("dilation", (1, 1))), dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                 feature_group_count=a.get("groups", 1))
+    y = _product(lax.conv_general_dilated, x, kernel, tuple(a.strides), [tuple(p) for p in a.padding],
+                 rhs_dilation=tuple(a.dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                 feature_group_count=a.groups)
     return _add_bias(y, v)
 
 
+@lowering("conv_transpose")
 def _conv_transpose(node: Node, xs, v, run):
     a = node.attrs
-    if tuple(a.get("dilation", (1, 1))) != (1, 1):
-        raise NotImplementedError(f"{node.name}: dilated transposed convolution")
     # PyTorch crops `padding` from the full output (n-1)*s + k (+ output_padding at the end);
     # lax.conv_transpose takes the padding of the stride-dilated input instead.
     pads = [(k - 1 - p[0], k - 1 - p[1] + op)
-            for k, p, op in zip(a["kernel"], a["padding"], a.get("output_padding", (0, 0)))]
+            for k, p, op in zip(a.kernel, a.padding, a.output_padding)]
     x, kernel = _operands(run, xs[0], v["kernel"])
-    y = _product(lax.conv_transpose, x, kernel, tuple(a["strides"]), pads,
+    y = _product(lax.conv_transpose, x, kernel, tuple(a.strides), pads,
                  dimension_numbers=("NHWC", "HWIO", "NHWC"), transpose_kernel=True)
     return _add_bias(y, v)
 
@@ -290,25 +308,26 @@ def _separable_window(x, kernel, strides, combine):
     return x
 
 
+@lowering("pool")
 def _pool(node: Node, xs, v, run):
     a = node.attrs
     x = xs[0]
-    (kh, kw), (sh, sw) = a["kernel"], a["strides"]
-    pads = tuple(a["padding"])
-    extra = tuple(a.get("extra", ((0, 0), (0, 0))))
+    (kh, kw), (sh, sw) = a.kernel, a.strides
+    pads = tuple(a.padding)
+    extra = tuple(a.extra)
     full = ((0, 0), (pads[0][0] + extra[0][0], pads[0][1] + extra[0][1]),
             (pads[1][0] + extra[1][0], pads[1][1] + extra[1][1]), (0, 0))
     window, strides = (1, kh, kw, 1), (1, sh, sw, 1)
-    combine = lax.max if a["kind"] == "max" else lax.add
+    combine = lax.max if a.kind == "max" else lax.add
     padded = any(any(side) for side in full)
-    if jax.default_backend() == "cpu" and (not padded or a["kind"] == "avg"):
+    if jax.default_backend() == "cpu" and (not padded or a.kind == "avg"):
         # zero padding adds nothing to a sum; the divisor below counts the cells
         total = _separable_window(jnp.pad(x, full) if padded else x, (kh, kw), (sh, sw), combine)
     else:
-        total = lax.reduce_window(x, -jnp.inf if a["kind"] == "max" else 0.0, combine, window, strides, full)
-    if a["kind"] == "max":
+        total = lax.reduce_window(x, -jnp.inf if a.kind == "max" else 0.0, combine, window, strides, full)
+    if a.kind == "max":
         return total
-    include = a.get("count_include_pad", True)
+    include = a.count_include_pad
     ch = _axis_counts(x.shape[1], kh, sh, pads[0], extra[0], include)
     cw = _axis_counts(x.shape[2], kw, sw, pads[1], extra[1], include)
     if ch.min() == ch.max() and cw.min() == cw.max():          # constant divisor: fast path
@@ -317,25 +336,29 @@ def _pool(node: Node, xs, v, run):
     return total / jnp.asarray(div, dtype=total.dtype)
 
 
+@lowering("global_pool")
 def _global_pool(node: Node, xs, v, run):
-    reduce = jnp.mean if node.attrs["kind"] == "avg" else jnp.max
-    return reduce(xs[0], axis=(1, 2), keepdims=node.attrs.get("keepdims", False))
+    reduce = jnp.mean if node.attrs.kind == "avg" else jnp.max
+    return reduce(xs[0], axis=(1, 2), keepdims=node.attrs.keepdims)
 
 
+@lowering("flatten")
 def _flatten(node: Node, xs, v, run):
     x = xs[0]
-    if node.attrs.get("order", "nhwc") == "nchw" and x.ndim == 4 and x.shape[1] * x.shape[2] > 1:
+    if node.attrs.order == "nchw" and x.ndim == 4 and x.shape[1] * x.shape[2] > 1:
         x = jnp.transpose(x, (0, 3, 1, 2))
     return x.reshape(x.shape[0], -1)
 
 
+@lowering("dense")
 def _dense(node: Node, xs, v, run):
     x, kernel = _operands(run, xs[0], v["kernel"])
     return _add_bias(_product(lax.dot_general, x, kernel, (((x.ndim - 1,), (0,)), ((), ()))), v)
 
 
+@lowering("dropout")
 def _dropout(node: Node, xs, v, run):
-    x, rate = xs[0], node.attrs.get("rate", 0.0)
+    x, rate = xs[0], node.attrs.rate
     if rate == 0.0 or not run.train:
         return x
     if rate == 1.0:
@@ -344,6 +367,7 @@ def _dropout(node: Node, xs, v, run):
     return lax.select(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
+@lowering("bn")
 def _bn(node: Node, xs, v, run):
     # Flax BatchNorm's arithmetic, op for op (use_fast_variance=False): checkpoints trained
     # either way give the same numbers. Like Flax, statistics and normalisation are at least
@@ -354,24 +378,38 @@ def _bn(node: Node, xs, v, run):
     if run.train:
         mean = x.mean(axes)
         var = lax.square(x - jnp.expand_dims(mean, axes)).mean(axes)
-        m = a.get("momentum", 0.9)
+        m = a.momentum
         run.updates[node.name] = {"mean": m * v["mean"] + (1 - m) * mean, "var": m * v["var"] + (1 - m) * var}
     else:
         mean, var = v["mean"], v["var"]
-    mul = lax.rsqrt(lax.add(var, np.asarray(a.get("eps", 1e-5), var.dtype)))
+    mul = lax.rsqrt(lax.add(var, np.asarray(a.eps, var.dtype)))
     if "scale" in v:
         mul = lax.mul(*_promote(mul, v["scale"]))
     y = _add_bias(_channelwise(lax.mul, _channelwise(lax.sub, x, mean), mul), v)
     return _cast(y, xs[0].dtype)
 
 
+@lowering("layernorm")
+def _layernorm(node: Node, xs, v, run):
+    # Two-pass statistics over the channels in at least float32 (as BN's under the bf16
+    # policy): E[x^2] - E[x]^2 loses digits where the mean is large against the spread.
+    x = _at_least_f32(xs[0])
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    centred = lax.sub(x, mean)
+    var = jnp.mean(lax.square(centred), axis=-1, keepdims=True)
+    y = lax.mul(centred, lax.rsqrt(lax.add(var, np.asarray(node.attrs.eps, var.dtype))))
+    y = _add_bias(_channelwise(lax.mul, y, v["scale"]), v)
+    return _cast(y, xs[0].dtype)
+
+
+@lowering("lrn")
 def _lrn(node: Node, xs, v, run):
     a = node.attrs
-    x, size = xs[0], a["size"]
+    x, size = xs[0], a.size
     pad = [(0, 0)] * (x.ndim - 1) + [(size // 2, (size - 1) // 2)]
     window = (1,) * (x.ndim - 1) + (size,)
     sq_sum = lax.reduce_window(x * x, 0.0, lax.add, window, (1,) * x.ndim, pad)
-    return x / jnp.power(a.get("k", 1.0) + (a.get("alpha", 1e-4) / size) * sq_sum, a.get("beta", 0.75))
+    return x / jnp.power(a.k + (a.alpha / size) * sq_sum, a.beta)
 
 
 def _zero(x):
@@ -395,8 +433,8 @@ def _relu6(x):
 ACTIVATION_FNS: dict[str, Callable] = {
     "relu": lambda x, a: _relu(x),
     "relu6": lambda x, a: _relu6(x),
-    "leaky_relu": lambda x, a: jax.nn.leaky_relu(x, a.get("alpha", 0.01)),
-    "elu": lambda x, a: jax.nn.elu(x, a.get("alpha", 1.0)),
+    "leaky_relu": lambda x, a: jax.nn.leaky_relu(x, a.alpha),
+    "elu": lambda x, a: jax.nn.elu(x, a.alpha),
     "sigmoid": lambda x, a: lax.logistic(x),
     "tanh": lambda x, a: jnp.tanh(x),
     "swish": lambda x, a: lax.mul(x, lax.logistic(x)),
@@ -410,67 +448,79 @@ ACTIVATION_FNS: dict[str, Callable] = {
 }
 
 
+@lowering("act")
 def _act(node: Node, xs, v, run):
-    return ACTIVATION_FNS[node.attrs["fn"]](xs[0], node.attrs)
+    return ACTIVATION_FNS[node.attrs.fn](xs[0], node.attrs)
 
 
+@lowering("scale")
 def _scale(node: Node, xs, v, run):
-    return xs[0] * node.attrs["value"]
+    return xs[0] * node.attrs.value
 
 
+@lowering("concat")
 def _concat(node: Node, xs, v, run):
     return xs[0] if len(xs) == 1 else lax.concatenate(_promote(*xs), xs[0].ndim - 1)
 
 
+@lowering("add")
 def _add(node: Node, xs, v, run):
     return _elementwise(lax.add, xs)
 
 
+@lowering("mul")
 def _mul(node: Node, xs, v, run):
     return _elementwise(lax.mul, xs)
 
 
+@lowering("shuffle")
 def _shuffle(node: Node, xs, v, run):
-    x, g = xs[0], node.attrs["groups"]
+    x, g = xs[0], node.attrs.groups
     c = x.shape[-1]
     y = x.reshape(x.shape[:-1] + (g, c // g))
     return jnp.swapaxes(y, -1, -2).reshape(x.shape)
 
 
+@lowering("slice")
 def _slice(node: Node, xs, v, run):
-    return xs[0][..., node.attrs["start"]:node.attrs["stop"]]
+    return xs[0][..., node.attrs.start:node.attrs.stop]
 
 
+@lowering("pad")
 def _pad(node: Node, xs, v, run):
-    (t, b), (l, r) = node.attrs["padding"]
+    (t, b), (l, r) = node.attrs.padding
     return jnp.pad(xs[0], ((0, 0), (t, b), (l, r), (0, 0)),
-                   constant_values=node.attrs.get("value", 0.0))
+                   constant_values=node.attrs.value)
 
 
+@lowering("crop")
 def _crop(node: Node, xs, v, run):
     x = xs[0]
-    (t, b), (l, r) = node.attrs["crop"]
+    (t, b), (l, r) = node.attrs.crop
     return x[:, t:x.shape[1] - b, l:x.shape[2] - r, :]
 
 
+@lowering("upsample")
 def _upsample(node: Node, xs, v, run):
     x = xs[0]
-    fh, fw = node.attrs["factor"]
+    fh, fw = node.attrs.factor
     n, h, w, c = x.shape
-    if node.attrs.get("method", "nearest") == "nearest":
+    if node.attrs.method == "nearest":
         y = jnp.broadcast_to(x[:, :, None, :, None, :], (n, h, fh, w, fw, c))
         return y.reshape(n, h * fh, w * fw, c)
     # half-pixel centres with edge clamping == PyTorch bilinear, align_corners=False
     return jax.image.resize(x, (n, h * fh, w * fw, c), method="bilinear", antialias=False)
 
 
+@lowering("identity")
 def _identity(node: Node, xs, v, run):
     return xs[0]
 
 
+@lowering("reshape")
 def _reshape(node: Node, xs, v, run):
     x = xs[0]
-    return x.reshape((x.shape[0],) + tuple(node.attrs["shape"]))
+    return x.reshape((x.shape[0],) + tuple(node.attrs.shape))
 
 
 def _adaptive_along(x, axis: int, out: int, reduce):
@@ -483,25 +533,28 @@ def _adaptive_along(x, axis: int, out: int, reduce):
     return jnp.concatenate(parts, axis=axis)
 
 
+@lowering("adaptive_pool")
 def _adaptive_pool(node: Node, xs, v, run):
     # separable: a mean (max) over a rectangle is the mean (max) over its rows of the mean
     # (max) over its columns, and PyTorch's windows are a product of per-axis windows
-    reduce = jnp.mean if node.attrs["kind"] == "avg" else jnp.max
-    oh, ow = node.attrs["out"]
+    reduce = jnp.mean if node.attrs.kind == "avg" else jnp.max
+    oh, ow = node.attrs.out
     return _adaptive_along(_adaptive_along(xs[0], 1, oh, reduce), 2, ow, reduce)
 
 
+@lowering("l2norm")
 def _l2norm(node: Node, xs, v, run):
     """SSD's L2Norm: x / max(||x||_2 over channels, eps) times a learned per-channel scale."""
     x = xs[0]
     norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
-    return x / jnp.maximum(norm, node.attrs.get("eps", 1e-12)) * v["scale"]
+    return x / jnp.maximum(norm, node.attrs.eps) * v["scale"]
 
 
+@lowering("normalize")
 def _normalize(node: Node, xs, v, run):
     """Keras Normalization: (x - mean) / max(sqrt(var), eps); mean, var and the sample count
     are non-trainable state (in 'batch_stats'; training leaves them unchanged)."""
-    return (xs[0] - v["mean"]) / jnp.maximum(jnp.sqrt(v["var"]), node.attrs.get("eps", 1e-7))
+    return (xs[0] - v["mean"]) / jnp.maximum(jnp.sqrt(v["var"]), node.attrs.eps)
 
 
 def _per_channel(values):
@@ -510,9 +563,10 @@ def _per_channel(values):
     return float(values[0]) if len(set(values)) == 1 else np.asarray(values, np.float32)
 
 
+@lowering("rescale")
 def _rescale(node: Node, xs, v, run):
     x = xs[0]
-    scale, offset = _per_channel(node.attrs.get("scale", 1.0)), _per_channel(node.attrs.get("offset", 0.0))
+    scale, offset = _per_channel(node.attrs.scale), _per_channel(node.attrs.offset)
     if not (isinstance(scale, float) and scale == 1.0):
         x = x * scale
     if not (isinstance(offset, float) and offset == 0.0):
@@ -520,128 +574,10 @@ def _rescale(node: Node, xs, v, run):
     return x
 
 
-LOWERINGS: dict[str, Callable] = {
-    "conv": _conv,
-    "conv_transpose": _conv_transpose,
-    "pool": _pool,
-    "global_pool": _global_pool,
-    "flatten": _flatten,
-    "dense": _dense,
-    "dropout": _dropout,
-    "bn": _bn,
-    "lrn": _lrn,
-    "act": _act,
-    "scale": _scale,
-    "concat": _concat,
-    "add": _add,
-    "mul": _mul,
-    "shuffle": _shuffle,
-    "slice": _slice,
-    "pad": _pad,
-    "crop": _crop,
-    "upsample": _upsample,
-    "identity": _identity,
-    "reshape": _reshape,
-    "adaptive_pool": _adaptive_pool,
-    "l2norm": _l2norm,
-    "normalize": _normalize,
-    "rescale": _rescale,
-    "input": None,          # bound from the arguments, never called
-}
 
 
 # --------------------------------------------------------------------------------------------
-# The variables each op reads, named and initialised as Flax's own layers would. Model.init
-# builds them with one random draw (see archc.runtime.model); GraphModule.init with Linen's
-# initialisers, one draw per leaf.
-# --------------------------------------------------------------------------------------------
-class VarSpec(NamedTuple):
-    collection: str     # 'params' | 'batch_stats'
-    node: str
-    leaf: str           # 'kernel', 'bias', 'scale', 'mean', 'var'
-    shape: tuple
-    init: str           # 'lecun_normal' | 'zeros' | 'ones' | 'constant'
-    fan_in: int = 0     # for lecun_normal
-    value: float = 0.0  # for constant
-
-
-def _conv_vars(node: Node, ins):
-    a = node.attrs
-    kh, kw = a["kernel"]
-    cin = ins[0][-1] // a.get("groups", 1)
-    yield VarSpec("params", node.name, "kernel", (kh, kw, cin, a["features"]), "lecun_normal", kh * kw * cin)
-    if a.get("bias", True):
-        yield VarSpec("params", node.name, "bias", (a["features"],), "zeros")
-
-
-def _conv_transpose_vars(node: Node, ins):
-    a = node.attrs
-    kh, kw = a["kernel"]
-    f = a["features"]
-    # transpose_kernel layout (kh, kw, out, in); Flax's fan_in is kh*kw*shape[-2]
-    yield VarSpec("params", node.name, "kernel", (kh, kw, f, ins[0][-1]), "lecun_normal", kh * kw * f)
-    if a.get("bias", True):
-        yield VarSpec("params", node.name, "bias", (f,), "zeros")
-
-
-def _dense_vars(node: Node, ins):
-    a = node.attrs
-    yield VarSpec("params", node.name, "kernel", (ins[0][-1], a["features"]), "lecun_normal", ins[0][-1])
-    if a.get("bias", True):
-        yield VarSpec("params", node.name, "bias", (a["features"],), "zeros")
-
-
-def _bn_vars(node: Node, ins):
-    a, c = node.attrs, ins[0][-1]
-    if a.get("scale", True):
-        yield VarSpec("params", node.name, "scale", (c,), "ones")
-    if a.get("center", True):
-        yield VarSpec("params", node.name, "bias", (c,), "zeros")
-    yield VarSpec("batch_stats", node.name, "mean", (c,), "zeros")
-    yield VarSpec("batch_stats", node.name, "var", (c,), "ones")
-
-
-def _l2norm_vars(node: Node, ins):
-    yield VarSpec("params", node.name, "scale", (ins[0][-1],), "constant", value=node.attrs.get("init", 20.0))
-
-
-def _normalize_vars(node: Node, ins):
-    c = ins[0][-1]
-    yield VarSpec("batch_stats", node.name, "mean", (c,), "zeros")
-    yield VarSpec("batch_stats", node.name, "var", (c,), "ones")
-    yield VarSpec("batch_stats", node.name, "count", (), "zeros")
-
-
-VARIABLES: dict[str, Callable] = {
-    "conv": _conv_vars,
-    "conv_transpose": _conv_transpose_vars,
-    "dense": _dense_vars,
-    "bn": _bn_vars,
-    "l2norm": _l2norm_vars,
-    "normalize": _normalize_vars,
-}
-
-
-def variables_tree(specs, leaf: Callable) -> dict:
-    """``{collection: {node: {leaf name: leaf(spec)}}}`` for variable specs, in their order."""
-    tree: dict = {}
-    for v in specs:
-        tree.setdefault(v.collection, {}).setdefault(v.node, {})[v.leaf] = leaf(v)
-    return tree
-
-
-def variable_specs(graph: Graph) -> list[VarSpec]:
-    """Every variable the lowered module has, in graph order."""
-    specs = []
-    for node in graph:
-        rule = VARIABLES.get(node.op)
-        if rule is not None:
-            specs.extend(rule(node, [tuple(graph.nodes[i].shape) for i in node.inputs]))
-    return specs
-
-
-# --------------------------------------------------------------------------------------------
-# The module
+# Running the graph
 # --------------------------------------------------------------------------------------------
 class _Run:
     """The per-call state the op functions share: mode, dropout key, batch-stat updates."""
@@ -663,7 +599,6 @@ class _Run:
 # come back as float32. On this CPU (AMX-BF16) a bf16 matrix product runs ~2.7x float32's.
 COMPUTE_DTYPES = {"float32": None, "f32": None, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16,
                   "float16": jnp.float16, "f16": jnp.float16}
-_CASTS_PARAMS = frozenset({"conv", "conv_transpose", "dense"})
 
 
 def compute_dtype(dtype):
@@ -701,14 +636,14 @@ def _bind_inputs(prog: Program, x) -> tuple[dict, bool]:
     return env, unbatched
 
 
-def _node_variables(variables: Mapping, node: Node, dtype=None) -> dict:
+def _node_variables(prog: "Program", variables: Mapping, node: Node, dtype=None) -> dict:
     own = {}
     for collection in ("params", "batch_stats"):
         own.update(variables.get(collection, {}).get(node.name, {}))
-    if not own and node.op in VARIABLES:
+    if not own and prog.has_variables(node.name):
         raise ValueError(f"the variables have no entry for node {node.name!r} ({node.op}): "
                          "were they made for another model?")
-    if dtype is not None and node.op in _CASTS_PARAMS:
+    if dtype is not None and "kernel" in own:      # a product's operands (conv, dense) take the policy
         own = {k: _cast(a, dtype) for k, a in own.items()}
     return own
 
@@ -737,7 +672,7 @@ def run_graph(prog: Program, variables: Mapping, x, *, train: bool = False,
             continue
         with jax.named_scope(node.name):         # HLO metadata names the IR node (profiles)
             env[node.name] = LOWERINGS[node.op](node, [env[i] for i in node.inputs],
-                                                _node_variables(variables, node, dtype), run)
+                                                _node_variables(prog, variables, node, dtype), run)
 
     def fix(a):
         if dtype is not None and jnp.issubdtype(a.dtype, jnp.floating):
@@ -748,8 +683,3 @@ def run_graph(prog: Program, variables: Mapping, x, *, train: bool = False,
         return fix(env[prog.primary]), run.updates
     return {name: fix(env[node]) for name, node in zip(wanted, targets)}, run.updates
 
-
-def lower(graph: Graph):
-    """The Flax Linen module computing ``graph`` (archc.compiler.linen.GraphModule)."""
-    from .linen import GraphModule
-    return GraphModule(Program(graph))

@@ -6,7 +6,7 @@ def ends_in_softmax(graph) -> bool:
     """Whether the primary output is a softmax (the library's Keras-style networks end in one),
     so the network outputs probabilities rather than logits."""
     out = graph.nodes[graph.outputs[0]]
-    return out.op == "act" and out.attrs.get("fn") == "softmax"
+    return out.op == "act" and out.attrs.fn == "softmax"
 
 
 def logits_node(graph) -> str:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..compiler.ops import OPS
 from .checkpoint import Checkpoint, CheckpointError, read_checkpoint
 
 MAPPINGS = Path(__file__).resolve().parent.parent / "architectures" / "mappings"
@@ -286,9 +287,6 @@ class Report:
 # --------------------------------------------------------------------------------------------
 # Conversion of one module's leaves to one node's variables
 # --------------------------------------------------------------------------------------------
-_KIND_BY_OP = {"conv": "conv", "conv_transpose": "conv", "dense": "dense", "bn": "bn"}
-
-
 def _module_kind(leaves: Mapping, layout: str) -> str:
     names = set(leaves)
     if names & {"running_mean", "running_var", "moving_mean", "moving_variance"}:
@@ -305,74 +303,30 @@ def _module_kind(leaves: Mapping, layout: str) -> str:
 
 
 def _kinds_fit(kind: str, op: str) -> bool:
-    want = _KIND_BY_OP.get(op, "other")
+    want = OPS[op].checkpoint_kind or "other"
     if kind == want or kind == "other" or want == "other":
         return True
     return {kind, want} == {"conv", "dense"}       # 1x1 convs <-> linear layers; shapes decide
 
 
-_TORCH_BN = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
-_KERAS_BN = {"gamma": "scale", "beta": "bias", "moving_mean": "mean", "moving_variance": "var"}
-_KERAS_NORM = {"mean": "mean", "variance": "var", "count": "count"}
-
-
 def _convert(layout: str, leaf: str, arr: np.ndarray, node, specs: Mapping):
-    """(target leaf, converted array) for one checkpoint leaf, or (None, why)."""
-    op = node.op
-    a = node.attrs
-    if layout == "torch":
-        if op in ("conv", "conv_transpose"):
-            if leaf == "weight":
-                if arr.ndim == 4:
-                    return "kernel", np.transpose(arr, (2, 3, 1, 0))
-                if arr.ndim == 2 and op == "conv":          # a Linear as a 1x1 conv
-                    return "kernel", arr.T.reshape((1, 1) + arr.T.shape)
-                return "kernel", arr
-            if leaf == "bias":
-                return "bias", arr
-        elif op == "dense":
-            if leaf == "weight":
-                if arr.ndim == 4:                            # a 1x1 conv as a Linear
-                    arr = arr.reshape(arr.shape[0], -1)
-                return "kernel", arr.T if arr.ndim == 2 else arr
-            if leaf == "bias":
-                return "bias", arr
-        elif op == "bn":
-            if leaf in _TORCH_BN:
-                return _TORCH_BN[leaf], arr
-        if leaf == "weight" and "weight" not in specs:
-            only = [k for k in specs if k != "bias"]
-            if len(only) == 1:                               # l2norm scale and the like
-                return only[0], arr
-    else:
-        if op in ("conv", "conv_transpose"):
-            if leaf in ("kernel", "depthwise_kernel", "pointwise_kernel"):
-                groups = a.get("groups", 1)
-                if arr.ndim == 4 and op == "conv" and groups > 1 and arr.shape[2] == groups:
-                    # Keras depthwise (kh, kw, C, m) -> grouped conv (kh, kw, 1, C*m)
-                    return "kernel", arr.reshape(arr.shape[0], arr.shape[1], 1, -1)
-                if arr.ndim == 2 and op == "conv":
-                    return "kernel", arr.reshape((1, 1) + arr.shape)
-                return "kernel", arr
-            if leaf == "bias":
-                return "bias", arr
-        elif op == "dense":
-            if leaf == "kernel":
-                return "kernel", arr.reshape(-1, arr.shape[-1]) if arr.ndim == 4 else arr
-            if leaf == "bias":
-                return "bias", arr
-        elif op == "bn":
-            if leaf in _KERAS_BN:
-                return _KERAS_BN[leaf], arr
-        elif op == "normalize":
-            t = _KERAS_NORM.get(leaf)
-            if t is not None:
-                for cand in (t, leaf):
-                    if cand in specs:
-                        return cand, arr
+    """(target leaf, converted array) for one checkpoint leaf, or (None, why). The op's own rule
+    (its definition's ``weights`` for this layout) comes first, then the generic ones."""
+    rule = OPS[node.op].weights.get(layout)
+    if isinstance(rule, Mapping):
+        if leaf in rule:
+            return rule[leaf], arr
+    elif rule is not None:
+        got = rule(leaf, arr, node.attrs)
+        if got is not None:
+            return got
+    if layout == "torch" and leaf == "weight" and "weight" not in specs:
+        only = [k for k in specs if k != "bias"]
+        if len(only) == 1:                                   # l2norm scale and the like
+            return only[0], arr
     if leaf in specs:
         return leaf, arr
-    return None, f"no variable of a {op} node takes {leaf!r}"
+    return None, f"no variable of a {node.op} node takes {leaf!r}"
 
 
 def _fit(arr: np.ndarray, shape: tuple):

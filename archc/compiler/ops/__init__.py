@@ -1,0 +1,20 @@
+"""The IR's ops, each defined once (see base.py for what a definition holds).
+
+Importing this package registers every op; ``OPS`` (IR op name -> OpDef) and ``SURFACES``
+(surface op of the language -> its Surface and OpDef) are the tables everything else derives
+from. JAX-free, so that ``archc check`` never imports JAX.
+"""
+from . import conv, pool, norm, elementwise, layout  # noqa: F401  (registration, in the docs' order)
+from .base import (OPS, REQUIRED, SPELLINGS, SURFACES, Attrs, BindContext, NoAttrs, OpDef, ShapeError,
+                   Surface, Var, VarSpec, count, fmt, infer_shape, node_variables, spatial, variable_specs,
+                   variables_tree)
+from .elementwise import ACTIVATIONS
+
+__all__ = ["OPS", "SURFACES", "SPELLINGS", "REQUIRED", "Attrs", "NoAttrs", "BindContext", "OpDef", "Surface",
+           "ShapeError", "Var", "VarSpec", "ACTIVATIONS", "count", "fmt", "infer_shape", "node_variables",
+           "spatial", "variable_specs", "variables_tree", "attrs_of"]
+
+
+def attrs_of(op: str, **values) -> Attrs:
+    """The typed attributes of ``op`` from keyword values (for graphs built by hand)."""
+    return OPS[op].attrs(**values)

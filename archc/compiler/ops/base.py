@@ -1,0 +1,246 @@
+"""What every op definition is made of, and the registry that holds them.
+
+An IR op is defined once (``OpDef``): its typed attributes, its shape rule, the variables it
+reads (from which parameter counts, freezing, checkpoint pairing and the bf16 casts derive), its
+multiply-accumulates, how checkpoint leaves map onto its variables, and the surface ops of the
+language that bind to it (``Surface``: names, signature with defaults, ``bind``). Passes that
+need JAX (the lowering) keep their own tables, filled next to their rules by decorator, and a
+coverage test holds every table to this registry. Nothing here imports JAX.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from math import prod
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol
+
+Shape = tuple
+
+
+class ShapeError(Exception):
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
+
+def fmt(shape) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def spatial(op: str, s) -> tuple:
+    """The (H, W, C) of a feature-map input (shape rules and binds share this check)."""
+    if len(s) != 3:
+        raise ShapeError(f"{op} needs a feature map HxWxC, but its input is {fmt(s)}",
+                         "it comes after a flatten or global pool; move it before them")
+    return s
+
+
+def conv_out(size: int, k: int, s: int, pad: tuple, d: int = 1) -> int:
+    return (size + pad[0] + pad[1] - d * (k - 1) - 1) // s + 1
+
+
+def window_check(op, s, kernel, padding, dilation=(1, 1)):
+    for axis, (n, k, p, d) in enumerate(zip(s[:2], kernel, padding, dilation)):
+        eff = d * (k - 1) + 1
+        if eff > n + p[0] + p[1]:
+            raise ShapeError(f"{op} kernel {fmt(kernel)} is larger than its padded input "
+                             f"{fmt(s)} ({'height' if axis == 0 else 'width'} {n} + padding {p[0]}+{p[1]})",
+                             "use a smaller kernel, add padding, or remove a downsampling step before it")
+
+
+# ---------------------------------------------------------------------------------------------
+# Typed attributes
+# ---------------------------------------------------------------------------------------------
+class Attrs:
+    """Base of every op's frozen attribute dataclass. Values are normalised by ``bind`` (every
+    padding explicit, every default filled in), so no pass restates a default."""
+
+    def to_json(self) -> dict:
+        # Optional fields that are None (an activation without alpha) are left out.
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if getattr(self, f.name) is not None}
+
+    def replace(self, **changes) -> "Attrs":
+        return dataclasses.replace(self, **changes)
+
+
+def attrs_class(cls):
+    """``@attrs_class``: a frozen, slotted dataclass that is an Attrs."""
+    return dataclass(frozen=True, slots=True)(cls)
+
+
+@attrs_class
+class NoAttrs(Attrs):
+    pass
+
+
+def _jsonable(v: Any):
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+# ---------------------------------------------------------------------------------------------
+# Variables
+# ---------------------------------------------------------------------------------------------
+class Var(NamedTuple):
+    """One variable an op reads, before it is placed under a node's name."""
+    collection: str     # 'params' (trainable) | 'batch_stats' (state, not trained)
+    leaf: str           # 'kernel', 'bias', 'scale', 'mean', 'var', 'count'
+    shape: tuple
+    init: str           # 'lecun_normal' | 'zeros' | 'ones' | 'constant'
+    fan_in: int = 0     # for lecun_normal
+    value: float = 0.0  # for constant
+
+
+class VarSpec(NamedTuple):
+    collection: str
+    node: str
+    leaf: str
+    shape: tuple
+    init: str
+    fan_in: int = 0
+    value: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Binding surface syntax to attributes
+# ---------------------------------------------------------------------------------------------
+class BindContext(Protocol):
+    """What ``Surface.bind`` may ask of the front end (implemented by the elaborator): the input
+    shape, located failure, and the value checks every op shares."""
+    shape: tuple
+    label: str
+    next_is_bn: bool
+    target: tuple | None     # the shape a projection shortcut must produce, or None
+
+    def fail(self, message: str, hint: str | None = None, kind: str = "name"): ...
+    def spatial(self) -> tuple: ...
+    def int(self, v, what: str) -> int: ...
+    def posint(self, v, what: str) -> int: ...
+    def number(self, v, what: str) -> float: ...
+    def pair(self, v, what: str, allow_zero: bool = False) -> tuple: ...
+    def explicit4(self, p, what: str) -> tuple: ...
+    def inferred_stride(self) -> int: ...
+
+
+REQUIRED = ...          # a signature default meaning "must be given"
+
+
+@dataclass(frozen=True)
+class Surface:
+    """A surface op of the language and how it binds to its IR op.
+
+    ``names``: every spelling -> the arguments it presets (``conv3`` -> ``{'k': 3}``);
+    ``signature``: parameters in positional order with defaults (REQUIRED: must be given);
+    ``bind(args, ctx)`` -> the IR op's Attrs, or None for an op that adds no node (identity);
+    ``label``: the naming prefix of its nodes (default: the surface kind; activations name
+    their nodes by function). ``merge``: its positional arguments are branches (concat, add).
+    """
+    kind: str
+    signature: Mapping[str, Any]
+    bind: Callable | None
+    names: Mapping[str, Mapping] = field(default_factory=dict)
+    params_doc: str = ""
+    doc: str = ""
+    label_from: str | None = None
+    merge: bool = False
+
+    def label(self, preset: Mapping) -> str:
+        return preset[self.label_from] if self.label_from else self.kind
+
+    def rebinds(self, preset: Mapping) -> bool:
+        """Kernel-size aliases (conv3) follow a rebinding of their base op ('let conv = …')."""
+        return "k" in preset
+
+
+def _no_variables(a, ins):
+    return ()
+
+
+def _no_macs(a, ins, out):
+    return 0
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """One IR op. ``shape(attrs, in_shapes) -> shape`` raises ShapeError; ``variables(attrs,
+    in_shapes) -> [Var]``; ``macs(attrs, in_shapes, out_shape)``; ``weights``: per checkpoint
+    layout ('torch', 'keras'), a leaf rename {checkpoint leaf: variable leaf} or a function
+    ``(leaf, array, attrs) -> (variable leaf, array) | None``; ``checkpoint_kind``: the kind of
+    checkpoint module it pairs with in a [[sequence]] ('conv', 'dense', 'bn'); ``folds_bn``: a
+    following BN can be folded into its kernel (output channels on the kernel's last axis)."""
+    name: str
+    attrs: type
+    shape: Callable
+    surfaces: tuple = ()
+    variables: Callable = _no_variables
+    macs: Callable = _no_macs
+    arity: tuple = (1, 1)
+    weights: Mapping[str, Any] = field(default_factory=dict)
+    checkpoint_kind: str | None = None
+    folds_bn: bool = False
+    doc: str = ""
+
+
+OPS: dict[str, OpDef] = {}
+SURFACES: dict[str, tuple[Surface, OpDef]] = {}     # surface kind -> (surface, its op)
+SPELLINGS: dict[str, tuple[str, dict]] = {}         # every name -> (surface kind, preset args)
+
+
+def register(op: OpDef) -> OpDef:
+    assert op.name not in OPS, op.name
+    OPS[op.name] = op
+    for s in op.surfaces:
+        assert s.kind not in SURFACES, s.kind
+        SURFACES[s.kind] = (s, op)
+        for name, preset in (s.names or {s.kind: {}}).items():
+            assert name not in SPELLINGS, name
+            SPELLINGS[name] = (s.kind, dict(preset))
+    return op
+
+
+def infer_shape(op: str, attrs: Attrs, in_shapes: list) -> tuple:
+    definition = OPS[op]
+    lo, hi = definition.arity
+    if not lo <= len(in_shapes) <= hi:
+        raise ShapeError(f"{op} takes {lo}{'' if hi == lo else ' or more'} input{'s' * (lo != 1)}, got {len(in_shapes)}")
+    if not isinstance(attrs, definition.attrs):
+        raise TypeError(f"{op} takes {definition.attrs.__name__}, not {type(attrs).__name__}")
+    shape = definition.shape(attrs, in_shapes)
+    if any(d < 1 for d in shape):
+        raise ShapeError(f"{op} would produce the non-positive size {fmt(shape)} from {', '.join(fmt(s) for s in in_shapes)}",
+                         "the input is too small for the downsampling before it; use a larger input or fewer strides")
+    return shape
+
+
+def node_variables(node, in_shapes) -> list[VarSpec]:
+    return [VarSpec(v.collection, node.name, *v[1:]) for v in OPS[node.op].variables(node.attrs, in_shapes)]
+
+
+def variable_specs(graph) -> list[VarSpec]:
+    """Every variable the lowered graph has, in graph order."""
+    specs = []
+    for node in graph:
+        specs.extend(node_variables(node, [tuple(graph.nodes[i].shape) for i in node.inputs]))
+    return specs
+
+
+def variables_tree(specs: Iterable[VarSpec], leaf: Callable) -> dict:
+    """``{collection: {node: {leaf name: leaf(spec)}}}`` for variable specs, in their order."""
+    tree: dict = {}
+    for v in specs:
+        tree.setdefault(v.collection, {}).setdefault(v.node, {})[v.leaf] = leaf(v)
+    return tree
+
+
+def count(node, graph) -> tuple:
+    """(trainable, non_trainable, macs) of one node; parameter counts are its variables' sizes."""
+    ins = [graph.nodes[i].shape for i in node.inputs]
+    trainable = non_trainable = 0
+    for v in OPS[node.op].variables(node.attrs, ins):
+        if v.collection == "params":
+            trainable += prod(v.shape)
+        else:
+            non_trainable += prod(v.shape)
+    return trainable, non_trainable, OPS[node.op].macs(node.attrs, ins, node.shape)

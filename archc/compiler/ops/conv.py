@@ -1,0 +1,224 @@
+"""Convolutions and dense layers: conv (and dwconv), conv_transpose (deconv), dense (fc)."""
+from __future__ import annotations
+
+from math import prod
+
+import numpy as np
+
+from .base import REQUIRED, Attrs, OpDef, ShapeError, Surface, Var, attrs_class, conv_out, fmt, register, spatial, window_check
+
+
+def resolve_padding(p, hw, k, s, d, ctx):
+    """Padding spec -> explicit ((t, b), (l, r)). 'auto': PyTorch-symmetric (k-1)//2·d (keeps the
+    size at stride 1); 'same': TensorFlow's, the extra pixel at the bottom/right; 'valid': none."""
+    if p == "auto":
+        ph, pw = (k[0] - 1) * d[0] // 2, (k[1] - 1) * d[1] // 2
+        return ((ph, ph), (pw, pw))
+    if p == "valid":
+        return ((0, 0), (0, 0))
+    if p == "same":
+        out = []
+        for n, kk, ss, dd in zip(hw, k, s, d):
+            eff = (kk - 1) * dd + 1
+            total = max((-(-n // ss) - 1) * ss + eff - n, 0)
+            out.append((total // 2, total - total // 2))
+        return tuple(out)
+    if isinstance(p, str):
+        ctx.fail(f"unknown padding {p!r}", "use a number, [h, w], [t, b, l, r], \"same\" (TensorFlow) or \"valid\"")
+    return ctx.explicit4(p, "padding")
+
+
+def auto_bias(value, ctx) -> bool:
+    """bias=auto: a bias unless the next layer of the sequence is a BN (which has its own shift)."""
+    return (not ctx.next_is_bn) if value == "auto" else bool(value)
+
+
+def _bias_var(a):
+    return (Var("params", "bias", (a.features,), "zeros"),) if a.bias else ()
+
+
+# ---- conv -----------------------------------------------------------------------------------
+@attrs_class
+class ConvAttrs(Attrs):
+    features: int
+    kernel: tuple
+    strides: tuple
+    padding: tuple
+    dilation: tuple
+    groups: int
+    bias: bool
+
+
+def _conv_shape(a: ConvAttrs, ins):
+    h, w, c = spatial("conv", ins[0])
+    g = a.groups
+    if c % g:
+        raise ShapeError(f"groups={g} does not divide the {c} input channels of {fmt(ins[0])}",
+                         f"choose groups among the divisors of {c}")
+    if a.features % g:
+        raise ShapeError(f"groups={g} does not divide the {a.features} output channels",
+                         f"make the output channels a multiple of {g}")
+    window_check("conv", ins[0], a.kernel, a.padding, a.dilation)
+    return (conv_out(h, a.kernel[0], a.strides[0], a.padding[0], a.dilation[0]),
+            conv_out(w, a.kernel[1], a.strides[1], a.padding[1], a.dilation[1]),
+            a.features)
+
+
+def _conv_variables(a: ConvAttrs, ins):
+    kh, kw = a.kernel
+    cin = ins[0][-1] // a.groups
+    return (Var("params", "kernel", (kh, kw, cin, a.features), "lecun_normal", kh * kw * cin),) + _bias_var(a)
+
+
+def _conv_macs(a: ConvAttrs, ins, out):
+    return prod(out) * a.kernel[0] * a.kernel[1] * ins[0][-1] // a.groups
+
+
+def _bind_conv(a, ctx, depthwise: bool):
+    h, w, c = ctx.spatial()
+    k = ctx.pair(a["k"], "kernel")
+    d = ctx.pair(a["d"], "dilation")
+    if depthwise:
+        mult = ctx.posint(a["m"], "depth multiplier")
+        features, groups = c * mult, c
+    else:
+        features = a["c"]
+        if features is None:        # a projection shortcut's conv1 takes the body's channels
+            features = ctx.target[-1] if ctx.target else c
+        features = ctx.posint(features, "output channels")
+        groups = ctx.posint(a["g"], "groups")
+    strides = a["s"] if a["s"] is not None else ctx.inferred_stride()
+    strides = ctx.pair(strides, "stride")
+    padding = resolve_padding(a["p"], (h, w), k, strides, d, ctx)
+    return ConvAttrs(features, k, strides, padding, d, groups, auto_bias(a["bias"], ctx))
+
+
+def _kernel_aliases(base: str, sizes=(1, 2, 3, 4, 5, 7, 9, 11)) -> dict:
+    return {base: {}, **{f"{base}{k}": {"k": k} for k in sizes}}
+
+
+def _kernel_from_torch(linear_as_1x1: bool):
+    def convert(leaf, arr, a):
+        if leaf == "weight":
+            if arr.ndim == 4:
+                return "kernel", np.transpose(arr, (2, 3, 1, 0))
+            if arr.ndim == 2 and linear_as_1x1:          # a Linear as a 1x1 conv
+                return "kernel", arr.T.reshape((1, 1) + arr.T.shape)
+            return "kernel", arr
+        if leaf == "bias":
+            return "bias", arr
+        return None
+    return convert
+
+
+def _conv_from_keras(leaf, arr, a):
+    if leaf in ("kernel", "depthwise_kernel", "pointwise_kernel"):
+        if arr.ndim == 4 and a.groups > 1 and arr.shape[2] == a.groups:
+            # Keras depthwise (kh, kw, C, m) -> grouped conv (kh, kw, 1, C*m)
+            return "kernel", arr.reshape(arr.shape[0], arr.shape[1], 1, -1)
+        if arr.ndim == 2:
+            return "kernel", arr.reshape((1, 1) + arr.shape)
+        return "kernel", arr
+    if leaf == "bias":
+        return "bias", arr
+    return None
+
+
+CONV = register(OpDef(
+    "conv", ConvAttrs, _conv_shape, variables=_conv_variables, macs=_conv_macs,
+    weights={"torch": _kernel_from_torch(linear_as_1x1=True), "keras": _conv_from_keras},
+    checkpoint_kind="conv", folds_bn=True,
+    surfaces=(
+        Surface("conv", {"c": None, "k": 3, "s": None, "p": "auto", "d": 1, "g": 1, "bias": "auto"},
+                lambda a, ctx: _bind_conv(a, ctx, depthwise=False), _kernel_aliases("conv"),
+                params_doc="`c`: out channels (default: the target of a projection, else `cin`); `k`: int or `1x7`; "
+                           "`s`: stride (default 1, or what a projection shortcut needs); `d`: dilation; `g`: groups",
+                doc="H×W×C → H'×W'×c; `g` must divide both channel counts"),
+        Surface("dwconv", {"k": 3, "s": 1, "p": "auto", "d": 1, "m": 1, "bias": "auto"},
+                lambda a, ctx: _bind_conv(a, ctx, depthwise=True), _kernel_aliases("dwconv"),
+                params_doc="`m`: depth multiplier",
+                doc="H×W×C → H'×W'×(C·m), groups = C"),
+    )))
+
+
+# ---- conv_transpose -------------------------------------------------------------------------
+@attrs_class
+class ConvTransposeAttrs(Attrs):
+    features: int
+    kernel: tuple
+    strides: tuple
+    padding: tuple
+    output_padding: tuple
+    bias: bool
+
+
+def _deconv_shape(a: ConvTransposeAttrs, ins):
+    h, w, c = spatial("deconv", ins[0])
+    out = [(n - 1) * s - p[0] - p[1] + (k - 1) + 1 + op
+           for n, k, s, p, op in zip((h, w), a.kernel, a.strides, a.padding, a.output_padding)]
+    return (out[0], out[1], a.features)
+
+
+def _deconv_variables(a: ConvTransposeAttrs, ins):
+    kh, kw = a.kernel
+    # transpose_kernel layout (kh, kw, out, in); Flax's fan_in is kh*kw*shape[-2]
+    return (Var("params", "kernel", (kh, kw, a.features, ins[0][-1]), "lecun_normal", kh * kw * a.features),) + _bias_var(a)
+
+
+def _bind_deconv(a, ctx):
+    ctx.spatial()
+    k = ctx.pair(a["k"], "kernel")
+    strides = ctx.pair(a["s"] if a["s"] is not None else a["k"], "stride")
+    p = ctx.pair(a["p"], "padding", allow_zero=True)
+    output_padding = ctx.pair(a["op"], "output padding", allow_zero=True)
+    bias = auto_bias(a["bias"], ctx)
+    return ConvTransposeAttrs(ctx.posint(a["c"], "output channels"), k, strides,
+                              ((p[0], p[0]), (p[1], p[1])), output_padding, bias)
+
+
+def _deconv_from_keras(leaf, arr, a):
+    if leaf in ("kernel", "depthwise_kernel", "pointwise_kernel"):
+        return "kernel", arr
+    return ("bias", arr) if leaf == "bias" else None
+
+
+register(OpDef(
+    "conv_transpose", ConvTransposeAttrs, _deconv_shape, variables=_deconv_variables,
+    macs=lambda a, ins, out: prod(ins[0]) * a.kernel[0] * a.kernel[1] * a.features,
+    weights={"torch": _kernel_from_torch(linear_as_1x1=False), "keras": _deconv_from_keras},
+    checkpoint_kind="conv",
+    surfaces=(Surface("deconv", {"c": REQUIRED, "k": 2, "s": None, "p": 0, "op": 0, "bias": "auto"}, _bind_deconv,
+                      params_doc="`s`: stride (default `k`); `op`: output padding",
+                      doc="out = (in−1)·s − 2p + k + op (PyTorch ConvTranspose2d)"),)))
+
+
+# ---- dense ----------------------------------------------------------------------------------
+@attrs_class
+class DenseAttrs(Attrs):
+    features: int
+    bias: bool
+
+
+def _dense_from_torch(leaf, arr, a):
+    if leaf == "weight":
+        if arr.ndim == 4:                                # a 1x1 conv as a Linear
+            arr = arr.reshape(arr.shape[0], -1)
+        return "kernel", arr.T if arr.ndim == 2 else arr
+    return ("bias", arr) if leaf == "bias" else None
+
+
+def _dense_from_keras(leaf, arr, a):
+    if leaf == "kernel":
+        return "kernel", arr.reshape(-1, arr.shape[-1]) if arr.ndim == 4 else arr
+    return ("bias", arr) if leaf == "bias" else None
+
+
+register(OpDef(
+    "dense", DenseAttrs, lambda a, ins: tuple(ins[0][:-1]) + (a.features,),
+    variables=lambda a, ins: (Var("params", "kernel", (ins[0][-1], a.features), "lecun_normal", ins[0][-1]),) + _bias_var(a),
+    macs=lambda a, ins, out: prod(out) * ins[0][-1],
+    weights={"torch": _dense_from_torch, "keras": _dense_from_keras},
+    checkpoint_kind="dense", folds_bn=True,
+    surfaces=(Surface("fc", {"n": REQUIRED, "bias": "auto"},
+                      lambda a, ctx: DenseAttrs(ctx.posint(a["n"], "units"), auto_bias(a["bias"], ctx)),
+                      {"fc": {}, "linear": {}}, doc="acts on the last axis"),)))

@@ -1,0 +1,109 @@
+"""Normalisation layers: bn, lrn, l2norm (SSD), normalize (Keras Normalization)."""
+from __future__ import annotations
+
+from .base import Attrs, OpDef, Surface, Var, attrs_class, register
+
+
+def _same(a, ins):
+    return ins[0]
+
+
+@attrs_class
+class BatchNormAttrs(Attrs):
+    eps: float
+    momentum: float           # the running-average decay (Flax/Keras); PyTorch's 0.1 is 0.9
+    scale: bool
+    center: bool
+
+
+def _bind_bn(a, ctx):
+    eps = ctx.number(a["eps"], "eps")
+    mom = ctx.number(a["momentum"], "momentum")
+    if eps <= 0 or not 0 <= mom < 1:
+        ctx.fail("bn needs eps > 0 and 0 <= momentum < 1 (the running-average decay: PyTorch momentum 0.1 is 0.9 here)")
+    return BatchNormAttrs(float(eps), float(mom), bool(a["scale"]), bool(a["center"]))
+
+
+def _bn_variables(a: BatchNormAttrs, ins):
+    c = ins[0][-1]
+    return ((Var("params", "scale", (c,), "ones"),) * a.scale + (Var("params", "bias", (c,), "zeros"),) * a.center
+            + (Var("batch_stats", "mean", (c,), "zeros"), Var("batch_stats", "var", (c,), "ones")))
+
+
+register(OpDef(
+    "bn", BatchNormAttrs, _same, variables=_bn_variables,
+    weights={"torch": {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"},
+             "keras": {"gamma": "scale", "beta": "bias", "moving_mean": "mean", "moving_variance": "var"}},
+    checkpoint_kind="bn",
+    surfaces=(Surface("bn", {"eps": 1e-5, "momentum": 0.9, "scale": True, "center": True}, _bind_bn,
+                      params_doc="`momentum` is the running-average decay (Keras/Flax): PyTorch's momentum 0.1 is 0.9 here",
+                      doc="same"),)))
+
+
+@attrs_class
+class LRNAttrs(Attrs):
+    size: int
+    alpha: float
+    beta: float
+    k: float
+
+
+register(OpDef(
+    "lrn", LRNAttrs, _same,
+    surfaces=(Surface("lrn", {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 1.0},
+                      lambda a, ctx: LRNAttrs(ctx.posint(a["size"], "size"), float(ctx.number(a["alpha"], "alpha")),
+                                              float(ctx.number(a["beta"], "beta")), float(ctx.number(a["k"], "k"))),
+                      doc="same; PyTorch's LocalResponseNorm formula"),)))
+
+
+@attrs_class
+class L2NormAttrs(Attrs):
+    init: float
+    eps: float
+
+
+register(OpDef(
+    "l2norm", L2NormAttrs, _same,
+    variables=lambda a, ins: (Var("params", "scale", (ins[0][-1],), "constant", value=a.init),),
+    surfaces=(Surface("l2norm", {"init": 20.0, "eps": 1e-12},
+                      lambda a, ctx: L2NormAttrs(float(ctx.number(a["init"], "init")), float(ctx.number(a["eps"], "eps"))),
+                      doc="same; x / ‖x‖₂ over channels times a learned per-channel scale (SSD)"),)))
+
+
+@attrs_class
+class NormalizeAttrs(Attrs):
+    eps: float
+
+
+def _normalize_variables(a, ins):
+    c = ins[0][-1]
+    return (Var("batch_stats", "mean", (c,), "zeros"), Var("batch_stats", "var", (c,), "ones"),
+            Var("batch_stats", "count", (), "zeros"))
+
+
+register(OpDef(
+    "normalize", NormalizeAttrs, _same, variables=_normalize_variables,
+    weights={"keras": {"mean": "mean", "variance": "var", "count": "count"}},
+    surfaces=(Surface("normalize", {"eps": 1e-7}, lambda a, ctx: NormalizeAttrs(float(ctx.number(a["eps"], "eps"))),
+                      doc="same; Keras `Normalization`: (x − mean) / max(√var, eps) with non-trainable mean, variance and count"),)))
+
+
+@attrs_class
+class LayerNormAttrs(Attrs):
+    eps: float
+
+
+register(OpDef(
+    "layernorm", LayerNormAttrs, _same,
+    variables=lambda a, ins: (Var("params", "scale", (ins[0][-1],), "ones"), Var("params", "bias", (ins[0][-1],), "zeros")),
+    weights={"torch": {"weight": "scale", "bias": "bias"}, "keras": {"gamma": "scale", "beta": "bias"}},
+    surfaces=(Surface("layernorm", {"eps": 1e-6}, lambda a, ctx: LayerNormAttrs(_positive(ctx, a["eps"], "eps")),
+                      doc="same; normalises over the channels at every position (ConvNeXt's LayerNorm2d; after a "
+                          "flatten or global pool, over the features), biased variance, learned scale and bias"),)))
+
+
+def _positive(ctx, v, what) -> float:
+    v = float(ctx.number(v, what))
+    if v <= 0:
+        ctx.fail(f"{what} must be positive, got {v:g}")
+    return v

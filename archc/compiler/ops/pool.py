@@ -1,0 +1,108 @@
+"""Pooling: windowed (maxpool, avgpool), global (gap, gmp) and adaptive."""
+from __future__ import annotations
+
+from .base import REQUIRED, Attrs, OpDef, ShapeError, Surface, attrs_class, conv_out, fmt, register, spatial, window_check
+from .conv import _kernel_aliases, resolve_padding
+
+
+def ceil_extra(n, k, s, pad):
+    """Extra bottom/right padding that turns floor into PyTorch's ceil_mode output size."""
+    total = n + pad[0] + pad[1]
+    out = -(-(total - k) // s) + 1
+    if (out - 1) * s >= n + pad[0]:  # the last window must start inside the input or left padding
+        out -= 1
+    return max(0, (out - 1) * s + k - total)
+
+
+@attrs_class
+class PoolAttrs(Attrs):
+    kind: str                 # 'max' | 'avg'
+    kernel: tuple
+    strides: tuple
+    padding: tuple
+    extra: tuple              # ceil mode's bottom/right cells: padded, never counted
+    count_include_pad: bool
+
+
+def _pool_shape(a: PoolAttrs, ins):
+    h, w, c = spatial(a.kind + "pool", ins[0])
+    pads = [(p[0] + e[0], p[1] + e[1]) for p, e in zip(a.padding, a.extra)]
+    for p, k in zip(a.padding, a.kernel):
+        if max(p) * 2 > k:
+            raise ShapeError(f"pool padding {max(p)} is more than half the kernel {fmt(a.kernel)}",
+                             "PyTorch rejects this too; use padding <= kernel // 2")
+    window_check(a.kind + "pool", ins[0], a.kernel, pads)
+    return (conv_out(h, a.kernel[0], a.strides[0], pads[0]),
+            conv_out(w, a.kernel[1], a.strides[1], pads[1]), c)
+
+
+def _bind_pool(a, ctx, kind: str):
+    h, w, c = ctx.spatial()
+    k = ctx.pair(a["k"], "kernel")
+    strides = ctx.pair(a["s"] if a["s"] is not None else a["k"], "stride")
+    same = a["p"] == "same"
+    padding = resolve_padding(a["p"], (h, w), k, strides, (1, 1), ctx)
+    extra = ((0, 0), (0, 0))
+    if a["ceil"]:
+        extra = tuple((0, ceil_extra(n, kk, ss, pp)) for n, kk, ss, pp in zip((h, w), k, strides, padding))
+    count_pad = bool(a.get("count_pad", True)) and not same    # TF's 'same' never counts padding
+    return PoolAttrs(kind, k, strides, padding, extra, count_pad)
+
+
+register(OpDef(
+    "pool", PoolAttrs, _pool_shape,
+    surfaces=(
+        Surface("maxpool", {"k": 2, "s": None, "p": 0, "ceil": False},
+                lambda a, ctx: _bind_pool(a, ctx, "max"), _kernel_aliases("maxpool"),
+                params_doc="`s`: stride (default `k`); `ceil=true` is PyTorch's ceil_mode (a window must start inside the input)",
+                doc="as conv"),
+        Surface("avgpool", {"k": 2, "s": None, "p": 0, "ceil": False, "count_pad": True},
+                lambda a, ctx: _bind_pool(a, ctx, "avg"), _kernel_aliases("avgpool"),
+                params_doc="as maxpool; `count_pad`: padding cells count in the divisor (PyTorch's count_include_pad)",
+                doc="as conv"),
+    )))
+
+
+@attrs_class
+class GlobalPoolAttrs(Attrs):
+    kind: str
+    keepdims: bool
+
+
+def _global_pool_shape(a: GlobalPoolAttrs, ins):
+    h, w, c = spatial("global pool", ins[0])
+    return (1, 1, c) if a.keepdims else (c,)
+
+
+register(OpDef(
+    "global_pool", GlobalPoolAttrs, _global_pool_shape,
+    surfaces=tuple(Surface(name, {"keep": False}, lambda a, ctx, kind=kind: GlobalPoolAttrs(kind, bool(a["keep"])),
+                           doc=f"global {kind} pool: H×W×C → C (or 1×1×C with `keep=true`)")
+                   for name, kind in (("gap", "avg"), ("gmp", "max")))))
+
+
+@attrs_class
+class AdaptivePoolAttrs(Attrs):
+    kind: str
+    out: tuple
+
+
+def _adaptive_shape(a: AdaptivePoolAttrs, ins):
+    h, w, c = spatial("adaptive pool", ins[0])
+    oh, ow = a.out
+    if oh > h or ow > w:
+        raise ShapeError(f"adaptive pooling cannot enlarge {fmt(ins[0])} to {oh}x{ow}")
+    return (oh, ow, c)
+
+
+def _bind_adaptive(a, ctx, kind):
+    ctx.spatial()
+    return AdaptivePoolAttrs(kind, ctx.pair(a["out"], "output size"))
+
+
+register(OpDef(
+    "adaptive_pool", AdaptivePoolAttrs, _adaptive_shape,
+    surfaces=tuple(Surface(f"adaptive_{kind}pool", {"out": REQUIRED}, lambda a, ctx, kind=kind: _bind_adaptive(a, ctx, kind),
+                           params_doc="`out`: e.g. `4x4`",
+                           doc="H×W×C → out×C with PyTorch's windows `[floor(i·H/o), ceil((i+1)·H/o))`")
+                   for kind in ("avg", "max"))))
