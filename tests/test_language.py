@@ -199,6 +199,7 @@ def test_comments_and_line_continuation():
 def test_emit_ir_json():
     r = subprocess.run([sys.executable, "-m", "archc", "build", "--emit", "ir", "resnet18"],
                        capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
     ir = json.loads(r.stdout)
     conv = next(n for n in ir["nodes"] if n["name"] == "layer2.0.conv1")
     assert conv["op"] == "conv" and conv["shape"] == [28, 28, 128] and conv["span"]["line"] > 0

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 jax = pytest.importorskip("jax")
-jax.config.update("jax_default_matmul_precision", "highest")
+pytestmark = pytest.mark.usefixtures("highest_precision")
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "build" / "weights-parity"
@@ -257,17 +257,9 @@ def run_keras_reference(model, x: np.ndarray, feats: dict) -> dict:
 # --------------------------------------------------------------------------------------------
 # the check
 # --------------------------------------------------------------------------------------------
-def _pre_softmax(model) -> str:
-    """The node whose output is the logits: the primary output, or its input if that is a softmax."""
-    g = model.graph
-    node = g.nodes[g.outputs[0]]
-    if node.op == "act" and node.attrs.fn == "softmax":
-        return node.inputs[0]
-    return node.name
-
-
 def run_case(case: Case, tmp: Path) -> dict:
     import archc
+    from archc.runtime.logits import logits_node
 
     t0 = time.perf_counter()
     if case.source == "keras":
@@ -285,10 +277,10 @@ def run_case(case: Case, tmp: Path) -> dict:
     else:
         want = run_torch_reference(ref, x, case.feats)
 
-    logits_node = _pre_softmax(model)
+    logits = logits_node(model.graph)
     nodes = {a: model.graph.aliases.get(a, a) for a in case.feats}
-    got = model.apply(variables, x, outputs=[logits_node, *nodes.values()])
-    deltas = {"logits": float(np.max(np.abs(np.asarray(got[logits_node]) - want["logits"])))}
+    got = model.apply(variables, x, outputs=[logits, *nodes.values()])
+    deltas = {"logits": float(np.max(np.abs(np.asarray(got[logits]) - want["logits"])))}
     scale = {"logits": float(np.max(np.abs(want["logits"])))}
     for a, n in nodes.items():
         g, w = np.asarray(got[n]), want[a]
@@ -358,6 +350,7 @@ def write_table(doc: Path = ROOT / "docs" / "weights.md") -> None:
 
 if __name__ == "__main__":       # python tests/test_weights_parity.py --table [--rerun] [CASE…]
     import tempfile
+    jax.config.update("jax_default_matmul_precision", "highest")     # as the tests' fixture
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     rerun = "--rerun" in sys.argv
     for c in CASES:
