@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from .ir import Graph, Node
-from .ops import OPS
+from .ops import OPS, variable_specs
 from .ops.pool import axis_counts
 
 # IR op -> fn(node, xs, v, e) -> name of the value it produces; filled by @onnx_rule.
@@ -30,6 +30,7 @@ ONNX_RULES: dict[str, Callable] = {}
 MIN_OPSET = 13          # single-axis Softmax, Slice/Pad/Resize/Clip with tensor inputs
 DEFAULT_OPSET = 17      # LayerNormalization; torch.onnx.export's default
 LAYOUTS = ("nchw", "nhwc")
+INLINE_LIMIT = 2**31    # bytes: a protobuf message, weights inline, must stay below 2 GiB
 
 
 class ExportError(Exception):
@@ -437,6 +438,10 @@ def check_exportable(graph: Graph, opset: int) -> None:
     """Fail before anything is built or written: an op without a rule, an unsupported opset."""
     if opset < MIN_OPSET:
         raise ExportError(f"archc exports ONNX opset {MIN_OPSET} or newer, not {opset}")
+    weights = 4 * sum(math.prod(v.shape) for v in variable_specs(graph))
+    if weights >= INLINE_LIMIT:
+        raise ExportError(f"{graph.name}'s weights are {weights / 2**30:.1f} GiB: archc writes ONNX weights inline, "
+                          f"which protobuf limits to 2 GiB; export it to StableHLO instead")
     missing = [n for n in graph if n.op != "input" and n.op not in ONNX_RULES]
     if missing:
         n = missing[0]
@@ -488,8 +493,8 @@ def to_onnx(graph: Graph, variables, *, opset: int = DEFAULT_OPSET, batch="dynam
     model = helper.make_model(g, opset_imports=opsets, producer_name="archc",
                               ir_version=helper.find_min_ir_version_for(opsets))
     size = model.ByteSize()
-    if size >= 2**31:
-        raise ExportError(f"{graph.name} is {size / 2**30:.1f} GiB: ONNX keeps weights inline below 2 GiB only")
+    if size >= INLINE_LIMIT:
+        raise ExportError(f"{graph.name}'s ONNX model is {size / 2**30:.1f} GiB: protobuf's limit is 2 GiB")
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as err:

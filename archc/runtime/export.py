@@ -40,6 +40,9 @@ def export(model, variables, path=None, *, format: str | None = None, batch="dyn
         raise ExportError(f"batch must be 'dynamic' or a positive int, not {batch!r}")
     if format != "onnx" and (layout not in (None, "nhwc") or opset is not None):
         raise ExportError(f"--layout nchw and --opset are ONNX options; {format} keeps archc's NHWC")
+    if format == "onnx":                       # what the graph alone rules out, before any work
+        from ..compiler.onnx import check_exportable
+        check_exportable(model.graph, opset or DEFAULT_OPSET)
     variables = _numpy(variables)
     check_variables(model, variables)
     if format == "onnx":
