@@ -252,6 +252,7 @@ def _floats(n):
 
 
 def _add_train_parser(sub, common) -> None:
+    from .runtime.data import AUGMENTATIONS
     sp = sub.add_parser("train", help="train or fine-tune a network on an image folder")
     common(sp)
     a = sp.add_argument
@@ -285,9 +286,13 @@ def _add_train_parser(sub, common) -> None:
     a("--bn", choices=["auto", "update", "frozen"], help="batch-norm statistics (default auto)")
     a("--val-split", type=float, metavar="FRACTION")
     a("--normalize", metavar="NAME|MEAN/STD", help="unit (default), symmetric, imagenet, raw or m1,m2,m3/s1,s2,s3")
-    a("--no-augment", dest="augment", action="store_false", default=None)
+    a("--augment", choices=AUGMENTATIONS,
+      help="training augmentation: auto (default: crop strength and flip from the input size), "
+           "imagenet (crop to 8-100%% of the area and flip, at any size) or none")
+    a("--no-augment", dest="augment", action="store_const", const="none", help="--augment none")
+    a("--flip", dest="flip", action="store_true", default=None, help="random horizontal flips")
     a("--no-flip", dest="flip", action="store_false", default=None)
-    a("--crop-scale", type=_floats(2), metavar="LO,HI")
+    a("--crop-scale", type=_floats(2), metavar="LO,HI", help="random-resized crop's area fraction")
     a("--workers", type=int)
     a("--prefetch", type=int)
     a("--devices", type=int, help="data parallel over N local devices (default all)")

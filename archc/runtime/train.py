@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import (ArrayData, DataError, Loader, Preprocess, find_splits,
-                   parse_normalization)
+from .data import (AUGMENTATIONS, ArrayData, DataError, Loader, Preprocess,
+                   choose_augmentation, find_splits, parse_normalization)
 
 PARAM_OPS = ("conv", "conv_transpose", "dense", "bn")
 OPTIMIZERS = ("sgd", "adamw", "rmsprop")
@@ -95,14 +95,18 @@ class TrainConfig:
     val_split: float | None = None        # fraction held out when there is no val/ folder
     normalize: str | None = None          # unit|symmetric|imagenet|raw|caffe|MEAN/STD; None: as
                                           # the --weights file says, else unit
-    augment: bool = True                  # random-resized crop (+ flip) on training images
-    flip: bool = True
-    crop_scale: list = field(default_factory=lambda: [0.08, 1.0])
+    augment: str = "auto"                 # auto (by input size) | imagenet | none: data.AUGMENTATIONS
+    flip: bool | None = None              # None: as the recipe says; the run saves what it chose
+    crop_scale: list | None = None        # [lo, hi] area fraction; None: as the recipe says
     workers: int = 0                      # decoding threads per batch
     prefetch: int = 2                     # batches decoded ahead on a background thread
     devices: int | None = None            # data parallel over N local devices (default all)
     progress: bool = True
     class_names: list | None = None       # filled in from the data
+
+    def __post_init__(self):
+        if isinstance(self.augment, bool):         # augment=False, and the configs of older runs
+            self.augment = "auto" if self.augment else "none"
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -131,8 +135,11 @@ class TrainConfig:
         need(self.weight_decay >= 0, "weight decay must be non-negative")
         need(self.classes is None or self.classes >= 1, "classes must be positive")
         need(self.warmup_epochs >= 0, "warm-up must be non-negative")
-        lo, hi = self.crop_scale
-        need(0 < lo <= hi <= 1, f"crop scale must satisfy 0 < lo <= hi <= 1, got {lo},{hi}")
+        need(self.augment in AUGMENTATIONS,
+             f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
+        if self.crop_scale is not None:
+            lo, hi = self.crop_scale
+            need(0 < lo <= hi <= 1, f"crop scale must satisfy 0 < lo <= hi <= 1, got {lo},{hi}")
         for p, m in self.lr_mult.items():
             need(isinstance(m, (int, float)) and m >= 0, f"lr multiplier for {p!r} must be >= 0")
 
@@ -562,10 +569,15 @@ class Trainer:
             if self.weights_normalize:
                 self.log(f"normalisation: {cfg.normalize} (as {cfg.weights} expects)")
         mean, std = parse_normalization(cfg.normalize, c)
-        aug = cfg.augment
+        aug = choose_augmentation(cfg.augment, h, w, c, cfg.crop_scale, cfg.flip)
+        if not self.resuming:
+            self.log(f"augmentation: {aug.describe()}")
+        # saved in config.json: a resumed run keeps them whatever later defaults say
+        cfg.flip = aug.flip
+        cfg.crop_scale = None if aug.crop_scale is None else list(aug.crop_scale)
         self.pre_train = Preprocess(h, w, c, tuple(mean.tolist()), tuple(std.tolist()),
-                                    crop=aug, flip=aug and cfg.flip,
-                                    crop_scale=tuple(cfg.crop_scale),
+                                    crop=aug.crop_scale is not None, flip=aug.flip,
+                                    crop_scale=aug.crop_scale or (1.0, 1.0),
                                     bgr=cfg.normalize == "caffe" and c == 3)
         self.pre_eval = dataclasses.replace(self.pre_train, crop=False, flip=False)
 
