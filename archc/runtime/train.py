@@ -483,8 +483,9 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, *, train_data=None, val_data=None,
                  resume: bool = False, log=_log):
+        import jax
         self.cfg = cfg = config
-        self.log = log
+        self.log = log if jax.process_index() == 0 else (lambda msg: None)   # one report per run
         cfg.validate()
         self.run_dir = Path(cfg.out) if cfg.out else None
         self.resuming = resume
@@ -822,6 +823,7 @@ class Trainer:
 
     # ---- running ----
     def evaluate(self, state) -> tuple[float | None, float | None]:
+        from .parallel import scalar
         if self.val_loader is None:
             return None, None
         if getattr(self, "_frozen_dev", None) is None:
@@ -830,15 +832,20 @@ class Trainer:
         for batch in self.val_loader.epoch(0):
             x, y, m = (self.dp.shard_batch(a) for a in batch)
             loss, correct = self._eval_step(state["trainable"], self._frozen_dev, state["batch_stats"], x, y, m)
-            total_loss += float(loss)
-            total_correct += float(correct)
+            total_loss += scalar(loss)
+            total_correct += scalar(correct)
         count = len(self.val_data)
         return total_loss / count, total_correct / count
 
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the run directory: only process 0 of a multi-process run."""
+        return self.run_dir is not None and self.dp.process_index == 0
+
     def fit(self) -> TrainResult:
-        from .parallel import to_host
+        from .parallel import scalar, to_host
         cfg = self.cfg
-        if self.run_dir is not None:
+        if self.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         history = {"epoch": [], "train_loss": [], "train_accuracy": [], "val_loss": [],
                    "val_accuracy": [], "lr": [], "images_per_s": [], "time_s": [],
@@ -847,15 +854,16 @@ class Trainer:
         if self.resuming:
             host_state, start_epoch, history = self.load_state()
             self.log(f"resuming {self.run_dir} after epoch {start_epoch}")
-            _atomic_json(self.run_dir / "config.json", cfg.to_json())     # --epochs may have changed
-            # repair outputs a kill between the state and them may have left stale
-            self._write_outputs(host_state, start_epoch, history,
-                                best=history.get("best_epoch") == start_epoch)
+            if self.writes:
+                _atomic_json(self.run_dir / "config.json", cfg.to_json())  # --epochs may have changed
+                # repair outputs a kill between the state and them may have left stale
+                self._write_outputs(host_state, start_epoch, history,
+                                    best=history.get("best_epoch") == start_epoch)
             if start_epoch >= cfg.epochs:
                 self.log(f"{self.run_dir}: all {cfg.epochs} epochs already done")
         else:
             host_state = self.init_state()
-            if self.run_dir is not None:
+            if self.writes:
                 _atomic_json(self.run_dir / "config.json", cfg.to_json())
         state = self.dp.replicate(host_state)
         self._frozen_dev = self.dp.replicate(self.frozen)
@@ -863,13 +871,14 @@ class Trainer:
         step_losses: list = []
         spe = self.steps_per_epoch
         for epoch in range(start_epoch, cfg.epochs):
-            progress = Progress(epoch + 1, cfg.epochs, spe, enabled=cfg.progress)
+            progress = Progress(epoch + 1, cfg.epochs, spe,
+                                enabled=cfg.progress and self.dp.process_index == 0)
             t0 = time.perf_counter()
             loss_sum, correct, seen = 0.0, 0, 0
             for b, batch in enumerate(self.train_loader.epoch(epoch)):
                 x, y = self.dp.shard_batch(batch.x), self.dp.shard_batch(batch.y)
                 state, m = self._train_step(state, self._frozen_dev, x, y)
-                loss = float(m["loss"])
+                loss = scalar(m["loss"])
                 step = epoch * spe + b + 1
                 step_losses.append(loss)
                 if not math.isfinite(loss):
@@ -881,7 +890,7 @@ class Trainer:
                         f"{b + 1}); stopping. Last good checkpoint: {where}. Try a lower --lr, "
                         f"--warmup or --clip-norm.", step, epoch + 1)
                 loss_sum += loss
-                correct += int(m["correct"])
+                correct += int(scalar(m["correct"]))
                 seen += cfg.batch
                 dt = time.perf_counter() - t0
                 progress.update(b + 1, loss_sum / (b + 1), correct / seen, seen / max(dt, 1e-9))
@@ -908,12 +917,12 @@ class Trainer:
                 text += f"  val_loss {val_loss:.4f}  val_acc {val_acc:.4f}"
             text += f"  {row['images_per_s']:,.0f} img/s  {dt:.1f}s" + ("  *" if improved and val_acc is not None else "")
             progress.close(text)
-            if self.run_dir is not None and self.dp.process_index == 0:
+            if self.writes:
                 host_state = to_host(state)
                 self.save_state(host_state, epoch + 1, history)      # the commit point
                 self._write_outputs(host_state, epoch + 1, history, improved)
         host_state = to_host(state)
-        if self.run_dir is not None and self.dp.process_index == 0:
+        if self.writes:
             _atomic_json(self.run_dir / "metrics.json", history)
             if history["epoch"]:
                 try:
