@@ -205,3 +205,22 @@ def test_peer_watch_reasons():
     failed.kv["archc/peer/end/1"] = "failed"
     assert "process 1 of 2 failed" in watch_until_abort(failed, peer_beats=True)
     assert "lost the coordinator" in watch_until_abort(FakeStore(), peer_beats=True, down=True)
+
+
+def test_launch_options(capsys):
+    """Half the options, a bad address or rank: one error line, before any process waits; srun
+    and mpirun's tasks are recognised from their environment, an sbatch shell is one process."""
+    from archc.cli import main
+    from archc.runtime.parallel import cluster_size
+    for args, msg in ((["--coordinator", "127.0.0.1:1234"], "needs --num-processes, --process-id"),
+                      (["--coordinator", "node0", "--num-processes", 2, "--process-id", 0],
+                       "expected HOST:PORT"),
+                      (["--coordinator", "h:1", "--num-processes", 2, "--process-id", 2],
+                       "--process-id must be in 0..1")):
+        assert main(["train", "lenet5", "--data", "x", "--out", "y", *map(str, args)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and msg in err and "Traceback" not in err, err
+    assert cluster_size({}) == 1
+    assert cluster_size({"SLURM_NTASKS": "4", "SLURM_JOB_ID": "7"}) == 1     # sbatch's shell
+    assert cluster_size({"SLURM_STEP_NUM_TASKS": "4", "SLURM_NTASKS": "4"}) == 4
+    assert cluster_size({"OMPI_COMM_WORLD_SIZE": "2"}) == 2

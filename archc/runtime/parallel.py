@@ -35,8 +35,9 @@ AXIS = "batch"
 
 EXIT_PEER = 4                      # exit status when another process of the run died
 PEER_TIMEOUT_S = 30.0
-# Launchers that start one process per task and say so; jax.distributed reads the rest.
-CLUSTER_SIZE_VARS = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+# Set by launchers that start one process per task (srun, mpirun); jax.distributed reads the
+# rest. (Not SLURM_NTASKS: an sbatch script's own shell has it too, as one process.)
+CLUSTER_SIZE_VARS = ("SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE")
 
 
 def cluster_size(environ=os.environ) -> int:
