@@ -70,6 +70,8 @@ CASES = [
     Case("tv-shufflenet_v2_x1_0", "torchvision", "shufflenet_v2_x1_0", "shufflenet_v2_x1_0", 64, {"stage3": "stage3"}),
     Case("tv-mnasnet1_0", "torchvision", "mnasnet1_0", "mnasnet1_0", 64, {"layers": "layers.13"}),
     Case("tv-efficientnet_b0", "torchvision", "efficientnet_b0", "efficientnet_b0", 64, {"stage4": "features.4"}),
+    Case("tv-regnet_y_400mf", "torchvision", "regnet_y_400mf", "regnet_y_400mf", 64, {"stage3": "trunk_output.block3"}),
+    Case("tv-regnet_x_400mf", "torchvision", "regnet_x_400mf", "regnet_x_400mf", 64, {"stage3": "trunk_output.block3"}),
     # timm (.safetensors)
     Case("timm-inception_v4", "timm", "inception_v4", "inception_v4", 299, {"reduction_a": "features.10"},
          batch=1, heavy=True),
@@ -80,6 +82,9 @@ CASES = [
     Case("timm-efficientnet_lite0", "timm", "efficientnet_lite0", "efficientnet_lite0", 64, {"stage4": "blocks.3"}),
     Case("timm-tf_efficientnet_lite0", "timm", "tf_efficientnet_lite0", "tf_efficientnet_lite0", 64, {"stage4": "blocks.3"}),
     Case("timm-tf_efficientnet_b0", "timm", "tf_efficientnet_b0", "tf_efficientnet_b0", 64, {"stage4": "blocks.3"}),
+    Case("timm-regnety_004", "timm", "regnety_004", "regnet_y_400mf", 64, {"stage3": "s3"}),
+    Case("timm-regnetx_004_tv", "timm", "regnetx_004_tv", "regnet_x_400mf", 64, {"stage3": "s3"}),
+    Case("timm-regnetx_002", "timm", "regnetx_002", "regnetx_002", 64, {"stage3": "s3"}),
     # Keras (save_weights .weights.h5)
     Case("keras-resnet50", "keras", "ResNet50", "keras/resnet50", 128, {"conv3": "conv3_block4_out"}),
     Case("keras-resnet50_v2", "keras", "ResNet50V2", "keras/resnet50_v2", 64, {"conv3": "conv3_block4_out"}),
