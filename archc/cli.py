@@ -172,7 +172,64 @@ def cmd_list(args) -> int:
 
 
 def cmd_train(args) -> int:
-    """``archc train``: see docs/training.md. User errors exit 2, a diverged run 3."""
+    """``archc train``: see docs/training.md. User errors exit 2, a diverged run 3, another
+    process of a multi-process run dying 4."""
+    from .runtime.train import TrainError
+    try:
+        watch = _start_distributed(args)
+    except TrainError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER
+    try:
+        rc = _train(args, report=watch is None or watch.me == 0)
+    except Exception as e:              # noqa: BLE001 - jax's runtime errors have one type
+        if watch is None:
+            raise
+        watch.abort(f"{str(e).splitlines()[0]} (another process of the run has most likely "
+                    f"died)")
+    if watch is not None and rc == 0:
+        watch.finished()
+    return rc
+
+
+def _start_distributed(args):
+    """One process of several (``--coordinator``..., or a launcher such as ``srun``): join the
+    others before JAX starts. Returns the PeerWatch, or None for a single process."""
+    from .runtime import parallel
+    from .runtime.train import TrainError
+    flags = {"--coordinator": args.coordinator, "--num-processes": args.num_processes,
+             "--process-id": args.process_id}
+    given = [k for k, v in flags.items() if v is not None]
+    size = parallel.cluster_size()
+    if not given and size == 1:
+        return None
+    if given and len(given) < 3 and size == 1:
+        missing = ", ".join(k for k in flags if k not in given)
+        raise TrainError(f"{', '.join(given)} needs {missing} too (or a cluster launcher "
+                         f"such as srun that says them)")
+    if args.coordinator is not None:
+        host, _, port = args.coordinator.rpartition(":")
+        if not host or not port.isdigit():
+            raise TrainError(f"--coordinator {args.coordinator!r}: expected HOST:PORT, such as "
+                             f"node0:12345")
+    if args.num_processes is not None and args.num_processes < 1:
+        raise TrainError("--num-processes must be positive")
+    if args.process_id is not None and args.num_processes is not None and \
+            not 0 <= args.process_id < args.num_processes:
+        raise TrainError(f"--process-id must be in 0..{args.num_processes - 1}")
+    if args.peer_timeout is not None and args.peer_timeout <= 0:
+        raise TrainError("--peer-timeout must be positive")
+    try:
+        return parallel.initialize_distributed(
+            args.coordinator, args.num_processes, args.process_id,
+            peer_timeout=args.peer_timeout or parallel.PEER_TIMEOUT_S)
+    except (RuntimeError, ValueError) as e:     # jax: a timeout, an unusable environment
+        where = args.coordinator or "the coordinator from the cluster environment"
+        raise TrainError(f"cannot join the other processes through {where}: "
+                         f"{str(e).splitlines()[0]}") from None
+
+
+def _train(args, report: bool = True) -> int:
     from .runtime.data import DataError
     from .runtime.train import TrainError, TrainingDiverged, extract_features, train
     keys = ("epochs", "batch", "lr", "optimizer", "momentum", "nesterov", "weight_decay",
@@ -210,7 +267,7 @@ def cmd_train(args) -> int:
             raise TrainError("give the run directory: --out RUN_DIR")
         result = train(args.spec, args.data, args.out, **opts)
         m = result.metrics
-        if m["epoch"]:
+        if m["epoch"] and report:
             best = m["best_val_accuracy"]
             print(f"{args.out}: {m['epoch'][-1]} epochs, train_loss {m['train_loss'][-1]:.4f}"
                   + (f", val_accuracy {m['val_accuracy'][-1]:.4f} (best {best:.4f} at epoch "
@@ -252,6 +309,7 @@ def _floats(n):
 
 
 def _add_train_parser(sub, common) -> None:
+    from .runtime.data import AUGMENTATIONS
     sp = sub.add_parser("train", help="train or fine-tune a network on an image folder")
     common(sp)
     a = sp.add_argument
@@ -285,12 +343,22 @@ def _add_train_parser(sub, common) -> None:
     a("--bn", choices=["auto", "update", "frozen"], help="batch-norm statistics (default auto)")
     a("--val-split", type=float, metavar="FRACTION")
     a("--normalize", metavar="NAME|MEAN/STD", help="unit (default), symmetric, imagenet, raw or m1,m2,m3/s1,s2,s3")
-    a("--no-augment", dest="augment", action="store_false", default=None)
+    a("--augment", choices=AUGMENTATIONS,
+      help="training augmentation: auto (default: crop strength and flip from the input size), "
+           "imagenet (crop to 8-100%% of the area and flip, at any size) or none")
+    a("--no-augment", dest="augment", action="store_const", const="none", help="--augment none")
+    a("--flip", dest="flip", action="store_true", default=None, help="random horizontal flips")
     a("--no-flip", dest="flip", action="store_false", default=None)
-    a("--crop-scale", type=_floats(2), metavar="LO,HI")
+    a("--crop-scale", type=_floats(2), metavar="LO,HI", help="random-resized crop's area fraction")
     a("--workers", type=int)
     a("--prefetch", type=int)
     a("--devices", type=int, help="data parallel over N local devices (default all)")
+    a("--coordinator", metavar="HOST:PORT",
+      help="several processes: process 0's address (under srun/mpirun: read from there)")
+    a("--num-processes", type=int, metavar="N", help="several processes: how many")
+    a("--process-id", type=int, metavar="I", help="several processes: this one's rank, 0..N-1")
+    a("--peer-timeout", type=float, metavar="SECONDS",
+      help="several processes: stop when another is silent this long (default 30)")
     a("--extract-features", nargs="?", const="", metavar="NODE",
       help="write pooled features of NODE (default: the classifier's input) to --out; no training")
     a("--quiet", action="store_true")
