@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -67,6 +68,15 @@ def cmd_check(args) -> int:
     s = summarize(g)
     print(f"{g.name}: {fmt_shape(g.input_shape)} -> {fmt_shape(g.output_shape)}, "
           f"{len(g.nodes)} nodes, {s['total_params']:,} params, {s['macs']:,} MACs: ok")
+    return 0
+
+
+def cmd_lsp(args) -> int:
+    if importlib.util.find_spec("pygls") is None:
+        print("error: archc lsp needs pygls\n  = help: pip install 'archc[lsp]'", file=sys.stderr)
+        return EXIT_USER
+    from .lsp.server import main as serve
+    serve()
     return 0
 
 
@@ -440,6 +450,9 @@ def main(argv=None) -> int:
                     help="override the preprocessing recorded in the weights file")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_predict, expr=None)
+
+    sp = sub.add_parser("lsp", help="the language server, over stdio (for editors)")
+    sp.set_defaults(func=cmd_lsp)
 
     args = p.parse_args(argv)
     try:
