@@ -71,6 +71,20 @@ def cmd_check(args) -> int:
     return 0
 
 
+def cmd_graph(args) -> int:
+    from .graph import FORMATS, draw
+    if args.out is not None and not args.out.lower().endswith(FORMATS):
+        print(f"error: cannot write {args.out!r}\n  = help: the picture's file ends in {', '.join(FORMATS)}", file=sys.stderr)
+        return EXIT_USER
+    if args.depth < 1:
+        print("error: --depth is 1 or more", file=sys.stderr)
+        return EXIT_USER
+    said = draw(args.spec, args.out, args.depth, tuple(args.expand), dict(args.param or []), args.input)
+    if said:
+        print(said)
+    return 0
+
+
 def cmd_lsp(args) -> int:
     if importlib.util.find_spec("pygls") is None:
         print("error: archc lsp needs pygls\n  = help: pip install 'archc[lsp]'", file=sys.stderr)
@@ -450,6 +464,13 @@ def main(argv=None) -> int:
                     help="override the preprocessing recorded in the weights file")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_predict, expr=None)
+
+    sp = sub.add_parser("graph", help="a picture of the network (SVG, PNG, HTML or Graphviz DOT)")
+    common(sp)
+    sp.add_argument("-o", "--out", metavar="FILE", help="FILE.svg, .png, .html or .dot (default: DOT on stdout)")
+    sp.add_argument("--depth", type=int, default=2, help="1: one box per stage; 2: per block instance; 3…: blocks inside blocks")
+    sp.add_argument("--expand", nargs="+", default=(), metavar="NAME", help="draw these stages or blocks instance by instance")
+    sp.set_defaults(func=cmd_graph, expr=None)
 
     sp = sub.add_parser("lsp", help="the language server, over stdio (for editors)")
     sp.set_defaults(func=cmd_lsp)

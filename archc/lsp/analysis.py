@@ -17,8 +17,9 @@ from typing import Any
 
 from ..compiler import library, ops
 from ..compiler.build import bind_family_params
-from ..compiler.elaborate import COMBINATORS, FUNCTIONS, Elaborator, _SPELLINGS
+from ..compiler.elaborate import COMBINATORS, FUNCTIONS, _SPELLINGS
 from ..compiler.ir import Graph
+from ..compiler.trace import Applied, TracingElaborator
 from ..compiler.resolve import PRELUDE, Module, _read, _Resolver
 from ..spec import ast as A
 from ..spec.source import ArchError, Diagnostic, Span
@@ -128,31 +129,8 @@ def _index_expr(e, scopes: tuple, ix: FileIndex) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Elaboration that remembers what each written layer made
+# Resolution against the client's documents
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class Applied:
-    """One application of a written layer: its input and output tensors, and the nodes it made
-    (positions in the graph's insertion order)."""
-    input: str
-    output: str
-    first: int
-    last: int
-
-
-class _Recorder(Elaborator):
-    def __init__(self, graph: Graph):
-        super().__init__(graph)
-        self.applied: dict[Span, list] = {}
-
-    def apply(self, v, t, span, next_is_bn=False):
-        first = len(self.b.g.nodes)
-        out = super().apply(v, t, span, next_is_bn)
-        where = getattr(v, "span", None) or span
-        self.applied.setdefault(where, []).append(Applied(t, out, first, len(self.b.g.nodes)))
-        return out
-
-
 class _Workspace(_Resolver):
     """A resolution that reads open documents from the client and the rest from disk."""
 
@@ -372,7 +350,7 @@ def analyze(text: str, path: Path | None, overlay: dict | None = None) -> Analys
         return Analysis(display, e.diagnostics, {}, ws.paths, sources=e.sources)
     files = {m.display: index_module(m, ws.paths.get(m.display)) for m in module.closure()}
     result = Analysis(display, [], files, ws.paths, sources=module.sources())
-    el = _Recorder(Graph(module.name))
+    el = TracingElaborator(Graph(module.name))
     try:
         if _has_network(module):
             chosen, diags = bind_family_params(module, None, {})
