@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -67,6 +68,29 @@ def cmd_check(args) -> int:
     s = summarize(g)
     print(f"{g.name}: {fmt_shape(g.input_shape)} -> {fmt_shape(g.output_shape)}, "
           f"{len(g.nodes)} nodes, {s['total_params']:,} params, {s['macs']:,} MACs: ok")
+    return 0
+
+
+def cmd_graph(args) -> int:
+    from .graph import FORMATS, draw
+    if args.out is not None and not args.out.lower().endswith(FORMATS):
+        print(f"error: cannot write {args.out!r}\n  = help: the picture's file ends in {', '.join(FORMATS)}", file=sys.stderr)
+        return EXIT_USER
+    if args.depth < 1:
+        print("error: --depth is 1 or more", file=sys.stderr)
+        return EXIT_USER
+    said = draw(args.spec, args.out, args.depth, tuple(args.expand), dict(args.param or []), args.input)
+    if said:
+        print(said)
+    return 0
+
+
+def cmd_lsp(args) -> int:
+    if importlib.util.find_spec("pygls") is None:
+        print("error: archc lsp needs pygls\n  = help: pip install 'archc[lsp]'", file=sys.stderr)
+        return EXIT_USER
+    from .lsp.server import main as serve
+    serve()
     return 0
 
 
@@ -508,6 +532,16 @@ def main(argv=None) -> int:
                     help="override the preprocessing recorded in the weights file")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_predict, expr=None)
+
+    sp = sub.add_parser("graph", help="a picture of the network (SVG, PNG, HTML or Graphviz DOT)")
+    common(sp)
+    sp.add_argument("-o", "--out", metavar="FILE", help="FILE.svg, .png, .html or .dot (default: DOT on stdout)")
+    sp.add_argument("--depth", type=int, default=2, help="1: one box per stage; 2: per block instance; 3…: blocks inside blocks")
+    sp.add_argument("--expand", nargs="+", default=(), metavar="NAME", help="draw these stages or blocks instance by instance")
+    sp.set_defaults(func=cmd_graph, expr=None)
+
+    sp = sub.add_parser("lsp", help="the language server, over stdio (for editors)")
+    sp.set_defaults(func=cmd_lsp)
 
     args = p.parse_args(argv)
     try:
