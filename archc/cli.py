@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -67,6 +68,29 @@ def cmd_check(args) -> int:
     s = summarize(g)
     print(f"{g.name}: {fmt_shape(g.input_shape)} -> {fmt_shape(g.output_shape)}, "
           f"{len(g.nodes)} nodes, {s['total_params']:,} params, {s['macs']:,} MACs: ok")
+    return 0
+
+
+def cmd_graph(args) -> int:
+    from .graph import FORMATS, draw
+    if args.out is not None and not args.out.lower().endswith(FORMATS):
+        print(f"error: cannot write {args.out!r}\n  = help: the picture's file ends in {', '.join(FORMATS)}", file=sys.stderr)
+        return EXIT_USER
+    if args.depth < 1:
+        print("error: --depth is 1 or more", file=sys.stderr)
+        return EXIT_USER
+    said = draw(args.spec, args.out, args.depth, tuple(args.expand), dict(args.param or []), args.input)
+    if said:
+        print(said)
+    return 0
+
+
+def cmd_lsp(args) -> int:
+    if importlib.util.find_spec("pygls") is None:
+        print("error: archc lsp needs pygls\n  = help: pip install 'archc[lsp]'", file=sys.stderr)
+        return EXIT_USER
+    from .lsp.server import main as serve
+    serve()
     return 0
 
 
@@ -174,7 +198,64 @@ def cmd_list(args) -> int:
 
 
 def cmd_train(args) -> int:
-    """``archc train``: see docs/training.md. User errors exit 2, a diverged run 3."""
+    """``archc train``: see docs/training.md. User errors exit 2, a diverged run 3, another
+    process of a multi-process run dying 4."""
+    from .runtime.train import TrainError
+    try:
+        watch = _start_distributed(args)
+    except TrainError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER
+    try:
+        rc = _train(args, report=watch is None or watch.me == 0)
+    except Exception as e:              # noqa: BLE001 - jax's runtime errors have one type
+        if watch is None:
+            raise
+        watch.abort(f"{str(e).splitlines()[0]} (another process of the run has most likely "
+                    f"died)")
+    if watch is not None and rc == 0:
+        watch.finished()
+    return rc
+
+
+def _start_distributed(args):
+    """One process of several (``--coordinator``..., or a launcher such as ``srun``): join the
+    others before JAX starts. Returns the PeerWatch, or None for a single process."""
+    from .runtime import parallel
+    from .runtime.train import TrainError
+    flags = {"--coordinator": args.coordinator, "--num-processes": args.num_processes,
+             "--process-id": args.process_id}
+    given = [k for k, v in flags.items() if v is not None]
+    size = parallel.cluster_size()
+    if not given and size == 1:
+        return None
+    if given and len(given) < 3 and size == 1:
+        missing = ", ".join(k for k in flags if k not in given)
+        raise TrainError(f"{', '.join(given)} needs {missing} too (or a cluster launcher "
+                         f"such as srun that says them)")
+    if args.coordinator is not None:
+        host, _, port = args.coordinator.rpartition(":")
+        if not host or not port.isdigit():
+            raise TrainError(f"--coordinator {args.coordinator!r}: expected HOST:PORT, such as "
+                             f"node0:12345")
+    if args.num_processes is not None and args.num_processes < 1:
+        raise TrainError("--num-processes must be positive")
+    if args.process_id is not None and args.num_processes is not None and \
+            not 0 <= args.process_id < args.num_processes:
+        raise TrainError(f"--process-id must be in 0..{args.num_processes - 1}")
+    if args.peer_timeout is not None and args.peer_timeout <= 0:
+        raise TrainError("--peer-timeout must be positive")
+    try:
+        return parallel.initialize_distributed(
+            args.coordinator, args.num_processes, args.process_id,
+            peer_timeout=args.peer_timeout or parallel.PEER_TIMEOUT_S)
+    except (RuntimeError, ValueError) as e:     # jax: a timeout, an unusable environment
+        where = args.coordinator or "the coordinator from the cluster environment"
+        raise TrainError(f"cannot join the other processes through {where}: "
+                         f"{str(e).splitlines()[0]}") from None
+
+
+def _train(args, report: bool = True) -> int:
     from .runtime.data import DataError
     from .runtime.train import TrainError, TrainingDiverged, extract_features, train
     keys = ("epochs", "batch", "lr", "optimizer", "momentum", "nesterov", "weight_decay",
@@ -212,7 +293,7 @@ def cmd_train(args) -> int:
             raise TrainError("give the run directory: --out RUN_DIR")
         result = train(args.spec, args.data, args.out, **opts)
         m = result.metrics
-        if m["epoch"]:
+        if m["epoch"] and report:
             best = m["best_val_accuracy"]
             print(f"{args.out}: {m['epoch'][-1]} epochs, train_loss {m['train_loss'][-1]:.4f}"
                   + (f", val_accuracy {m['val_accuracy'][-1]:.4f} (best {best:.4f} at epoch "
@@ -254,6 +335,7 @@ def _floats(n):
 
 
 def _add_train_parser(sub, common) -> None:
+    from .runtime.data import AUGMENTATIONS
     sp = sub.add_parser("train", help="train or fine-tune a network on an image folder")
     common(sp)
     a = sp.add_argument
@@ -287,12 +369,22 @@ def _add_train_parser(sub, common) -> None:
     a("--bn", choices=["auto", "update", "frozen"], help="batch-norm statistics (default auto)")
     a("--val-split", type=float, metavar="FRACTION")
     a("--normalize", metavar="NAME|MEAN/STD", help="unit (default), symmetric, imagenet, raw or m1,m2,m3/s1,s2,s3")
-    a("--no-augment", dest="augment", action="store_false", default=None)
+    a("--augment", choices=AUGMENTATIONS,
+      help="training augmentation: auto (default: crop strength and flip from the input size), "
+           "imagenet (crop to 8-100%% of the area and flip, at any size) or none")
+    a("--no-augment", dest="augment", action="store_const", const="none", help="--augment none")
+    a("--flip", dest="flip", action="store_true", default=None, help="random horizontal flips")
     a("--no-flip", dest="flip", action="store_false", default=None)
-    a("--crop-scale", type=_floats(2), metavar="LO,HI")
+    a("--crop-scale", type=_floats(2), metavar="LO,HI", help="random-resized crop's area fraction")
     a("--workers", type=int)
     a("--prefetch", type=int)
     a("--devices", type=int, help="data parallel over N local devices (default all)")
+    a("--coordinator", metavar="HOST:PORT",
+      help="several processes: process 0's address (under srun/mpirun: read from there)")
+    a("--num-processes", type=int, metavar="N", help="several processes: how many")
+    a("--process-id", type=int, metavar="I", help="several processes: this one's rank, 0..N-1")
+    a("--peer-timeout", type=float, metavar="SECONDS",
+      help="several processes: stop when another is silent this long (default 30)")
     a("--extract-features", nargs="?", const="", metavar="NODE",
       help="write pooled features of NODE (default: the classifier's input) to --out; no training")
     a("--quiet", action="store_true")
@@ -494,6 +586,16 @@ def main(argv=None) -> int:
                     help="override the preprocessing recorded in the weights file")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_predict, expr=None)
+
+    sp = sub.add_parser("graph", help="a picture of the network (SVG, PNG, HTML or Graphviz DOT)")
+    common(sp)
+    sp.add_argument("-o", "--out", metavar="FILE", help="FILE.svg, .png, .html or .dot (default: DOT on stdout)")
+    sp.add_argument("--depth", type=int, default=2, help="1: one box per stage; 2: per block instance; 3…: blocks inside blocks")
+    sp.add_argument("--expand", nargs="+", default=(), metavar="NAME", help="draw these stages or blocks instance by instance")
+    sp.set_defaults(func=cmd_graph, expr=None)
+
+    sp = sub.add_parser("lsp", help="the language server, over stdio (for editors)")
+    sp.set_defaults(func=cmd_lsp)
 
     args = p.parse_args(argv)
     try:
