@@ -175,14 +175,16 @@ def cmd_bench(args) -> int:
             raise ArchError([_diag(str(e))]) from None
         print(json.dumps(p, indent=1) if args.json else render_profile(p, top=args.top))
         return 0
+    if args.backend == "onnxruntime" and args.dtype not in (None, "float32"):
+        raise ArchError([_diag("--backend onnxruntime runs the float32 export; drop --dtype")])
     result = bench_model(Model(_graph(args)), batch=args.batch, iters=args.iters, repeats=args.repeats,
-                         dtype=args.dtype)
+                         dtype=args.dtype, backend=args.backend)
     if args.json:
         print(json.dumps(result, indent=1))
     else:
         print(f"{result['name']}: batch {result['batch']}, {fmt_shape(result['input_shape'])}, "
               f"{result['dtype']} compute on {result['device']}")
-        print(f"  XLA compile      {result['compile_s']:.2f} s")
+        print(f"  {'XLA compile' if args.backend == 'xla' else 'export+session':16} {result['compile_s']:.2f} s")
         print(f"  throughput       {result['images_per_s']:.1f} images/s (median of {args.repeats} x {args.iters} calls, warm-up excluded)")
         print(f"  peak memory      {result['peak_rss_mib']:.0f} MiB resident")
     return 0
@@ -459,6 +461,42 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _batch(text: str):
+    if text == "dynamic":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected 'dynamic' or a positive batch size, got {text!r}")
+    return n
+
+
+def cmd_export(args) -> int:
+    """archc export SPEC --weights FILE --format onnx|stablehlo|flax --out PATH: see docs/export.md."""
+    from .compiler.onnx import ExportError
+    from .runtime.export import export
+    from .runtime.model import Model
+    from .runtime.variables_io import load_variables
+    model = Model(_graph(args))
+    try:
+        variables = load_variables(args.weights, as_numpy=True) if args.weights else model.init(seed=args.seed)
+    except Exception as e:   # noqa: BLE001 - a missing file, or safetensors' own error for a bad one
+        print(f"error: cannot read the weights {args.weights}: {e}", file=sys.stderr)
+        return EXIT_USER
+    try:
+        path = export(model, variables, args.out, format=args.format, batch=args.batch, layout=args.layout,
+                      opset=args.opset)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER
+    source = args.weights or f"random weights (seed {args.seed})"
+    print(f"{model.name} -> {path} ({args.format or path.suffix[1:]}, {path.stat().st_size / 2**20:.1f} MiB, "
+          f"batch {args.batch}; {source})")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="archc", description="Compile .arch network specs to JAX/Flax.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -498,9 +536,25 @@ def main(argv=None) -> int:
     sp.add_argument("--profile", action="store_true",
                     help="time each compiled kernel and name it by the IR nodes fused into it (CPU)")
     sp.add_argument("--top", type=int, default=20, help="kernels listed by --profile")
+    sp.add_argument("--backend", choices=["xla", "onnxruntime"], default="xla",
+                    help="the engine: archc's XLA program, or its ONNX export on ONNX Runtime (CPU)")
     sp.set_defaults(func=cmd_bench, expr=None)
 
     _add_train_parser(sub, common)
+
+    sp = sub.add_parser("export", help="export a network with its weights to ONNX, StableHLO or Flax source")
+    common(sp)
+    sp.add_argument("--weights", metavar="FILE", help="variables (.safetensors from archc import/train/build --out); "
+                                                      "without it, random weights from --seed")
+    sp.add_argument("--format", choices=["onnx", "stablehlo", "flax"], help="default: from the suffix of --out")
+    sp.add_argument("--out", required=True, metavar="PATH", help="the file to write (.onnx, .stablehlo, .py)")
+    sp.add_argument("--batch", type=_batch, default="dynamic", metavar="dynamic|N",
+                    help="a symbolic batch dimension (default) or a fixed one")
+    sp.add_argument("--layout", choices=["nchw", "nhwc"],
+                    help="ONNX interface layout (default nchw, where ONNX Runtime is fastest)")
+    sp.add_argument("--opset", type=int, help="ONNX opset (default 17)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=cmd_export, expr=None)
 
     sp = sub.add_parser("list", help="list the built-in architectures")
     sp.set_defaults(func=cmd_list)

@@ -33,6 +33,7 @@ from jax import lax
 
 from .ir import Graph, Node
 from .ops import OPS, VarSpec, variable_specs, variables_tree  # noqa: F401  (VarSpec, variables_tree: re-exported)
+from .ops.pool import axis_counts
 
 Array = jax.Array
 
@@ -311,16 +312,6 @@ def _conv_transpose(node: Node, xs, v, run):
     return _add_bias(y, v)
 
 
-def _axis_counts(n: int, k: int, s: int, pad: tuple, extra: tuple, include_pad: bool) -> np.ndarray:
-    """PyTorch's avg-pool divisor along one axis: window cells inside the input, plus cells in
-    the explicit padding when count_include_pad; the ceil-mode `extra` cells never count."""
-    lo, hi = (-pad[0], n + pad[1]) if include_pad else (0, n)
-    before = pad[0] + extra[0]
-    out = (n + before + pad[1] + extra[1] - k) // s + 1
-    start = np.arange(out) * s - before
-    return np.minimum(start + k, hi) - np.maximum(start, lo)
-
-
 def _separable_window(x, kernel, strides, combine):
     """An unpadded pooling window as shifted, strided slices, rows then columns: on XLA:CPU 4-6x
     faster than reduce_window (Inception's 3x3/2 max pool at 71x71x192, batch 32: 89 -> 14 ms).
@@ -354,8 +345,8 @@ def _pool(node: Node, xs, v, run):
     if a.kind == "max":
         return total
     include = a.count_include_pad
-    ch = _axis_counts(x.shape[1], kh, sh, pads[0], extra[0], include)
-    cw = _axis_counts(x.shape[2], kw, sw, pads[1], extra[1], include)
+    ch = axis_counts(x.shape[1], kh, sh, pads[0], extra[0], include)
+    cw = axis_counts(x.shape[2], kw, sw, pads[1], extra[1], include)
     if ch.min() == ch.max() and cw.min() == cw.max():          # constant divisor: fast path
         return total / float(ch[0] * cw[0])
     div = (ch[:, None] * cw[None, :]).astype(np.float32)[:, :, None]
