@@ -2,7 +2,8 @@
 
 One walk over the statements evaluates the value language (integers, lists, block calls, family
 parameters), expands repetition, blocks and combinators, names every node by its place in the spec,
-and infers each node's shape with the rules in ops.py as the node is created. Shape-dependent
+binds each surface op to its IR op's attributes (compiler/ops: one definition per op), and infers each
+node's shape with the op's rule as the node is created. Shape-dependent
 defaults (`cin`, inferred channels of a projection shortcut, TF-'same' padding) need the shapes
 while expanding, which is why expansion and shape inference share this walk; later passes
 (stats, folding, lowering) are separate pure functions of the finished Graph.
@@ -295,8 +296,6 @@ class Elaborator:
             if found and isinstance(v, RefLayer):  # a block parameter bound to a tensor
                 return v
             return RefLayer(e.id, e.span, self.frames[-1])
-        if isinstance(e, A.Call):
-            return self.call(e, env)
         if isinstance(e, (A.ListLit, A.Chain)):
             return [self.value(x, env) for x in e.items]
         if isinstance(e, A.BinOp):
@@ -813,7 +812,10 @@ class _BindContext:
         fail(message, self.span, hint, kind)
 
     def spatial(self):
-        return _spatial(self.shape, self.label, self.span)
+        try:
+            return ops.spatial(self.label, self.shape)
+        except ShapeError as e:
+            fail(str(e), self.span, e.hint, kind="shape")
 
     def int(self, v, what):
         return _int(v, what, self.span)
@@ -858,13 +860,6 @@ def _hwc(shape):
     if len(shape) == 3:
         return shape
     return (1, 1, shape[-1])
-
-
-def _spatial(s, what, span):
-    if len(s) != 3:
-        fail(f"{what} needs a feature map HxWxC, but its input is {fmt(s)}", span,
-             "it comes after a flatten or global pool; move it before them", kind="shape")
-    return s
 
 
 def _int(v, what, span):

@@ -46,7 +46,7 @@ class Model:
 
     @property
     def variable_specs(self) -> tuple:
-        """Every variable the model has, in graph order (archc.compiler.lower.VarSpec)."""
+        """Every variable the model has, in graph order (archc.compiler.ops.VarSpec)."""
         return self.program.variable_specs
 
     # ---- description ----

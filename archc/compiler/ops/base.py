@@ -28,9 +28,10 @@ def fmt(shape) -> str:
 
 
 def spatial(op: str, s) -> tuple:
+    """The (H, W, C) of a feature-map input (shape rules and binds share this check)."""
     if len(s) != 3:
-        raise ShapeError(f"{op} needs a feature map HxWxC, got {fmt(s)}",
-                         "it follows a flatten or global pool; move it before them")
+        raise ShapeError(f"{op} needs a feature map HxWxC, but its input is {fmt(s)}",
+                         "it comes after a flatten or global pool; move it before them")
     return s
 
 
