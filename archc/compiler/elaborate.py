@@ -10,18 +10,19 @@ while expanding, which is why expansion and shape inference share this walk; lat
 """
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..spec import ast as A
 from ..spec.source import ArchError, Diagnostic, Span
+from ..spec.source import suggest as _suggest
 from . import ops
 from .ir import Graph, Node
 from .ops import NoAttrs, ShapeError, fmt
 from .ops.elementwise import ScaleAttrs
-from .ops.layout import CropAttrs
+from .ops.layout import CropAttrs, InputAttrs
+from .resolve import Module, Unresolved
 
 MAX_NODES = 100_000   # the largest built-in has ~3,000; generous for generated networks
 MAX_REPEAT = 100_000
@@ -37,11 +38,6 @@ class _Fail(Exception):
 
 def fail(message: str, span: Span | None, hint: str | None = None, kind: str = "name"):
     raise _Fail(Diagnostic(message, span, hint), kind)
-
-
-def _suggest(name: str, candidates) -> str | None:
-    close = difflib.get_close_matches(name, sorted(candidates), n=3, cutoff=0.6)
-    return f"did you mean {' or '.join(repr(c) for c in close)}?" if close else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,11 +147,36 @@ def _make_divisible(v, divisor=8, min_value=None):
     return new_v
 
 
+def _list(xs) -> list:
+    if not isinstance(xs, list):
+        raise TypeError(f"expects a list, not {_kind(xs)}")
+    return xs
+
+
+def _log(x, base=math.e):
+    for v in (x, base):
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v <= 0:
+            raise ValueError(f"the logarithm is defined for positive numbers, not {v:g}")
+    if base == 1:
+        raise ValueError("a logarithm's base cannot be 1")
+    return math.log(x, base)
+
+
+def _unique(xs):
+    # first occurrences in order (RegNet's stage widths); by equality, so lists of lists work too
+    out = []
+    for x in _list(xs):
+        if x not in out:
+            out.append(x)
+    return out
+
+
 FUNCTIONS = {
     "min": min, "max": max, "abs": abs, "len": len, "int": int, "float": float,
     "round": round, "ceil": lambda x: int(math.ceil(x)), "floor": lambda x: int(math.floor(x)),
-    "sqrt": math.sqrt, "sum": sum, "make_divisible": _make_divisible,
+    "sqrt": math.sqrt, "log": _log, "sum": sum, "make_divisible": _make_divisible,
     "range": lambda *a: list(range(*a)),
+    "unique": _unique, "count": lambda xs, v: _list(xs).count(v),
 }
 
 # The language's structural combinators (not IR ops): their signatures. Every other surface op,
@@ -253,7 +274,9 @@ class Builder:
         self.scopes.pop()
 
     # ---- nodes ----
-    def add(self, op: str, inputs: list, attrs: dict, span: Span, prefix: str | None = None) -> str:
+    def add(self, op: str, inputs: list, attrs: dict, span: Span, prefix: str | None = None,
+            name: str | None = None) -> str:
+        """A new node, shape-checked; named `name`, else numbered after `prefix` (default: op)."""
         in_shapes = [self.g.nodes[i].shape for i in inputs]
         try:
             shape = ops.infer_shape(op, attrs, in_shapes)
@@ -261,7 +284,7 @@ class Builder:
             fail(str(e), span, e.hint, kind="shape")
         if len(self.g.nodes) >= MAX_NODES:
             fail(f"the network has more than {MAX_NODES} nodes", span, "reduce the repetition counts")
-        name = self.fresh(prefix or op)
+        name = name or self.fresh(prefix or op)
         self.g.nodes[name] = Node(name, op, tuple(inputs), attrs, shape, span)
         return name
 
@@ -273,10 +296,10 @@ class Builder:
 # The evaluator
 # ---------------------------------------------------------------------------------------------
 class Elaborator:
-    def __init__(self, loader, graph: Graph):
-        self.loader = loader
+    def __init__(self, graph: Graph):
         self.b = Builder(graph)
         self.frames: list[Frame] = []
+        self.module_envs: dict[Module, Env] = {}   # what each imported module defines
 
     # ---- value evaluation ----
     def value(self, e, env: Env):
@@ -763,6 +786,149 @@ class Elaborator:
         for r in seq.repeats:
             n *= r
         return n
+
+    # ---- files: the program and the modules it imports ----
+    def run_program(self, module: Module, params: dict, input_shape: tuple | None,
+                    diagnostics: tuple | list = ()) -> Graph:
+        """Elaborate the root file into the Graph: its family parameters (`params`: name -> an
+        expression or an Override; absent ones take their default), imports, input, definitions,
+        stages and outputs. `input_shape` replaces the file's `input`. Every located error is
+        collected, after `diagnostics` (those found before elaborating), and raised together."""
+        g = self.b.g
+        env = Env(self.module_env(module.prelude), {})
+        self.frames.append(Frame({}, None))
+        diags = list(diagnostics)
+        t = None
+        shape_failed = False
+        for st in module.stmts:
+            try:
+                if isinstance(st, _DEFINITIONS):
+                    self.define(st, module, env, params)
+                    if isinstance(st, A.Param):
+                        g.params[st.name] = _plain(env.vars[st.name])
+                elif isinstance(st, A.Input):
+                    if t is not None:
+                        fail("the input is declared twice", st.span)
+                    t = self.add_input(tuple(input_shape) if input_shape is not None else self.input_shape(st, env),
+                                       st.span)
+                elif not isinstance(st, A.Preset):     # presets were bound before elaborating
+                    if t is None and isinstance(st, (A.SeqStmt, A.Labelled)):
+                        if input_shape is None:
+                            fail("the network has no input shape", st.span,
+                                 "start the file with e.g. 'input 224x224x3', or pass --input HxWxC")
+                        t = self.add_input(tuple(input_shape), None)
+                    if shape_failed and isinstance(st, (A.SeqStmt, A.Labelled, A.Output)):
+                        # Later layers would only repeat the first shape error; still check their names.
+                        continue
+                    t = self.run_statements([st], t, env, in_block=False)
+            except _Fail as f:
+                if f.kind == "shape":
+                    if shape_failed:
+                        continue
+                    shape_failed = True
+                diags.append(f.diag)
+            except RecursionError:      # also from an imported module: reported at its import
+                diags.append(Diagnostic("the spec nests too deeply to elaborate", st.span, "split it into smaller blocks"))
+        if t is None and not diags:
+            try:
+                if input_shape is None:
+                    fail("the spec defines no network", Span(module.display, 1, 1, 1, 1),
+                         "add an 'input 224x224x3' line and some layers")
+                t = self.add_input(tuple(input_shape), None)
+            except _Fail as f:
+                diags.append(f.diag)
+        if diags:
+            raise ArchError(diags)
+        if not g.outputs:
+            g.outputs = [t]
+        return g
+
+    def module_env(self, module: Module) -> Env:
+        """What an imported module defines (its blocks, lets, imports, and params at their
+        defaults), elaborated once per file; its own network, if any, is not the importer's."""
+        if module in self.module_envs:
+            return self.module_envs[module]
+        env = Env(self.module_env(module.prelude) if module.prelude is not None else None, {})
+        self.frames.append(Frame({}, None))
+        diags = []
+        try:
+            for st in module.stmts:
+                if isinstance(st, _DEFINITIONS):
+                    try:
+                        self.define(st, module, env, {})
+                    except _Fail as f:
+                        diags.append(f.diag)
+        finally:
+            self.frames.pop()
+        if diags:
+            raise ArchError(diags)
+        self.module_envs[module] = env
+        return env
+
+    def define(self, st, module: Module, env: Env, params: dict) -> None:
+        """Bind one top-level definition of `module` in env: an import, a param, a let or a block."""
+        if isinstance(st, A.Import):
+            self.bind_import(st, module, env)
+        elif isinstance(st, A.Param):
+            chosen = params.get(st.name, st.default)
+            env.vars[st.name] = chosen.value if isinstance(chosen, Override) else self.value(chosen, env)
+        else:
+            self.run_statements([st], None, env, in_block=False)
+
+    def bind_import(self, st: A.Import, module: Module, env: Env) -> None:
+        target = module.imports[st.path]
+        if isinstance(target, Unresolved):
+            fail(target.message, st.span, target.hint)
+        defined = self.module_env(target).vars
+        if st.names is None:
+            env.vars.update(defined)
+            return
+        for n in st.names:
+            if n not in defined:
+                fail(f"'{st.path}' defines no '{n}'", st.span, _suggest(n, defined))
+            env.vars[n] = defined[n]
+
+    def add_input(self, shape: tuple, span: Span | None) -> str:
+        """The network's input node, named 'input' (and the tensor @input)."""
+        if len(shape) not in (1, 3):
+            fail(f"an input shape is HxWxC (or C), not {len(shape)} numbers", span)
+        for d in shape:
+            _posint(d, "input size", span)
+        t = self.b.add("input", [], InputAttrs(tuple(shape)), span, name="input")
+        self.b.g.inputs = [t]
+        self.frames[-1].tensors["input"] = t
+        return t
+
+    def input_shape(self, st: A.Input, env: Env) -> tuple:
+        if len(st.args) == 1 and isinstance(st.args[0], A.Const):
+            return st.args[0].value
+        vals = []
+        for a in st.args:
+            if a.name is not None:
+                fail("input takes sizes, not named arguments", a.span, "e.g. input(res, res, 3)")
+            v = self.value(a.value, env)
+            if isinstance(v, bool) or not isinstance(v, int):
+                fail(f"an input size must be an integer, not {_kind(v)}", a.span)
+            vals.append(v)
+        return tuple(vals)
+
+
+_DEFINITIONS = (A.Import, A.Param, A.Let, A.BlockDef)   # what a file gives its importers
+
+
+@dataclass(frozen=True)
+class Override:
+    """A family parameter's value given by the caller (Python, --param), used as it is."""
+    value: Any
+
+
+def _plain(v):
+    """A parameter value as JSON-able data (graph.params): layers and functions by their kind."""
+    if isinstance(v, (int, float, str, bool)) or v is None:
+        return v
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    return _kind(v)
 
 
 def _units(v) -> int:

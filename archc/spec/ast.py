@@ -1,7 +1,7 @@
 """AST of the .arch language. Every node carries its source span."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .source import Span
@@ -159,9 +159,3 @@ class Labelled(Node):
 @dataclass(frozen=True, slots=True)
 class SeqStmt(Node):
     seq: Seq
-
-
-@dataclass
-class Module:
-    path: str
-    statements: list = field(default_factory=list)

@@ -1,6 +1,7 @@
 """Source positions and located errors (rustc/Elm style: place, line, caret, hint)."""
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 
 
@@ -67,3 +68,9 @@ class ArchError(Exception):
 
 def error(message: str, span: Span | None = None, hint: str | None = None) -> ArchError:
     return ArchError([Diagnostic(message, span, hint)])
+
+
+def suggest(name: str, candidates) -> str | None:
+    """A 'did you mean' hint naming up to three close candidates, or None."""
+    close = difflib.get_close_matches(name, sorted(candidates), n=3, cutoff=0.6)
+    return f"did you mean {' or '.join(repr(c) for c in close)}?" if close else None

@@ -1,0 +1,134 @@
+"""Resolution, the front end's first phase: find the file a spec names, then parse it and its
+whole import closure before anything is elaborated.
+
+An import that names no module (a missing file, a cycle) is not an error here but an
+`Unresolved` in its importer's table: the elaborator reports it at the import statement, in
+statement order, with the rest of that file's errors. Unreadable and unparsable files raise.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..spec import ast as A
+from ..spec.parser import parse
+from ..spec.source import ArchError, Diagnostic, suggest
+from . import library
+
+PRELUDE = library.LIBRARY / "prelude.arch"
+
+
+@dataclass(frozen=True)
+class Unresolved:
+    """Why an import path names no module."""
+    message: str
+    hint: str
+
+
+@dataclass(eq=False)      # one object per resolved file: the elaborator caches by identity
+class Module:
+    """A parsed .arch file with its imports resolved."""
+    display: str              # its name in diagnostics and spans
+    text: str
+    directory: Path           # where its relative imports start
+    stmts: list
+    name: str                 # the network's name: the preset asked for, else the file's stem
+    preset: str | None = None
+    imports: dict = field(default_factory=dict)   # import path as written -> Module | Unresolved
+    prelude: Module | None = None                 # implicitly imported by every other module
+
+    def closure(self) -> list:
+        """This module and every module it reaches, each once."""
+        seen, todo = {}, [self]
+        while todo:
+            m = todo.pop()
+            if id(m) not in seen:
+                seen[id(m)] = m
+                todo += [x for x in m.imports.values() if isinstance(x, Module)]
+                todo += [m.prelude] if m.prelude is not None else []
+        return list(seen.values())
+
+    def sources(self) -> dict:
+        """display name -> text of every file in the closure, for rendering diagnostics."""
+        return {m.display: m.text for m in self.closure()}
+
+
+def locate(spec: str) -> tuple[Path, str | None]:
+    """A path to an .arch file, a built-in name ('densenet121'), or a built-in name with '.arch'.
+    An existing file wins over a built-in of the same name."""
+    p = Path(spec)
+    if p.is_file():
+        return p, None
+    name = spec[:-5] if spec.endswith(".arch") else spec
+    entry = library.lookup(name)
+    if entry is not None:
+        return entry
+    hint = suggest(name, library.names()) or "run 'archc list' for the built-in architectures"
+    raise ArchError([Diagnostic(f"no file or built-in architecture named '{spec}'", None, hint)])
+
+
+def resolve(spec: str | None = None, *, text: str | None = None, filename: str = "<expr>") -> Module:
+    """The root module, from a spec (see `locate`) or from text (imports relative to the cwd)."""
+    resolver = _Resolver()
+    if text is not None:
+        return resolver.load(text, filename, Path.cwd(), filename)
+    path, preset = locate(spec)
+    return resolver.load_file(path, preset)
+
+
+def _read(path: Path, display: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ArchError([Diagnostic(f"{display} is not UTF-8 text")]) from None
+    except OSError as e:
+        raise ArchError([Diagnostic(f"cannot read {display}: {e.strerror}")]) from None
+
+
+class _Resolver:
+    """One resolution: each imported file becomes one Module, whoever imports it."""
+
+    def __init__(self):
+        self.modules: dict[str, Module] = {}   # resolved path -> module
+        self.loading: list[str] = []           # imported files being resolved, outermost first
+        self.prelude: Module | None = None
+
+    def load_file(self, path: Path, preset: str | None = None) -> Module:
+        display = library.display(path)
+        return self.load(_read(path, display), display, path.parent, preset or path.stem, preset)
+
+    def load(self, text: str, display: str, directory: Path, name: str, preset: str | None = None) -> Module:
+        module = Module(display, text, directory, parse(text, display), name, preset)
+        module.prelude = self._prelude()
+        self._resolve_imports(module)
+        return module
+
+    def _prelude(self) -> Module:
+        if self.prelude is None:
+            display = library.display(PRELUDE)
+            text = _read(PRELUDE, display)
+            self.prelude = Module(display, text, PRELUDE.parent, parse(text, display), PRELUDE.stem)
+            self._resolve_imports(self.prelude)
+        return self.prelude
+
+    def _resolve_imports(self, module: Module) -> None:
+        for st in module.stmts:
+            if isinstance(st, A.Import) and st.path not in module.imports:
+                module.imports[st.path] = self._import(st.path, module.directory)
+
+    def _import(self, path: str, directory: Path) -> Module | Unresolved:
+        found = next((c for c in (directory / path, library.LIBRARY / path) if c.is_file()), None)
+        if found is None:
+            return Unresolved(f"cannot find '{path}' to import",
+                              "paths are relative to the importing file, then to the built-in library")
+        key = str(found.resolve())
+        if key in self.loading:
+            return Unresolved(f"import cycle: {' -> '.join(Path(p).name for p in self.loading + [key])}",
+                              "move the shared blocks into a third file")
+        if key not in self.modules:
+            self.loading.append(key)
+            try:
+                self.modules[key] = self.load_file(found)
+            finally:
+                self.loading.pop()
+        return self.modules[key]
