@@ -1,7 +1,7 @@
 """The reference counts of archc/architectures/references/*.toml, recounted from the reference
 libraries: every table whose reference is a torchvision constructor ("torchvision.models.NAME")
-or a timm model ("timm NAME") is built on PyTorch's meta device (shapes only, no memory, no
-download) and its parameters and BatchNorm statistics counted."""
+or a timm model ("timm NAME") is built with its tensors on PyTorch's meta device (shapes only, no
+memory, no download) and its parameters and BatchNorm statistics counted."""
 from __future__ import annotations
 
 import re
@@ -17,8 +17,21 @@ LIBRARY_REFERENCES = {name: m for name, (_, ref) in sorted(ENTRIES.items())
                       if (m := _REFERENCE.match(ref["reference"]))}
 
 
+class _TensorsOnMeta(torch.overrides.TorchFunctionMode):
+    """Parameters and buffers (made by these factories) on the meta device: shapes without memory
+    or random draws, while the constructors' own arithmetic (RegNet's width rule, which reads its
+    tensors back with .tolist()) still runs on the CPU."""
+    FACTORIES = {torch.empty, torch.zeros, torch.ones}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func in self.FACTORIES and "device" not in kwargs:
+            kwargs["device"] = "meta"
+        return func(*args, **kwargs)
+
+
 def _build(m):
-    with torch.device("meta"):
+    with _TensorsOnMeta():
         if m["tv"]:
             import torchvision
             return getattr(torchvision.models, m["tv"])(weights=None)
