@@ -313,6 +313,66 @@ def test_layernorm(shape, train):
     close(y, ref)
 
 
+@numpy_reference('groupnorm')
+@pytest.mark.parametrize("shape,groups,affine", [((3, 4, 6), 2, True), ((3, 4, 6), 6, False), ((2, 5, 8), 1, True),
+                                                 ((6,), 3, True)])
+@pytest.mark.parametrize("train", [False, True])
+def test_groupnorm(shape, groups, affine, train):
+    # groups = channels is instancenorm, 1 group normalises each sample over everything
+    x = rand(2, *shape) * 3 + 5                      # a large mean: the two-pass variance matters
+    scale, bias = rand(shape[-1], seed=1), rand(shape[-1], seed=2)
+    g = GraphBuilder("t", shape)
+    g.add("groupnorm", "input", name="node", groups=groups, eps=1e-5, affine=affine)
+    model = Model(g.output())
+    v = model.init(0)
+    if affine:
+        v["params"]["node"] = {"scale": jnp.asarray(scale), "bias": jnp.asarray(bias)}
+    y = model.apply(v, x, train=train)
+    y = y[0] if train else y                         # no statistics to update: the same in training
+    # PyTorch's definition on NCHW: (N, g, C/g * H * W) rows, each standardised
+    nchw = np.moveaxis(x.astype(np.float64), -1, 1)
+    rows = nchw.reshape(2, groups, -1)
+    ref = ((rows - rows.mean(-1, keepdims=True)) / np.sqrt(rows.var(-1, keepdims=True) + 1e-5)).reshape(nchw.shape)
+    ref = np.moveaxis(ref, 1, -1)
+    close(y, ref * scale + bias if affine else ref)
+
+
+@numpy_reference('layer_scale')
+@pytest.mark.parametrize("train", [False, True])
+def test_layer_scale(train):
+    x, scale = rand(2, 3, 4, 5), rand(5, seed=1)
+    g = GraphBuilder("t", (3, 4, 5))
+    g.add("layer_scale", "input", name="node", init=1e-6)
+    model = Model(g.output())
+    v = model.init(0)
+    close(v["params"]["node"]["scale"], np.full(5, 1e-6, np.float32), 0)
+    v["params"]["node"] = {"scale": jnp.asarray(scale)}
+    y = model.apply(v, x, train=train)
+    close(y[0] if train else y, x * scale)
+
+
+@numpy_reference('drop_path')
+def test_drop_path():
+    rate, n = 0.3, 4000
+    g = GraphBuilder("t", (2, 2, 3))
+    g.add("drop_path", "input", name="node", rate=rate)
+    model = Model(g.output())
+    v, x = model.init(0), rand(n, 2, 2, 3, positive=True)
+    close(model.apply(v, x), x, 0)                                   # inference: the identity
+    with pytest.raises(ValueError, match="random key"):
+        model.apply(v, x, train=True)                                # training demands a key
+    y, _ = model.apply(v, x, train=True, rng=jax.random.PRNGKey(0))
+    y = np.asarray(y)
+    kept = (y != 0).reshape(n, -1)
+    assert (kept.all(1) | ~kept.any(1)).all()                        # per sample: all or nothing
+    close(y[kept.all(1)], x[kept.all(1)] / (1 - rate))
+    assert abs(kept.all(1).mean() - (1 - rate)) < 0.03
+    # the expectation over samples is the input: E[y] = (1 - p) * x / (1 - p)
+    assert abs(y.mean() / x.mean() - 1) < 0.03
+    y2, _ = model.apply(v, x, train=True, rng=jax.random.PRNGKey(1))
+    assert not np.array_equal(y, y2)
+
+
 @numpy_reference('upsample')
 @pytest.mark.parametrize("method", ["nearest", "bilinear"])
 def test_upsample(method):
@@ -428,6 +488,9 @@ def every_op_graph(dropout: float = 0.3) -> GraphBuilder:
     x = g.add("mul", [x, se], name="se")
     x = g.add("bn", x, name="bn_noscale", eps=1e-5, momentum=0.99, scale=False, center=True)
     x = g.add("layernorm", x, name="layernorm", eps=1e-6)
+    x = g.add("groupnorm", x, name="groupnorm", groups=5, eps=1e-5, affine=True)
+    x = g.add("layer_scale", x, name="layer_scale", init=0.5)
+    x = g.add("drop_path", x, name="drop_path", rate=dropout)
     x = g.add("dropout", x, name="drop", rate=dropout)
     x = g.add("scale", x, name="scale", value=0.5)
     x = g.add("identity", x, name="id")

@@ -68,7 +68,8 @@ def test_definition_is_consistent(name):
 def _all_options(op):
     """Attributes of ``op`` with its optional variables switched on (for the leaf check)."""
     import dataclasses
-    values = {"scale": True, "center": True, "bias": True, "eps": 1e-5, "momentum": 0.9, "init": 1.0}
+    values = {"scale": True, "center": True, "bias": True, "eps": 1e-5, "momentum": 0.9, "init": 1.0,
+              "groups": 2, "affine": True}
     return op.attrs(**{f.name: values[f.name] for f in dataclasses.fields(op.attrs)})
 
 

@@ -72,6 +72,8 @@ CASES = [
     Case("tv-efficientnet_b0", "torchvision", "efficientnet_b0", "efficientnet_b0", 64, {"stage4": "features.4"}),
     Case("tv-regnet_y_400mf", "torchvision", "regnet_y_400mf", "regnet_y_400mf", 64, {"stage3": "trunk_output.block3"}),
     Case("tv-regnet_x_400mf", "torchvision", "regnet_x_400mf", "regnet_x_400mf", 64, {"stage3": "trunk_output.block3"}),
+    Case("tv-efficientnet_v2_s", "torchvision", "efficientnet_v2_s", "efficientnet_v2_s", 64, {"blocks": "features.6"}),
+    Case("tv-convnext_tiny", "torchvision", "convnext_tiny", "convnext_tiny", 64, {"stage3": "features.5"}),
     # timm (.safetensors)
     Case("timm-inception_v4", "timm", "inception_v4", "inception_v4", 299, {"reduction_a": "features.10"},
          batch=1, heavy=True),
@@ -85,6 +87,8 @@ CASES = [
     Case("timm-regnety_004", "timm", "regnety_004", "regnet_y_400mf", 64, {"stage3": "s3"}),
     Case("timm-regnetx_004_tv", "timm", "regnetx_004_tv", "regnet_x_400mf", 64, {"stage3": "s3"}),
     Case("timm-regnetx_002", "timm", "regnetx_002", "regnetx_002", 64, {"stage3": "s3"}),
+    Case("timm-tf_efficientnetv2_b0", "timm", "tf_efficientnetv2_b0", "tf_efficientnetv2_b0", 64, {"blocks": "blocks"}),
+    Case("timm-convnext_tiny", "timm", "convnext_tiny", "convnext_tiny", 64, {"stage3": "stages.2"}),
     # Keras (save_weights .weights.h5)
     Case("keras-resnet50", "keras", "ResNet50", "keras/resnet50", 128, {"conv3": "conv3_block4_out"}),
     Case("keras-resnet50_v2", "keras", "ResNet50V2", "keras/resnet50_v2", 64, {"conv3": "conv3_block4_out"}),
@@ -135,12 +139,28 @@ def _randomise_torch_bn(model, seed: int, size: int):
             m.running_var.mul_(torch.rand(c, generator=g) * 0.6 + 0.7).add_(0.1 * m.running_var.mean())
             m.running_mean.add_(torch.randn(c, generator=g) * 0.1 * m.running_var.sqrt())
             m.momentum = 0.1
+        _randomise_torch_affine(model, seed)
         # logits of order 1, as the 1e-4 tolerance assumes: the classifier scaled down if needed
         std = float(model(xcal).std())
         linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
         if std > 1 and linears:
             linears[-1].weight.div_(std)
             linears[-1].bias.div_(std)
+
+
+def _randomise_torch_affine(model, seed: int):
+    """LayerNorm/GroupNorm scales and shifts random like BN's, and layer scales (torchvision's
+    CNBlock.layer_scale, timm's gamma: initialised to 1e-6, which would hide every residual
+    branch from the comparison) of order 1."""
+    torch = _torch()
+    g = torch.Generator().manual_seed(seed + 1)       # its own stream: BN-only models are unchanged
+    for m in model.modules():
+        if isinstance(m, (torch.nn.LayerNorm, torch.nn.GroupNorm)) and m.weight is not None:
+            m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.4 + 0.8)
+            m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+        for name, p in m.named_parameters(recurse=False):
+            if name in ("layer_scale", "gamma"):
+                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
 
 
 def build_torch_reference(case: Case, tmp: Path):

@@ -72,7 +72,7 @@ class Program:
         self.order = tuple(graph.nodes.values())
         self.inputs = tuple(graph.inputs)
         self.primary = graph.outputs[0]
-        self.has_dropout = any(n.op == "dropout" and n.attrs.rate > 0 for n in graph)
+        self.has_dropout = any(OPS[n.op].stochastic and n.attrs.rate > 0 for n in graph)
         self.variable_specs = tuple(variable_specs(graph))
         self._with_variables = frozenset(v.node for v in self.variable_specs)
         self._needed: dict = {}
@@ -373,15 +373,30 @@ def _dense(node: Node, xs, v, run):
     return _add_bias(_product(lax.dot_general, x, kernel, (((x.ndim - 1,), (0,)), ((), ()))), v)
 
 
-@lowering("dropout")
-def _dropout(node: Node, xs, v, run):
-    x, rate = xs[0], node.attrs.rate
+def _drop(node: Node, x, run, mask_shape):
+    """Inverted dropout in training: zeros where a Bernoulli(rate) mask of ``mask_shape``
+    (broadcast over x) hits, x / (1 - rate) elsewhere; the identity in inference."""
+    rate = node.attrs.rate
     if rate == 0.0 or not run.train:
         return x
     if rate == 1.0:
         return jnp.zeros_like(x)
-    keep = jax.random.bernoulli(run.key(node.name), 1.0 - rate, x.shape)
+    keep = jax.random.bernoulli(run.key(node.name), 1.0 - rate, mask_shape)
+    keep = lax.broadcast_in_dim(keep, x.shape, tuple(range(x.ndim)))
     return lax.select(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+@lowering("dropout")
+def _dropout(node: Node, xs, v, run):
+    return _drop(node, xs[0], run, xs[0].shape)
+
+
+@lowering("drop_path")
+def _drop_path(node: Node, xs, v, run):
+    # stochastic depth: one draw per sample drops (or keeps) its whole branch (torchvision's
+    # StochasticDepth "row" mode, timm's DropPath)
+    x = xs[0]
+    return _drop(node, x, run, (x.shape[0],) + (1,) * (x.ndim - 1))
 
 
 @lowering("bn")
@@ -417,6 +432,27 @@ def _layernorm(node: Node, xs, v, run):
     y = lax.mul(centred, lax.rsqrt(lax.add(var, np.asarray(node.attrs.eps, var.dtype))))
     y = _add_bias(_channelwise(lax.mul, y, v["scale"]), v)
     return _cast(y, xs[0].dtype)
+
+
+@lowering("groupnorm")
+def _groupnorm(node: Node, xs, v, run):
+    # PyTorch GroupNorm: each sample's channels in g groups, each group normalised over its
+    # channels and all positions; two-pass statistics in at least float32, as _layernorm's
+    x = _at_least_f32(xs[0])
+    g = node.attrs.groups
+    grouped = x.reshape(x.shape[:-1] + (g, x.shape[-1] // g))
+    axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)             # positions and the channels of a group
+    centred = lax.sub(grouped, jnp.mean(grouped, axis=axes, keepdims=True))
+    var = jnp.mean(lax.square(centred), axis=axes, keepdims=True)
+    y = lax.mul(centred, lax.rsqrt(lax.add(var, np.asarray(node.attrs.eps, var.dtype)))).reshape(x.shape)
+    if "scale" in v:
+        y = _add_bias(_channelwise(lax.mul, y, v["scale"]), v)
+    return _cast(y, xs[0].dtype)
+
+
+@lowering("layer_scale")
+def _layer_scale(node: Node, xs, v, run):
+    return _cast(_channelwise(lax.mul, xs[0], v["scale"]), xs[0].dtype)
 
 
 @lowering("lrn")

@@ -180,6 +180,7 @@ class OpDef:
     weights: Mapping[str, Any] = field(default_factory=dict)
     checkpoint_kind: str | None = None
     folds_bn: bool = False
+    stochastic: bool = False
     doc: str = ""
 
 

@@ -1,7 +1,8 @@
-"""Elementwise ops: activations, constant scale, dropout, per-channel rescale, identity."""
+"""Elementwise ops: activations, constant scale, dropout and drop path, per-channel rescale and
+layer scale, identity."""
 from __future__ import annotations
 
-from .base import REQUIRED, Attrs, NoAttrs, OpDef, Surface, attrs_class, register
+from .base import REQUIRED, Attrs, NoAttrs, OpDef, Surface, Var, attrs_class, register
 
 
 def _same(a, ins):
@@ -58,16 +59,46 @@ class DropoutAttrs(Attrs):
     rate: float
 
 
-def _bind_dropout(a, ctx):
-    p = ctx.number(a["p"], "dropout rate")
+def _rate(a, ctx, what):
+    p = ctx.number(a["p"], what)
     if not 0 <= p < 1:
-        ctx.fail(f"dropout rate {p} is not in [0, 1)")
-    return DropoutAttrs(float(p))
+        ctx.fail(f"{what} {p:g} is not in [0, 1)")
+    return float(p)
 
 
 register(OpDef(
-    "dropout", DropoutAttrs, _same,
-    surfaces=(Surface("dropout", {"p": 0.5}, _bind_dropout, doc="same; active in training only"),)))
+    "dropout", DropoutAttrs, _same, stochastic=True,
+    surfaces=(Surface("dropout", {"p": 0.5}, lambda a, ctx: DropoutAttrs(_rate(a, ctx, "dropout rate")),
+                      doc="same; active in training only"),)))
+
+
+@attrs_class
+class DropPathAttrs(Attrs):
+    rate: float
+
+
+register(OpDef(
+    "drop_path", DropPathAttrs, _same, stochastic=True,
+    surfaces=(Surface("drop_path", {"p": REQUIRED}, lambda a, ctx: DropPathAttrs(_rate(a, ctx, "drop-path rate")),
+                      params_doc="`p`: the probability of dropping a sample's whole branch; a linear schedule over "
+                                 "depth: `drop_path(rate * i / (n - 1))` in a repeat",
+                      doc="same; stochastic depth (Huang et al. 2016): in training each sample is zeroed with "
+                          "probability p, else scaled by 1/(1−p); the identity in inference"),)))
+
+
+@attrs_class
+class LayerScaleAttrs(Attrs):
+    init: float
+
+
+register(OpDef(
+    "layer_scale", LayerScaleAttrs, _same,
+    variables=lambda a, ins: (Var("params", "scale", (ins[0][-1],), "constant", value=a.init),),
+    # torchvision's CNBlock.layer_scale is (C, 1, 1), timm's gamma (C,): both fit the (C,) scale
+    weights={"torch": {"layer_scale": "scale", "gamma": "scale", "weight": "scale"}},
+    surfaces=(Surface("layer_scale", {"init": 1e-6},
+                      lambda a, ctx: LayerScaleAttrs(float(ctx.number(a["init"], "init"))),
+                      doc="same; a learned per-channel scale, initialised to `init` (CaiT, ConvNeXt)"),)))
 
 
 @attrs_class

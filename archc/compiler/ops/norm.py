@@ -1,7 +1,8 @@
-"""Normalisation layers: bn, lrn, l2norm (SSD), normalize (Keras Normalization)."""
+"""Normalisation layers: bn, lrn, l2norm (SSD), normalize (Keras Normalization), layernorm,
+groupnorm (and instancenorm)."""
 from __future__ import annotations
 
-from .base import Attrs, OpDef, Surface, Var, attrs_class, register
+from .base import REQUIRED, Attrs, OpDef, ShapeError, Surface, Var, attrs_class, fmt, register
 
 
 def _same(a, ins):
@@ -100,6 +101,48 @@ register(OpDef(
     surfaces=(Surface("layernorm", {"eps": 1e-6}, lambda a, ctx: LayerNormAttrs(_positive(ctx, a["eps"], "eps")),
                       doc="same; normalises over the channels at every position (ConvNeXt's LayerNorm2d; after a "
                           "flatten or global pool, over the features), biased variance, learned scale and bias"),)))
+
+
+@attrs_class
+class GroupNormAttrs(Attrs):
+    groups: int
+    eps: float
+    affine: bool
+
+
+def _groupnorm_shape(a: GroupNormAttrs, ins):
+    c = ins[0][-1]
+    if c % a.groups:
+        raise ShapeError(f"groupnorm's {a.groups} groups do not divide the {c} channels of {fmt(ins[0])}",
+                         f"choose a number of groups among the divisors of {c}")
+    return ins[0]
+
+
+def _groupnorm_variables(a: GroupNormAttrs, ins):
+    c = ins[0][-1]
+    return (Var("params", "scale", (c,), "ones"), Var("params", "bias", (c,), "zeros")) if a.affine else ()
+
+
+def _bind_groupnorm(a, ctx, instance: bool):
+    if instance:
+        groups = ctx.spatial()[-1]
+    else:
+        groups = ctx.posint(a["g"], "groups")
+    return GroupNormAttrs(groups, _positive(ctx, a["eps"], "eps"), bool(a["affine"]))
+
+
+register(OpDef(
+    "groupnorm", GroupNormAttrs, _groupnorm_shape, variables=_groupnorm_variables,
+    weights={"torch": {"weight": "scale", "bias": "bias"}, "keras": {"gamma": "scale", "beta": "bias"}},
+    surfaces=(Surface("groupnorm", {"g": REQUIRED, "eps": 1e-5, "affine": True},
+                      lambda a, ctx: _bind_groupnorm(a, ctx, instance=False),
+                      params_doc="`g`: groups, dividing the channels; `affine`: learned per-channel scale and bias",
+                      doc="same; PyTorch `GroupNorm`: the channels in `g` groups, each normalised over its "
+                          "channels and all positions, biased variance"),
+              Surface("instancenorm", {"eps": 1e-5, "affine": False},
+                      lambda a, ctx: _bind_groupnorm(a, ctx, instance=True),
+                      params_doc="`affine` off by default, as PyTorch's `InstanceNorm2d`",
+                      doc="same; groupnorm with one channel per group: each channel over its positions"),)))
 
 
 def _positive(ctx, v, what) -> float:
