@@ -76,6 +76,16 @@ def layer_norm(x, v, eps):
     return centred * lax.rsqrt(var + eps) * v["scale"] + v["bias"]
 
 
+def group_norm(x, v, groups, eps):
+    """PyTorch's GroupNorm: each group of channels normalised over itself and every position."""
+    grouped = x.reshape(x.shape[:-1] + (groups, x.shape[-1] // groups))
+    axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)
+    centred = grouped - jnp.mean(grouped, axis=axes, keepdims=True)
+    var = jnp.mean(centred * centred, axis=axes, keepdims=True)
+    y = (centred * lax.rsqrt(var + eps)).reshape(x.shape)
+    return y * v["scale"] + v["bias"] if "scale" in v else y
+
+
 def lrn(x, size, alpha, beta, k):
     """PyTorch's LocalResponseNorm: the window spans channels c - size//2 .. c + (size-1)//2."""
     pad = [(0, 0)] * (x.ndim - 1) + [(size // 2, (size - 1) // 2)]

@@ -111,6 +111,16 @@ def _layernorm(node: Node, xs, e):
     return f"{e.use('layer_norm')}({xs[0]}, v, eps={node.attrs.eps!r})"
 
 
+@flax_rule("groupnorm")
+def _groupnorm(node: Node, xs, e):
+    return f"{e.use('group_norm')}({xs[0]}, v, groups={node.attrs.groups}, eps={node.attrs.eps!r})"
+
+
+@flax_rule("layer_scale")
+def _layer_scale(node: Node, xs, e):
+    return f'{xs[0]} * v["scale"]'
+
+
 @flax_rule("lrn")
 def _lrn(node: Node, xs, e):
     a = node.attrs
@@ -150,6 +160,11 @@ def _scale(node: Node, xs, e):
 
 @flax_rule("dropout")
 def _dropout(node: Node, xs, e):
+    return xs[0]                               # inference
+
+
+@flax_rule("drop_path")
+def _drop_path(node: Node, xs, e):
     return xs[0]                               # inference
 
 

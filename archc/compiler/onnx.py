@@ -233,6 +233,26 @@ def _layernorm(node: Node, xs, v, e: Emitter):
     return e.op("Add", [e.op("Mul", [y, e.channel_const(v["scale"], shape)]), e.channel_const(v["bias"], shape)])
 
 
+@onnx_rule("groupnorm")
+def _groupnorm(node: Node, xs, v, e: Emitter):
+    # NCHW keeps a group's channels contiguous: (N, C, H, W) -> (N, g, C/g·H·W), normalised over
+    # the last axis two-pass as the lowering, then back to the input's shape
+    x, shape, eps = xs[0], e.ins[0], node.attrs.eps
+    grouped = e.op("Reshape", [x, e.ints([0, node.attrs.groups, -1])])
+    centred = e.op("Sub", [grouped, e.reduce("ReduceMean", grouped, [2])])
+    var = e.reduce("ReduceMean", e.op("Mul", [centred, centred]), [2])
+    y = e.op("Div", [centred, e.op("Sqrt", [e.op("Add", [var, e.const(eps)])])])
+    y = e.op("Reshape", [y, e.op("Shape", [x])])
+    if "scale" not in v:
+        return y
+    return e.op("Add", [e.op("Mul", [y, e.channel_const(v["scale"], shape)]), e.channel_const(v["bias"], shape)])
+
+
+@onnx_rule("layer_scale")
+def _layer_scale(node: Node, xs, v, e: Emitter):
+    return e.op("Mul", [xs[0], e.channel_const(v["scale"], e.ins[0])])
+
+
 @onnx_rule("lrn")
 def _lrn(node: Node, xs, v, e: Emitter):
     a, shape = node.attrs, e.ins[0]
@@ -306,6 +326,11 @@ def _scale(node: Node, xs, v, e: Emitter):
 
 @onnx_rule("dropout")
 def _dropout(node: Node, xs, v, e: Emitter):
+    return xs[0]                               # inference
+
+
+@onnx_rule("drop_path")
+def _drop_path(node: Node, xs, v, e: Emitter):
     return xs[0]                               # inference
 
 
