@@ -41,6 +41,8 @@ def _graph(args):
     from .compiler.build import build_graph
     params = dict(args.param or [])
     if getattr(args, "expr", None) is not None:
+        if not args.expr.strip():
+            raise ArchError([_diag("--expr is empty", 'give a network, e.g. --expr "conv3(64) bn relu"')])
         if args.input is None:
             raise ArchError([_diag("--expr needs --input HxWxC")])
         return build_graph(text=args.expr, filename="<expr>", params=params, input_shape=args.input)

@@ -149,3 +149,27 @@ def test_shipped_parse_table_parses_like_the_grammar():
                 if found == SYNTAX_ERRORS_PER_FILE:
                     break
     assert len(states) >= 30, f"the mutations reach only {len(states)} parser states"
+
+
+# --- messages a newcomer hits (issue 15) -------------------------------------------------------
+def test_block_without_parameter_list_is_a_block_without_parameters():
+    g = build_graph(text="block stem = conv3(8) relu\ninput 8x8x3\nstem\nstem\n", filename="net.arch")
+    assert [n.name for n in g][1:] == ["stem1.conv1", "stem1.relu1", "stem2.conv1", "stem2.relu1"]
+
+
+def test_full_width_digits_are_rejected():
+    assert render("input 8x8x3\nconv3(６４)\n") == """\
+net.arch:2:7: error: unexpected character '６'
+  |
+2 | conv3(６４)
+  |       ^
+  = help: numbers are written with the digits 0-9: '６' is fullwidth digit six"""
+
+
+def test_empty_expr_is_an_error():
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "archc.cli", "check", "--expr", " ", "--input", "8x8x3"],
+                       capture_output=True, text=True)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == 'error: --expr is empty\n  = help: give a network, e.g. --expr "conv3(64) bn relu"\n'
