@@ -151,6 +151,20 @@ def test_shipped_parse_table_parses_like_the_grammar():
     assert len(states) >= 30, f"the mutations reach only {len(states)} parser states"
 
 
+@pytest.mark.parametrize("expr,message", [
+    ("log(0)", "log(): the logarithm is defined for positive numbers, not 0"),
+    ("log(-2.5)", "log(): the logarithm is defined for positive numbers, not -2.5"),
+    ("log(8, 1)", "log(): a logarithm's base cannot be 1"),
+    ("log([8])", "log(): must be real number, not list"),
+    ("unique(3)", "unique(): expects a list, not the number 3"),
+    ("count(8, 8)", "count(): expects a list, not the number 8"),
+])
+def test_value_function_errors_are_located(expr, message):
+    text = f"input 4x4x3\nconv1({expr})\n"
+    first = render(text).splitlines()[0]
+    assert first == f"net.arch:2:7: error: {message}"
+
+
 # --- messages a newcomer hits (issue 15) -------------------------------------------------------
 def test_block_without_parameter_list_is_a_block_without_parameters():
     g = build_graph(text="block stem = conv3(8) relu\ninput 8x8x3\nstem\nstem\n", filename="net.arch")

@@ -20,9 +20,9 @@ def randomised_stats(model, seed=0):
     return {"params": params, "batch_stats": stats}
 
 
+@pytest.mark.usefixtures("highest_precision")
 @pytest.mark.parametrize("name,shape", [("resnet18", (64, 64, 3)), ("mobilenet_v2", (64, 64, 3)), ("keras/resnet50_v2", (64, 64, 3))])
 def test_folded_equals_unfolded(name, shape):
-    jax.config.update("jax_default_matmul_precision", "highest")
     model = archc.load(name, input_shape=shape)
     v = randomised_stats(model)
     folded_model, fv = model.fold_batchnorm(v)

@@ -199,6 +199,7 @@ def test_comments_and_line_continuation():
 def test_emit_ir_json():
     r = subprocess.run([sys.executable, "-m", "archc", "build", "--emit", "ir", "resnet18"],
                        capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
     ir = json.loads(r.stdout)
     conv = next(n for n in ir["nodes"] if n["name"] == "layer2.0.conv1")
     assert conv["op"] == "conv" and conv["shape"] == [28, 28, 128] and conv["span"]["line"] > 0
@@ -224,3 +225,33 @@ def test_activation_parameter_binds_positionally():
     assert {n.attrs.alpha for n in yolo if n.op == "act" and n.attrs.fn == "leaky_relu"} == {0.1}
     with pytest.raises(ArchError, match="relu takes no argument"):
         build_graph(text="input 4x4x3\nrelu(0.5)", filename="act.arch")
+
+
+@pytest.mark.parametrize("expr,channels", [
+    ("round(log(8) / log(2))", 3),
+    ("round(log(1000, 10))", 3),
+    ("len(unique([8, 8, 16, 16, 16, 32]))", 3),
+    ("unique([32, 8, 32, 16])[2]", 16),
+    ("unique([[1, 2], [1, 2], [3]])[1][0]", 3),
+    ("count([8, 8, 16, 16, 16, 32], 16)", 3),
+    ("count([], 1) + 1", 1),
+    ("round(2.5) + round(3.5)", 6),       # halves to even, as torch.round
+])
+def test_value_functions_log_unique_count(expr, channels):
+    assert shape(f"input 4x4x3\nconv1({expr})", None) == (4, 4, channels)
+
+
+def test_recursive_function_builds_a_list():
+    text = """let ramp(j=0) = [] if j == 4 else [8 * (j + 1)] + ramp(j + 1)
+input 4x4x3
+conv1(sum(ramp()))"""
+    assert shape(text, None) == (4, 4, 80)
+
+
+def test_a_function_returning_layers_numbers_the_stage_blocks():
+    text = """block unit(c) = conv1(c) relu
+let stage(c, n) = unit(c) * n
+input 4x4x3
+s1: stage(8, 3)"""
+    assert [n for n in names(text, None) if n.startswith("s1.")] == [
+        "s1.0.conv1", "s1.0.relu1", "s1.1.conv1", "s1.1.relu1", "s1.2.conv1", "s1.2.relu1"]

@@ -2,29 +2,19 @@
 API (init, train, outputs=, save/load, jit/grad/vmap). Hand-built graphs; no front end needed."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.special import erf
 
-sys.path.insert(0, str(Path(__file__).parent))
-from ir_helpers import P0, GraphBuilder, resnet50_graph  # noqa: E402
+from ir_helpers import P0, GraphBuilder, resnet50_graph
 
-from archc.compiler.lower import variable_specs  # noqa: E402
-from archc.runtime.model import Model  # noqa: E402
-from archc.runtime.variables_io import load_variables, save_variables  # noqa: E402
+from archc.compiler.lower import variable_specs
+from archc.runtime.model import Model
+from archc.runtime.variables_io import load_variables, save_variables
 
-
-@pytest.fixture(autouse=True)
-def highest_precision():
-    old = jax.config.jax_default_matmul_precision
-    jax.config.update("jax_default_matmul_precision", "highest")
-    yield
-    jax.config.update("jax_default_matmul_precision", old)
+pytestmark = pytest.mark.usefixtures("highest_precision")
 
 
 def rand(*shape, seed=0, positive=False):
@@ -482,7 +472,7 @@ def test_eval_shapes_match_ir_resnet50():
     assert {n: s[1:] for n, s in shapes.items()} == {n.name: tuple(n.shape) for n in model.graph}
     s = model.summary()
     assert (s["trainable_params"], s["non_trainable_params"]) == (23_528_522, 53_120)
-    assert resnet50_graph() and Model(resnet50_graph()).summary()["trainable_params"] == 25_557_032
+    assert Model(resnet50_graph()).summary()["trainable_params"] == 25_557_032
 
 
 def test_variables_match_linen_init(every_op):
@@ -503,7 +493,10 @@ def test_init_deterministic(every_op):
     la, lb, lc = jax.tree.leaves(a), jax.tree.leaves(b), jax.tree.leaves(c)
     assert all(np.array_equal(x, y) for x, y in zip(la, lb))
     assert not np.array_equal(a["params"]["conv"]["kernel"], c["params"]["conv"]["kernel"])
-    assert float(jnp.abs(a["params"]["conv"]["kernel"] - a["params"]["proj"]["kernel"][:3, :1, :4, :8].sum()).sum()) > 0
+    # each kernel has its own draws; compared by sign, as the fan-in scales would make shared draws differ
+    conv, proj = (np.asarray(a["params"][n]["kernel"]).ravel() for n in ("conv", "proj"))
+    n = min(conv.size, proj.size)
+    assert not np.array_equal(np.sign(conv[:n]), np.sign(proj[:n]))
 
 
 def test_train_updates_batch_stats(every_op_nodrop):
@@ -548,7 +541,8 @@ def test_save_load_roundtrip(every_op, tmp_path):
     w = load_variables(path)
     assert jax.tree.structure(w) == jax.tree.structure(v)
     for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(w)):
-        assert a.dtype == b.dtype and np.asarray(a).tobytes() == np.asarray(b).tobytes()
+        assert (a.shape, a.dtype) == (b.shape, b.dtype) and np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    assert w["batch_stats"]["normalize"]["count"].shape == ()
     close(every_op.apply(w, rand(2, 9, 9, 4)), every_op.apply(v, rand(2, 9, 9, 4)), 0)
 
 
@@ -621,14 +615,14 @@ def test_jit_grad_vmap(tiny):
 
 def test_archc_load_builtin():
     """The front end's ResNet-18, through archc.load: names, shapes, feature extraction."""
-    build = pytest.importorskip("archc.compiler.build")
     import archc
+    from archc.compiler.build import build_graph
     model = archc.load("resnet18", classes=10)
     assert model.output_shape == (10,)
     shapes = model.eval_shapes(batch=1)
     assert all(shapes[n.name] == (1,) + tuple(n.shape) for n in model.graph)
     assert model.summary()["trainable_params"] == 11_181_642
-    assert isinstance(build.build_graph("resnet18"), type(model.graph))
+    assert isinstance(build_graph("resnet18"), type(model.graph))
     # block names stand for the block's output
     v = jax.eval_shape(model.init)
     x = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from train_helpers import OTHER_SHAPES, write_digits, write_random, write_shapes
 
-sys.path.insert(0, str(Path(__file__).parent))
-from train_helpers import OTHER_SHAPES, write_digits, write_random, write_shapes  # noqa: E402
-
-from archc.cli import main  # noqa: E402
-from archc.compiler.build import build_graph  # noqa: E402
-from archc.runtime import data as D  # noqa: E402
-from archc.runtime import train as T  # noqa: E402
+from archc.cli import main
+from archc.compiler.build import build_graph
+from archc.runtime import data as D
+from archc.runtime import train as T
+from archc.runtime.model import Model
 
 
 def quiet(_msg):
@@ -258,14 +256,22 @@ def test_preprocess_normalisation_and_modes():
 # Graph helpers and patterns
 # --------------------------------------------------------------------------------------------
 def test_logits_head_and_feature_nodes():
-    g = build_graph("lenet5")
-    assert T.logits_node(g) == "out.fc1" and T.head_nodes(g) == ["out.fc1"]
-    g = build_graph("cifar_resnet_v1")
-    assert T.head_nodes(g) == ["head.fc1"] and T.feature_node(g) == "block2.relu2"
-    g = build_graph("resnet18")
-    assert T.logits_node(g) == "head.fc1" and T.feature_node(g) == "head.gap1"
-    g = build_graph("squeezenet1_1")
-    assert [g.nodes[n].op for n in T.head_nodes(g)] == ["conv"]
+    m = Model(build_graph("lenet5"))
+    assert T.logits_node(m.graph) == "out.fc1" and T.head_nodes(m) == ["out.fc1"]
+    m = Model(build_graph("cifar_resnet_v1"))
+    assert T.head_nodes(m) == ["head.fc1"] and T.feature_node(m) == "block2.relu2"
+    m = Model(build_graph("resnet18"))
+    assert T.logits_node(m.graph) == "head.fc1" and T.feature_node(m) == "head.gap1"
+    m = Model(build_graph("squeezenet1_1"))
+    assert [m.graph.nodes[n].op for n in T.head_nodes(m)] == ["conv"]
+
+
+def test_l2norm_has_weights():
+    """An l2norm's learned scale makes it a layer with weights: freezable, and a head."""
+    ssd = Model(build_graph("ssd300_vgg16"))
+    assert "conv4_3_norm.l2norm1" in T.param_nodes(ssd)
+    m = Model(build_graph(text="input 8x8x3\nconv3(4) relu gap fc(4) l2norm(init=1)"))
+    assert [m.graph.nodes[n].op for n in T.head_nodes(m)] == ["l2norm"]
 
 
 def test_select_patterns():
@@ -351,6 +357,21 @@ def test_freeze_pattern_and_label_smoothing():
         assert np.asarray(p[node]["kernel"]).tobytes() == np.asarray(init["params"][node]["kernel"]).tobytes()
     assert not np.array_equal(p["out.fc1"]["kernel"], init["params"]["out.fc1"]["kernel"])
     assert not np.array_equal(p["f6.fc1"]["kernel"], init["params"]["f6.fc1"]["kernel"])
+
+
+L2NORM_NET = "input 32x32x1\nbody: conv3(4) relu l2norm(init=20)\nout: gap fc(4)\n"
+
+
+@pytest.mark.parametrize("freeze", [{"freeze_all_but_head": True}, {"freeze": ["body.l2norm1"]}],
+                         ids=["all-but-head", "pattern"])
+def test_freeze_l2norm_scale(tmp_path, freeze):
+    import archc
+    spec = tmp_path / "l2.arch"
+    spec.write_text(L2NORM_NET)
+    init = archc.load(str(spec)).init(seed=0)["params"]
+    p = _fit(str(spec), **freeze).variables["params"]
+    assert np.asarray(p["body.l2norm1"]["scale"]).tobytes() == np.asarray(init["body.l2norm1"]["scale"]).tobytes()
+    assert not np.array_equal(p["out.fc1"]["kernel"], init["out.fc1"]["kernel"])
 
 
 def test_remat_same_and_bf16_close():

@@ -4,13 +4,10 @@ same data order, augmentation, optimizer state and schedule."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from train_helpers import run_cli, write_random  # noqa: E402
+from train_helpers import run_cli, write_random
 
-from archc.runtime.train import CRASH_ENV  # noqa: E402
+from archc.runtime.train import CRASH_ENV
 
 
 def _flat(path):

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 jax = pytest.importorskip("jax")
-jax.config.update("jax_default_matmul_precision", "highest")
+pytestmark = pytest.mark.usefixtures("highest_precision")
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "build" / "weights-parity"
@@ -70,6 +70,8 @@ CASES = [
     Case("tv-shufflenet_v2_x1_0", "torchvision", "shufflenet_v2_x1_0", "shufflenet_v2_x1_0", 64, {"stage3": "stage3"}),
     Case("tv-mnasnet1_0", "torchvision", "mnasnet1_0", "mnasnet1_0", 64, {"layers": "layers.13"}),
     Case("tv-efficientnet_b0", "torchvision", "efficientnet_b0", "efficientnet_b0", 64, {"stage4": "features.4"}),
+    Case("tv-regnet_y_400mf", "torchvision", "regnet_y_400mf", "regnet_y_400mf", 64, {"stage3": "trunk_output.block3"}),
+    Case("tv-regnet_x_400mf", "torchvision", "regnet_x_400mf", "regnet_x_400mf", 64, {"stage3": "trunk_output.block3"}),
     # timm (.safetensors)
     Case("timm-inception_v4", "timm", "inception_v4", "inception_v4", 299, {"reduction_a": "features.10"},
          batch=1, heavy=True),
@@ -80,6 +82,9 @@ CASES = [
     Case("timm-efficientnet_lite0", "timm", "efficientnet_lite0", "efficientnet_lite0", 64, {"stage4": "blocks.3"}),
     Case("timm-tf_efficientnet_lite0", "timm", "tf_efficientnet_lite0", "tf_efficientnet_lite0", 64, {"stage4": "blocks.3"}),
     Case("timm-tf_efficientnet_b0", "timm", "tf_efficientnet_b0", "tf_efficientnet_b0", 64, {"stage4": "blocks.3"}),
+    Case("timm-regnety_004", "timm", "regnety_004", "regnet_y_400mf", 64, {"stage3": "s3"}),
+    Case("timm-regnetx_004_tv", "timm", "regnetx_004_tv", "regnet_x_400mf", 64, {"stage3": "s3"}),
+    Case("timm-regnetx_002", "timm", "regnetx_002", "regnetx_002", 64, {"stage3": "s3"}),
     # Keras (save_weights .weights.h5)
     Case("keras-resnet50", "keras", "ResNet50", "keras/resnet50", 128, {"conv3": "conv3_block4_out"}),
     Case("keras-resnet50_v2", "keras", "ResNet50V2", "keras/resnet50_v2", 64, {"conv3": "conv3_block4_out"}),
@@ -252,17 +257,9 @@ def run_keras_reference(model, x: np.ndarray, feats: dict) -> dict:
 # --------------------------------------------------------------------------------------------
 # the check
 # --------------------------------------------------------------------------------------------
-def _pre_softmax(model) -> str:
-    """The node whose output is the logits: the primary output, or its input if that is a softmax."""
-    g = model.graph
-    node = g.nodes[g.outputs[0]]
-    if node.op == "act" and node.attrs.fn == "softmax":
-        return node.inputs[0]
-    return node.name
-
-
 def run_case(case: Case, tmp: Path) -> dict:
     import archc
+    from archc.runtime.logits import logits_node
 
     t0 = time.perf_counter()
     if case.source == "keras":
@@ -280,10 +277,10 @@ def run_case(case: Case, tmp: Path) -> dict:
     else:
         want = run_torch_reference(ref, x, case.feats)
 
-    logits_node = _pre_softmax(model)
+    logits = logits_node(model.graph)
     nodes = {a: model.graph.aliases.get(a, a) for a in case.feats}
-    got = model.apply(variables, x, outputs=[logits_node, *nodes.values()])
-    deltas = {"logits": float(np.max(np.abs(np.asarray(got[logits_node]) - want["logits"])))}
+    got = model.apply(variables, x, outputs=[logits, *nodes.values()])
+    deltas = {"logits": float(np.max(np.abs(np.asarray(got[logits]) - want["logits"])))}
     scale = {"logits": float(np.max(np.abs(want["logits"])))}
     for a, n in nodes.items():
         g, w = np.asarray(got[n]), want[a]
@@ -353,6 +350,7 @@ def write_table(doc: Path = ROOT / "docs" / "weights.md") -> None:
 
 if __name__ == "__main__":       # python tests/test_weights_parity.py --table [--rerun] [CASE…]
     import tempfile
+    jax.config.update("jax_default_matmul_precision", "highest")     # as the tests' fixture
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     rerun = "--rerun" in sys.argv
     for c in CASES:

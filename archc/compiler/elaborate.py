@@ -147,11 +147,36 @@ def _make_divisible(v, divisor=8, min_value=None):
     return new_v
 
 
+def _list(xs) -> list:
+    if not isinstance(xs, list):
+        raise TypeError(f"expects a list, not {_kind(xs)}")
+    return xs
+
+
+def _log(x, base=math.e):
+    for v in (x, base):
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v <= 0:
+            raise ValueError(f"the logarithm is defined for positive numbers, not {v:g}")
+    if base == 1:
+        raise ValueError("a logarithm's base cannot be 1")
+    return math.log(x, base)
+
+
+def _unique(xs):
+    # first occurrences in order (RegNet's stage widths); by equality, so lists of lists work too
+    out = []
+    for x in _list(xs):
+        if x not in out:
+            out.append(x)
+    return out
+
+
 FUNCTIONS = {
     "min": min, "max": max, "abs": abs, "len": len, "int": int, "float": float,
     "round": round, "ceil": lambda x: int(math.ceil(x)), "floor": lambda x: int(math.floor(x)),
-    "sqrt": math.sqrt, "sum": sum, "make_divisible": _make_divisible,
+    "sqrt": math.sqrt, "log": _log, "sum": sum, "make_divisible": _make_divisible,
     "range": lambda *a: list(range(*a)),
+    "unique": _unique, "count": lambda xs, v: _list(xs).count(v),
 }
 
 # The language's structural combinators (not IR ops): their signatures. Every other surface op,

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .logits import ends_in_softmax
+
 CLASSES_FILE = Path(__file__).resolve().parent.parent / "data" / "imagenet_classes.txt"
 
 _MEAN_STD = {
@@ -114,9 +116,7 @@ def preprocess_image(image, size: tuple, spec: dict) -> np.ndarray:
 
 
 def _probabilities(model, y: np.ndarray) -> np.ndarray:
-    g = model.graph
-    last = g.nodes[g.outputs[0]]
-    if last.op == "act" and last.attrs.fn == "softmax":
+    if ends_in_softmax(model.graph):
         return y
     z = y - y.max(axis=-1, keepdims=True)
     e = np.exp(z)

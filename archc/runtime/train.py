@@ -31,8 +31,8 @@ import numpy as np
 
 from .data import (ArrayData, DataError, Loader, Preprocess, find_splits,
                    parse_normalization)
+from .logits import logits_node
 
-PARAM_OPS = ("conv", "conv_transpose", "dense", "bn")
 OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 SCHEDULES = ("constant", "step", "cosine")
 BN_MODES = ("auto", "update", "frozen")
@@ -157,18 +157,16 @@ class TrainResult:
 # --------------------------------------------------------------------------------------------
 # Graph helpers: logits, the classifier head, name patterns
 # --------------------------------------------------------------------------------------------
-def logits_node(graph) -> str:
-    """The node whose output is the logits: the primary output, or its input when the output
-    is a softmax (the library's Keras-style networks end in one)."""
-    out = graph.nodes[graph.outputs[0]]
-    if out.op == "act" and out.attrs.fn == "softmax":
-        return out.inputs[0]
-    return out.name
+def param_nodes(model) -> list[str]:
+    """The nodes with trainable weights, in graph order, as the model's variables say (so every
+    op with parameters counts, ``l2norm``'s scale included)."""
+    return list(dict.fromkeys(v.node for v in model.variable_specs if v.collection == "params"))
 
 
-def head_nodes(graph) -> list[str]:
+def head_nodes(model) -> list[str]:
     """The classifier: the first parameterised nodes met walking back from the logits
     (``head.fc1`` in ResNet, ``classifier.conv1`` in SqueezeNet)."""
+    graph, weighted = model.graph, set(param_nodes(model))
     seen, stack, head = set(), [logits_node(graph)], []
     while stack:
         name = stack.pop()
@@ -176,16 +174,16 @@ def head_nodes(graph) -> list[str]:
             continue
         seen.add(name)
         node = graph.nodes[name]
-        if node.op in PARAM_OPS:
+        if name in weighted:
             head.append(name)
         else:
             stack.extend(node.inputs)
     return sorted(head, key=list(graph.nodes).index)
 
 
-def feature_node(graph) -> str:
+def feature_node(model) -> str:
     """The input of the classifier, before any flatten/dropout: what a linear probe sees."""
-    head = head_nodes(graph)
+    graph, head = model.graph, head_nodes(model)
     if not head:
         raise TrainError(f"{graph.name}: found no classifier layer before the output")
     name = graph.nodes[head[0]].inputs[0]
@@ -393,8 +391,9 @@ def _atomic_json(path: Path, obj) -> None:
 
 def _atomic_safetensors(path: Path, tensors: dict, metadata: dict) -> None:
     from safetensors.numpy import save
-    # (np.ascontiguousarray would turn 0-d arrays, such as step counts, into 1-d ones)
-    flat = {k: np.require(np.asarray(v), requirements="C") for k, v in tensors.items()}
+
+    from .variables_io import c_contiguous
+    flat = {k: c_contiguous(v) for k, v in tensors.items()}
     _atomic_write_bytes(path, save(flat, metadata={k: str(v) for k, v in metadata.items()}))
 
 
@@ -547,8 +546,8 @@ class Trainer:
             hint = (f"pass --classes {k} for a new {k}-way head" if "classes" in g.params
                     else f"{g.name} has no 'classes' parameter: edit its final layer")
             raise TrainError(f"the data has {k} classes but {g.name} outputs {self.num_outputs}; {hint}")
-        self.head = head_nodes(g)
-        self.param_nodes = [n.name for n in g if n.op in PARAM_OPS]
+        self.head = head_nodes(model)
+        self.param_nodes = param_nodes(model)
         self.bn_nodes = [n.name for n in g if n.op == "bn"]
         h, w, c = g.input_shape
         if cfg.normalize is not None:
@@ -919,7 +918,7 @@ class Trainer:
         import jax
         import jax.numpy as jnp
         g = self.model.graph
-        node = node or feature_node(g)
+        node = node or feature_node(self.model)
         if node not in g.nodes:
             try:
                 self.model.program.check_outputs([node])

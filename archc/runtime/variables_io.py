@@ -41,11 +41,17 @@ def unflatten_variables(flat: Mapping) -> dict:
     return tree
 
 
+def c_contiguous(array) -> np.ndarray:
+    """``array`` as a C-contiguous numpy array, as safetensors writes it, with its shape kept
+    (np.ascontiguousarray would turn a 0-d array, such as a step or sample count, into a 1-d one)."""
+    return np.require(np.asarray(array), requirements="C")
+
+
 def save_variables(variables: Mapping, path: str, metadata: dict[str, str] | None = None) -> None:
     """Write ``variables`` (as returned by ``Model.init``/``Model.apply``) to a safetensors file."""
     from safetensors.numpy import save_file
 
-    flat = {k: np.ascontiguousarray(v) for k, v in flatten_variables(variables).items()}
+    flat = {k: c_contiguous(v) for k, v in flatten_variables(variables).items()}
     save_file(flat, str(path), metadata={"format": "archc", **(metadata or {})})
 
 

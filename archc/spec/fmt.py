@@ -270,6 +270,17 @@ def _code(toks: list[_Tok], label: int = 0) -> str:
 def _cells(toks: list[_Tok]):
     """The table key of a line (name, commas, opener index) and the token indices of its cells'
     commas: the first bracket pair with three or more arguments, e.g. `inception(`."""
+    if toks and toks[0].type == "PRESET":
+        # a preset's name and values are the cells: `preset regnet_x_8gf:   depth=23, w0=80,  …`
+        depth, cuts = 0, []
+        for i, t in enumerate(toks):
+            depth += t.type in _OPENERS
+            depth -= t.type in _CLOSERS or t.role == "close"
+            if depth == 0 and (t.type == "COMMA" or t.type == "COLON" and not cuts):
+                cuts.append(i)
+        if len(cuts) >= 3:                              # the same parameters, in the same order
+            names = tuple(toks[i + 1].text if i + 1 < len(toks) else "" for i in cuts)
+            return ("preset", names, 0), cuts
     for o, c, commas in sorted(_groups(toks)):
         if len(commas) >= 2:
             name = toks[o - 1].text if o and toks[o - 1].type == "FNAME" else toks[o].text
@@ -346,7 +357,7 @@ def _render(lines: list[_Line]) -> str:
 
 def _align_cells(lines: list[_Line], full: list[str]) -> None:
     """Consecutive calls of one name, at one column, with three or more arguments are a table:
-    their argument columns are aligned."""
+    their argument columns are aligned; so are presets with three or more values."""
     for n, m in _paragraphs(lines):
         tables: dict[tuple, list[tuple[int, list[int]]]] = {}
         for k in range(n, m):
