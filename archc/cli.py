@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -69,6 +70,29 @@ def cmd_check(args) -> int:
     s = summarize(g)
     print(f"{g.name}: {fmt_shape(g.input_shape)} -> {fmt_shape(g.output_shape)}, "
           f"{len(g.nodes)} nodes, {s['total_params']:,} params, {s['macs']:,} MACs: ok")
+    return 0
+
+
+def cmd_graph(args) -> int:
+    from .graph import FORMATS, draw
+    if args.out is not None and not args.out.lower().endswith(FORMATS):
+        print(f"error: cannot write {args.out!r}\n  = help: the picture's file ends in {', '.join(FORMATS)}", file=sys.stderr)
+        return EXIT_USER
+    if args.depth < 1:
+        print("error: --depth is 1 or more", file=sys.stderr)
+        return EXIT_USER
+    said = draw(args.spec, args.out, args.depth, tuple(args.expand), dict(args.param or []), args.input)
+    if said:
+        print(said)
+    return 0
+
+
+def cmd_lsp(args) -> int:
+    if importlib.util.find_spec("pygls") is None:
+        print("error: archc lsp needs pygls\n  = help: pip install 'archc[lsp]'", file=sys.stderr)
+        return EXIT_USER
+    from .lsp.server import main as serve
+    serve()
     return 0
 
 
@@ -153,14 +177,16 @@ def cmd_bench(args) -> int:
             raise ArchError([_diag(str(e))]) from None
         print(json.dumps(p, indent=1) if args.json else render_profile(p, top=args.top))
         return 0
+    if args.backend == "onnxruntime" and args.dtype not in (None, "float32"):
+        raise ArchError([_diag("--backend onnxruntime runs the float32 export; drop --dtype")])
     result = bench_model(Model(_graph(args)), batch=args.batch, iters=args.iters, repeats=args.repeats,
-                         dtype=args.dtype)
+                         dtype=args.dtype, backend=args.backend)
     if args.json:
         print(json.dumps(result, indent=1))
     else:
         print(f"{result['name']}: batch {result['batch']}, {fmt_shape(result['input_shape'])}, "
               f"{result['dtype']} compute on {result['device']}")
-        print(f"  XLA compile      {result['compile_s']:.2f} s")
+        print(f"  {'XLA compile' if args.backend == 'xla' else 'export+session':16} {result['compile_s']:.2f} s")
         print(f"  throughput       {result['images_per_s']:.1f} images/s (median of {args.repeats} x {args.iters} calls, warm-up excluded)")
         print(f"  peak memory      {result['peak_rss_mib']:.0f} MiB resident")
     return 0
@@ -174,7 +200,64 @@ def cmd_list(args) -> int:
 
 
 def cmd_train(args) -> int:
-    """``archc train``: see docs/training.md. User errors exit 2, a diverged run 3."""
+    """``archc train``: see docs/training.md. User errors exit 2, a diverged run 3, another
+    process of a multi-process run dying 4."""
+    from .runtime.train import TrainError
+    try:
+        watch = _start_distributed(args)
+    except TrainError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER
+    try:
+        rc = _train(args, report=watch is None or watch.me == 0)
+    except Exception as e:              # noqa: BLE001 - jax's runtime errors have one type
+        if watch is None:
+            raise
+        watch.abort(f"{str(e).splitlines()[0]} (another process of the run has most likely "
+                    f"died)")
+    if watch is not None and rc == 0:
+        watch.finished()
+    return rc
+
+
+def _start_distributed(args):
+    """One process of several (``--coordinator``..., or a launcher such as ``srun``): join the
+    others before JAX starts. Returns the PeerWatch, or None for a single process."""
+    from .runtime import parallel
+    from .runtime.train import TrainError
+    flags = {"--coordinator": args.coordinator, "--num-processes": args.num_processes,
+             "--process-id": args.process_id}
+    given = [k for k, v in flags.items() if v is not None]
+    size = parallel.cluster_size()
+    if not given and size == 1:
+        return None
+    if given and len(given) < 3 and size == 1:
+        missing = ", ".join(k for k in flags if k not in given)
+        raise TrainError(f"{', '.join(given)} needs {missing} too (or a cluster launcher "
+                         f"such as srun that says them)")
+    if args.coordinator is not None:
+        host, _, port = args.coordinator.rpartition(":")
+        if not host or not port.isdigit():
+            raise TrainError(f"--coordinator {args.coordinator!r}: expected HOST:PORT, such as "
+                             f"node0:12345")
+    if args.num_processes is not None and args.num_processes < 1:
+        raise TrainError("--num-processes must be positive")
+    if args.process_id is not None and args.num_processes is not None and \
+            not 0 <= args.process_id < args.num_processes:
+        raise TrainError(f"--process-id must be in 0..{args.num_processes - 1}")
+    if args.peer_timeout is not None and args.peer_timeout <= 0:
+        raise TrainError("--peer-timeout must be positive")
+    try:
+        return parallel.initialize_distributed(
+            args.coordinator, args.num_processes, args.process_id,
+            peer_timeout=args.peer_timeout or parallel.PEER_TIMEOUT_S)
+    except (RuntimeError, ValueError) as e:     # jax: a timeout, an unusable environment
+        where = args.coordinator or "the coordinator from the cluster environment"
+        raise TrainError(f"cannot join the other processes through {where}: "
+                         f"{str(e).splitlines()[0]}") from None
+
+
+def _train(args, report: bool = True) -> int:
     from .runtime.data import DataError
     from .runtime.train import TrainError, TrainingDiverged, extract_features, train
     keys = ("epochs", "batch", "lr", "optimizer", "momentum", "nesterov", "weight_decay",
@@ -212,7 +295,7 @@ def cmd_train(args) -> int:
             raise TrainError("give the run directory: --out RUN_DIR")
         result = train(args.spec, args.data, args.out, **opts)
         m = result.metrics
-        if m["epoch"]:
+        if m["epoch"] and report:
             best = m["best_val_accuracy"]
             print(f"{args.out}: {m['epoch'][-1]} epochs, train_loss {m['train_loss'][-1]:.4f}"
                   + (f", val_accuracy {m['val_accuracy'][-1]:.4f} (best {best:.4f} at epoch "
@@ -254,6 +337,7 @@ def _floats(n):
 
 
 def _add_train_parser(sub, common) -> None:
+    from .runtime.data import AUGMENTATIONS
     sp = sub.add_parser("train", help="train or fine-tune a network on an image folder")
     common(sp)
     a = sp.add_argument
@@ -287,12 +371,22 @@ def _add_train_parser(sub, common) -> None:
     a("--bn", choices=["auto", "update", "frozen"], help="batch-norm statistics (default auto)")
     a("--val-split", type=float, metavar="FRACTION")
     a("--normalize", metavar="NAME|MEAN/STD", help="unit (default), symmetric, imagenet, raw or m1,m2,m3/s1,s2,s3")
-    a("--no-augment", dest="augment", action="store_false", default=None)
+    a("--augment", choices=AUGMENTATIONS,
+      help="training augmentation: auto (default: crop strength and flip from the input size), "
+           "imagenet (crop to 8-100%% of the area and flip, at any size) or none")
+    a("--no-augment", dest="augment", action="store_const", const="none", help="--augment none")
+    a("--flip", dest="flip", action="store_true", default=None, help="random horizontal flips")
     a("--no-flip", dest="flip", action="store_false", default=None)
-    a("--crop-scale", type=_floats(2), metavar="LO,HI")
+    a("--crop-scale", type=_floats(2), metavar="LO,HI", help="random-resized crop's area fraction")
     a("--workers", type=int)
     a("--prefetch", type=int)
     a("--devices", type=int, help="data parallel over N local devices (default all)")
+    a("--coordinator", metavar="HOST:PORT",
+      help="several processes: process 0's address (under srun/mpirun: read from there)")
+    a("--num-processes", type=int, metavar="N", help="several processes: how many")
+    a("--process-id", type=int, metavar="I", help="several processes: this one's rank, 0..N-1")
+    a("--peer-timeout", type=float, metavar="SECONDS",
+      help="several processes: stop when another is silent this long (default 30)")
     a("--extract-features", nargs="?", const="", metavar="NODE",
       help="write pooled features of NODE (default: the classifier's input) to --out; no training")
     a("--quiet", action="store_true")
@@ -407,6 +501,42 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _batch(text: str):
+    if text == "dynamic":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected 'dynamic' or a positive batch size, got {text!r}")
+    return n
+
+
+def cmd_export(args) -> int:
+    """archc export SPEC --weights FILE --format onnx|stablehlo|flax --out PATH: see docs/export.md."""
+    from .compiler.onnx import ExportError
+    from .runtime.export import export
+    from .runtime.model import Model
+    from .runtime.variables_io import load_variables
+    model = Model(_graph(args))
+    try:
+        variables = load_variables(args.weights, as_numpy=True) if args.weights else model.init(seed=args.seed)
+    except Exception as e:   # noqa: BLE001 - a missing file, or safetensors' own error for a bad one
+        print(f"error: cannot read the weights {args.weights}: {e}", file=sys.stderr)
+        return EXIT_USER
+    try:
+        path = export(model, variables, args.out, format=args.format, batch=args.batch, layout=args.layout,
+                      opset=args.opset)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER
+    source = args.weights or f"random weights (seed {args.seed})"
+    print(f"{model.name} -> {path} ({args.format or path.suffix[1:]}, {path.stat().st_size / 2**20:.1f} MiB, "
+          f"batch {args.batch}; {source})")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="archc", description="Compile .arch network specs to JAX/Flax.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -446,6 +576,8 @@ def main(argv=None) -> int:
     sp.add_argument("--profile", action="store_true",
                     help="time each compiled kernel and name it by the IR nodes fused into it (CPU)")
     sp.add_argument("--top", type=int, default=20, help="kernels listed by --profile")
+    sp.add_argument("--backend", choices=["xla", "onnxruntime"], default="xla",
+                    help="the engine: archc's XLA program, or its ONNX export on ONNX Runtime (CPU)")
     sp.set_defaults(func=cmd_bench, expr=None)
 
     _add_train_parser(sub, common)
@@ -456,6 +588,20 @@ def main(argv=None) -> int:
                     help="write nothing; list the files that would change and exit 1 if any")
     sp.add_argument("--diff", action="store_true", help="write nothing; print a unified diff of the changes")
     sp.set_defaults(func=cmd_fmt)
+
+    sp = sub.add_parser("export", help="export a network with its weights to ONNX, StableHLO or Flax source")
+    common(sp)
+    sp.add_argument("--weights", metavar="FILE", help="variables (.safetensors from archc import/train/build --out); "
+                                                      "without it, random weights from --seed")
+    sp.add_argument("--format", choices=["onnx", "stablehlo", "flax"], help="default: from the suffix of --out")
+    sp.add_argument("--out", required=True, metavar="PATH", help="the file to write (.onnx, .stablehlo, .py)")
+    sp.add_argument("--batch", type=_batch, default="dynamic", metavar="dynamic|N",
+                    help="a symbolic batch dimension (default) or a fixed one")
+    sp.add_argument("--layout", choices=["nchw", "nhwc"],
+                    help="ONNX interface layout (default nchw, where ONNX Runtime is fastest)")
+    sp.add_argument("--opset", type=int, help="ONNX opset (default 17)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=cmd_export, expr=None)
 
     sp = sub.add_parser("list", help="list the built-in architectures")
     sp.set_defaults(func=cmd_list)
@@ -487,6 +633,16 @@ def main(argv=None) -> int:
                     help="override the preprocessing recorded in the weights file")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_predict, expr=None)
+
+    sp = sub.add_parser("graph", help="a picture of the network (SVG, PNG, HTML or Graphviz DOT)")
+    common(sp)
+    sp.add_argument("-o", "--out", metavar="FILE", help="FILE.svg, .png, .html or .dot (default: DOT on stdout)")
+    sp.add_argument("--depth", type=int, default=2, help="1: one box per stage; 2: per block instance; 3…: blocks inside blocks")
+    sp.add_argument("--expand", nargs="+", default=(), metavar="NAME", help="draw these stages or blocks instance by instance")
+    sp.set_defaults(func=cmd_graph, expr=None)
+
+    sp = sub.add_parser("lsp", help="the language server, over stdio (for editors)")
+    sp.set_defaults(func=cmd_lsp)
 
     args = p.parse_args(argv)
     try:

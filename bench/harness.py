@@ -6,7 +6,8 @@ Measures, per network (archc built-ins resnet50, densenet121, mobilenet_v2, effi
 inception_v3) and batch (1, 32): inference throughput, compile time and RSS increase for archc
 (plain and BN-folded), the hand-written Flax ResNet-50, torchvision eager, torch.compile, ONNX
 Runtime and Keras Applications (JAX backend); the `archc build densenet121` front-end time vs
-Keras DenseNet121 construction; a ResNet-50 training step (archc/optax vs PyTorch eager); and
+Keras DenseNet121 construction; the training step of ResNet-50 and MobileNetV2 (archc/optax vs
+PyTorch eager; --train-nets); and
 ResNet-50's achieved FLOP/s against this CPU's float32 matmul peak.
 
 Each network runs in its own subprocess (so memory figures and caches do not leak between
@@ -227,14 +228,18 @@ def worker_build_keras():
 TRAIN_FRAMEWORKS = ("archc", "torch-eager", "archc-bf16", "torch-eager-bf16")
 
 
-def worker_train(framework: str, runs: int):
-    """`runs` timed training steps of one framework, alone in this process (two frameworks
+TRAIN_NETS = ("resnet50", "mobilenet_v2")
+
+
+def worker_train(framework: str, runs: int, net: str = "resnet50"):
+    """`runs` timed training steps of one framework on `net`, alone in this process (two frameworks
     training batch 32 in one process compete for memory: session 2 measured archc at 77 s/step
     that way and 24 s alone). A '-bf16' suffix: mixed precision, archc's dtype='bfloat16'
     policy against PyTorch's CPU autocast to bfloat16 (both keep float32 weights)."""
     import numpy as np
     batch = 32
-    out = {"load_start": load1(), "cpu_start": cpu_jiffies(), "batch": batch, "framework": framework}
+    out = {"load_start": load1(), "cpu_start": cpu_jiffies(), "batch": batch, "framework": framework,
+           "net": net}
     bf16 = framework.endswith("-bf16")
     framework = framework.removesuffix("-bf16")
     rng = np.random.default_rng(0)
@@ -246,15 +251,17 @@ def worker_train(framework: str, runs: int):
         import optax
         import archc
         jax.config.update("jax_enable_compilation_cache", False)
-        model = archc.load("resnet50")
+        model = archc.load(net)
         v = model.init(seed=0)
         tx = optax.sgd(0.01, momentum=0.9)
         params, stats = v["params"], v["batch_stats"]
         opt = tx.init(params)
+        rng_key = jax.random.PRNGKey(0)          # dropout (MobileNetV2's classifier)
 
         def step(params, stats, opt, x, y):
             def loss_fn(p):
                 logits, nv = model.apply_fn({"params": p, "batch_stats": stats}, x, train=True,
+                                            rngs=rng_key if model.program.has_dropout else None,
                                             dtype="bfloat16" if bf16 else None)
                 return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), nv["batch_stats"]
             (loss, stats2), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -275,7 +282,7 @@ def worker_train(framework: str, runs: int):
         import torch
         from peers import torchvision_model
         torch.set_num_threads(2)
-        tm = torchvision_model("resnet50").train()
+        tm = torchvision_model(net).train()
         topt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
         tx_ = torch.from_numpy(np.ascontiguousarray(xh.transpose(0, 3, 1, 2)))
         ty = torch.from_numpy(labels)
@@ -443,11 +450,11 @@ def render(res: dict) -> str:
               f"Ratio archc build / Keras construction, in process: first call {a['first_s'] / k['first_s']:.3f}, "
               f"repeats {a['median_s'] / k['median_s']:.3f}. Whole processes: "
               f"{cli['median_s'] / kp['median_s']:.3f}. Goal ≤ 0.100.", ""]
-    if "train" in res:
-        rounds = res["train"]["rounds"]
+    for net, trained in res.get("train", {}).items():
+        rounds = trained["rounds"]
         steps = {fw: [t for r in rounds for t in r[fw]["times"]] for fw in rounds[0]}
         loads = [r[fw][k] for r in rounds for fw in r for k in ("load_start", "load_end")]
-        L += [f"### Training step, ResNet-50, batch 32 — load {min(loads):.2f} to {max(loads):.2f}", "",
+        L += [f"### Training step, {net}, batch 32 — load {min(loads):.2f} to {max(loads):.2f}", "",
               "SGD momentum 0.9, softmax cross-entropy; one step = forward + backward + update. archc: "
               "`jax.jit(step, donate_argnums=(params, batch_stats, opt_state))` with optax; PyTorch eager: "
               "`loss.backward(); opt.step()`. '-bf16': mixed precision with float32 weights, archc's "
@@ -513,6 +520,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-train", action="store_true")
     ap.add_argument("--runs-train", type=int, default=5, help="timed steps per training process")
     ap.add_argument("--train-frameworks", nargs="+", default=list(TRAIN_FRAMEWORKS), choices=TRAIN_FRAMEWORKS)
+    ap.add_argument("--train-nets", nargs="+", default=list(TRAIN_NETS))
     ap.add_argument("--sections", nargs="+", choices=["peak", "build", "nets", "train"],
                     default=["peak", "build", "nets", "train"],
                     help="parts to run (a partial run is best written with --out to another file)")
@@ -541,7 +549,7 @@ def main(argv=None) -> int:
         elif kind == "build_keras":
             worker_build_keras()
         elif kind == "train":
-            worker_train(rest[0], int(rest[1]))
+            worker_train(rest[0], int(rest[1]), *rest[2:])
         return 0
 
     t_start = time.perf_counter()
@@ -594,11 +602,12 @@ def main(argv=None) -> int:
     if "train" in args.sections and not (args.quick or args.no_train):
         # one process per framework, in two rounds (A B C D A B C D) so that drifts in machine
         # speed reach all of them
-        res["train"] = {"rounds": []}
-        for _ in range(2):
-            section()
-            res["train"]["rounds"].append({fw: call_worker(["train", fw, args.runs_train])
-                                           for fw in args.train_frameworks})
+        res["train"] = {net: {"rounds": []} for net in args.train_nets}
+        for net in args.train_nets:
+            for _ in range(2):
+                section()
+                res["train"][net]["rounds"].append({fw: call_worker(["train", fw, args.runs_train, net])
+                                                    for fw in args.train_frameworks})
     print(flush())
     return 0
 

@@ -224,8 +224,34 @@ class OnnxRuntimeRunner:
         return self.session_s, lambda: sess.run(None, {name: x})
 
 
+class ArchcOnnxRunner:
+    """archc's own ONNX export (archc.export, NCHW, symbolic batch) of the same network and
+    weights as ArchcRunner, on ONNX Runtime set up as OnnxRuntimeRunner (2 intra-op threads)."""
+    name = "archc-onnx"
+
+    def __init__(self, net: str):
+        self.net = net
+
+    def setup(self):
+        import archc
+        from archc.runtime.export import onnx_session
+        model = archc.load(self.net)
+        t0 = time.perf_counter()
+        onnx_model = archc.export(model, model.init(seed=0), format="onnx")
+        self.export_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.sess = onnx_session(onnx_model, threads=2)
+        self.session_s = time.perf_counter() - t0
+        self.input = self.sess.get_inputs()[0].name
+
+    def prepare(self, batch):
+        x = _nchw(batch, image_size(self.net))
+        sess, name = self.sess, self.input
+        return self.session_s, lambda: sess.run(None, {name: x})
+
+
 def runners(net: str, only=None):
-    rs = [ArchcRunner(net), ArchcRunner(net, fold=True)]
+    rs = [ArchcRunner(net), ArchcRunner(net, fold=True), ArchcOnnxRunner(net)]
     if net == "resnet50":
         rs.append(HandwrittenFlaxRunner(net))
     rs += [TorchEagerRunner(net), TorchCompileRunner(net), OnnxRuntimeRunner(net), KerasRunner(net)]

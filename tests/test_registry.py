@@ -20,6 +20,16 @@ def test_every_op_has_a_lowering():
         f"lowerings without an op: {sorted(set(LOWERINGS) - COMPUTING_OPS)}")
 
 
+def test_every_op_has_export_rules():
+    """ONNX emission and Flax source: an op added without its rules fails here (onnx itself is
+    imported only when a model is built, so this runs without it)."""
+    from archc.compiler.flax_source import ACTIVATION_SOURCES, FLAX_RULES
+    from archc.compiler.onnx import ACTIVATION_RULES, ONNX_RULES
+    assert set(ONNX_RULES) == COMPUTING_OPS, f"ops without an ONNX rule: {sorted(COMPUTING_OPS - set(ONNX_RULES))}"
+    assert set(FLAX_RULES) == COMPUTING_OPS, f"ops without a Flax source rule: {sorted(COMPUTING_OPS - set(FLAX_RULES))}"
+    assert set(ACTIVATION_RULES) == set(ACTIVATION_SOURCES) == set(ops.ACTIVATIONS)
+
+
 def test_every_op_has_a_numpy_reference():
     assert set(NUMPY_REFERENCES) == COMPUTING_OPS, f"ops without a NumPy reference test: {sorted(COMPUTING_OPS - set(NUMPY_REFERENCES))}"
 

@@ -40,21 +40,22 @@ def metadata(path) -> dict:
 # End to end: the acceptance figures
 # --------------------------------------------------------------------------------------------
 def test_lenet5_digits_cli(tmp_path, capsys):
-    """LeNet-5 on sklearn's digits (32x32 image folder, fixed 80/20 split) >= 97% val acc."""
-    data = write_digits(tmp_path / "digits")
+    """LeNet-5 on sklearn's digits (32x32 image folder, fixed 75/25 split), every option but the
+    epochs left at its default (SGD, the augmentation chosen for 32x32 grey images): >= 97%
+    validation accuracy. (ImageNet's augmentation, the default before, reached 89.8%.)"""
+    data = write_digits(tmp_path / "digits", val_fraction=0.25)
     run = tmp_path / "run"
-    rc = cli("lenet5", "--data", data, "--epochs", 10, "--batch", 32, "--optimizer", "adamw",
-             "--lr", 3e-3, "--schedule", "cosine", "--crop-scale", "0.8,1", "--no-flip",
-             "--out", run)
+    rc = cli("lenet5", "--data", data, "--epochs", 20, "--out", run)
     out, err = capsys.readouterr()
     assert rc == 0, err
+    assert "augmentation: random-resized crop to 0.8-1 of the area, no flip" in err
     m = json.loads((run / "metrics.json").read_text())
     for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
-        assert len(m[key]) == 10 and all(np.isfinite(m[key]))
+        assert len(m[key]) == 20 and all(np.isfinite(m[key]))
     print(f"lenet5/digits val_accuracy per epoch: {m['val_accuracy']}", file=sys.stderr)
     assert m["val_accuracy"][-1] >= 0.97
     assert m["train_loss"][-1] < m["train_loss"][0]
-    assert "epoch 10/10" in err and "img/s" in err
+    assert "epoch 20/20" in err and "img/s" in err
     for name in ("best.safetensors", "last.safetensors", "train_state.safetensors",
                  "config.json", "curves.png"):
         assert (run / name).is_file(), name
@@ -64,7 +65,7 @@ def test_lenet5_digits_cli(tmp_path, capsys):
     import archc
     variables = archc.load_variables(run / "last.safetensors")
     assert set(variables) == {"params"}
-    assert metadata(run / "last.safetensors")["epoch"] == "10"
+    assert metadata(run / "last.safetensors")["epoch"] == "20"
     assert json.loads(metadata(run / "best.safetensors")["classes"]) == [str(i) for i in range(10)]
     model = archc.load("lenet5")
     val = D.ImageFolder.scan(data / "val", classes=[str(i) for i in range(10)])
@@ -237,6 +238,33 @@ def test_loader_deterministic_order_and_augmentation(tmp_path):
     # a shard is its slice of the global batch
     s1 = list(D.Loader(data, pre, 4, train=True, seed=5, shard=(1, 2), prefetch=0).epoch(0))
     assert np.array_equal(s1[0].x, epoch(a, 0)[0][0][2:])
+
+
+def test_augmentation_follows_the_input_size():
+    """auto: the smallest crop keeps ~64 px a side (ImageNet's 8% at 224 px, at most 80% on
+    small inputs), a flip only for colour inputs of 128 px or more; ImageNet's recipe is one
+    flag; explicit --crop-scale/--flip win; the choice is saved for --resume."""
+    auto = lambda h, c=3, **kw: D.choose_augmentation("auto", h, h, c, **kw)  # noqa: E731
+    assert (auto(32, 1).crop_scale, auto(32, 1).flip) == ((0.8, 1.0), False)
+    assert (auto(64).crop_scale, auto(64).flip) == ((0.8, 1.0), False)
+    assert (auto(128).crop_scale, auto(128).flip) == ((0.25, 1.0), True)
+    assert (auto(128, 1).flip, auto(224).crop_scale, auto(512).crop_scale) == (False, (0.08, 1.0), (0.08, 1.0))
+    net = D.choose_augmentation("imagenet", 32, 32, 1)
+    assert (net.crop_scale, net.flip) == ((0.08, 1.0), True)
+    none = D.choose_augmentation("none", 224, 224, 3)
+    assert (none.crop_scale, none.flip) == (None, False)
+    mine = auto(32, 1, crop_scale=[0.5, 1], flip=True)
+    assert (mine.crop_scale, mine.flip) == ((0.5, 1.0), True)
+    assert "--crop-scale 0.5,1 --flip given" in mine.describe()
+    with pytest.raises(D.DataError, match="augmentation must be one of"):
+        D.choose_augmentation("heavy", 32, 32, 1)
+    # the trainer records its choice (config.json) and applies it; augment=False still works
+    x, y = np.zeros((8, 32, 32, 1), np.uint8), np.arange(8) % 2
+    t = T.Trainer(T.TrainConfig(spec="lenet5", batch=4, augment="imagenet"), train_data=(x, y), log=quiet)
+    assert (t.cfg.crop_scale, t.cfg.flip) == ([0.08, 1.0], True)
+    assert (t.pre_train.crop, t.pre_train.flip, t.pre_train.crop_scale) == (True, True, (0.08, 1.0))
+    t = T.Trainer(T.TrainConfig(spec="lenet5", batch=4, augment=False), train_data=(x, y), log=quiet)
+    assert (t.cfg.augment, t.pre_train.crop, t.pre_train.flip) == ("none", False, False)
 
 
 def test_preprocess_normalisation_and_modes():

@@ -370,9 +370,6 @@ def test_import_then_predict_cli(tmp_path):
         assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr, r.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="weights.match_weights still passes the 0-d count through "
-                   "np.ascontiguousarray, which makes it (1,); variables_io.c_contiguous is the fix, "
-                   "for the owner of weights.py")
 def test_keras_import_then_predict_cli(tmp_path):
     """A Keras EfficientNet keeps Normalization's sample count, a 0-d variable: it must come back
     0-d from the file `archc import --out` writes, or `archc predict` refuses the weights."""

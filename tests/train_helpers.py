@@ -12,15 +12,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def write_digits(root: Path) -> Path:
+def write_digits(root: Path, val_fraction: float = 0.2) -> Path:
     """sklearn's 8x8 digits (1,797), upscaled to 24x24 and centred on a 32x32 canvas (as MNIST's
-    28 in LeNet's 32); a fixed 80/20 split into root/train and root/val."""
+    28 in LeNet's 32); a fixed split into root/train and root/val (``val_fraction`` held out)."""
     from PIL import Image
     from sklearn.datasets import load_digits
     d = load_digits()
     x = np.rint(d.images / 16.0 * 255).astype(np.uint8)
     perm = np.random.default_rng(0).permutation(len(d.target))
-    n_val = len(perm) // 5
+    n_val = int(len(perm) * val_fraction)
     for rank, i in enumerate(perm):
         split = "val" if rank < n_val else "train"
         canvas = Image.new("L", (32, 32))

@@ -11,6 +11,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..compiler.lower import compute_dtype
 
@@ -40,15 +41,31 @@ def time_compiled(compiled, variables, x, iters: int = 5, repeats: int = 5, warm
     return statistics.median(rates)
 
 
-def bench_model(model, batch: int = 1, iters: int = 5, repeats: int = 5, dtype=None) -> dict:
-    """``dtype``: the compute dtype of the mixed-precision policy ('bfloat16'), None for float32."""
+def onnx_runner(model, variables, x):
+    """archc's ONNX export of ``model`` (NCHW) on an ONNX Runtime CPU session: (run, seconds to
+    export and create the session); ``run(v, x)`` takes archc's NHWC batch, as a compiled
+    forward does, and returns the outputs."""
+    from .export import export, onnx_session
+    t0 = time.perf_counter()
+    session = onnx_session(export(model, variables, format="onnx"))
+    name = session.get_inputs()[0].name
+    nchw = np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2))
+    return (lambda v, x: session.run(None, {name: nchw})), time.perf_counter() - t0
+
+
+def bench_model(model, batch: int = 1, iters: int = 5, repeats: int = 5, dtype=None, backend: str = "xla") -> dict:
+    """``dtype``: the compute dtype of the mixed-precision policy ('bfloat16'), None for float32;
+    ``backend``: 'xla' (archc's compiled program) or 'onnxruntime' (its ONNX export)."""
     variables = model.init(seed=0)
     x = jnp.ones((batch,) + tuple(model.input_shape), jnp.float32)
 
     def forward(v, x):
         return model.apply_fn(v, x, dtype=dtype)
 
-    compiled, compile_s = compile_forward(forward, variables, x)
+    if backend == "onnxruntime":
+        compiled, compile_s = onnx_runner(model, variables, x)
+    else:
+        compiled, compile_s = compile_forward(forward, variables, x)
     ips = time_compiled(compiled, variables, x, iters=iters, repeats=repeats)
     return {
         "name": model.name,
@@ -58,5 +75,6 @@ def bench_model(model, batch: int = 1, iters: int = 5, repeats: int = 5, dtype=N
         "images_per_s": round(ips, 2),
         "dtype": jnp.dtype(compute_dtype(dtype) or jnp.float32).name,
         "peak_rss_mib": round(peak_rss_mib(), 1),
-        "device": str(jax.devices()[0]),
+        "device": str(jax.devices()[0]) if backend == "xla" else "onnxruntime CPUExecutionProvider",
+        "backend": backend,
     }

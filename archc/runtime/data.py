@@ -231,6 +231,64 @@ def parse_normalization(spec: str | Sequence, channels: int) -> tuple[np.ndarray
     return np.broadcast_to(mean, (channels,)).copy(), np.broadcast_to(std, (channels,)).copy()
 
 
+# ImageNet's recipe (torchvision's RandomResizedCrop and RandomHorizontalFlip).
+IMAGENET_CROP_SCALE = (0.08, 1.0)
+# The smallest crop keeps about this many input pixels on a side: ImageNet's 8 % of the area at
+# 224 px is (64/224)^2. A crop smaller than that, resized to the input, magnifies a few blurred
+# pixels (an 8 % crop of a 32 px digit is 9 px wide).
+MIN_CROP_SIDE = 64
+# Even the smallest inputs keep a mild crop (scale and translation jitter up to ~1.1x).
+MAX_CROP_LO = 0.8
+# Natural photos are colour and (in the datasets people train on) at least this large; digits,
+# text, CIFAR-sized thumbnails and grey scans are not flipped unless asked.
+FLIP_MIN_SIDE = 128
+AUGMENTATIONS = ("auto", "imagenet", "none")
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """What training images go through: a random-resized crop to ``crop_scale`` of the area
+    (None: no crop) and a horizontal flip; ``why`` says how it was chosen."""
+
+    crop_scale: tuple | None
+    flip: bool
+    why: str
+
+    def describe(self) -> str:
+        crop = ("no crop" if self.crop_scale is None else
+                f"random-resized crop to {self.crop_scale[0]:.2g}-{self.crop_scale[1]:.2g} of the area")
+        return f"{crop}, {'horizontal flip' if self.flip else 'no flip'} ({self.why})"
+
+
+def choose_augmentation(recipe: str, height: int, width: int, channels: int,
+                        crop_scale: Sequence | None = None, flip: bool | None = None) -> Augmentation:
+    """The training augmentation for a network input of ``height x width x channels``.
+
+    ``recipe='auto'``: the crop's smallest area is ``(MIN_CROP_SIDE / side)^2``, between
+    ImageNet's 8 % (at 224 px and more) and ``MAX_CROP_LO`` (at 64 px and less); the flip only
+    for colour inputs of ``FLIP_MIN_SIDE`` px or more. ``'imagenet'``: 8-100 % and a flip, at
+    any size. ``'none'``: neither. ``crop_scale`` and ``flip``, when given, override the recipe."""
+    if recipe not in AUGMENTATIONS:
+        raise DataError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {recipe!r}")
+    side = min(height, width)
+    if recipe == "none":
+        return Augmentation(None, False, "--augment none")
+    if recipe == "imagenet":
+        lo, auto_flip = IMAGENET_CROP_SCALE[0], True
+        why = "ImageNet's recipe"
+    else:
+        lo = min(MAX_CROP_LO, max(IMAGENET_CROP_SCALE[0], (MIN_CROP_SIDE / side) ** 2))
+        auto_flip = channels == 3 and side >= FLIP_MIN_SIDE
+        kind = {1: "grey", 3: "colour"}.get(channels, f"{channels}-channel")
+        why = f"chosen for {height}x{width} {kind} inputs; --augment imagenet for ImageNet's recipe"
+    scale = tuple(float(v) for v in crop_scale) if crop_scale is not None else (round(lo, 2), 1.0)
+    given = ([f"--crop-scale {scale[0]:g},{scale[1]:g}"] if crop_scale is not None else []) + \
+        ([] if flip is None else ["--flip" if flip else "--no-flip"])
+    if given:
+        why += "; " + " ".join(given) + " given"
+    return Augmentation(scale, auto_flip if flip is None else bool(flip), why)
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """Decode -> (augment) -> resize to (height, width) -> float32 normalised HWC.

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import (ArrayData, DataError, Loader, Preprocess, find_splits,
-                   parse_normalization)
+from .data import (AUGMENTATIONS, ArrayData, DataError, Loader, Preprocess,
+                   choose_augmentation, find_splits, parse_normalization)
 from .logits import logits_node
 
 OPTIMIZERS = ("sgd", "adamw", "rmsprop")
@@ -95,14 +95,18 @@ class TrainConfig:
     val_split: float | None = None        # fraction held out when there is no val/ folder
     normalize: str | None = None          # unit|symmetric|imagenet|raw|caffe|MEAN/STD; None: as
                                           # the --weights file says, else unit
-    augment: bool = True                  # random-resized crop (+ flip) on training images
-    flip: bool = True
-    crop_scale: list = field(default_factory=lambda: [0.08, 1.0])
+    augment: str = "auto"                 # auto (by input size) | imagenet | none: data.AUGMENTATIONS
+    flip: bool | None = None              # None: as the recipe says; the run saves what it chose
+    crop_scale: list | None = None        # [lo, hi] area fraction; None: as the recipe says
     workers: int = 0                      # decoding threads per batch
     prefetch: int = 2                     # batches decoded ahead on a background thread
     devices: int | None = None            # data parallel over N local devices (default all)
     progress: bool = True
     class_names: list | None = None       # filled in from the data
+
+    def __post_init__(self):
+        if isinstance(self.augment, bool):         # augment=False, and the configs of older runs
+            self.augment = "auto" if self.augment else "none"
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -131,8 +135,11 @@ class TrainConfig:
         need(self.weight_decay >= 0, "weight decay must be non-negative")
         need(self.classes is None or self.classes >= 1, "classes must be positive")
         need(self.warmup_epochs >= 0, "warm-up must be non-negative")
-        lo, hi = self.crop_scale
-        need(0 < lo <= hi <= 1, f"crop scale must satisfy 0 < lo <= hi <= 1, got {lo},{hi}")
+        need(self.augment in AUGMENTATIONS,
+             f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
+        if self.crop_scale is not None:
+            lo, hi = self.crop_scale
+            need(0 < lo <= hi <= 1, f"crop scale must satisfy 0 < lo <= hi <= 1, got {lo},{hi}")
         for p, m in self.lr_mult.items():
             need(isinstance(m, (int, float)) and m >= 0, f"lr multiplier for {p!r} must be >= 0")
 
@@ -475,8 +482,9 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, *, train_data=None, val_data=None,
                  resume: bool = False, log=_log):
+        import jax
         self.cfg = cfg = config
-        self.log = log
+        self.log = log if jax.process_index() == 0 else (lambda msg: None)   # one report per run
         cfg.validate()
         self.run_dir = Path(cfg.out) if cfg.out else None
         self.resuming = resume
@@ -561,10 +569,15 @@ class Trainer:
             if self.weights_normalize:
                 self.log(f"normalisation: {cfg.normalize} (as {cfg.weights} expects)")
         mean, std = parse_normalization(cfg.normalize, c)
-        aug = cfg.augment
+        aug = choose_augmentation(cfg.augment, h, w, c, cfg.crop_scale, cfg.flip)
+        if not self.resuming:
+            self.log(f"augmentation: {aug.describe()}")
+        # saved in config.json: a resumed run keeps them whatever later defaults say
+        cfg.flip = aug.flip
+        cfg.crop_scale = None if aug.crop_scale is None else list(aug.crop_scale)
         self.pre_train = Preprocess(h, w, c, tuple(mean.tolist()), tuple(std.tolist()),
-                                    crop=aug, flip=aug and cfg.flip,
-                                    crop_scale=tuple(cfg.crop_scale),
+                                    crop=aug.crop_scale is not None, flip=aug.flip,
+                                    crop_scale=aug.crop_scale or (1.0, 1.0),
                                     bgr=cfg.normalize == "caffe" and c == 3)
         self.pre_eval = dataclasses.replace(self.pre_train, crop=False, flip=False)
 
@@ -809,6 +822,7 @@ class Trainer:
 
     # ---- running ----
     def evaluate(self, state) -> tuple[float | None, float | None]:
+        from .parallel import scalar
         if self.val_loader is None:
             return None, None
         if getattr(self, "_frozen_dev", None) is None:
@@ -817,15 +831,20 @@ class Trainer:
         for batch in self.val_loader.epoch(0):
             x, y, m = (self.dp.shard_batch(a) for a in batch)
             loss, correct = self._eval_step(state["trainable"], self._frozen_dev, state["batch_stats"], x, y, m)
-            total_loss += float(loss)
-            total_correct += float(correct)
+            total_loss += scalar(loss)
+            total_correct += scalar(correct)
         count = len(self.val_data)
         return total_loss / count, total_correct / count
 
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the run directory: only process 0 of a multi-process run."""
+        return self.run_dir is not None and self.dp.process_index == 0
+
     def fit(self) -> TrainResult:
-        from .parallel import to_host
+        from .parallel import scalar, to_host
         cfg = self.cfg
-        if self.run_dir is not None:
+        if self.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         history = {"epoch": [], "train_loss": [], "train_accuracy": [], "val_loss": [],
                    "val_accuracy": [], "lr": [], "images_per_s": [], "time_s": [],
@@ -834,15 +853,16 @@ class Trainer:
         if self.resuming:
             host_state, start_epoch, history = self.load_state()
             self.log(f"resuming {self.run_dir} after epoch {start_epoch}")
-            _atomic_json(self.run_dir / "config.json", cfg.to_json())     # --epochs may have changed
-            # repair outputs a kill between the state and them may have left stale
-            self._write_outputs(host_state, start_epoch, history,
-                                best=history.get("best_epoch") == start_epoch)
+            if self.writes:
+                _atomic_json(self.run_dir / "config.json", cfg.to_json())  # --epochs may have changed
+                # repair outputs a kill between the state and them may have left stale
+                self._write_outputs(host_state, start_epoch, history,
+                                    best=history.get("best_epoch") == start_epoch)
             if start_epoch >= cfg.epochs:
                 self.log(f"{self.run_dir}: all {cfg.epochs} epochs already done")
         else:
             host_state = self.init_state()
-            if self.run_dir is not None:
+            if self.writes:
                 _atomic_json(self.run_dir / "config.json", cfg.to_json())
         state = self.dp.replicate(host_state)
         self._frozen_dev = self.dp.replicate(self.frozen)
@@ -850,13 +870,14 @@ class Trainer:
         step_losses: list = []
         spe = self.steps_per_epoch
         for epoch in range(start_epoch, cfg.epochs):
-            progress = Progress(epoch + 1, cfg.epochs, spe, enabled=cfg.progress)
+            progress = Progress(epoch + 1, cfg.epochs, spe,
+                                enabled=cfg.progress and self.dp.process_index == 0)
             t0 = time.perf_counter()
             loss_sum, correct, seen = 0.0, 0, 0
             for b, batch in enumerate(self.train_loader.epoch(epoch)):
                 x, y = self.dp.shard_batch(batch.x), self.dp.shard_batch(batch.y)
                 state, m = self._train_step(state, self._frozen_dev, x, y)
-                loss = float(m["loss"])
+                loss = scalar(m["loss"])
                 step = epoch * spe + b + 1
                 step_losses.append(loss)
                 if not math.isfinite(loss):
@@ -868,7 +889,7 @@ class Trainer:
                         f"{b + 1}); stopping. Last good checkpoint: {where}. Try a lower --lr, "
                         f"--warmup or --clip-norm.", step, epoch + 1)
                 loss_sum += loss
-                correct += int(m["correct"])
+                correct += int(scalar(m["correct"]))
                 seen += cfg.batch
                 dt = time.perf_counter() - t0
                 progress.update(b + 1, loss_sum / (b + 1), correct / seen, seen / max(dt, 1e-9))
@@ -895,12 +916,12 @@ class Trainer:
                 text += f"  val_loss {val_loss:.4f}  val_acc {val_acc:.4f}"
             text += f"  {row['images_per_s']:,.0f} img/s  {dt:.1f}s" + ("  *" if improved and val_acc is not None else "")
             progress.close(text)
-            if self.run_dir is not None and self.dp.process_index == 0:
+            if self.writes:
                 host_state = to_host(state)
                 self.save_state(host_state, epoch + 1, history)      # the commit point
                 self._write_outputs(host_state, epoch + 1, history, improved)
         host_state = to_host(state)
-        if self.run_dir is not None and self.dp.process_index == 0:
+        if self.writes:
             _atomic_json(self.run_dir / "metrics.json", history)
             if history["epoch"]:
                 try:

@@ -40,6 +40,7 @@ import numpy as np
 
 from ..compiler.ops import OPS
 from .checkpoint import Checkpoint, CheckpointError, read_checkpoint
+from .variables_io import c_contiguous
 
 MAPPINGS = Path(__file__).resolve().parent.parent / "architectures" / "mappings"
 SOURCES = ("torchvision", "timm", "keras")
@@ -483,7 +484,7 @@ def match_weights(model, checkpoint, *, source: str | None = None, rules=None,
             if fitted is None:
                 report.mismatched.append((key, tuple(arr.shape), tuple(value.shape), var_path, tuple(spec.shape)))
                 continue
-            assignments[(spec.collection, node_name, target)] = np.ascontiguousarray(fitted)
+            assignments[(spec.collection, node_name, target)] = c_contiguous(fitted)     # keeps 0-d arrays 0-d
             report.loaded.append((key, tuple(arr.shape), var_path, tuple(spec.shape)))
 
     # what is left on either side

@@ -1,6 +1,8 @@
 """Pooling: windowed (maxpool, avgpool), global (gap, gmp) and adaptive."""
 from __future__ import annotations
 
+import numpy as np
+
 from .base import REQUIRED, Attrs, OpDef, ShapeError, Surface, attrs_class, conv_out, fmt, register, spatial, window_check
 from .conv import _kernel_aliases, resolve_padding
 
@@ -12,6 +14,16 @@ def ceil_extra(n, k, s, pad):
     if (out - 1) * s >= n + pad[0]:  # the last window must start inside the input or left padding
         out -= 1
     return max(0, (out - 1) * s + k - total)
+
+
+def axis_counts(n: int, k: int, s: int, pad: tuple, extra: tuple, include_pad: bool) -> np.ndarray:
+    """PyTorch's avg-pool divisor along one axis: window cells inside the input, plus cells in
+    the explicit padding when count_include_pad; the ceil-mode `extra` cells never count."""
+    lo, hi = (-pad[0], n + pad[1]) if include_pad else (0, n)
+    before = pad[0] + extra[0]
+    out = (n + before + pad[1] + extra[1] - k) // s + 1
+    start = np.arange(out) * s - before
+    return np.minimum(start + k, hi) - np.maximum(start, lo)
 
 
 @attrs_class

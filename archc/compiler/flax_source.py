@@ -1,0 +1,342 @@
+"""``archc export --format flax``: an IR Graph -> the source of one self-contained Flax module.
+
+One rule per op, registered with ``@flax_rule("op")``: ``fn(node, xs, e) -> expression``, where
+``xs`` are the Python names of its inputs, ``e.ins`` their IR shapes, ``v`` names the node's
+variables (declared on the line before) and ``e.use(fn)`` copies a function of ``flax_ops`` into
+the module. Each IR node becomes one assignment named after it, so the module reads as the
+network's layer list. The module takes archc's variables ({'params': {node: {leaf}},
+'batch_stats': ...}) and computes inference (dropout off, BN on its running statistics).
+"""
+from __future__ import annotations
+
+import builtins
+import inspect
+import keyword
+import re
+from typing import Callable
+
+from . import flax_ops
+from .ir import Graph, Node
+from .ops import OPS, node_variables
+
+# IR op -> fn(node, xs, e) -> a Python expression; filled by @flax_rule.
+FLAX_RULES: dict[str, Callable] = {}
+
+
+def flax_rule(op: str):
+    assert op in OPS and op not in FLAX_RULES, op
+
+    def register(fn):
+        FLAX_RULES[op] = fn
+        return fn
+    return register
+
+
+class SourceEmitter:
+    def __init__(self):
+        self.used: dict[str, None] = {}        # flax_ops functions the module needs, in first-use order
+        self.ins: list = []
+
+    def use(self, fn: str) -> str:
+        for name in _helpers_called(fn):       # what it calls, first
+            self.use(name)
+        self.used.setdefault(fn)
+        return fn
+
+
+def _helpers_called(fn: str) -> list:
+    source = inspect.getsource(getattr(flax_ops, fn))
+    return [h for h in _HELPERS if h != fn and re.search(rf"\b{h}\(", source)]
+
+
+_HELPERS = [name for name, f in vars(flax_ops).items()
+            if inspect.isfunction(f) and not name.startswith("_") and f.__module__ in (flax_ops.__name__, "archc.compiler.ops.pool")]
+
+
+def _tuple(t) -> str:
+    return repr(tuple(tuple(x) if isinstance(x, (list, tuple)) else x for x in t))
+
+
+# ---------------------------------------------------------------------------------------------
+# The rules
+# ---------------------------------------------------------------------------------------------
+@flax_rule("conv")
+def _conv(node: Node, xs, e):
+    a = node.attrs
+    return (f"{e.use('conv')}({xs[0]}, v, strides={_tuple(a.strides)}, padding={_tuple(a.padding)}, "
+            f"dilation={_tuple(a.dilation)}, groups={a.groups})")
+
+
+@flax_rule("conv_transpose")
+def _conv_transpose(node: Node, xs, e):
+    a = node.attrs
+    return (f"{e.use('conv_transpose')}({xs[0]}, v, strides={_tuple(a.strides)}, padding={_tuple(a.padding)}, "
+            f"output_padding={_tuple(a.output_padding)})")
+
+
+@flax_rule("dense")
+def _dense(node: Node, xs, e):
+    return f"{e.use('dense')}({xs[0]}, v)"
+
+
+@flax_rule("pool")
+def _pool(node: Node, xs, e):
+    a = node.attrs
+    if a.kind == "max":
+        full = tuple((p[0] + x[0], p[1] + x[1]) for p, x in zip(a.padding, a.extra))
+        return f"{e.use('max_pool')}({xs[0]}, {_tuple(a.kernel)}, {_tuple(a.strides)}, padding={_tuple(full)})"
+    return (f"{e.use('avg_pool')}({xs[0]}, {_tuple(a.kernel)}, {_tuple(a.strides)}, padding={_tuple(a.padding)}, "
+            f"extra={_tuple(a.extra)}, count_include_pad={a.count_include_pad})")
+
+
+@flax_rule("global_pool")
+def _global_pool(node: Node, xs, e):
+    fn = "jnp.mean" if node.attrs.kind == "avg" else "jnp.max"
+    return f"{fn}({xs[0]}, axis=(1, 2), keepdims={node.attrs.keepdims})"
+
+
+@flax_rule("adaptive_pool")
+def _adaptive_pool(node: Node, xs, e):
+    fn = "jnp.mean" if node.attrs.kind == "avg" else "jnp.max"
+    return f"{e.use('adaptive_pool')}({xs[0]}, {_tuple(node.attrs.out)}, {fn})"
+
+
+@flax_rule("bn")
+def _bn(node: Node, xs, e):
+    return f"{e.use('batch_norm')}({xs[0]}, v, eps={node.attrs.eps!r})"
+
+
+@flax_rule("layernorm")
+def _layernorm(node: Node, xs, e):
+    return f"{e.use('layer_norm')}({xs[0]}, v, eps={node.attrs.eps!r})"
+
+
+@flax_rule("lrn")
+def _lrn(node: Node, xs, e):
+    a = node.attrs
+    return f"{e.use('lrn')}({xs[0]}, size={a.size}, alpha={a.alpha!r}, beta={a.beta!r}, k={a.k!r})"
+
+
+@flax_rule("l2norm")
+def _l2norm(node: Node, xs, e):
+    return f"{e.use('l2_norm')}({xs[0]}, v, eps={node.attrs.eps!r})"
+
+
+@flax_rule("normalize")
+def _normalize(node: Node, xs, e):
+    return f'({xs[0]} - v["mean"]) / jnp.maximum(jnp.sqrt(v["var"]), {node.attrs.eps!r})'
+
+
+ACTIVATION_SOURCES: dict[str, str] = {
+    "relu": "jax.nn.relu({x})", "relu6": "relu6({x})", "leaky_relu": "jax.nn.leaky_relu({x}, {alpha!r})",
+    "elu": "jax.nn.elu({x}, {alpha!r})", "sigmoid": "jax.nn.sigmoid({x})", "tanh": "jnp.tanh({x})",
+    "swish": "jax.nn.silu({x})", "hard_swish": "jax.nn.hard_swish({x})", "hard_sigmoid": "jax.nn.hard_sigmoid({x})",
+    "gelu": "jax.nn.gelu({x}, approximate=False)", "gelu_tanh": "jax.nn.gelu({x}, approximate=True)",
+    "softmax": "jax.nn.softmax({x}, axis=-1)", "softplus": "jax.nn.softplus({x})", "mish": "jax.nn.mish({x})",
+}
+
+
+@flax_rule("act")
+def _act(node: Node, xs, e):
+    if node.attrs.fn == "relu6":
+        e.use("relu6")
+    return ACTIVATION_SOURCES[node.attrs.fn].format(x=xs[0], alpha=node.attrs.alpha)
+
+
+@flax_rule("scale")
+def _scale(node: Node, xs, e):
+    return f"{xs[0]} * {node.attrs.value!r}"
+
+
+@flax_rule("dropout")
+def _dropout(node: Node, xs, e):
+    return xs[0]                               # inference
+
+
+@flax_rule("identity")
+def _identity(node: Node, xs, e):
+    return xs[0]
+
+
+def _per_channel(values) -> str:
+    return repr(values[0]) if len(set(values)) == 1 else f"jnp.asarray({list(values)!r}, jnp.float32)"
+
+
+@flax_rule("rescale")
+def _rescale(node: Node, xs, e):
+    a, y = node.attrs, xs[0]
+    if any(s != 1.0 for s in a.scale):
+        y = f"{y} * {_per_channel(a.scale)}"
+    if any(o != 0.0 for o in a.offset):
+        y = f"{y} + {_per_channel(a.offset)}"
+    return y
+
+
+@flax_rule("flatten")
+def _flatten(node: Node, xs, e):
+    shape = e.ins[0]
+    if node.attrs.order == "nchw" and len(shape) == 3 and shape[0] * shape[1] > 1:
+        return f"{e.use('flatten_nchw')}({xs[0]})"
+    return f"{xs[0]}.reshape({xs[0]}.shape[0], -1)"
+
+
+@flax_rule("reshape")
+def _reshape(node: Node, xs, e):
+    return f"{xs[0]}.reshape(({xs[0]}.shape[0],) + {_tuple(node.attrs.shape)})"
+
+
+@flax_rule("shuffle")
+def _shuffle(node: Node, xs, e):
+    return f"{e.use('channel_shuffle')}({xs[0]}, groups={node.attrs.groups})"
+
+
+@flax_rule("slice")
+def _slice(node: Node, xs, e):
+    return f"{xs[0]}[..., {node.attrs.start}:{node.attrs.stop}]"
+
+
+@flax_rule("pad")
+def _pad(node: Node, xs, e):
+    (t, b), (l, r) = node.attrs.padding
+    return f"jnp.pad({xs[0]}, ((0, 0), ({t}, {b}), ({l}, {r}), (0, 0)), constant_values={node.attrs.value!r})"
+
+
+@flax_rule("crop")
+def _crop(node: Node, xs, e):
+    (t, b), (l, r) = node.attrs.crop
+    h, w, _ = e.ins[0]
+    return f"{xs[0]}[:, {t}:{h - b}, {l}:{w - r}, :]"
+
+
+@flax_rule("upsample")
+def _upsample(node: Node, xs, e):
+    return f"{e.use('upsample_' + node.attrs.method)}({xs[0]}, {_tuple(node.attrs.factor)})"
+
+
+@flax_rule("concat")
+def _concat(node: Node, xs, e):
+    return xs[0] if len(xs) == 1 else f"jnp.concatenate([{', '.join(xs)}], axis=-1)"
+
+
+@flax_rule("add")
+def _add(node: Node, xs, e):
+    return " + ".join(xs)
+
+
+@flax_rule("mul")
+def _mul(node: Node, xs, e):
+    return " * ".join(xs)
+
+
+# ---------------------------------------------------------------------------------------------
+# The module
+# ---------------------------------------------------------------------------------------------
+_HEADER = '''"""{name}: generated by `archc export --format flax`{origin}.
+
+A Flax Linen module that needs only JAX and Flax. It takes archc's variables --
+{{'params': {{node: {{leaf: array}}}}, 'batch_stats': {{node: {{leaf: array}}}}}}, node names as in
+the .arch file -- and computes inference (dropout off, batch norm on its running statistics):
+
+    variables = ...                            # e.g. safetensors.flax.load_file + unflatten on '/'
+    y = {cls}().apply(variables, x)    # x: float32, NHWC {shape}
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from jax import lax
+'''
+
+_DECLARE = '''
+    def declare(self, node, params=(), batch_stats=()):
+        """The variables of ``node``, created at init: ``params``/``batch_stats`` are (leaf,
+        shape, initialiser) with Flax's initialisers, or a number for a constant."""
+        def init(leaves):
+            def make(key=None):
+                keys = jax.random.split(key, len(leaves)) if key is not None else [None] * len(leaves)
+                return {{leaf: INITIALISERS[how](k, shape, jnp.float32) if isinstance(how, str)
+                        else jnp.full(shape, how, jnp.float32) for (leaf, shape, how), k in zip(leaves, keys)}}
+            return make
+        v = dict(self.param(node, init(params))) if params else {{}}
+        if batch_stats:
+            v.update(self.variable("batch_stats", node, init(batch_stats)).value)
+        return v
+'''
+
+_INITIALISERS = '''
+INITIALISERS = {"lecun_normal": nn.initializers.lecun_normal(), "zeros": nn.initializers.zeros_init(),
+                "ones": nn.initializers.ones_init()}
+'''
+
+
+def _identifiers(graph: Graph) -> dict[str, str]:
+    taken = set(_HELPERS) | set(dir(builtins)) | {"jax", "jnp", "np", "nn", "lax", "v", "x", "self", "INITIALISERS"}
+    names = {graph.inputs[0]: "x"} if len(graph.inputs) == 1 else {}
+    for node in graph:
+        if node.name in names:
+            continue
+        base = re.sub(r"\W", "_", node.name)
+        base = "_" + base if base[0].isdigit() or keyword.iskeyword(base) else base
+        name, k = base, 1
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        taken.add(name)
+        names[node.name] = name
+    return names
+
+
+def _class_name(graph: Graph) -> str:
+    return "".join(p[:1].upper() + p[1:] for p in re.split(r"\W|_", graph.name) if p) or "Network"
+
+
+def _declaration(node: Node, in_shapes) -> str | None:
+    specs = node_variables(node, in_shapes)
+    if not specs:
+        return None
+    groups = {}
+    for s in specs:
+        how = s.init if s.init != "constant" else s.value
+        groups.setdefault(s.collection, []).append(f"({s.leaf!r}, {tuple(s.shape)!r}, {how!r})")
+    args = ", ".join(f"{col}=[{', '.join(items)}]" for col, items in groups.items())
+    return f"v = self.declare({node.name!r}, {args})"
+
+
+def check_convertible(graph: Graph) -> None:
+    from .onnx import ExportError
+    missing = [n for n in graph if n.op != "input" and n.op not in FLAX_RULES]
+    if missing:
+        raise ExportError(f"op {missing[0].op!r} has no Flax source rule (node {missing[0].name!r})")
+
+
+def to_flax_source(graph: Graph) -> str:
+    """The source of a module defining ``class <Name>(nn.Module)`` for the graph."""
+    check_convertible(graph)
+    ids, e = _identifiers(graph), SourceEmitter()
+    body = []
+    for node in graph:
+        if node.op == "input":
+            continue
+        in_shapes = [graph.nodes[i].shape for i in node.inputs]
+        e.ins = in_shapes
+        where = f"  ({node.span.file.rsplit('/', 1)[-1]}:{node.span.line})" if node.span else ""
+        body.append(f"        # {node.name}: {node.op} -> {'x'.join(map(str, node.shape))}{where}")
+        declaration = _declaration(node, in_shapes)
+        if declaration:
+            body.append(f"        {declaration}")
+        body.append(f"        {ids[node.name]} = {FLAX_RULES[node.op](node, [ids[i] for i in node.inputs], e)}")
+    if len(graph.outputs) == 1:
+        body.append(f"        return {ids[graph.outputs[0]]}")
+    else:
+        body.append("        return {" + ", ".join(f"{o!r}: {ids[o]}" for o in graph.outputs) + "}")
+    args = ", ".join(ids[n] for n in graph.inputs)
+    cls = _class_name(graph)
+    origin = next((f" from {n.span.file.rsplit('/', 1)[-1]}" for n in graph if n.span), "")
+    shape = ", ".join(f"(N, {', '.join(map(str, graph.nodes[n].shape))})" for n in graph.inputs)
+    parts = [_HEADER.format(name=graph.name, origin=origin, cls=cls, shape=shape), _INITIALISERS]
+    parts += ["\n\n" + inspect.getsource(getattr(flax_ops, fn)) for fn in e.used]
+    parts.append(f"\n\nclass {cls}(nn.Module):\n"
+                 f'    """{graph.name}: {len(graph.nodes)} nodes, one assignment each."""\n\n'
+                 f"    @nn.compact\n    def __call__(self, {args}):\n" + "\n".join(body) + "\n")
+    parts.append(_DECLARE.format())
+    return "".join(parts)

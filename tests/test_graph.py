@@ -1,0 +1,85 @@
+"""`archc graph`: the boxes, collapsed runs, shaped edges and resolution levels of the picture,
+and its files."""
+import functools
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import tomllib
+
+import pytest
+
+from archc.compiler.library import LIBRARY
+from archc.compiler.stats import summarize
+from archc.graph import picture, to_dot, to_svg, trace
+
+
+@functools.lru_cache(maxsize=None)
+def _traced(name):
+    return trace(name)
+
+
+def _pic(name, **kw):
+    return picture(*_traced(name), **kw)
+
+
+def _box(pic, title):
+    return next(b for b in pic.boxes if b.title == title)
+
+
+def _into(pic, box):
+    return [e for e in pic.edges if e.dst == box.id]
+
+
+def test_resnet50_collapses_each_stage_and_shapes_every_edge():
+    pic = _pic("resnet50")
+    layer3 = _box(pic, "layer3.0–5")
+    graph = _traced("resnet50")[0]
+    assert layer3.what == "bottleneck ×6"
+    assert layer3.params == sum(l["params"] for l in summarize(graph)["layers"] if l["name"].startswith("layer3."))
+    [e] = _into(pic, layer3)
+    assert e.shape == (28, 28, 512)
+    assert [b.what for b in pic.boxes].count("bottleneck ×3") == 2
+    reference = tomllib.loads((LIBRARY / "references" / "classic.toml").read_text())["resnet50"]
+    assert sum(b.params for b in pic.boxes) == reference["trainable"] + reference["non_trainable"]
+    expanded = _pic("resnet50", expand=("layer3",))
+    assert [b.title for b in expanded.boxes if b.stage == "layer3"] == [f"layer3.{i}" for i in range(6)]
+    assert 'subgraph "cluster_layer3"' in to_dot(expanded)
+
+
+def test_unet_goes_down_and_back_up_with_its_skips():
+    pic = _pic("unet")
+    down = [_box(pic, n).level for n in ("enc1", "enc2", "enc3", "enc4", "bottom")]
+    up = [_box(pic, n).level for n in ("dec4", "dec3", "dec2", "dec1")]
+    assert down == [0, 1, 2, 3, 4] and up == [3, 2, 1, 0]
+    skip = next(e for e in pic.edges if e.src == _box(pic, "enc4").id and e.dst == _box(pic, "dec4").id)
+    assert skip.shape == (64, 64, 512)
+
+
+def test_side_branches_and_several_outputs_are_boxes_of_their_own():
+    pic = _pic("googlenet")
+    assert {b.title for b in pic.boxes if b.output} == {"aux1", "aux2", "head"}
+    aux1 = _box(pic, "aux1")
+    assert aux1.row == 1 and _box(pic, "inception4b").row == 0      # off the main path
+    assert sum(1 for b in _pic("ssd300_vgg16").boxes if b.output) == 12
+
+
+def test_svg_is_well_formed_and_every_box_says_where_it_is_written():
+    svg = ET.fromstring(to_svg(_pic("unet")))
+    tips = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}title")]
+    assert len(tips) == 11 and any("archc/architectures/unet.arch:" in t for t in tips)
+
+
+@pytest.mark.parametrize("suffix,magic", [(".png", b"\x89PNG"), (".svg", b"<svg"), (".html", b"<!doctype html>")])
+def test_command_writes_each_format(tmp_path, suffix, magic):
+    out = tmp_path / f"lenet{suffix}"
+    r = subprocess.run([sys.executable, "-m", "archc.cli", "graph", "lenet5", "-o", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes().startswith(magic)
+
+
+def test_command_refuses_an_unknown_format(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "archc.cli", "graph", "lenet5", "-o", str(tmp_path / "x.jpg")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "error: cannot write" in r.stderr and "Traceback" not in r.stderr
