@@ -42,6 +42,8 @@ def _graph(args):
     from .compiler.build import build_graph
     params = dict(args.param or [])
     if getattr(args, "expr", None) is not None:
+        if not args.expr.strip():
+            raise ArchError([_diag("--expr is empty", 'give a network, e.g. --expr "conv3(64) bn relu"')])
         if args.input is None:
             raise ArchError([_diag("--expr needs --input HxWxC")])
         return build_graph(text=args.expr, filename="<expr>", params=params, input_shape=args.input)
@@ -391,6 +393,44 @@ def _add_train_parser(sub, common) -> None:
     sp.set_defaults(func=cmd_train, expr=None)
 
 
+def cmd_fmt(args) -> int:
+    """archc fmt FILE… [--check] [--diff]: rewrite in the canonical layout (`-`: stdin to stdout)."""
+    import difflib
+    from pathlib import Path
+    from .spec.fmt import format_source
+    changed, failed = [], False
+    for name in args.files:
+        try:
+            text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            print(f"error: cannot read {name}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
+            failed = True
+            continue
+        try:
+            out = format_source(text, "<stdin>" if name == "-" else name)
+        except ArchError as e:
+            print(e.render(), file=sys.stderr)
+            failed = True
+            continue
+        if name == "-" and not (args.check or args.diff):
+            sys.stdout.write(out)
+            continue
+        if out == text:
+            continue
+        changed.append(name)
+        if args.diff:
+            sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), out.splitlines(True),
+                                                       f"{name} (original)", f"{name} (formatted)"))
+        elif args.check:
+            print(name)
+        else:
+            Path(name).write_text(out, encoding="utf-8")
+            print(f"formatted {name}")
+    if failed:
+        return EXIT_USER
+    return 1 if changed and args.check else 0
+
+
 def _reports_user_errors(handler):
     """Bad input to `import`/`predict` is reported with exit status 2, never a traceback. The error
     types are imported only when an exception is being matched, so other commands stay light."""
@@ -541,6 +581,13 @@ def main(argv=None) -> int:
     sp.set_defaults(func=cmd_bench, expr=None)
 
     _add_train_parser(sub, common)
+
+    sp = sub.add_parser("fmt", help="rewrite .arch files in the canonical layout")
+    sp.add_argument("files", nargs="+", metavar="FILE", help=".arch files; '-' formats stdin to stdout")
+    sp.add_argument("--check", action="store_true",
+                    help="write nothing; list the files that would change and exit 1 if any")
+    sp.add_argument("--diff", action="store_true", help="write nothing; print a unified diff of the changes")
+    sp.set_defaults(func=cmd_fmt)
 
     sp = sub.add_parser("export", help="export a network with its weights to ONNX, StableHLO or Flax source")
     common(sp)

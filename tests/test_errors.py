@@ -163,3 +163,27 @@ def test_value_function_errors_are_located(expr, message):
     text = f"input 4x4x3\nconv1({expr})\n"
     first = render(text).splitlines()[0]
     assert first == f"net.arch:2:7: error: {message}"
+
+
+# --- messages a newcomer hits (issue 15) -------------------------------------------------------
+def test_block_without_parameter_list_is_a_block_without_parameters():
+    g = build_graph(text="block stem = conv3(8) relu\ninput 8x8x3\nstem\nstem\n", filename="net.arch")
+    assert [n.name for n in g][1:] == ["stem1.conv1", "stem1.relu1", "stem2.conv1", "stem2.relu1"]
+
+
+def test_full_width_digits_are_rejected():
+    assert render("input 8x8x3\nconv3(６４)\n") == """\
+net.arch:2:7: error: unexpected character '６'
+  |
+2 | conv3(６４)
+  |       ^
+  = help: numbers are written with the digits 0-9: '６' is fullwidth digit six"""
+
+
+def test_empty_expr_is_an_error():
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "archc.cli", "check", "--expr", " ", "--input", "8x8x3"],
+                       capture_output=True, text=True)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == 'error: --expr is empty\n  = help: give a network, e.g. --expr "conv3(64) bn relu"\n'

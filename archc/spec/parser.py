@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import unicodedata
 from pathlib import Path
 
 import lark
@@ -388,6 +389,8 @@ def _syntax_diagnostic(e: lark.exceptions.UnexpectedInput, text: str, file: str)
         hint = None
         if ch == "<":
             hint = "'<' opens a layer body only right after a name or ')', e.g. residual<conv3 bn>; compare with <=, >= or =="
+        elif ch.isdigit():
+            hint = f"numbers are written with the digits 0-9: {ch!r} is {unicodedata.name(ch, 'a digit').lower()}"
         return Diagnostic(f"unexpected character {ch!r}", Span(file, line, col, line, col + 1), hint)
     if isinstance(e, lark.exceptions.UnexpectedToken):
         tok = e.token
