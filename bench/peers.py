@@ -224,13 +224,10 @@ class OnnxRuntimeRunner:
         return self.session_s, lambda: sess.run(None, {name: x})
 
 
-class ArchcOnnxRunner:
+class ArchcOnnxRunner(OnnxRuntimeRunner):
     """archc's own ONNX export (archc.export, NCHW, symbolic batch) of the same network and
     weights as ArchcRunner, on ONNX Runtime set up as OnnxRuntimeRunner (2 intra-op threads)."""
     name = "archc-onnx"
-
-    def __init__(self, net: str):
-        self.net = net
 
     def setup(self):
         import archc
@@ -243,11 +240,6 @@ class ArchcOnnxRunner:
         self.sess = onnx_session(onnx_model, threads=2)
         self.session_s = time.perf_counter() - t0
         self.input = self.sess.get_inputs()[0].name
-
-    def prepare(self, batch):
-        x = _nchw(batch, image_size(self.net))
-        sess, name = self.sess, self.input
-        return self.session_s, lambda: sess.run(None, {name: x})
 
 
 def runners(net: str, only=None):

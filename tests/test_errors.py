@@ -23,6 +23,48 @@ net.arch:3:1: error: cannot add 28x28x256 and 28x28x128
   = help: residual branches must end with the input's size and channels; a projection shortcut (conv1 bn) can match them"""
 
 
+def test_unknown_name_in_a_block_is_reported_once_with_its_call_sites():
+    text = "block cn(c) = residual<dwconv7 layernom fc(c)>\ninput 32x32x8\ns1: cn(8) * 2\ns2: cn(8)\ns3: cn(8) cn(8)\n"
+    assert render(text) == """\
+net.arch:1:32: error: unknown name 'layernom'
+  |
+1 | block cn(c) = residual<dwconv7 layernom fc(c)>
+  |                                ^^^^^^^^
+net.arch:3:5: note: in block 'cn' called here
+  |
+3 | s1: cn(8) * 2
+  |     ^^^^^
+net.arch:4:5: note: in block 'cn' called here
+  |
+4 | s2: cn(8)
+  |     ^^^^^
+net.arch:5:5: note: in block 'cn' called here
+  |
+5 | s3: cn(8) cn(8)
+  |     ^^^^^
+  = help: did you mean 'layernorm'?"""
+
+
+def test_plain_add_names_each_branch_not_the_residual_hint():
+    text = ("input 256x256x3\nc3: conv3(128, s=4) relu\nc4: conv3(256, s=2) relu\n"
+            "p3: add(@c3 conv1(256), @c4 upsample(4))\n")
+    assert render(text) == """\
+net.arch:4:5: error: cannot add 64x64x256 and 128x128x256
+  |
+4 | p3: add(@c3 conv1(256), @c4 upsample(4))
+  |     ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+net.arch:4:9: note: branch 1 ends with 64x64x256
+  |
+4 | p3: add(@c3 conv1(256), @c4 upsample(4))
+  |         ^^^^^^^^^^^^^^
+net.arch:4:25: note: branch 2 ends with 128x128x256
+  |
+4 | p3: add(@c3 conv1(256), @c4 upsample(4))
+  |                         ^^^^^^^^^^^^^^^
+  = help: every branch of add must end with the same height, width and channels (a size of 1 broadcasts): \
+resize one with upsample, a strided conv or a pool, or match channels with conv1"""
+
+
 def test_concat_spatial_mismatch():
     assert render("input 28x28x64\nconcat(conv3(8), conv3(8, s=2))\n") == """\
 net.arch:2:1: error: cannot concatenate 28x28x8 and 14x14x8: sizes other than channels differ

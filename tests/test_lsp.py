@@ -117,3 +117,17 @@ def test_inlay_hints_give_each_stage_its_shape(client, files):
                                                       "range": {"start": {"line": 0, "character": 0},
                                                                 "end": {"line": 9, "character": 0}}})
     assert [(h["position"]["line"], h["label"].strip()) for h in hints] == [(2, "8x8x8"), (3, "8x8x16"), (4, "10")]
+
+
+def test_formatting_is_archc_fmt(client, tmp_path):
+    from archc.spec.fmt import format_source
+    uri = (tmp_path / "messy.arch").as_uri()
+    text = "input 8x8x3   # the image\nstem:conv3( 8,s=2 )  relu\nhead:   gap fc( 10 )\n"
+    client.open(uri, text)
+    [edit] = client.request("textDocument/formatting", {"textDocument": {"uri": uri},
+                                                        "options": {"tabSize": 4, "insertSpaces": True}})
+    assert edit["newText"] == format_source(text) != text and "# the image" in edit["newText"]
+    assert _range(edit["range"]) == (0, 0, 3, 0)
+    client.change(uri, edit["newText"], 2)
+    assert client.request("textDocument/formatting", {"textDocument": {"uri": uri},
+                                                      "options": {"tabSize": 4, "insertSpaces": True}}) == []

@@ -677,7 +677,20 @@ class Elaborator:
             return outs[0]
         if v.kind == "concat" and opts.get("crop"):
             outs = self._center_crop(outs, v.span)
-        return self.b.add(v.kind, outs, NoAttrs(), v.span, v.kind)
+        try:
+            return self.b.add(v.kind, outs, NoAttrs(), v.span, v.kind)
+        except _Fail as f:
+            if v.kind != "concat" and t not in outs:
+                self._explain_branches(f.diag, v, branches, outs)
+            raise
+
+    def _explain_branches(self, diag: Diagnostic, v: OpLayer, branches, outs) -> None:
+        """An add or mul of branches none of which is the input is not a residual: say what each
+        branch ends with, where it is written, instead of the residual hint."""
+        for pos, (br, out) in enumerate(zip(branches, outs), 1):
+            diag.notes.append((f"branch {pos} ends with {fmt(self.b.shape(out))}", getattr(br, "span", v.span)))
+        diag.hint = (f"every branch of {v.kind} must end with the same height, width and channels (a size of 1 "
+                     "broadcasts): resize one with upsample, a strided conv or a pool, or match channels with conv1")
 
     def _center_crop(self, outs, span):
         shapes = [self.b.shape(o) for o in outs]
@@ -826,7 +839,7 @@ class Elaborator:
                     if shape_failed:
                         continue
                     shape_failed = True
-                diags.append(f.diag)
+                _report_once(diags, f.diag)
             except RecursionError:      # also from an imported module: reported at its import
                 diags.append(Diagnostic("the spec nests too deeply to elaborate", st.span, "split it into smaller blocks"))
         if t is None and not diags:
@@ -914,6 +927,16 @@ class Elaborator:
 
 
 _DEFINITIONS = (A.Import, A.Param, A.Let, A.BlockDef)   # what a file gives its importers
+
+
+def _report_once(diags: list, diag: Diagnostic) -> None:
+    """Add ``diag``, or, when the same error (an unknown name inside a block, say) was already
+    reported from another call of the block, add this call's sites to that first report."""
+    first = next((d for d in diags if (d.message, d.span, d.hint) == (diag.message, diag.span, diag.hint)), None)
+    if first is None:
+        diags.append(diag)
+        return
+    first.notes.extend(note for note in diag.notes if note not in first.notes)
 
 
 @dataclass(frozen=True)

@@ -13,23 +13,13 @@ import builtins
 import inspect
 import keyword
 import re
-from typing import Callable
 
 from . import flax_ops
 from .ir import Graph, Node
-from .ops import OPS, node_variables
+from .ops import node_variables, pass_rules
 
 # IR op -> fn(node, xs, e) -> a Python expression; filled by @flax_rule.
-FLAX_RULES: dict[str, Callable] = {}
-
-
-def flax_rule(op: str):
-    assert op in OPS and op not in FLAX_RULES, op
-
-    def register(fn):
-        FLAX_RULES[op] = fn
-        return fn
-    return register
+FLAX_RULES, flax_rule = pass_rules("flax rule")
 
 
 class SourceEmitter:

@@ -32,22 +32,13 @@ import numpy as np
 from jax import lax
 
 from .ir import Graph, Node
-from .ops import OPS, VarSpec, variable_specs, variables_tree  # noqa: F401  (VarSpec, variables_tree: re-exported)
+from .ops import OPS, VarSpec, pass_rules, variable_specs, variables_tree  # noqa: F401  (VarSpec, variables_tree: re-exported)
 from .ops.pool import axis_counts
 
 Array = jax.Array
 
 # IR op -> fn(node, inputs, variables, run) -> array; filled by @lowering next to each rule.
-LOWERINGS: dict[str, Callable] = {}
-
-
-def lowering(op: str):
-    assert op in OPS and op not in LOWERINGS, op
-
-    def register(fn):
-        LOWERINGS[op] = fn
-        return fn
-    return register
+LOWERINGS, lowering = pass_rules("lowering")
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,11 +21,11 @@ from typing import Callable
 import numpy as np
 
 from .ir import Graph, Node
-from .ops import OPS, variable_specs
+from .ops import pass_rules, variable_specs
 from .ops.pool import axis_counts
 
 # IR op -> fn(node, xs, v, e) -> name of the value it produces; filled by @onnx_rule.
-ONNX_RULES: dict[str, Callable] = {}
+ONNX_RULES, onnx_rule = pass_rules("onnx rule")
 
 MIN_OPSET = 13          # single-axis Softmax, Slice/Pad/Resize/Clip with tensor inputs
 DEFAULT_OPSET = 17      # LayerNormalization; torch.onnx.export's default
@@ -37,13 +37,6 @@ class ExportError(Exception):
     """An export that cannot be made (an op without a rule, an opset too old, a bad path)."""
 
 
-def onnx_rule(op: str):
-    assert op in OPS and op not in ONNX_RULES, op
-
-    def register(fn):
-        ONNX_RULES[op] = fn
-        return fn
-    return register
 
 
 def channel_axis(shape: tuple) -> int:

@@ -8,7 +8,6 @@ file, then the built-in library, as `archc check` does); it writes nothing and r
 """
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 from lsprotocol import types as T
@@ -221,20 +220,19 @@ def _inlay_hints(ls: LanguageServer, params: T.InlayHintParams):
             for st, shape in a.stage_shapes() if first <= st.span.end_line <= last]
 
 
-# ---- formatting: archc fmt's formatter, where this installation has it ----
-if importlib.util.find_spec("archc.spec.fmt") is not None:
-    @server.feature(T.TEXT_DOCUMENT_FORMATTING)
-    def _formatting(ls: LanguageServer, params: T.DocumentFormattingParams):
-        from ..spec.fmt import format_source
-        doc = ls.workspace.get_text_document(params.text_document.uri)
-        try:
-            new = format_source(doc.source, to_fs_path(doc.uri) or doc.uri)
-        except ArchError:
-            return None        # the diagnostics already say why it does not parse
-        if new == doc.source:
-            return []
-        end = T.Position(len(doc.lines), 0)
-        return [T.TextEdit(T.Range(T.Position(0, 0), end), new)]
+# ---- formatting: archc fmt's formatter ----
+@server.feature(T.TEXT_DOCUMENT_FORMATTING)
+def _formatting(ls: LanguageServer, params: T.DocumentFormattingParams):
+    from ..spec.fmt import format_source
+    doc = ls.workspace.get_text_document(params.text_document.uri)
+    try:
+        new = format_source(doc.source, to_fs_path(doc.uri) or doc.uri)
+    except ArchError:
+        return None        # the diagnostics already say why it does not parse
+    if new == doc.source:
+        return []
+    end = T.Position(len(doc.lines), 0)
+    return [T.TextEdit(T.Range(T.Position(0, 0), end), new)]
 
 
 def main() -> None:

@@ -6,13 +6,13 @@ from. JAX-free, so that ``archc check`` never imports JAX.
 """
 from . import conv, pool, norm, elementwise, layout  # noqa: F401  (registration, in the docs' order)
 from .base import (OPS, REQUIRED, SPELLINGS, SURFACES, Attrs, BindContext, NoAttrs, OpDef, ShapeError,
-                   Surface, Var, VarSpec, count, fmt, infer_shape, node_variables, spatial, variable_specs,
+                   Surface, Var, VarSpec, count, fmt, infer_shape, node_variables, pass_rules, spatial, variable_specs,
                    variables_tree)
 from .elementwise import ACTIVATIONS
 
 __all__ = ["OPS", "SURFACES", "SPELLINGS", "REQUIRED", "Attrs", "NoAttrs", "BindContext", "OpDef", "Surface",
            "ShapeError", "Var", "VarSpec", "ACTIVATIONS", "count", "fmt", "infer_shape", "node_variables",
-           "spatial", "variable_specs", "variables_tree", "attrs_of"]
+           "pass_rules", "spatial", "variable_specs", "variables_tree", "attrs_of"]
 
 
 def attrs_of(op: str, **values) -> Attrs:

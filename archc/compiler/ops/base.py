@@ -201,6 +201,22 @@ def register(op: OpDef) -> OpDef:
     return op
 
 
+def pass_rules(what: str) -> tuple[dict, Callable]:
+    """A pass's table (IR op -> its rule for that op) and the decorator that fills it, so each
+    rule is registered right beside its code: ``LOWERINGS, lowering = pass_rules("lowering")``,
+    then ``@lowering("conv")``. tests/test_registry.py holds every table to OPS."""
+    table: dict[str, Callable] = {}
+
+    def rule(op: str):
+        assert op in OPS and op not in table, f"{what} for {op!r}: unknown op or written twice"
+
+        def register(fn):
+            table[op] = fn
+            return fn
+        return register
+    return table, rule
+
+
 def infer_shape(op: str, attrs: Attrs, in_shapes: list) -> tuple:
     definition = OPS[op]
     lo, hi = definition.arity
