@@ -152,8 +152,22 @@ def test_pytorch_constants_not_onnx_defaults():
 # ---------------------------------------------------------------------------------------------
 # Every built-in on ONNX Runtime (the sweep; its time is in docs/export.md)
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.slow
-@pytest.mark.parametrize("name", library.names())
+def _representatives() -> set:
+    """The built-in with the fewest nodes of each .arch file: the default tier's share of the
+    sweep (every family once; the slow tier runs them all)."""
+    smallest: dict = {}
+    for name, (path, _) in library.index().items():
+        n = len(build_graph(name).nodes)
+        if path not in smallest or n < smallest[path][0]:
+            smallest[path] = (n, name)
+    return {name for _, name in smallest.values()}
+
+
+_REPRESENTATIVES = _representatives()
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in _REPRESENTATIVES else pytest.mark.slow)
+                                  for n in library.names()])
 def test_builtin_onnx_matches_archc(name):
     graph = build_graph(name, input_shape=smallest_input(name))
     if sum(np.prod(v.shape) for v in ops.variable_specs(graph)) * 4 >= INLINE_LIMIT:
