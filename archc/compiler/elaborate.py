@@ -194,9 +194,9 @@ def _is_merge(kind: str) -> bool:
 
 # Every spelling -> (surface kind, preset arguments, naming label, whether it is a kernel-size
 # alias that follows a rebinding of its base op).
-_SPELLINGS = {name: (kind, preset, ops.SURFACES[kind][0].label(preset), ops.SURFACES[kind][0].rebinds(preset))
+SPELLINGS = {name: (kind, preset, ops.SURFACES[kind][0].label(preset), ops.SURFACES[kind][0].rebinds(preset))
               for name, (kind, preset) in ops.SPELLINGS.items()}
-_SPELLINGS.update({name: (name, {}, name, False) for name in COMBINATORS})
+SPELLINGS.update({name: (name, {}, name, False) for name in COMBINATORS})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,7 +428,7 @@ class Elaborator:
         found, v = env.lookup(name)
         if found:
             return v
-        entry = _SPELLINGS.get(name)
+        entry = SPELLINGS.get(name)
         if entry is not None:
             kind, preset, label, rebinds = entry
             if rebinds:
@@ -440,7 +440,7 @@ class Elaborator:
             return OpLayer(kind, (), dict(preset), span, label, env)
         if name in FUNCTIONS:
             fail(f"'{name}' is a function; call it as {name}(…)", span)
-        candidates = env.names() | set(_SPELLINGS) | set(FUNCTIONS)
+        candidates = env.names() | set(SPELLINGS) | set(FUNCTIONS)
         fail(f"unknown name '{name}'", span, _suggest(name, candidates) or "define it with let, param or block, or import it")
 
     def call(self, e: A.Call, env: Env):

@@ -69,14 +69,14 @@ def locate(spec: str) -> tuple[Path, str | None]:
 
 def resolve(spec: str | None = None, *, text: str | None = None, filename: str = "<expr>") -> Module:
     """The root module, from a spec (see `locate`) or from text (imports relative to the cwd)."""
-    resolver = _Resolver()
+    resolver = Resolver()
     if text is not None:
         return resolver.load(text, filename, Path.cwd(), filename)
     path, preset = locate(spec)
     return resolver.load_file(path, preset)
 
 
-def _read(path: Path, display: str) -> str:
+def read_source(path: Path, display: str) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -85,7 +85,7 @@ def _read(path: Path, display: str) -> str:
         raise ArchError([Diagnostic(f"cannot read {display}: {e.strerror}")]) from None
 
 
-class _Resolver:
+class Resolver:
     """One resolution: each imported file becomes one Module, whoever imports it."""
 
     def __init__(self):
@@ -95,7 +95,7 @@ class _Resolver:
 
     def load_file(self, path: Path, preset: str | None = None) -> Module:
         display = library.display(path)
-        return self.load(_read(path, display), display, path.parent, preset or path.stem, preset)
+        return self.load(read_source(path, display), display, path.parent, preset or path.stem, preset)
 
     def load(self, text: str, display: str, directory: Path, name: str, preset: str | None = None) -> Module:
         module = Module(display, text, directory, parse(text, display), name, preset)
@@ -106,7 +106,7 @@ class _Resolver:
     def _prelude(self) -> Module:
         if self.prelude is None:
             display = library.display(PRELUDE)
-            text = _read(PRELUDE, display)
+            text = read_source(PRELUDE, display)
             self.prelude = Module(display, text, PRELUDE.parent, parse(text, display), PRELUDE.stem)
             self._resolve_imports(self.prelude)
         return self.prelude

@@ -17,10 +17,10 @@ from typing import Any
 
 from ..compiler import library, ops
 from ..compiler.build import bind_family_params
-from ..compiler.elaborate import COMBINATORS, FUNCTIONS, _SPELLINGS
+from ..compiler.elaborate import COMBINATORS, FUNCTIONS, SPELLINGS
 from ..compiler.ir import Graph
 from ..compiler.trace import Applied, TracingElaborator
-from ..compiler.resolve import PRELUDE, Module, _read, _Resolver
+from ..compiler.resolve import PRELUDE, Module, read_source, Resolver
 from ..spec import ast as A
 from ..spec.source import ArchError, Diagnostic, Span
 
@@ -131,7 +131,7 @@ def _index_expr(e, scopes: tuple, ix: FileIndex) -> None:
 # ---------------------------------------------------------------------------------------------
 # Resolution against the client's documents
 # ---------------------------------------------------------------------------------------------
-class _Workspace(_Resolver):
+class _Workspace(Resolver):
     """A resolution that reads open documents from the client and the rest from disk."""
 
     def __init__(self, overlay: dict):
@@ -144,7 +144,7 @@ class _Workspace(_Resolver):
         self.paths[display] = path.resolve()
         text = self.overlay.get(path.resolve())
         if text is None:
-            text = _read(path, display)
+            text = read_source(path, display)
         return self.load(text, display, path.parent, preset or path.stem, preset)
 
     def _prelude(self) -> Module:
@@ -272,7 +272,7 @@ class Analysis:
                 for p in block.params:
                     out[p.name] = ("block parameter", f"parameter of {block.name}")
             self._visible(ix.module, out, set())
-        for name, (kind, _, _, _) in _SPELLINGS.items():
+        for name, (kind, _, _, _) in SPELLINGS.items():
             out.setdefault(name, ("op", signature_text(name, kind)))
         for name in FUNCTIONS:
             out.setdefault(name, ("function", f"{name}(…)"))
@@ -314,14 +314,14 @@ def signature_text(spelling: str, kind: str) -> str:
         sig = COMBINATORS[kind]
     else:
         sig = ops.SURFACES[kind][0].signature
-    preset = _SPELLINGS[spelling][1]
+    preset = SPELLINGS[spelling][1]
     parts = [k if v is ops.REQUIRED or v is None else f"{k}={v!r}" for k, v in sig.items() if k not in preset]
     return f"{spelling}({', '.join(parts)})"
 
 
 def op_doc(spelling: str) -> str | None:
     """Markdown: an op spelling's signature and documentation, or None for a name that is not an op."""
-    entry = _SPELLINGS.get(spelling)
+    entry = SPELLINGS.get(spelling)
     if entry is None:
         return None
     kind = entry[0]
