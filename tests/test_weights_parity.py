@@ -208,6 +208,9 @@ def build_keras_reference(case: Case, tmp: Path):
     keras = pytest.importorskip("keras")
     pytest.importorskip("h5py")
     keras.utils.set_random_seed(0)
+    # Keras numbers automatic layer names per session (normalization, normalization_1, …): a
+    # throwaway layer first makes the names those of a session that built something before
+    keras.layers.Normalization(), keras.layers.Conv2D(1, 1), keras.layers.BatchNormalization()
     model = getattr(keras.applications, case.ref)(weights=None, input_shape=(case.size, case.size, 3))
     rng = np.random.default_rng(1)
     # as for PyTorch: statistics calibrated on a random batch (momentum 0: moving = batch
