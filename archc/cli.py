@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 from .spec.source import ArchError
 
@@ -481,7 +482,7 @@ def cmd_import(args) -> int:
 def cmd_predict(args) -> int:
     """archc predict SPEC --weights FILE IMAGE... [--top 5] [--json]."""
     from .runtime.model import Model
-    from .runtime.predict import predict
+    from .runtime.predict import PreprocessWarning, decode_line, predict
     weights, images = args.weights[0], list(args.images) + list(args.weights[1:])
     if not images:
         print("error: no images given: archc predict SPEC --weights FILE IMAGE...", file=sys.stderr)
@@ -490,14 +491,21 @@ def cmd_predict(args) -> int:
         print("error: --top must be at least 1", file=sys.stderr)
         return EXIT_USER
     model = Model(_graph(args))
-    results = predict(model, weights, images, top=args.top, preprocess=args.preprocess)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PreprocessWarning)
+        results = predict(model, weights, images, top=args.top, preprocess=args.preprocess)
+    for w in caught:
+        if issubclass(w.category, PreprocessWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if args.json:
         print(json.dumps(results, indent=1))
     else:
-        for r in results:
+        for r in results:           # as Keras's decode_predictions: soccer_ball (92.07%)
             print(r["file"])
             for t in r["top"]:
-                print(f"  {t['prob']:7.2%}  {t['index']:>4}  {t['label']}")
+                print(f"  {decode_line(t)}")
     return 0
 
 
@@ -630,7 +638,7 @@ def main(argv=None) -> int:
                     help="variables written by `archc import`, then the images")
     sp.add_argument("--top", type=int, default=5)
     sp.add_argument("--preprocess", choices=["torch", "inception", "tf", "caffe", "none"],
-                    help="override the preprocessing recorded in the weights file")
+                    help="override the preprocessing the network declares (its .arch file's preprocess(...))")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_predict, expr=None)
 

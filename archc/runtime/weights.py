@@ -114,23 +114,20 @@ class Rules:
     sequences: list = field(default_factory=list)
     skip: list = field(default_factory=list)
     allow_missing: list = field(default_factory=list)
-    preprocess: dict = field(default_factory=dict)
     path: str | None = None
-
-    def preprocess_for(self, model_name: str) -> dict | None:
-        p = self.preprocess.get(model_name, self.preprocess.get("default"))
-        return dict(p) if p is not None else None
 
 
 def parse_rules(data: Mapping, path: str | None = None) -> Rules:
     where = path or "rules"
-    known = {"source", "models", "layout", "rename", "sequence", "skip", "allow_missing", "preprocess", "description"}
+    known = {"source", "models", "layout", "rename", "sequence", "skip", "allow_missing", "description"}
+    if "preprocess" in data:        # one place for it: the network's .arch file
+        raise WeightsError(f"{where}: a rules file has no [preprocess] table: the network's .arch file "
+                           "declares its input pipeline, e.g. preprocess(mode=\"caffe\", resize=\"exact\")")
     unknown = set(data) - known
     if unknown:
         raise WeightsError(f"{where}: unknown key(s) {sorted(unknown)}; expected {sorted(known)}")
     r = Rules(source=data.get("source"), models=list(data.get("models", [])), layout=data.get("layout"),
-              skip=list(data.get("skip", [])), allow_missing=list(data.get("allow_missing", [])),
-              preprocess=dict(data.get("preprocess", {})), path=path)
+              skip=list(data.get("skip", [])), allow_missing=list(data.get("allow_missing", [])), path=path)
     if r.layout not in (None, "torch", "keras"):
         raise WeightsError(f"{where}: layout must be 'torch' or 'keras', not {r.layout!r}")
     rename = data.get("rename", {})
@@ -558,11 +555,13 @@ def _assemble(model, assignments: Mapping, report: Report, seed: int) -> dict:
     return variables_tree(model.variable_specs, value)
 
 
-def weights_metadata(model, report: Report, rules: Rules | None) -> dict:
-    """String metadata saved with imported variables (read back by ``archc predict``)."""
+def weights_metadata(model, report: Report, rules: Rules | None = None) -> dict:
+    """String metadata saved with imported variables: the model, the source, and the input
+    pipeline the network declares (read back where a network without a declaration uses them)."""
+    from .predict import declared_preprocess
     meta = {"archc.model": model.name, "archc.source": report.source or "",
             "archc.checkpoint": Path(report.checkpoint).name}
-    pre = rules.preprocess_for(model.name) if rules is not None else None
+    pre = declared_preprocess(model)
     if pre is not None:
         meta["archc.preprocess"] = json.dumps(pre, sort_keys=True)
     return meta
