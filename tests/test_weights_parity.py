@@ -97,6 +97,9 @@ CASES = [
     Case("keras-inception_v3", "keras", "InceptionV3", "keras/inception_v3", 139, {"Mixed_6a": "mixed3"}),
     Case("keras-xception", "keras", "Xception", "keras/xception", 71, {"conv3": "block14_sepconv1_act"}),
     Case("keras-efficientnet_b0", "keras", "EfficientNetB0", "keras/efficientnet_b0", 64, {"stage4": "block4c_add"}),
+    Case("keras-mobilenet", "keras", "MobileNet", "keras/mobilenet", 64, {"blocks": "conv_pw_13_relu"}),
+    Case("keras-mobilenet_0.5", "keras", "MobileNet", "keras/mobilenet", 64, {"blocks": "conv_pw_13_relu"},
+         params={"alpha": 0.5}, ref_kwargs={"alpha": 0.5}, heavy=True),
 ]
 BY_ID = {c.id: c for c in CASES}
 
@@ -211,7 +214,8 @@ def build_keras_reference(case: Case, tmp: Path):
     # Keras numbers automatic layer names per session (normalization, normalization_1, …): a
     # throwaway layer first makes the names those of a session that built something before
     keras.layers.Normalization(), keras.layers.Conv2D(1, 1), keras.layers.BatchNormalization()
-    model = getattr(keras.applications, case.ref)(weights=None, input_shape=(case.size, case.size, 3))
+    model = getattr(keras.applications, case.ref)(weights=None, input_shape=(case.size, case.size, 3),
+                                                  **case.ref_kwargs)
     rng = np.random.default_rng(1)
     # as for PyTorch: statistics calibrated on a random batch (momentum 0: moving = batch
     # statistics), then perturbed per channel, with random scales and shifts
@@ -254,27 +258,34 @@ def build_keras_reference(case: Case, tmp: Path):
         mean = np.asarray(keras.ops.convert_to_numpy(w["moving_mean"])) + rng.normal(0, 0.1, c) * np.sqrt(var)
         w["moving_variance"].assign(var.astype("float32"))
         w["moving_mean"].assign(mean.astype("float32"))
-    head = model.layers[-1]                 # logits of order 1, as for PyTorch
-    logits_model = keras.Model(model.inputs, head.input)
-    feats = np.asarray(keras.ops.convert_to_numpy(logits_model(xcal, training=False)))
-    kernel, bias = [np.asarray(keras.ops.convert_to_numpy(w)) for w in head.weights]
-    std = float((feats @ kernel + bias).std())
+    # logits of order 1, as for PyTorch: the classifier (the last layer with weights: a Dense, or
+    # MobileNet's 1x1 conv_preds) scaled down if needed
+    head = [l for l in model.layers if l.weights][-1]
+    std = float(_keras_logits(model, xcal)[0].std())
     if std > 1:
-        head.set_weights([kernel / std, bias / std])
+        head.set_weights([np.asarray(keras.ops.convert_to_numpy(w)) / std for w in head.weights])
     path = tmp / f"{case.ref}.weights.h5"
     model.save_weights(str(path))
     return model, path
 
 
-def run_keras_reference(model, x: np.ndarray, feats: dict) -> dict:
+def _keras_logits(model, x: np.ndarray, feats: tuple = ()) -> tuple:
+    """(logits, [feature maps of the layers ``feats``]): the logits before Keras's built-in
+    softmax, a final Dense(activation="softmax") applied without it, in float64, or the input of
+    a final Activation("softmax") (MobileNet v1/v3)."""
     keras = pytest.importorskip("keras")
-    head = model.layers[-1]              # Dense(classes, activation="softmax")
-    sub = keras.Model(model.inputs, [model.get_layer(n).output for n in feats.values()] + [head.input])
+    head = model.layers[-1]
+    sub = keras.Model(model.inputs, [model.get_layer(n).output for n in feats] + [head.input])
     outs = [np.asarray(keras.ops.convert_to_numpy(o)) for o in sub(x, training=False)]
-    kernel, bias = [np.asarray(keras.ops.convert_to_numpy(w)) for w in head.weights]
-    # the logits before Keras's built-in softmax, in float64
-    logits = (outs[-1].astype(np.float64) @ kernel.astype(np.float64) + bias).astype(np.float32)
-    return {"logits": logits, **{a: o for a, o in zip(feats, outs[:-1])}}
+    if isinstance(head, keras.layers.Dense):
+        kernel, bias = [np.asarray(keras.ops.convert_to_numpy(w)) for w in head.weights]
+        outs[-1] = (outs[-1].astype(np.float64) @ kernel.astype(np.float64) + bias).astype(np.float32)
+    return outs[-1], outs[:-1]
+
+
+def run_keras_reference(model, x: np.ndarray, feats: dict) -> dict:
+    logits, outs = _keras_logits(model, x, tuple(feats.values()))
+    return {"logits": logits, **{a: o for a, o in zip(feats, outs)}}
 
 
 # --------------------------------------------------------------------------------------------
