@@ -100,6 +100,9 @@ CASES = [
     Case("keras-mobilenet", "keras", "MobileNet", "keras/mobilenet", 64, {"blocks": "conv_pw_13_relu"}),
     Case("keras-mobilenet_0.5", "keras", "MobileNet", "keras/mobilenet", 64, {"blocks": "conv_pw_13_relu"},
          params={"alpha": 0.5}, ref_kwargs={"alpha": 0.5}, heavy=True),
+    # 64x64: fc1 sees a 2x2x512 map, so the flatten order (NHWC, as Keras) matters
+    Case("keras-vgg16", "keras", "VGG16", "keras/vgg16", 64, {"features": "block5_pool"}, batch=1),
+    Case("keras-vgg19", "keras", "VGG19", "keras/vgg19", 64, {"features": "block5_pool"}, batch=1, heavy=True),
 ]
 BY_ID = {c.id: c for c in CASES}
 
@@ -220,6 +223,7 @@ def build_keras_reference(case: Case, tmp: Path):
     # as for PyTorch: statistics calibrated on a random batch (momentum 0: moving = batch
     # statistics), then perturbed per channel, with random scales and shifts
     bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    _randomise_keras_kernels(keras, model, np.random.default_rng(2), he=not bns)   # its own stream
     for layer in model.layers:
         if isinstance(layer, keras.layers.Normalization):
             mean, var, count = layer.get_weights()
@@ -281,6 +285,22 @@ def _keras_logits(model, x: np.ndarray, feats: tuple = ()) -> tuple:
         kernel, bias = [np.asarray(keras.ops.convert_to_numpy(w)) for w in head.weights]
         outs[-1] = (outs[-1].astype(np.float64) @ kernel.astype(np.float64) + bias).astype(np.float32)
     return outs[-1], outs[:-1]
+
+
+def _randomise_keras_kernels(keras, model, rng, he: bool):
+    """Biases random (Keras initialises them to 0, which would hide a misplaced bias); without
+    BatchNorm (VGG) the kernels He-normal too: Keras's Glorot init lets activations decay through
+    a deep ReLU stack (VGG16's logits would be ~1e-2, below what a 1e-4 tolerance can judge)."""
+    for layer in model.layers:
+        if not isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)) or isinstance(
+                layer, (keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)):
+            continue
+        w = {v.path.split("/")[-1]: v for v in layer.weights}
+        if he and "kernel" in w:
+            shape = tuple(w["kernel"].shape)
+            w["kernel"].assign(rng.normal(0, np.sqrt(2.0 / np.prod(shape[:-1])), shape).astype("float32"))
+        if "bias" in w:
+            w["bias"].assign(rng.normal(0, 0.1, tuple(w["bias"].shape)).astype("float32"))
 
 
 def run_keras_reference(model, x: np.ndarray, feats: dict) -> dict:
