@@ -103,6 +103,10 @@ CASES = [
     # 64x64: fc1 sees a 2x2x512 map, so the flatten order (NHWC, as Keras) matters
     Case("keras-vgg16", "keras", "VGG16", "keras/vgg16", 64, {"features": "block5_pool"}, batch=1),
     Case("keras-vgg19", "keras", "VGG19", "keras/vgg19", 64, {"features": "block5_pool"}, batch=1, heavy=True),
+    Case("keras-mobilenet_v3_small", "keras", "MobileNetV3Small", "keras/mobilenet_v3_small", 64,
+         {"blocks": "expanded_conv_10_add"}),
+    Case("keras-mobilenet_v3_large", "keras", "MobileNetV3Large", "keras/mobilenet_v3_large", 64,
+         {"blocks": "expanded_conv_14_add"}, heavy=True),
 ]
 BY_ID = {c.id: c for c in CASES}
 
@@ -210,6 +214,11 @@ def run_torch_reference(model, x_nhwc: np.ndarray, feats: dict) -> dict:
     return result
 
 
+def _takes_pixels(case: Case) -> bool:
+    """Keras networks that rescale inside the model (EfficientNet, MobileNetV3): 0-255 inputs."""
+    return case.source == "keras" and ("efficientnet" in case.arch or "mobilenet_v3" in case.arch)
+
+
 def build_keras_reference(case: Case, tmp: Path):
     keras = pytest.importorskip("keras")
     pytest.importorskip("h5py")
@@ -248,7 +257,7 @@ def build_keras_reference(case: Case, tmp: Path):
     for l in dropouts:                      # no dropout / drop-connect while calibrating
         l.rate = 0.0
     xcal = rng.standard_normal((4, case.size, case.size, 3)).astype("float32")
-    if "efficientnet" in case.arch:
+    if _takes_pixels(case):
         xcal = xcal * 40 + 120
     model(xcal, training=True)
     for l, r in zip(dropouts, rates):
@@ -326,7 +335,7 @@ def run_case(case: Case, tmp: Path) -> dict:
 
     x = np.random.default_rng(42).standard_normal((case.batch, case.size, case.size, 3)).astype(np.float32)
     if case.source == "keras":
-        x = (x * 40 + 120).astype(np.float32) if "efficientnet" in case.arch else x
+        x = (x * 40 + 120).astype(np.float32) if _takes_pixels(case) else x
         want = run_keras_reference(ref, x, case.feats)
     else:
         want = run_torch_reference(ref, x, case.feats)
