@@ -16,6 +16,7 @@ Keras references run on Keras's JAX backend by default, as the issue asks (each 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -103,6 +104,21 @@ CASES = [
     # 64x64: fc1 sees a 2x2x512 map, so the flatten order (NHWC, as Keras) matters
     Case("keras-vgg16", "keras", "VGG16", "keras/vgg16", 64, {"features": "block5_pool"}, batch=1),
     Case("keras-vgg19", "keras", "VGG19", "keras/vgg19", 64, {"features": "block5_pool"}, batch=1, heavy=True),
+    *[Case(f"keras-densenet{n}", "keras", f"DenseNet{n}", f"keras/densenet{n}", 32, {"transition2": "pool3_pool"},
+           heavy=True) for n in (169, 201)],
+    *[Case(f"keras-resnet{n}{v}", "keras", f"ResNet{n}{v.upper().replace('_', '')}", f"keras/resnet{n}{v}", 32,
+           {"conv3": f"conv3_block{4 if n == 101 else 8}_out"}, heavy=True)
+      for v in ("", "_v2") for n in (101, 152)],
+    # stage 4 has ceil(3 * depth) blocks: its output is block4<last letter>_add
+    *[Case(f"keras-efficientnet_b{b}", "keras", f"EfficientNetB{b}", f"keras/efficientnet_b{b}", 32,
+           {"stage4": f"block4{'abcdefghij'[math.ceil(3 * d) - 1]}_add"}, batch=1, heavy=True)
+      for b, d in ((1, 1.1), (2, 1.2), (3, 1.4), (4, 1.8), (5, 2.2), (6, 2.6), (7, 3.1))],
+    Case("keras-inception_resnet_v2", "keras", "InceptionResNetV2", "keras/inception_resnet_v2", 75,
+         {"block17": "block17_20_ac"}, batch=1, heavy=True),
+    Case("keras-nasnet_mobile", "keras", "NASNetMobile", "keras/nasnet_mobile", 32, {"reduce_1": "reduction_concat_reduce_4"},
+         batch=1, heavy=True),
+    Case("keras-nasnet_large", "keras", "NASNetLarge", "keras/nasnet_large", 32, {"reduce_1": "reduction_concat_reduce_6"},
+         batch=1, heavy=True),
     Case("keras-mobilenet_v3_small", "keras", "MobileNetV3Small", "keras/mobilenet_v3_small", 64,
          {"blocks": "expanded_conv_10_add"}),
     Case("keras-mobilenet_v3_large", "keras", "MobileNetV3Large", "keras/mobilenet_v3_large", 64,
