@@ -91,6 +91,12 @@ def test_seed_workflow_keras_mobilenet(tmp_path, capsys, monkeypatch):
     assert [t["index"] for t in got] == want_idx
     np.testing.assert_allclose([t["prob"] for t in got], [p for _, _, p in want], atol=1e-5, rtol=0)
 
+    # model.summary() with Keras's layer names beside archc's (the seed's model.summary())
+    layers = {l["name"]: l for l in net.summary(names=report)["layers"]}
+    assert layers["conv1.conv1"]["source_name"] == "conv1" and layers["blocks.0.dwconv1"]["source_name"] == "conv_dw_1"
+    assert layers["blocks.12.bn2"]["source_name"] == "conv_pw_13_bn" and layers["head.conv1"]["source_name"] == "conv_preds"
+    assert {l["source_name"] for l in layers.values() if "source_name" in l} == {l.name for l in model.layers if l.weights}
+
 
 NET = """\
 param prep = "caffe"

@@ -62,9 +62,18 @@ class Model:
     def output_shape(self) -> tuple:
         return tuple(self.graph.output_shape)
 
-    def summary(self) -> dict:
-        """Parameter and MAC counts, overall and per node (see ``archc.compiler.stats``)."""
-        return summarize(self.graph)
+    def summary(self, names=None) -> dict:
+        """Parameter and MAC counts, overall and per node (see ``archc.compiler.stats``).
+        ``names``: the report of ``archc.import_weights`` (or a dict node -> name): each layer
+        that the checkpoint filled gets its name there as ``source_name`` (Keras's ``conv_dw_1``
+        beside archc's ``blocks.0.dwconv1``)."""
+        s = summarize(self.graph)
+        if names is not None:
+            names = names.source_names() if hasattr(names, "source_names") else dict(names)
+            for layer in s["layers"]:
+                if layer["name"] in names:
+                    layer["source_name"] = names[layer["name"]]
+        return s
 
     def __repr__(self) -> str:
         s = summarize(self.graph)

@@ -215,6 +215,15 @@ class Report:
             n += int(np.prod(shape)) if shape else 1
         return n
 
+    def source_names(self) -> dict:
+        """archc node -> the checkpoint's name for it (a Keras layer, a torch module), for every
+        node the import filled: what ``model.summary(names=report)`` shows beside archc's names."""
+        out: dict = {}
+        for key, _, var_path, _ in self.loaded:
+            node = var_path.split("/", 1)[1].rpartition("/")[0]
+            out.setdefault(node, key.rpartition(".")[0] or key)
+        return out
+
     def to_json(self) -> dict:
         return {
             "model": self.model, "checkpoint": self.checkpoint, "source": self.source, "ok": self.ok,
