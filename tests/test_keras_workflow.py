@@ -176,3 +176,16 @@ def test_a_rules_file_with_a_preprocess_table_is_refused(tmp_path):
     p.write_text('source = "keras"\n[preprocess]\ndefault = { mode = "tf" }\n')
     with pytest.raises(WeightsError, match=r"has no \[preprocess\] table: the network's .arch file declares"):
         load_rules(p)
+
+
+def test_train_normalises_as_the_network_declares(tmp_path):
+    """`archc train` takes its normalisation from the declaration (fresh, imported or archc
+    variables alike); a network without one keeps the weights file's (or unit)."""
+    from archc.runtime.train import declared_normalization
+    (tmp_path / "net.arch").write_text(NET)
+    (tmp_path / "plain.arch").write_text(NET.replace('preprocess(mode=prep, resize="exact")\n', ""))
+    assert declared_normalization(archc.load(str(tmp_path / "net.arch"))) == "caffe"
+    assert declared_normalization(archc.load(str(tmp_path / "net.arch"), prep='"tf"')) == "symmetric"
+    assert declared_normalization(archc.load(str(tmp_path / "plain.arch"))) is None
+    assert declared_normalization(archc.load("keras/resnet50", input_shape=(32, 32, 3))) == "caffe"
+    assert declared_normalization(archc.load("keras/efficientnet_b0", input_shape=(32, 32, 3))) == "raw"
