@@ -4,7 +4,15 @@ Each reference model is built with random weights (fixed seed) and randomised Ba
 statistics (not 0/1), saved to a temporary checkpoint in its native format (torchvision: .pth,
 timm: .safetensors, Keras: save_weights .weights.h5), imported with the built-in rules, and run
 in inference mode on the same random batch as the archc model. Logits and a named intermediate
-feature map must agree to 1e-4 (float32, matmul precision "highest").
+feature map must agree to 1e-4 (float32, matmul precision "highest"), relative to the tensor's
+largest value where that exceeds 1; where the logits still differ by more (the deepest networks),
+archc must be as close to the reference run in float64 as the float32 reference is (see
+``within``).
+
+The sweep covers every built-in that a torchvision or timm mapping lists (test_sweep_covers_every_twin),
+at 64x64 (the smallest input at which every stage is at least 2x2: at 1x1 the BatchNorm
+calibration batch gives degenerate statistics) unless the network needs more; the largest are in
+the slow tier (``pytest --slow``), which CI runs.
 
 Each case writes its largest differences to build/weights-parity/<case>.json; docs/weights.md's
 table is generated from those files by ``python tests/test_weights_parity.py --table`` (which
@@ -33,6 +41,7 @@ pytestmark = pytest.mark.usefixtures("highest_precision")
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "build" / "weights-parity"
 TOL = 1e-4
+F32_MARGIN = 2.0     # archc's distance to float64 vs the float32 reference's: same order, not equal
 
 
 def limit(scale: float) -> float:
@@ -43,11 +52,17 @@ def limit(scale: float) -> float:
 
 
 def within(result: dict) -> dict:
-    """{tensor: "abs" | "rel"} when every tensor is within its tolerance, else {tensor: Δ} of those
-    that are not."""
+    """{tensor: "abs" | "rel" | "f64"} when every tensor is within its tolerance, else
+    {"bad": {tensor: Δ}} of those that are not. "f64": the logits are above 1e-4 (relative) from
+    the float32 reference but no further from the float64 reference than the float32 reference
+    itself is (times F32_MARGIN): float32's own limit at that depth, not a mapping error."""
     d, scale = result["max_delta"], result["max_abs_ref"]
-    bad = {k: v for k, v in d.items() if not v <= limit(scale[k])}
-    return {"bad": bad} if bad else {k: "abs" if d[k] <= TOL else "rel" for k in d}
+    verdict = {k: "abs" if d[k] <= TOL else "rel" for k in d if d[k] <= limit(scale[k])}
+    f64 = result.get("float64")
+    if "logits" not in verdict and f64 and f64["archc"] <= F32_MARGIN * f64["reference_float32"]:
+        verdict["logits"] = "f64"
+    bad = {k: v for k, v in d.items() if k not in verdict}
+    return {"bad": bad} if bad else verdict
 
 
 @dataclass
@@ -130,6 +145,8 @@ CASES += [
          {"block17": "repeat_1"}, batch=1, heavy=True),
     Case("timm-legacy_xception", "timm", "legacy_xception", "legacy_xception", 71, {"middle": "block11"}),
     Case("timm-seresnet50", "timm", "seresnet50", "seresnet50", 64, {"layer2": "layer2"}),
+    Case("timm-legacy_senet154", "timm", "legacy_senet154", "legacy_senet154", 64, {"layer2": "layer2"},
+         heavy=True),
     Case("timm-efficientnet_lite0", "timm", "efficientnet_lite0", "efficientnet_lite0", 64, {"stage4": "blocks.3"}),
     Case("timm-tf_efficientnet_lite0", "timm", "tf_efficientnet_lite0", "tf_efficientnet_lite0", 64, {"stage4": "blocks.3"}),
     Case("timm-tf_efficientnet_b0", "timm", "tf_efficientnet_b0", "tf_efficientnet_b0", 64, {"stage4": "blocks.3"}),
@@ -353,6 +370,19 @@ def run_keras_reference(model, x: np.ndarray, feats: dict) -> dict:
 # --------------------------------------------------------------------------------------------
 # the check
 # --------------------------------------------------------------------------------------------
+def float64_check(model, x: np.ndarray, archc_logits: np.ndarray, ref_logits: np.ndarray) -> dict:
+    """Where archc and the float32 reference differ by more than 1e-4, the deepest networks
+    (ResNet-152: PyTorch float32 is 3.6e-4 from float64 on its logits) may be at float32's own
+    limit: both compared with the reference in float64."""
+    import copy
+    torch = _torch()
+    with torch.no_grad():
+        exact = copy.deepcopy(model).double()(
+            torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).double()).numpy()
+    return {"archc": float(np.max(np.abs(archc_logits - exact))),
+            "reference_float32": float(np.max(np.abs(ref_logits - exact)))}
+
+
 def run_case(case: Case, tmp: Path) -> dict:
     import archc
     from archc.runtime.logits import logits_node
@@ -387,6 +417,8 @@ def run_case(case: Case, tmp: Path) -> dict:
               "input": f"{case.batch}x{case.size}x{case.size}x3", "max_delta": deltas, "max_abs_ref": scale,
               "tensors": len(report.loaded), "values": report.n_values,
               "seconds": round(time.perf_counter() - t0, 1)}
+    if case.source != "keras" and deltas["logits"] > limit(scale["logits"]):
+        result["float64"] = float64_check(ref, x, np.asarray(got[logits]), want["logits"])
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{case.id}.json").write_text(json.dumps(result, indent=1))
     return result
@@ -423,6 +455,37 @@ def test_parity_slow(case, tmp_path):
     _check(case, tmp_path)
 
 
+SWEPT_SOURCES = ("torchvision", "timm")    # Keras's twins: the Keras Cases (issue 19, part A)
+
+
+def reference_twins() -> set:
+    """(source, built-in) for every built-in that references/*.toml counts against a torchvision or
+    timm constructor (its `reference`, or `timm` key), and every torchvision classification
+    network that is a built-in."""
+    import re
+    import tomllib
+    from archc.compiler import library
+    constructor = re.compile(r"(torchvision\.models\.|timm )\w+")
+    twins = set()
+    for path in sorted((library.LIBRARY / "references").glob("*.toml")):
+        for name, entry in tomllib.loads(path.read_text(encoding="utf-8")).items():
+            for ref in (entry.get("reference", ""), entry.get("timm") and f"timm {entry['timm']}"):
+                if ref and constructor.fullmatch(ref):
+                    twins.add(("timm" if ref.startswith("timm ") else "torchvision", name))
+    tv = pytest.importorskip("torchvision")
+    twins |= {("torchvision", n) for n in set(tv.models.list_models(module=tv.models)) & set(library.names())}
+    return twins
+
+
+def test_sweep_covers_every_twin():
+    """None missing: every built-in with a torchvision or timm twin has that source's mapping, and
+    every built-in a torchvision or timm mapping lists has a Case of that source in the sweep."""
+    from archc.runtime.weights import sources_by_model
+    mapped = {(s, name) for name, sources in sources_by_model().items() for s in sources if s in SWEPT_SOURCES}
+    assert reference_twins() - mapped == set(), "twins without a built-in mapping"
+    assert mapped - {(c.source, c.arch) for c in CASES} == set(), "mapped built-ins without a parity Case"
+
+
 # --------------------------------------------------------------------------------------------
 # docs/weights.md's table
 # --------------------------------------------------------------------------------------------
@@ -447,6 +510,10 @@ def render_table() -> str:
         else:
             rel = [k for k, v in verdict.items() if v == "rel"]
             tol = f"relative ({', '.join(rel)})" if rel else "absolute"
+            if verdict.get("logits") == "f64":
+                f64 = r["float64"]
+                tol = (f"float32's limit: vs float64 archc {f64['archc']:.1e}, "
+                       f"{c.source} float32 {f64['reference_float32']:.1e}")
         rows.append(f"| {c.source} {c.ref} | {c.arch} | {tier} | {r['input']} | {d['logits']:.1e} "
                     f"({r['max_abs_ref']['logits']:.2g}) | {feats} | {tol} | {r['tensors']} |")
     return "\n".join(rows)

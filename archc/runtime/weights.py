@@ -29,6 +29,7 @@ missing, unexpected and mismatched entries with both shapes and the nearest name
 from __future__ import annotations
 
 import difflib
+import functools
 import fnmatch
 import json
 import re
@@ -183,7 +184,21 @@ def builtin_rules(model_name: str, source: str | None = None) -> Rules | None:
 
 
 def builtin_sources(model_name: str) -> list:
-    return [s for s in SOURCES if builtin_rules(model_name, s) is not None]
+    """The sources a built-in imports from (in SOURCES order)."""
+    return sources_by_model().get(model_name, [])
+
+
+@functools.lru_cache(maxsize=1)
+def sources_by_model() -> dict:
+    """{built-in name: [sources it imports from, in SOURCES order]}: the mapping files' `models`
+    lists (file NAME.SOURCE.toml), read once."""
+    found: dict = {}
+    for path in sorted(MAPPINGS.glob("*.toml")):
+        parts = path.name.split(".")
+        if len(parts) == 3 and parts[1] in SOURCES:
+            for name in load_rules(path).models:
+                found.setdefault(name, set()).add(parts[1])
+    return {name: [s for s in SOURCES if s in have] for name, have in found.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -568,5 +583,6 @@ def weights_metadata(model, report: Report, rules: Rules | None) -> dict:
     return meta
 
 
-__all__ = ["import_weights", "match_weights", "load_rules", "parse_rules", "builtin_rules",
+__all__ = ["import_weights", "match_weights", "load_rules", "parse_rules", "builtin_rules", "builtin_sources",
+           "sources_by_model",
            "Rules", "Report", "WeightsError", "CheckpointError", "Checkpoint"]
