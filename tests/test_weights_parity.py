@@ -128,9 +128,11 @@ def _tv(ref: str, **kw) -> Case:
 CASES += [_tv(r) for r in ["resnet34", "resnet101", "densenet169", "mobilenet_v3_small", "squeezenet1_0",
                            "shufflenet_v2_x0_5", "mnasnet0_5", "efficientnet_b1", "regnet_x_800mf",
                            "regnet_y_800mf"]]
+# VGG's classifier takes 7x7x512 (archc has no adaptive pool): 224
+CASES += [Case(f"tv-{r}", "torchvision", r, r, 224, {"features": "features"}, batch=1, slow=True)
+          for r in ["vgg11", "vgg13", "vgg19", "vgg11_bn", "vgg13_bn", "vgg19_bn"]]
 CASES += [_tv(r, slow=True) for r in [
     "resnet152", "resnext101_32x8d", "wide_resnet101_2", "densenet161", "densenet201",
-    "vgg11", "vgg13", "vgg19", "vgg11_bn", "vgg13_bn", "vgg19_bn",
     "shufflenet_v2_x1_5", "shufflenet_v2_x2_0", "mnasnet0_75", "mnasnet1_3",
     "efficientnet_b2", "efficientnet_b3", "efficientnet_b4", "efficientnet_b5", "efficientnet_b6", "efficientnet_b7",
     "efficientnet_v2_m", "efficientnet_v2_l", "convnext_small", "convnext_base", "convnext_large",
@@ -146,6 +148,8 @@ CASES += [
     Case("timm-legacy_xception", "timm", "legacy_xception", "legacy_xception", 71, {"middle": "block11"}),
     Case("timm-seresnet50", "timm", "seresnet50", "seresnet50", 64, {"layer2": "layer2"}),
     Case("timm-legacy_senet154", "timm", "legacy_senet154", "legacy_senet154", 64, {"layer2": "layer2"},
+         heavy=True),
+    Case("timm-nasnetalarge", "timm", "nasnetalarge", "nasnetalarge", 64, {"reduce_1": "reduction_cell_0"},
          heavy=True),
     Case("timm-efficientnet_lite0", "timm", "efficientnet_lite0", "efficientnet_lite0", 64, {"stage4": "blocks.3"}),
     Case("timm-tf_efficientnet_lite0", "timm", "tf_efficientnet_lite0", "tf_efficientnet_lite0", 64, {"stage4": "blocks.3"}),

@@ -58,21 +58,21 @@ class WeightsError(ValueError):
 # --------------------------------------------------------------------------------------------
 # Rules
 # --------------------------------------------------------------------------------------------
-_TOKEN = re.compile(r"\{([A-Za-z_]\w*)(:w)?\}|\*\*|\*")
+_TOKEN = re.compile(r"\{([A-Za-z_]\w*)(:[wp])?\}|\*\*|\*")
 _TEMPLATE = re.compile(r"\{([A-Za-z_]\w*)\s*(?:([+-])\s*(\d+))?\}")
 
 
 def compile_pattern(pattern: str) -> re.Pattern:
-    """``{name}`` captures a run of digits, ``{name:w}`` a word (letters, digits, ``_``); the same
-    name twice must match the same text. ``*`` matches any characters but ``.``, ``**`` any
+    """``{name}`` captures a run of digits, ``{name:w}`` a word (letters, digits, ``_``),
+    ``{name:p}`` a dotted path (words and dots); the same name twice must match the same text. ``*`` matches any characters but ``.``, ``**`` any
     characters; everything else is literal."""
     out, pos, seen = [], 0, set()
     for m in _TOKEN.finditer(pattern):
         out.append(re.escape(pattern[pos:m.start()]))
         if m.group(1):
             name = m.group(1)
-            out.append(f"(?P={name})" if name in seen else
-                       f"(?P<{name}>\\w+?)" if m.group(2) else f"(?P<{name}>\\d+)")
+            kind = {":w": r"\w+?", ":p": r"[\w.]+?", None: r"\d+"}[m.group(2)]
+            out.append(f"(?P={name})" if name in seen else f"(?P<{name}>{kind})")
             seen.add(name)
         elif m.group(0) == "**":
             out.append(".*")
@@ -111,6 +111,7 @@ class Rules:
     source: str | None = None
     models: list = field(default_factory=list)
     layout: str | None = None                       # 'torch' | 'keras' (default: from the source)
+    prefixes: list = field(default_factory=list)     # (pattern text, compiled, target template)
     renames: list = field(default_factory=list)      # (pattern text, compiled, target template)
     sequences: list = field(default_factory=list)
     skip: list = field(default_factory=list)
@@ -125,7 +126,8 @@ class Rules:
 
 def parse_rules(data: Mapping, path: str | None = None) -> Rules:
     where = path or "rules"
-    known = {"source", "models", "layout", "rename", "sequence", "skip", "allow_missing", "preprocess", "description"}
+    known = {"source", "models", "layout", "prefix", "rename", "sequence", "skip", "allow_missing", "preprocess",
+             "description"}
     unknown = set(data) - known
     if unknown:
         raise WeightsError(f"{where}: unknown key(s) {sorted(unknown)}; expected {sorted(known)}")
@@ -134,17 +136,8 @@ def parse_rules(data: Mapping, path: str | None = None) -> Rules:
               preprocess=dict(data.get("preprocess", {})), path=path)
     if r.layout not in (None, "torch", "keras"):
         raise WeightsError(f"{where}: layout must be 'torch' or 'keras', not {r.layout!r}")
-    rename = data.get("rename", {})
-    if not isinstance(rename, Mapping):
-        raise WeightsError(f"{where}: [rename] must be a table of \"checkpoint pattern\" = \"archc name\"")
-    for pat, target in rename.items():
-        if not isinstance(target, str):
-            raise WeightsError(f"{where}: rename {pat!r} must map to a string, not {target!r}")
-        rx = compile_pattern(pat)
-        missing = set(m.group(1) for m in _TEMPLATE.finditer(target)) - set(rx.groupindex)
-        if missing:
-            raise WeightsError(f"{where}: rename {pat!r} = {target!r} uses {sorted(missing)}, not captured by the pattern")
-        r.renames.append((pat, rx, target))
+    r.prefixes = _parse_renames(data.get("prefix", {}), "prefix", where, prefix=True)
+    r.renames = _parse_renames(data.get("rename", {}), "rename", where)
     for i, s in enumerate(data.get("sequence", [])):
         if not isinstance(s, Mapping) or "from" not in s or "to" not in s:
             raise WeightsError(f"{where}: [[sequence]] #{i + 1} needs 'from' and 'to'")
@@ -152,6 +145,34 @@ def parse_rules(data: Mapping, path: str | None = None) -> Rules:
             raise WeightsError(f"{where}: [[sequence]] #{i + 1}: order is 'natural' or 'checkpoint'")
         r.sequences.append(Sequence_(s["from"], s["to"], s.get("op"), s.get("order", "natural")))
     return r
+
+
+def _parse_renames(table, key: str, where: str, prefix: bool = False) -> list:
+    """[(pattern text, compiled, target template)] of a [rename] or [prefix] table. A prefix
+    pattern matches leading whole components of a name (``cell_1`` not ``cell_10``)."""
+    if not isinstance(table, Mapping):
+        raise WeightsError(f"{where}: [{key}] must be a table of \"checkpoint pattern\" = \"archc name\"")
+    out = []
+    for pat, target in table.items():
+        if not isinstance(target, str):
+            raise WeightsError(f"{where}: {key} {pat!r} must map to a string, not {target!r}")
+        rx = compile_pattern(pat)
+        if prefix:
+            rx = re.compile(rx.pattern.removesuffix(r"\Z") + r"(?=\.|\Z)")
+        missing = set(m.group(1) for m in _TEMPLATE.finditer(target)) - set(rx.groupindex)
+        if missing:
+            raise WeightsError(f"{where}: {key} {pat!r} = {target!r} uses {sorted(missing)}, not captured by the pattern")
+        out.append((pat, rx, target))
+    return out
+
+
+def _with_prefix(rules: "Rules", module: str) -> str:
+    """The module name after the first [prefix] rule that matches its leading components."""
+    for pat, rx, target in rules.prefixes:
+        m = rx.match(module)
+        if m:
+            return fill_template(target, m.groupdict(), f"{pat!r}") + module[m.end():]
+    return module
 
 
 def load_rules(rules) -> Rules:
@@ -434,9 +455,10 @@ def match_weights(model, checkpoint, *, source: str | None = None, rules=None,
     binding: dict = {}           # module -> node
     bound_nodes: set = set()
     pending_targets: dict = {}   # module -> target name that is not a node
+    named = {mod: _with_prefix(rules, mod) for mod in modules}
     for mod in modules:
         for pat, rx, target in rules.renames:
-            m = rx.match(mod)
+            m = rx.match(named[mod])
             if m:
                 node = fill_template(target, m.groupdict(), f"{pat!r}")
                 if node in specs and node not in bound_nodes:
@@ -448,9 +470,12 @@ def match_weights(model, checkpoint, *, source: str | None = None, rules=None,
                     pending_targets[mod] = node
                 break
     for mod in modules:
-        if mod not in binding and mod not in pending_targets and mod in specs and mod not in bound_nodes:
-            binding[mod] = mod
-            bound_nodes.add(mod)
+        name = named[mod]
+        if mod not in binding and mod not in pending_targets and name in specs and name not in bound_nodes:
+            binding[mod] = name
+            bound_nodes.add(name)
+        elif mod not in binding and name != mod:
+            pending_targets.setdefault(mod, name)      # renamed by [prefix], but to no node
     for i, seq in enumerate(rules.sequences, 1):
         rx_src, rx_dst = compile_pattern(seq.src), compile_pattern(seq.dst)
         src = [m for m in modules if m not in binding and m not in pending_targets and rx_src.match(m)]
