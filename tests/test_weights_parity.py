@@ -534,8 +534,8 @@ if __name__ == "__main__":       # python tests/test_weights_parity.py --table [
     jax.config.update("jax_default_matmul_precision", "highest")     # as the tests' fixture
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     rerun = "--rerun" in sys.argv
-    for c in CASES:
-        if (args and c.id not in args) or (not rerun and not args and (RESULTS / f"{c.id}.json").exists()):
+    for c in [BY_ID[a] for a in args] if args else CASES:      # the cases named, in that order
+        if not rerun and not args and (RESULTS / f"{c.id}.json").exists():
             continue
         with tempfile.TemporaryDirectory() as d:
             try:
