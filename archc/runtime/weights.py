@@ -6,6 +6,8 @@
 Mapping is by name, through declarative rename rules (TOML, ``archc/architectures/mappings/
 FAMILY.SOURCE.toml`` for the built-ins, or the user's own file; see docs/weights.md):
 
+* ``[prefix]``: a rewrite of a module name's leading components, before the steps below
+  (``"cell_6" = "cells_2.0"``: blocks numbered across stacks that archc names apart).
 * ``[rename]``: checkpoint module -> archc node, exact names or patterns with captured indices,
   ``"layer{a}.{b}.downsample.0" = "layer{a}.{b}.shortcut.conv1"``; ``{b-1}`` shifts a capture.
 * a module whose name is an archc node name maps to it unchanged.
@@ -29,8 +31,8 @@ missing, unexpected and mismatched entries with both shapes and the nearest name
 from __future__ import annotations
 
 import difflib
-import functools
 import fnmatch
+import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -64,8 +66,8 @@ _TEMPLATE = re.compile(r"\{([A-Za-z_]\w*)\s*(?:([+-])\s*(\d+))?\}")
 
 def compile_pattern(pattern: str) -> re.Pattern:
     """``{name}`` captures a run of digits, ``{name:w}`` a word (letters, digits, ``_``),
-    ``{name:p}`` a dotted path (words and dots); the same name twice must match the same text. ``*`` matches any characters but ``.``, ``**`` any
-    characters; everything else is literal."""
+    ``{name:p}`` a dotted path (words and dots); the same name twice must match the same text.
+    ``*`` matches any characters but ``.``, ``**`` any characters; everything else is literal."""
     out, pos, seen = [], 0, set()
     for m in _TOKEN.finditer(pattern):
         out.append(re.escape(pattern[pos:m.start()]))
