@@ -194,9 +194,17 @@ def cmd_bench(args) -> int:
 
 
 def cmd_list(args) -> int:
+    """The built-ins and the checkpoint sources each imports from (the mapping files' `models`)."""
     from .compiler import library
-    for name in library.names():
-        print(name)
+    from .runtime.weights import builtin_sources
+    rows = [(name, builtin_sources(name)) for name in library.names()]
+    if args.json:
+        print(json.dumps([{"name": name, "sources": sources} for name, sources in rows], indent=1))
+        return 0
+    width = max(len(name) for name, _ in rows)
+    print(f"{'architecture':<{width}}  imports weights from")
+    for name, sources in rows:
+        print(f"{name:<{width}}  {', '.join(sources) or '-'}")
     return 0
 
 
@@ -611,7 +619,8 @@ def main(argv=None) -> int:
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(func=cmd_export, expr=None)
 
-    sp = sub.add_parser("list", help="list the built-in architectures")
+    sp = sub.add_parser("list", help="list the built-in architectures and the checkpoint sources each imports from")
+    sp.add_argument("--json", action="store_true", help="[{name, sources}] as JSON")
     sp.set_defaults(func=cmd_list)
 
     sp = sub.add_parser("import", help="import a pretrained checkpoint (torchvision, timm, Keras) into archc variables")
