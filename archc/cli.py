@@ -63,13 +63,48 @@ def fmt_shape(shape) -> str:
 
 def cmd_check(args) -> int:
     g = _graph(args)
+    if args.sizes:
+        return _sizes(g, args)
     if args.expr is not None:
         print(fmt_shape(g.output_shape))
+        _warn_inexact(g)
         return 0
     from .compiler.stats import summarize
     s = summarize(g)
     print(f"{g.name}: {fmt_shape(g.input_shape)} -> {fmt_shape(g.output_shape)}, "
           f"{len(g.nodes)} nodes, {s['total_params']:,} params, {s['macs']:,} MACs: ok")
+    _warn_inexact(g)
+    return 0
+
+
+def _warn_inexact(g) -> None:
+    """The declared input checks but a floor drops rows: say where, on stderr."""
+    from .compiler.sizes import inexact_warnings
+    for line in inexact_warnings(g):
+        print(f"warning: {line}", file=sys.stderr)
+
+
+def _sizes(g, args) -> int:
+    """archc check --sizes: the input sizes the spec accepts, derived from its IR."""
+    from .compiler import sizes
+    from .compiler.build import build_graph
+    params = dict(args.param or [])
+
+    def elaborate_at(shape):
+        try:
+            if args.expr is not None:
+                return build_graph(text=args.expr, filename="<expr>", params=params, input_shape=shape)
+            return build_graph(args.spec, params=params, input_shape=shape)
+        except ArchError:
+            return None
+    try:
+        rep = sizes.report(g, elaborate_at)
+    except sizes.CannotDerive as e:
+        raise ArchError([_diag(f"cannot derive the input sizes of {g.name}: {e}")]) from None
+    if args.json:
+        print(json.dumps(rep, indent=1, ensure_ascii=False))
+    else:
+        print(sizes.render(g, rep))
     return 0
 
 
@@ -117,6 +152,7 @@ def render_table(s: dict, graph) -> str:
 
 def cmd_build(args) -> int:
     g = _graph(args)
+    _warn_inexact(g)
     if args.emit == "ir":
         print(g.dumps())
         return 0
@@ -551,6 +587,9 @@ def main(argv=None) -> int:
 
     sp = sub.add_parser("check", help="parse and shape-check a spec (no JAX)")
     common(sp, expr=True)
+    sp.add_argument("--sizes", action="store_true",
+                    help="derive the input heights and widths the spec accepts, and those on which it is exact")
+    sp.add_argument("--json", action="store_true", help="with --sizes: print the answer as JSON")
     sp.set_defaults(func=cmd_check)
 
     sp = sub.add_parser("build", help="build a spec: layer table, parameter counts, MACs")

@@ -24,6 +24,7 @@ back to a bounded search that elaborates the spec at each size.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -67,14 +68,24 @@ class Window:
     padded: int = 0           # of its input, cells a pad node added (not data: exactness tiles the rest)
     keep = False
 
-    def apply(self, e):
+    def padding(self, e):
+        """(before, after) at input extent e, ceil mode's extra cells included."""
         s, k = self.stride, self.eff
         pad = same_padding(e, k, s) if self.mode == "same" else self.pad
+        if self.mode == "ceil":
+            return pad, (pad[0], pad[1] + ceil_extra(e, k, s, pad))
+        return pad, pad
+
+    def left_out(self, e, out) -> int:
+        """Input cells at the end that no window reaches (padding not counted)."""
+        _, total = self.padding(e)
+        return max(0, e + total[0] - ((out - 1) * self.stride + self.eff))
+
+    def apply(self, e):
+        s, k = self.stride, self.eff
+        pad, total = self.padding(e)
         if self.pool and max(pad) * 2 > k:
             return None, False
-        total = pad
-        if self.mode == "ceil":
-            total = (pad[0], pad[1] + ceil_extra(e, k, s, pad))
         if k > e + total[0] + total[1]:
             return None, False
         out = conv_out(e, k, s, total)
@@ -185,7 +196,8 @@ def _conv_rule(a, axis, eff):
 
 
 def _keeps(w: Window) -> bool:
-    return w.mode is None and w.stride == 1 and sum(w.pad) == w.eff - 1 and not w.pool
+    """A window that keeps every size: stride 1 with 'same' padding, or padding eff − 1."""
+    return w.stride == 1 and (w.mode == "same" or (w.mode is None and sum(w.pad) == w.eff - 1 and not w.pool))
 
 
 @size_rule("conv")
@@ -198,7 +210,8 @@ def _(node, axis, graph):
 def _(node, axis, graph):
     a = node.attrs
     mode = a.padding_rule or ("ceil" if a.ceil else None)
-    return Window(a.kernel[axis], a.strides[axis], a.padding[axis], mode, pool=True)
+    w = Window(a.kernel[axis], a.strides[axis], a.padding[axis], mode, pool=True)
+    return KEEP if w.stride == 1 and mode == "same" else w
 
 
 @size_rule("conv_transpose")
@@ -643,37 +656,23 @@ def derive(p: Plan) -> Derived:
     return Derived(p, final, inexact)
 
 
-def bounded(p: Plan, limit: int, why: str, elaborate: Callable | None = None) -> Derived:
-    """The answer by trying every size 1..limit: through `follow`, or by elaborating the spec at
-    each size (`elaborate(n) -> Graph or None`) where the IR cannot be re-propagated."""
+def bounded(p: Plan, sizes, why: str, elaborate: Callable | None = None) -> Derived:
+    """The answer for the given sizes only, by trying each: through `follow`, or by elaborating
+    the spec at each size (`elaborate(n) -> Graph or None`) where the IR cannot be re-propagated."""
     pieces, inexact = [], set()
-    for n in range(1, limit + 1):
+    for n in sizes:
         if elaborate is not None:
             g = elaborate(n)
             if g is None:
                 continue
-            f = _exactness_of(g, p.axis)
-            out = g.output_shape[p.axis] if len(g.output_shape) == 3 else VEC
-            exact = f
+            r = follow(plan(g, p.axis), n)        # g's own nodes, resolved at n
         else:
             r = follow(p, n)
-            if not r.valid:
-                continue
-            out, exact = r.out, r.exact
-            inexact.update(name for name, _, _ in r.inexact)
-        pieces.append(Piece(n, 1, n, out, 0, exact))
-    return Derived(p, pieces, inexact, bounded=limit, why=why)
-
-
-def _exactness_of(g: Graph, axis: int) -> bool:
-    """Exactness of an elaborated graph at its own size (every node's rule at its recorded shapes)."""
-    pl = plan_unchecked(g, axis)
-    r = follow(pl, g.input_shape[axis])
-    return r.exact
-
-
-def plan_unchecked(g, axis):
-    return plan(g, axis)
+        if not r.valid:
+            continue
+        inexact.update(name for name, _, _ in r.inexact)
+        pieces.append(Piece(n, 1, n, r.out, 0, r.exact))
+    return Derived(p, pieces, inexact, bounded=list(sizes), why=why)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -764,46 +763,74 @@ def _at(node) -> str | None:
     return str(node.span) if node is not None and node.span is not None else None
 
 
-def describe_progression(g, var) -> str:
+def describe_progression(g, var, declared: int | None = None) -> str:
+    """'H = 16k + 188 (k ≥ 0; 188, 204, 220, …, 572, …)', 'H ≥ 63', '1 ≤ H ≤ 9', 'H = 7'."""
     a, s, b = g["start"], g["step"], g["stop"]
     if b is not None and a == b:
         return f"{var} = {a}"
     if s == 1:
         return f"{var} ≥ {a}" if b is None else f"{a} ≤ {var} ≤ {b}"
-    r, k0 = a % s, a // s
-    form = f"{s}k + {r}" if r else f"{s}k"
-    cond = f"k ≥ {k0}" if b is None else f"{k0} ≤ k ≤ {b // s}"
     first = [a + s * i for i in range(3) if b is None or a + s * i <= b]
-    return f"{var} = {form} ({cond}; {', '.join(map(str, first))}, …)"
+    listed = ", ".join(map(str, first))
+    if declared is not None and declared > first[-1] and _in(g, declared):
+        listed += f", …, {declared}"
+    cond = "k ≥ 0" if b is None else f"0 ≤ k ≤ {(b - a) // s}"
+    return f"{var} = {s}k + {a} ({cond}; {listed}, …)"
 
 
 # ---------------------------------------------------------------------------------------------
 # The report (archc check --sizes)
 # ---------------------------------------------------------------------------------------------
 SEARCH_LIMIT = 1024         # the bounded search's range when there is no closed form
-ELABORATE_LIMIT = 128       # … when each size must be elaborated
+ELABORATE_AROUND = 32       # … when each size must be elaborated: 1..this and the declared ± this
 
 
 def analyse(graph: Graph, axis: int, elaborate: Callable | None = None) -> Derived:
-    """One axis: the symbolic derivation, or a bounded search where it has no closed form."""
+    """One axis: the symbolic derivation, or a bounded search where it has no closed form
+    (`elaborate(n) -> Graph | None` builds the spec at size n on this axis)."""
     p = plan(graph, axis)
     if graph.size_reads:
         why = f"the layers depend on the input size through hin/win (at {graph.size_reads[0]})"
         if elaborate is None:
             raise CannotDerive(why)
-        return bounded(p, ELABORATE_LIMIT, why, elaborate)
+        n = p.declared
+        around = sorted(set(range(1, ELABORATE_AROUND + 1)) | set(range(max(1, n - ELABORATE_AROUND), n + ELABORATE_AROUND + 1)))
+        return bounded(p, around, why, elaborate)
     try:
         return derive(p)
     except CannotDerive as e:
-        return bounded(p, SEARCH_LIMIT, str(e))
+        return bounded(p, range(1, SEARCH_LIMIT + 1), str(e))
+
+
+def _symmetric(graph: Graph) -> bool:
+    """Height and width behave alike: a square input and every rule the same on both axes."""
+    if len(graph.input_shape) != 3 or graph.input_shape[0] != graph.input_shape[1]:
+        return False
+    try:
+        a, b = plan(graph, 0), plan(graph, 1)
+    except CannotDerive:
+        return False
+    return [(s.name, s.rule, s.inputs) for s in a.steps] == [(s.name, s.rule, s.inputs) for s in b.steps]
 
 
 def report(graph: Graph, elaborate_at: Callable | None = None) -> dict:
-    """What `archc check --sizes --json` prints: per axis valid, exact, min, constraints, output,
-    nearest (and `cannot_derive` with the reason and the searched range where it fell back)."""
+    """What `archc check --sizes --json` prints: per axis (height, width) `valid`, `exact`
+    (progressions {start, step, stop}), `min`, `constraints` (node, source position, what),
+    `output` (the output's extent on each exact progression, as an expression of the input)
+    and `nearest` (valid and exact sizes closest to the declared input); `cannot_derive` says
+    why an axis fell back to a bounded search and which sizes it searched.
+    ``elaborate_at(shape) -> Graph | None`` elaborates the spec at another input shape (used
+    only by that fallback)."""
     out: dict = {k: {} for k in ("valid", "exact", "min", "constraints", "output", "nearest")}
     notes = {}
+    same = _symmetric(graph)
     for axis, name in enumerate(AXES):
+        if axis == 1 and same:
+            for k in out:
+                out[k]["width"] = json.loads(json.dumps(out[k]["height"]).replace("H", "W"))
+            if "height" in notes:
+                notes["width"] = notes["height"]
+            break
         elaborate = None
         if elaborate_at is not None:
             def elaborate(n, axis=axis):
@@ -812,18 +839,15 @@ def report(graph: Graph, elaborate_at: Callable | None = None) -> dict:
                 return elaborate_at(tuple(shape))
         d = analyse(graph, axis, elaborate)
         var = name[0].upper()
-        valid = progressions(d.valid, d.pieces)
-        exact = progressions(d.exact, [p for p in d.pieces if p.exact])
-        if d.bounded is not None:   # a search says nothing past its range
-            for g in valid + exact:
-                if g["stop"] is None:
-                    g["stop"] = d.bounded
-            notes[name] = {"reason": d.why, "searched": [1, d.bounded]}
+        valid, exact = progressions(d.valid, d.pieces), progressions(d.exact, [p for p in d.pieces if p.exact])
+        if d.bounded is not None:
+            notes[name] = {"reason": d.why, "searched": progressions(set(d.bounded).__contains__,
+                                                                     [Piece(n, 1, n, 0, 0, True) for n in d.bounded])}
         declared = graph.input_shape[axis]
         out["valid"][name], out["exact"][name] = valid, exact
         out["min"][name] = valid[0]["start"] if valid else None
         out["constraints"][name] = constraints(d, valid)
-        out["output"][name] = outputs(d, exact or valid, var)
+        out["output"][name] = outputs(d, exact, var)
         limit = 4 * max(64, declared)
         out["nearest"][name] = {"valid": nearest(d.valid, declared, limit), "exact": nearest(d.exact, declared, limit)}
     if notes:
@@ -835,7 +859,7 @@ def constraints(d: Derived, valid: list) -> list:
     """For each constraint: the node and source position that imposes it."""
     p, g = d.plan, d.plan.graph
     rows = []
-    if valid and valid[0]["start"] > 1 and d.bounded is None:
+    if valid and valid[0]["start"] > 1 and (d.bounded is None or valid[0]["start"] - 1 in d.bounded):
         r = follow(p, valid[0]["start"] - 1)
         if r.failed:
             node = g.nodes[r.failed]
@@ -873,7 +897,7 @@ def outputs(d: Derived, groups: list, var: str) -> list:
             pc = next(pc for pc in sorted(d.pieces, key=lambda q: not q.exact) if pc.contains(n))
             text = ops.fmt(shape) if pc.e == VEC else output_expr(pc, var)
             if d.bounded is not None and pc.e > 0:
-                text = str(pc.e) if grp["stop"] == grp["start"] else "varies"
+                text = str(pc.e)
             exprs.append(text)
         exprs = list(dict.fromkeys(exprs))
         rows.append({**grp, "out": exprs[0] if len(exprs) == 1 else exprs})
@@ -890,14 +914,15 @@ def render(graph: Graph, rep: dict) -> str:
         imposed = next((c for c in reversed(cons) if c["kind"] == "exact"), None)
         note = rep.get("cannot_derive", {}).get(name)
         if note:
-            lines.append(f"{name}: cannot derive a closed form: {note['reason']}; searched {var} = 1..{note['searched'][1]}")
+            searched = ", ".join(f"{g['start']}..{g['stop']}" for g in note["searched"])
+            lines.append(f"{name}: cannot derive a closed form: {note['reason']}; searched {var} = {searched} only")
         if exact:
             outs = {json_key(o): o["out"] for o in rep["output"][name]}
             for grp in exact[:3]:
                 o = outs.get(json_key(grp))
                 tail = f", out = {o}" if isinstance(o, str) else ""
                 by = f"; imposed by {imposed['node']} at {imposed['at']}" if imposed else ""
-                lines.append(f"{name}: exact for {describe_progression(grp, var)}{tail}{by}")
+                lines.append(f"{name}: exact for {describe_progression(grp, var, graph.input_shape[axis])}{tail}{by}")
             if len(exact) > 3:
                 lines.append(f"{name}: … and {len(exact) - 3} more exact progressions (--json lists them)")
         else:
@@ -928,8 +953,9 @@ def _list(xs):
 # Warnings for archc check/build: the declared input is valid but not exact
 # ---------------------------------------------------------------------------------------------
 def inexact_warnings(graph: Graph) -> list:
-    """One line per axis on which the declared input loses rows or columns: which nodes drop
-    what, and the nearest exact sizes. Empty when exact (or when the IR cannot say)."""
+    """One line per axis on which the declared input is valid but not exact: which nodes drop
+    or unevenly crop which rows, and the nearest exact sizes. Empty when exact, and where the
+    IR cannot say (the spec chose layers from hin/win)."""
     if len(graph.input_shape) != 3 or graph.size_reads:
         return []
     out = []
@@ -938,13 +964,25 @@ def inexact_warnings(graph: Graph) -> list:
             p = plan(graph, axis)
         except CannotDerive:
             return []
-        r = follow(p, graph.input_shape[axis])
+        n = graph.input_shape[axis]
+        r = follow(p, n)
         if not r.valid or r.exact:
             continue
-        first = r.inexact[:3]
-        drops = "; ".join(f"{n} ({_at(graph.nodes[n])}) maps {e} to {o}" for n, e, o in first)
+        rules = {s.name: s.rule for s in p.steps}
+        what = "rows" if axis == 0 else "columns"
+        parts = [f"{node} ({_at(graph.nodes[node])}) {_loss(rules[node], e, o, what)}" for node, e, o in r.inexact[:3]]
         more = f" and {len(r.inexact) - 3} more" if len(r.inexact) > 3 else ""
-        exact = nearest(lambda n: follow(p, n).exact, graph.input_shape[axis], 4 * max(64, graph.input_shape[axis]))
+        exact = nearest(lambda m: follow(p, m).exact, n, 4 * max(64, n))
         hint = f"nearest exact {name}: {_list(exact)}" if exact else f"no {name} near it is exact"
-        out.append(f"{name} {graph.input_shape[axis]} is not exact: {drops}{more}; {hint}")
+        out.append(f"{name} {n} is not exact: {'; '.join(parts)}{more}; {hint}")
     return out
+
+
+def _loss(rule, e, o, what) -> str:
+    if isinstance(rule, (CropTo, Merge)):
+        return f"crops {e} to {o} unevenly"
+    if isinstance(rule, Window):
+        data, lost = e - rule.padded, rule.left_out(e, o)
+        tail = f", leaving out the last {lost} {what}" if lost else ""
+        return f"maps {data} to {o}, not {data}/{rule.stride}{tail}"
+    return f"maps {e} to {o}"
