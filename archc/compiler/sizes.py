@@ -42,7 +42,12 @@ VEC = 0          # the axis is gone: a vector whose length does not depend on it
 
 
 class CannotDerive(Exception):
-    """The analysis has no closed form here; the message says which node and why."""
+    """The analysis has no closed form here; the message says which node and why. `elaborate`:
+    the IR cannot even be followed size by size (a choice the nodes do not keep)."""
+
+    def __init__(self, message: str, elaborate: bool = False):
+        super().__init__(message)
+        self.elaborate = elaborate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,6 +165,7 @@ class Vanish:
 class Reshape:
     values: int               # the values the target shape holds
     per: int                  # the input's values per unit of this axis (spatial input)
+    out: int                  # the target's extent on this axis (VEC for a vector)
     keep = False
 
 
@@ -245,7 +251,7 @@ def _(node, axis, graph):
 
 @size_rule("global_pool")
 def _(node, axis, graph):
-    return Vanish()
+    return Fixed(1) if node.attrs.keepdims else Vanish()
 
 
 @size_rule("flatten")
@@ -262,7 +268,8 @@ def _(node, axis, graph):
 @size_rule("reshape")
 def _(node, axis, graph):
     s = graph.nodes[node.inputs[0]].shape
-    return Reshape(math.prod(node.attrs.shape), math.prod(s) // s[axis] if len(s) == 3 else 0)
+    t = node.attrs.shape
+    return Reshape(math.prod(t), math.prod(s) // s[axis] if len(s) == 3 else 0, t[axis] if len(t) == 3 else VEC)
 
 
 @size_rule("concat")
@@ -305,7 +312,7 @@ class Plan:
 def plan(graph: Graph, axis: int) -> Plan:
     if len(graph.input_shape) != 3:
         raise CannotDerive("the input has no spatial axes")
-    alias, steps, read, pads = {}, [], set(), {}
+    alias, steps, read, pads, ones = {}, [], set(), {}, set()
     for node in graph:
         rule = SIZE_RULES[node.op](node, axis, graph)
         ins = tuple(alias[i] for i in node.inputs)
@@ -313,9 +320,14 @@ def plan(graph: Graph, axis: int) -> Plan:
         if node.op == "input":
             alias[node.name] = node.name
             continue
+        if isinstance(rule, Merge) and rule.kind == "broadcast":
+            # an input that is 1 at every size (a kept global pool: squeeze-and-excitation) broadcasts
+            ins = tuple(i for i in ins if i not in ones) or ins[:1]
         if getattr(rule, "keep", False) or (isinstance(rule, Merge) and len(set(ins)) == 1 and rule.kind != "smallest"):
             alias[node.name] = ins[0]
             continue
+        if isinstance(rule, Fixed) and rule.out == 1:
+            ones.add(node.name)
         if isinstance(rule, StrideTo):
             other = 1 - axis
             rule = StrideTo(rule.target, rule.eff, rule.pad,
@@ -345,6 +357,7 @@ class Followed:
     failed: str | None = None        # the first node that rejects the size
     inexact: list = field(default_factory=list)   # (node, input extent, output extent)
     unknown: str | None = None       # a node at which the IR cannot say (a choice it does not keep)
+    extents: dict | None = None      # with keep=True: every step's extent
 
 
 def _apply_merge(rule: Merge, ins):
@@ -375,7 +388,7 @@ def apply_step(step: Step, ins):
         return -e * rule.per, True
     if isinstance(rule, Reshape):
         values = -e if e < 0 else e * rule.per
-        return (VEC, True) if e == VEC or values == rule.values else (None, False)
+        return (rule.out, True) if e == VEC or values == rule.values else (None, False)
     if isinstance(rule, CropTo):
         t = min(ins[1:])
         return (t, (e - t) % 2 == 0) if 1 <= t <= e else (None, False)
@@ -391,7 +404,8 @@ def apply_step(step: Step, ins):
     return rule.apply(e)
 
 
-def follow(p: Plan, n: int) -> Followed:
+def follow(p: Plan, n: int, keep: bool = False) -> Followed:
+    """Size n on the plan's axis pushed through the IR (the other axis as declared)."""
     ext = {p.graph.inputs[0]: n}
     res = Followed(n, True, True)
     for step in p.steps:
@@ -410,6 +424,8 @@ def follow(p: Plan, n: int) -> Followed:
             res.inexact.append((step.name, ins[0], out))
         ext[step.name] = out
     res.out = ext[p.sinks[0]]
+    if keep:
+        res.extents = ext
     return res
 
 
@@ -437,8 +453,10 @@ def _single(step: Step, pieces, inexact: set):
         for pc in pieces:
             if isinstance(rule, Flatten):
                 out.append(Piece(pc.a, pc.P, pc.stop, -pc.e * rule.per, -pc.Q * rule.per, pc.exact))
-            elif isinstance(rule, Vanish) or pc.e == VEC:
+            elif isinstance(rule, Vanish):
                 out.append(Piece(pc.a, pc.P, pc.stop, VEC, 0, pc.exact))
+            elif pc.e == VEC:
+                out.append(Piece(pc.a, pc.P, pc.stop, rule.out, 0, pc.exact))
             else:
                 raise CannotDerive(f"{step.name} reshapes a tensor whose size depends on the input")
         return out
@@ -542,8 +560,8 @@ def _breakpoints(step: Step, fs, jmax):
                     pts.update(range(max(0, math.floor(x) - 1), math.ceil(x) + 2))
     if isinstance(rule, StrideTo):
         (c0, d0), (c1, d1) = fs
-        if d1 == 0 and d0 == 0:
-            pass
+        if (d1 == 0 and d0 == 0) or (jmax is not None and jmax <= 64):
+            pts.update(range(0, 1 + (jmax or 0)))
         elif d1 > 0 and d0 % d1 == 0:
             S = d0 // d1
             threshold = abs(S * c1 - c0) + S + 2
@@ -566,7 +584,8 @@ def _joint(step: Step, input_pieces, inexact: set):
         if any(c < 0 or d < 0 for c, d in cb.fs) and not all(d == 0 for c, d in cb.fs):
             raise CannotDerive(f"{step.name} merges vectors whose length depends on the input")
         if isinstance(rule, Merge) and rule.identity_choice and len(set(cb.fs)) > 1:
-            raise CannotDerive(f"{step.name}: its residual's shortcut is the identity only at some sizes")
+            raise CannotDerive(f"the residual at {step.node.span} has an identity shortcut because its body keeps "
+                               "the declared size, which it does not at every size", elaborate=True)
         jmax = None if cb.stop is None else (cb.stop - cb.a) // cb.L
         pts = _breakpoints(step, cb.fs, jmax)
         segments, cur = [], 0
@@ -789,17 +808,21 @@ def analyse(graph: Graph, axis: int, elaborate: Callable | None = None) -> Deriv
     """One axis: the symbolic derivation, or a bounded search where it has no closed form
     (`elaborate(n) -> Graph | None` builds the spec at size n on this axis)."""
     p = plan(graph, axis)
+    n = p.declared
+    around = sorted(set(range(1, ELABORATE_AROUND + 1)) | set(range(max(1, n - ELABORATE_AROUND), n + ELABORATE_AROUND + 1)))
     if graph.size_reads:
         why = f"the layers depend on the input size through hin/win (at {graph.size_reads[0]})"
         if elaborate is None:
-            raise CannotDerive(why)
-        n = p.declared
-        around = sorted(set(range(1, ELABORATE_AROUND + 1)) | set(range(max(1, n - ELABORATE_AROUND), n + ELABORATE_AROUND + 1)))
+            raise CannotDerive(why, elaborate=True)
         return bounded(p, around, why, elaborate)
     try:
         return derive(p)
     except CannotDerive as e:
-        return bounded(p, range(1, SEARCH_LIMIT + 1), str(e))
+        if not e.elaborate:
+            return bounded(p, range(1, SEARCH_LIMIT + 1), str(e))
+        if elaborate is None:
+            raise
+        return bounded(p, around, str(e), elaborate)
 
 
 def _symmetric(graph: Graph) -> bool:
@@ -983,6 +1006,6 @@ def _loss(rule, e, o, what) -> str:
         return f"crops {e} to {o} unevenly"
     if isinstance(rule, Window):
         data, lost = e - rule.padded, rule.left_out(e, o)
-        tail = f", leaving out the last {lost} {what}" if lost else ""
+        tail = f", leaving out the last {lost} {what if lost > 1 else what[:-1]}" if lost else ""
         return f"maps {data} to {o}, not {data}/{rule.stride}{tail}"
     return f"maps {e} to {o}"
