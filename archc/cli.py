@@ -150,14 +150,38 @@ def render_table(s: dict, graph) -> str:
     return "\n".join(out)
 
 
+def render_memory(m: dict) -> str:
+    from .compiler.memory import human
+    opt = m["optimizer"]
+    lines = [f"Memory (float32, estimated): params {human(m['param_bytes'])}, state {human(m['state_bytes'])}, "
+             f"{opt} state {human(m['optimizer_state_bytes'][opt])}",
+             f"  activations per image: inference {human(m['inference_activation_bytes_per_image'])} (peak live), "
+             f"training {human(m['training_activation_bytes_per_image'])} (kept for the backward pass)",
+             f"  batch {m['batch']}: inference {human(m['inference_bytes'])}, training step {human(m['training_bytes'])}"]
+    if "largest_batch" in m:
+        lb = m["largest_batch"]
+        lines.append(f"  in {human(m['budget_bytes'])}: largest batch {lb['inference']:,} for inference, "
+                     f"{lb['training']:,} for training with {opt}")
+    return "\n".join(lines)
+
+
 def cmd_build(args) -> int:
     g = _graph(args)
     _warn_inexact(g)
     if args.emit == "ir":
         print(g.dumps())
         return 0
+    from .compiler import memory
     from .compiler.stats import summarize
     s = summarize(g)
+    try:
+        budget = memory.parse_bytes(args.memory) if args.memory is not None else None
+        s["memory"] = memory.estimate(g, args.batch, args.optimizer)
+    except ValueError as e:
+        raise ArchError([_diag(str(e))]) from None
+    if budget is not None:
+        s["memory"]["budget_bytes"] = budget
+        s["memory"]["largest_batch"] = memory.largest_batch(g, budget, args.optimizer)
     report = {}
     if not args.no_lower:
         report = _validate_lowering(g, args)
@@ -166,6 +190,7 @@ def cmd_build(args) -> int:
         print(json.dumps(s, indent=1))
     else:
         print(render_table(s, g))
+        print(render_memory(s["memory"]))
         if "lowering_check_s" in report:
             print(f"JAX lowering: {report['lowered_nodes_checked']} node shapes verified with jax.eval_shape "
                   f"({report['lowering_check_s']:.2f} s)")
@@ -597,7 +622,10 @@ def main(argv=None) -> int:
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
     sp.add_argument("--emit", choices=["ir"], help="print the IR as JSON instead")
     sp.add_argument("--compile", action="store_true", help="also jit-compile the forward pass and time XLA")
-    sp.add_argument("--batch", type=int, default=1, help="batch size for --compile")
+    sp.add_argument("--batch", type=int, default=1, help="batch size for --compile and the memory estimate")
+    sp.add_argument("--memory", metavar="SIZE", help="a memory budget (e.g. 16GiB): print the largest batch that fits")
+    sp.add_argument("--optimizer", default="momentum", choices=["sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "lamb"],
+                    help="the optimizer whose state the training estimate counts (default: momentum)")
     sp.add_argument("--out", metavar="FILE", help="write initialised variables (.safetensors)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--no-lower", action="store_true", help="skip the lowering check (jax.eval_shape of every node)")

@@ -938,8 +938,27 @@ class Elaborator:
         elif isinstance(st, A.Param):
             chosen = params.get(st.name, st.default)
             env.vars[st.name] = chosen.value if isinstance(chosen, Override) else self.value(chosen, env)
+            if st.range is not None:
+                self.check_range(st, env.vars[st.name], env)
         else:
             self.run_statements([st], None, env, in_block=False)
+
+    def param_range(self, st: A.Param, env: Env) -> tuple:
+        """The declared (low, high) of a family parameter: numbers, low <= high."""
+        lo, hi = (self.value(e, env) for e in st.range)
+        for v, e in ((lo, st.range[0]), (hi, st.range[1])):
+            self._num(v, e.span, "use as a bound")
+        if lo > hi:
+            fail(f"the range of '{st.name}' is empty: {lo} > {hi}", st.range[0].span)
+        return lo, hi
+
+    def check_range(self, st: A.Param, value, env: Env) -> None:
+        lo, hi = self.param_range(st, env)
+        for v in (value if isinstance(value, list) else [value]):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+                fail(f"param '{st.name}' = {_plain(value)} is outside its declared range [{lo}, {hi}]", st.span,
+                     f"choose {'each element ' if isinstance(value, list) else ''}between {lo} and {hi}, "
+                     "or widen the range")
 
     def bind_import(self, st: A.Import, module: Module, env: Env) -> None:
         target = module.imports[st.path]

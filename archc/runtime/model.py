@@ -62,9 +62,11 @@ class Model:
     def output_shape(self) -> tuple:
         return tuple(self.graph.output_shape)
 
-    def summary(self) -> dict:
-        """Parameter and MAC counts, overall and per node (see ``archc.compiler.stats``)."""
-        return summarize(self.graph)
+    def summary(self, batch: int = 1, optimizer: str = "momentum") -> dict:
+        """Parameter and MAC counts, overall and per node (see ``archc.compiler.stats``), and
+        ``memory``: the estimate for ``batch`` (``archc.compiler.memory.estimate``)."""
+        from ..compiler.memory import estimate
+        return {**summarize(self.graph), "memory": estimate(self.graph, batch, optimizer)}
 
     def __repr__(self) -> str:
         s = summarize(self.graph)
