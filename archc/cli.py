@@ -14,6 +14,11 @@ EXIT_USER = 2
 
 
 def _shape(text: str) -> tuple:
+    parts = text.split("x") if not text.islower() or text.isdigit() else text.lower().split("x")
+    if len(parts) == 3 and any(p.isalpha() and len(p) == 1 and p.isupper() for p in parts[:2]) \
+            and all(p.isdigit() or (p.isalpha() and len(p) == 1 and p.isupper()) for p in parts[:2]) and parts[2].isdigit():
+        # symbolic: HxWx3, Hx224x3 (archc check prints the output as a function of them)
+        return tuple(p if p.isalpha() else int(p) for p in parts)
     try:
         dims = tuple(int(x) for x in text.lower().split("x"))
     except ValueError:
@@ -62,7 +67,18 @@ def fmt_shape(shape) -> str:
 
 
 def cmd_check(args) -> int:
+    letters = {}
+    if args.input is not None and any(isinstance(d, str) for d in args.input):
+        letters = {a: d for a, d in enumerate(args.input) if isinstance(d, str)}
+        given, args.input = args.input, None if args.expr is None else tuple(32 if isinstance(d, str) else d for d in args.input)
+        declared = _graph(args).input_shape     # the letters stand for sizes; the rest is as given
+        args.input = tuple(declared[a] if isinstance(d, str) else d for a, d in enumerate(given))
     g = _graph(args)
+    if letters:
+        from .compiler import sizes
+        rep = sizes.report(g, None if g.size_reads else (lambda shape: None))
+        print(sizes.symbolic_text(g, letters, rep))
+        return 0
     if args.sizes:
         return _sizes(g, args)
     if args.expr is not None:

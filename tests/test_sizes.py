@@ -141,6 +141,18 @@ def test_unet_resnet_googlenet_facts():
     assert google["min"]["height"] == 63
 
 
+def test_a_folded_graph_keeps_its_sizes():
+    import numpy as np
+
+    from archc.compiler import ops
+    from archc.compiler.fold import fold_batchnorm
+    g = build_graph("resnet50")
+    variables = ops.variables_tree(ops.variable_specs(g), lambda v: np.ones(v.shape, np.float32))
+    folded, _ = fold_batchnorm(g, variables)
+    assert len(folded.nodes) < len(g.nodes)
+    assert sizes.report(folded)["exact"] == sizes.report(g)["exact"]
+
+
 def test_other_axis_and_non_square_inputs():
     g = build_graph("resnet50", input_shape=(224, 160, 3))
     rep = sizes.report(g)
@@ -221,3 +233,29 @@ def test_cli_sizes_falls_back_for_a_spec_that_reads_hin(capsys):
     assert "hin/win" in note["reason"] and "mobilenet_v2.arch:24" in note["reason"]
     assert 224 in [n for g in data["exact"]["height"] for n in range(g["start"], g["stop"] + 1, g["step"])]
     assert all(g["stop"] is not None for g in data["valid"]["height"])   # nothing claimed past the search
+
+
+def test_symbolic_input_on_the_command_line(capsys):
+    assert main(["check", "unet", "--input", "HxWx1"]) == 0
+    assert capsys.readouterr().out.startswith(
+        "unet: HxWx1 -> (H − 184)x(W − 184)x2 for H = 16k + 188, W = 16k + 188 (k ≥ 0, exact); checks for H ≥ 188")
+    assert main(["check", "unet", "--input", "Hx508x1"]) == 0
+    assert "-> (H − 184)x324x2" in capsys.readouterr().out
+
+
+def test_symbolic_shape_exports_once_and_runs_at_several_sizes():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import archc
+    model = archc.load("resnet18")
+    spec, constraints = model.symbolic_shape()
+    assert spec == "b, 32*h, 32*w, 3"
+    variables = model.init(seed=0)
+    x = jax.ShapeDtypeStruct(jax.export.symbolic_shape(spec, constraints=constraints), jnp.float32)
+    exported = jax.export.export(jax.jit(model.apply_fn))(variables, x)
+    for batch, hw in ((1, (64, 64)), (2, (96, 128))):
+        xs = jnp.asarray(np.random.default_rng(0).normal(size=(batch,) + hw + (3,)), jnp.float32)
+        want = archc.load("resnet18", input_shape=hw + (3,)).apply(variables, xs)
+        np.testing.assert_allclose(exported.call(variables, xs), want, rtol=1e-5, atol=1e-5)

@@ -1009,3 +1009,63 @@ def _loss(rule, e, o, what) -> str:
         tail = f", leaving out the last {lost} {what if lost > 1 else what[:-1]}" if lost else ""
         return f"maps {data} to {o}, not {data}/{rule.stride}{tail}"
     return f"maps {e} to {o}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Symbolic shapes: archc check --input HxWx3, Model.symbolic_shape()
+# ---------------------------------------------------------------------------------------------
+def _single_tail(groups: list):
+    """The one unbounded progression of a set, when the set is one ({start, step}), else None."""
+    return groups[0] if len(groups) == 1 and groups[0]["stop"] is None else None
+
+
+def symbolic_text(graph: Graph, letters: dict, rep: dict) -> str:
+    """'resnet50: HxWx3 -> 1000 for H = 32k + 32, W = 32k + 32 (k ≥ 0, exact); checks for H ≥ 1, W ≥ 1'.
+    `letters`: axis -> the letter the user gave it."""
+    dims = [letters.get(a, str(d)) for a, d in enumerate(graph.input_shape)]
+    out_dims, conds, valid = [], [], []
+    out = graph.output_shape
+    for axis, name in enumerate(AXES):
+        if axis not in letters:
+            continue
+        var = letters[axis]
+        exact, ok = rep["exact"][name], rep["valid"][name]
+        grp = _single_tail(exact)
+        if grp is not None:
+            conds.append(f"{var} = {grp['step']}k + {grp['start']}" if grp["step"] > 1 else f"{var} ≥ {grp['start']}")
+        valid.append(", ".join(describe_progression(g, var) for g in ok[:2]) + (", …" if len(ok) > 2 else "") or f"no {var}")
+    for axis, d in enumerate(out):
+        if len(out) == 3 and axis < 2 and axis in letters:
+            o = next((r["out"] for r in rep["output"][AXES[axis]]), None)
+            out_dims.append(f"({o.replace(AXES[axis][0].upper(), letters[axis])})" if isinstance(o, str) and " " in o
+                            else o.replace(AXES[axis][0].upper(), letters[axis]) if isinstance(o, str) else "?")
+        else:
+            out_dims.append(str(d))
+    where = f" for {', '.join(conds)} (k ≥ 0, exact)" if conds else " (exact for no size)"
+    return f"{graph.name}: {'x'.join(dims)} -> {'x'.join(out_dims)}{where}; checks for {'; '.join(valid)}"
+
+
+def symbolic_shape(graph: Graph, batch: str = "b") -> tuple:
+    """The input's ``jax.export.symbolic_shape`` specification and its constraints: a symbolic
+    batch, and each spatial axis symbolic where its exact sizes are one progression (the sizes
+    on which the network's shapes follow one formula), else as declared: e.g. ResNet-50's
+    ('b, 32*h, 32*w, 3', ()). Raises CannotDerive where the analysis has no closed form."""
+    if len(graph.input_shape) != 3:
+        return f"{batch}, {graph.input_shape[0]}", ()
+    rep = report(graph)
+    if "cannot_derive" in rep:
+        raise CannotDerive("; ".join(f"{k}: {v['reason']}" for k, v in rep["cannot_derive"].items()))
+    dims, constraints = [batch], []
+    for axis, name in enumerate(AXES):
+        grp = _single_tail(rep["exact"][name])
+        sym = name[0]
+        if grp is None:
+            dims.append(str(graph.input_shape[axis]))
+            continue
+        s, a = grp["step"], grp["start"]
+        # n = s·k + a (k >= 0) written with a symbol >= 1: s·sym + (a - s)
+        off = a - s
+        dims.append(f"{s}*{sym}" + (f" + {off}" if off > 0 else f" - {-off}" if off < 0 else "") if s > 1
+                    else (sym if a <= 1 else f"{sym} + {a - 1}"))
+    dims.append(str(graph.input_shape[2]))
+    return ", ".join(dims), tuple(constraints)
