@@ -5,8 +5,6 @@ import importlib.util
 import re
 from pathlib import Path
 
-import pytest
-
 DOC = Path(__file__).resolve().parent.parent / "docs" / "testing.md"
 
 

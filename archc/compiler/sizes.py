@@ -23,9 +23,10 @@ back to a bounded search that elaborates the spec at each size.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
-import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -107,9 +108,6 @@ class Window:
             lo = self.eff - sum(self.pad)
         return self.stride, 1, max(1, lo)
 
-    def describe(self):
-        what = {"same": "'same' padding", "ceil": "ceil mode"}.get(self.mode, f"padding {self.pad[0]}+{self.pad[1]}")
-        return f"window {self.eff}, stride {self.stride}, {what}"
 
 
 @dataclass(frozen=True)
@@ -126,8 +124,6 @@ class Affine:
     def period(self):
         return 1, self.mul, max(1, -((self.add - 1) // self.mul))
 
-    def describe(self):
-        return f"{self.mul}·n{self.add:+d}" if self.mul != 1 else f"n{self.add:+d}"
 
 
 @dataclass(frozen=True)
@@ -143,8 +139,6 @@ class Fixed:
     def period(self):
         return 1, 0, self.out
 
-    def describe(self):
-        return f"adaptive pool to {self.out}"
 
 
 @dataclass(frozen=True)
@@ -848,9 +842,13 @@ def report(graph: Graph, elaborate_at: Callable | None = None) -> dict:
     notes = {}
     same = _symmetric(graph)
     for axis, name in enumerate(AXES):
-        if axis == 1 and same:
+        if axis == 1 and same:      # the width's answer is the height's, written in W
             for k in out:
-                out[k]["width"] = json.loads(json.dumps(out[k]["height"]).replace("H", "W"))
+                out[k]["width"] = copy.deepcopy(out[k]["height"])
+            for row in out["output"]["width"]:
+                outs = row["out"] if isinstance(row["out"], list) else [row["out"]]
+                outs = [re.sub(r"\bH\b", "W", o) for o in outs]
+                row["out"] = outs if isinstance(row["out"], list) else outs[0]
             if "height" in notes:
                 notes["width"] = notes["height"]
             break
