@@ -179,10 +179,19 @@ def _rescale(node: Node, xs, e):
 
 @flax_rule("flatten")
 def _flatten(node: Node, xs, e):
-    shape = e.ins[0]
-    if node.attrs.order == "nchw" and len(shape) == 3 and shape[0] * shape[1] > 1:
-        return f"{e.use('flatten_nchw')}({xs[0]})"
-    return f"{xs[0]}.reshape({xs[0]}.shape[0], -1)"
+    return f"{e.use('flatten')}({xs[0]}, {node.attrs.order!r})"
+
+
+@flax_rule("roi_align")
+def _roi_align(node: Node, xs, e):
+    a = node.attrs
+    return (f"{e.use('roi_align')}({xs[0]}, [{', '.join(xs[1:])}], {_tuple(a.out)}, {_tuple(a.scales)}, "
+            f"{a.sampling}, {a.aligned})")
+
+
+@flax_rule("roi_pool")
+def _roi_pool(node: Node, xs, e):
+    return f"{e.use('roi_pool')}({xs[0]}, {xs[1]}, {_tuple(node.attrs.out)}, {node.attrs.scale!r})"
 
 
 @flax_rule("reshape")

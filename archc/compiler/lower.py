@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from . import flax_ops
 from .ir import Graph, Node
 from .ops import OPS, VarSpec, pass_rules, variable_specs, variables_tree  # noqa: F401  (VarSpec, variables_tree: re-exported)
 from .ops.pool import axis_counts
@@ -352,10 +353,7 @@ def _global_pool(node: Node, xs, v, run):
 
 @lowering("flatten")
 def _flatten(node: Node, xs, v, run):
-    x = xs[0]
-    if node.attrs.order == "nchw" and x.ndim == 4 and x.shape[1] * x.shape[2] > 1:
-        x = jnp.transpose(x, (0, 3, 1, 2))
-    return x.reshape(x.shape[0], -1)
+    return flax_ops.flatten(xs[0], node.attrs.order)
 
 
 @lowering("dense")
@@ -584,6 +582,17 @@ def _adaptive_pool(node: Node, xs, v, run):
     reduce = jnp.mean if node.attrs.kind == "avg" else jnp.max
     oh, ow = node.attrs.out
     return _adaptive_along(_adaptive_along(xs[0], 1, oh, reduce), 2, ow, reduce)
+
+
+@lowering("roi_align")
+def _roi_align(node: Node, xs, v, run):
+    a = node.attrs
+    return flax_ops.roi_align(xs[0], xs[1:], a.out, a.scales, a.sampling, a.aligned)
+
+
+@lowering("roi_pool")
+def _roi_pool(node: Node, xs, v, run):
+    return flax_ops.roi_pool(xs[0], xs[1], node.attrs.out, node.attrs.scale)
 
 
 @lowering("l2norm")

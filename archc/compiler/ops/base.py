@@ -136,6 +136,8 @@ class Surface:
     ``bind(args, ctx)`` -> the IR op's Attrs, or None for an op that adds no node (identity);
     ``label``: the naming prefix of its nodes (default: the surface kind; activations name
     their nodes by function). ``merge``: its positional arguments are branches (concat, add).
+    ``tensors``: arguments that name tensors (``roi_align(@p3, …)``): the elaborator appends
+    them to the node's inputs, after the chain's input, and ``bind`` sees their shapes.
     """
     kind: str
     signature: Mapping[str, Any]
@@ -145,6 +147,7 @@ class Surface:
     doc: str = ""
     label_from: str | None = None
     merge: bool = False
+    tensors: tuple = ()       # arguments that are tensors (@name or a list of them): extra node inputs
 
     def label(self, preset: Mapping) -> str:
         return preset[self.label_from] if self.label_from else self.kind
