@@ -26,7 +26,7 @@ from archc.runtime.model import Model  # noqa: E402
 from archc.spec.source import ArchError  # noqa: E402
 
 from ir_helpers import GraphBuilder  # noqa: E402
-from test_lowering import every_op_graph  # noqa: E402
+from test_lowering import every_op_graph, roi_op_graph  # noqa: E402
 
 TOLERANCE = 1e-4          # relative to the output's scale where random weights make it large
 
@@ -218,7 +218,8 @@ FLAX_BUILTINS = ["alexnet_paper", "googlenet", "keras/efficientnet_b0", "keras/n
 
 
 def test_flax_builtins_span_every_op():
-    used = {n.op for name in FLAX_BUILTINS for n in build_graph(name)} | {n.op for n in every_op_graph().output()}
+    used = ({n.op for name in FLAX_BUILTINS for n in build_graph(name)} | {n.op for n in every_op_graph().output()}
+            | {n.op for n in roi_op_graph().output()})      # the RoI ops: tests/test_roi.py
     assert used == set(ops.OPS), sorted(set(ops.OPS) - used)
 
 
