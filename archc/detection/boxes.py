@@ -125,6 +125,15 @@ def _compact(order, keep, max_out):
     return jnp.where(jnp.arange(max_out) < count, idx, 0).astype(jnp.int32), count
 
 
+def nms_keep(boxes, scores, valid, iou_thresh):
+    """The kept mask of ``nms`` (N,) in the boxes' own order."""
+    boxes, scores, valid = jnp.asarray(boxes), jnp.asarray(scores), jnp.asarray(valid)
+    order = score_order(scores, valid)
+    b = boxes[order]
+    keep = _greedy(iou(b, b) > iou_threshold(iou_thresh), valid[order])
+    return jnp.zeros_like(keep).at[order].set(keep)
+
+
 def nms(boxes, scores, valid, iou_thresh, max_out):
     """torchvision.ops.nms on the valid boxes: in stable descending score order, a kept box
     suppresses every later box whose IoU with it is strictly greater than ``iou_thresh``.
