@@ -17,7 +17,7 @@ from typing import Any
 from ..spec import ast as A
 from ..spec.source import ArchError, Diagnostic, Span
 from ..spec.source import suggest as _suggest
-from . import ops
+from . import declarations, ops
 from .ir import Graph, Node
 from .ops import NoAttrs, ShapeError, fmt
 from .ops.elementwise import ScaleAttrs
@@ -440,6 +440,9 @@ class Elaborator:
             return OpLayer(kind, (), dict(preset), span, label, env)
         if name in FUNCTIONS:
             fail(f"'{name}' is a function; call it as {name}(…)", span)
+        if declarations.is_declaration(name):
+            fail(f"'{name}(…)' is a declaration, not a layer", span,
+                 f"write it on a line of its own at the top level of the file, e.g. {name}(…)")
         candidates = env.names() | set(SPELLINGS) | set(FUNCTIONS)
         fail(f"unknown name '{name}'", span, _suggest(name, candidates) or "define it with let, param or block, or import it")
 
@@ -836,6 +839,9 @@ class Elaborator:
                         fail("the input is declared twice", st.span)
                     t = self.add_input(tuple(input_shape) if input_shape is not None else self.input_shape(st, env),
                                        st.span)
+                elif (decl := self._declaration_call(st, env)) is not None:
+                    if not shape_failed:        # its @tensors may be the failed stage's
+                        self.declare(decl, env)
                 elif not isinstance(st, A.Preset):     # presets were bound before elaborating
                     if t is None and isinstance(st, (A.SeqStmt, A.Labelled)):
                         if input_shape is None:
@@ -867,6 +873,41 @@ class Elaborator:
         if not g.outputs:
             g.outputs = [t]
         return g
+
+    @staticmethod
+    def _declaration_call(st, env: Env) -> A.Call | None:
+        """The call of a declaration statement (``preprocess(mode="caffe")`` on its own line),
+        unless the file defines that name itself."""
+        if (isinstance(st, A.SeqStmt) and len(st.seq.items) == 1 and not st.seq.repeats
+                and isinstance(call := st.seq.items[0], A.Call) and call.body is None
+                and declarations.is_declaration(call.func) and not env.lookup(call.func)[0]):
+            return call
+        return None
+
+    def declare(self, call: A.Call, env: Env) -> None:
+        """Evaluate a declaration's keyword arguments and store the bound, validated result in
+        ``graph.declarations`` (compiler/declarations)."""
+        kind, g = call.func, self.b.g
+        if kind in g.declarations:
+            fail(f"'{kind}(…)' is declared twice", call.span, "keep one; presets and parameters choose its values")
+        sig = declarations.DECLARATIONS[kind].signature
+        values, spans = {}, {}
+        for a in call.args:
+            if a.name is None:
+                fail(f"{kind}() takes keyword arguments only", a.span, f"its keywords: {', '.join(sig)}")
+            if a.name not in sig:
+                fail(f"{kind}() has no argument '{a.name}'", a.span, _suggest(a.name, sig) or f"its keywords: {', '.join(sig)}")
+            if a.name in values:
+                fail(f"argument '{a.name}' given twice", a.span)
+            values[a.name], spans[a.name] = self.value(a.value, env), a.span
+
+        def tensor(name, v):
+            if isinstance(v, RefLayer):
+                return self.lookup_tensor(v.name, spans.get(name, call.span), v.frame)
+            return None
+
+        ctx = declarations.DeclarationContext(kind, fail, spans, call.span, tensor)
+        g.declarations[kind] = declarations.bind(kind, values, ctx)
 
     def module_env(self, module: Module) -> Env:
         """What an imported module defines (its blocks, lets, imports, and params at their

@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from .declarations import redirect_tensors
 from .ir import Graph, verify
 from .ops import OPS
 
@@ -71,7 +72,8 @@ def fold_batchnorm(graph: Graph, variables: dict) -> tuple[Graph, dict]:
         nodes[node.name] = replace(node, inputs=tuple(redirect.get(i, i) for i in node.inputs),
                                    attrs=new_attrs.get(node.name, node.attrs))
     folded = Graph(graph.name, nodes, list(graph.inputs), [redirect.get(o, o) for o in graph.outputs],
-                   dict(graph.params), {k: redirect.get(v, v) for k, v in graph.aliases.items()}, graph.sources)
+                   dict(graph.params), {k: redirect.get(v, v) for k, v in graph.aliases.items()}, graph.sources,
+                   {k: redirect_tensors(d, redirect) for k, d in graph.declarations.items()})
     verify(folded)
     out = dict(variables)
     out["params"] = params

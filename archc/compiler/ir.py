@@ -47,6 +47,7 @@ class Graph:
     params: dict = field(default_factory=dict)     # family parameters it was built with
     aliases: dict = field(default_factory=dict)    # stage label -> the node that is its output
     sources: dict = field(default_factory=dict)    # file -> text, for diagnostics
+    declarations: dict = field(default_factory=dict)  # kind -> frozen dataclass (compiler/declarations)
 
     def __iter__(self):
         return iter(self.nodes.values())
@@ -69,11 +70,17 @@ class Graph:
             "inputs": self.inputs,
             "outputs": self.outputs,
             "aliases": self.aliases,
+            "declarations": {k: _declaration_json(d) for k, d in self.declarations.items()},
             "nodes": [n.to_json() for n in self.nodes.values()],
         }
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=1)
+
+
+def _declaration_json(d) -> dict:
+    from .declarations import to_json
+    return to_json(d)
 
 
 def _jsonable(v: Any):
@@ -116,4 +123,8 @@ def verify(graph: Graph) -> Graph:
     for n in graph.inputs:
         if graph.nodes[n].op != "input":
             raise ValueError(f"the graph's input {n!r} is a {graph.nodes[n].op} node")
+    for kind, d in graph.declarations.items():
+        for n in getattr(d, "tensors", lambda: ())():
+            if n not in graph.nodes:
+                raise ValueError(f"the {kind} declaration names {n!r}, which is not a node")
     return graph

@@ -11,11 +11,11 @@ Positions are the language's (1-based lines and columns); the server converts th
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..compiler import library, ops
+from ..compiler import declarations, library, ops
 from ..compiler.build import bind_family_params
 from ..compiler.elaborate import COMBINATORS, FUNCTIONS, SPELLINGS
 from ..compiler.ir import Graph
@@ -276,6 +276,8 @@ class Analysis:
             out.setdefault(name, ("op", signature_text(name, kind)))
         for name in FUNCTIONS:
             out.setdefault(name, ("function", f"{name}(…)"))
+        for name in declarations.DECLARATIONS:
+            out.setdefault(name, ("declaration", declaration_signature(name)))
         return [(n, k, d) for n, (k, d) in out.items()]
 
     def _visible(self, module: Module, out: dict, seen: set) -> None:
@@ -319,8 +321,18 @@ def signature_text(spelling: str, kind: str) -> str:
     return f"{spelling}({', '.join(parts)})"
 
 
+def declaration_signature(kind: str) -> str:
+    """A declaration's keywords with their defaults, e.g. preprocess(mode='torch', …)."""
+    sig = declarations.DECLARATIONS[kind].signature
+    return f"{kind}({', '.join(k if v is MISSING else f'{k}={v!r}' for k, v in sig.items())})"
+
+
 def op_doc(spelling: str) -> str | None:
-    """Markdown: an op spelling's signature and documentation, or None for a name that is not an op."""
+    """Markdown: an op spelling's (or a declaration's) signature and documentation, or None for a
+    name that is neither."""
+    if spelling in declarations.DECLARATIONS and spelling not in SPELLINGS:
+        d = declarations.DECLARATIONS[spelling]
+        return f"```\n{declaration_signature(spelling)}\n```\n\n{d.doc}\n\ndeclaration (a top-level statement)"
     entry = SPELLINGS.get(spelling)
     if entry is None:
         return None
