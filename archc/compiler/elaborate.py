@@ -181,7 +181,8 @@ FUNCTIONS = {
 
 # The language's structural combinators (not IR ops): their signatures. Every other surface op,
 # its spellings and signature, comes from the op registry (compiler/ops).
-COMBINATORS: dict[str, dict[str, Any]] = {"residual": {"proj": None, "shortcut": None, "scale": 1.0}, "dense": {}}
+COMBINATORS: dict[str, dict[str, Any]] = {"residual": {"proj": None, "shortcut": None, "scale": 1.0}, "dense": {},
+                                          "like": {"stage": ...}}
 
 
 def signature(kind: str) -> dict:
@@ -634,6 +635,8 @@ class Elaborator:
 
     # ---- leaf ops ----
     def apply_op(self, v: OpLayer, t: str, next_is_bn: bool) -> str:
+        if v.kind == "like":
+            return self.apply_like(v, t)
         if v.kind in COMBINATORS:
             return self.apply_combinator(v, t)
         surface, op = ops.SURFACES[v.kind]
@@ -717,6 +720,32 @@ class Elaborator:
                 o = self.b.add("crop", [o], CropAttrs(((dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2))), span, "crop")
             res.append(o)
         return res
+
+    def apply_like(self, v: OpLayer, t: str) -> str:
+        """``like(@stage)``: the layers of an earlier stage again, on this input, with that
+        stage's variables (weight sharing: torchvision's RPN head runs on every FPN level). The
+        stage must read one tensor from outside itself."""
+        ref = _bind_op(v)["stage"]
+        if not isinstance(ref, RefLayer):
+            fail("like() takes a stage, as @name", v.span, "e.g. rpn1: @p1 like(@rpn0)")
+        out = self.lookup_tensor(ref.name, ref.span, ref.frame)
+        g = self.b.g
+        label = next((k for k, n in g.aliases.items() if n == out and k.split(".")[-1] == ref.name), None)
+        if label is None:
+            fail(f"'{ref.name}' is not a stage (a labelled line such as '{ref.name}: conv3(64) relu')", ref.span)
+        members = [n for n in g if n.name.startswith(label + ".")]
+        inside = {n.name for n in members}
+        outside = {i for n in members for i in n.inputs if i not in inside}
+        if len(outside) != 1 or not members:
+            fail(f"like(@{ref.name}) replays a stage that reads one tensor; '{ref.name}' reads {len(outside)}",
+                 v.span, "split the stage so that it starts from one input")
+        mapped = {outside.pop(): t}
+        for n in members:
+            prefix = n.name.rsplit(".", 1)[-1].rstrip("0123456789") or n.op
+            name = self.b.add(n.op, [mapped[i] for i in n.inputs], n.attrs, v.span, prefix)
+            g.nodes[name].shares = n.shares or n.name
+            mapped[n.name] = name
+        return mapped[out]
 
     def apply_combinator(self, v: OpLayer, t: str) -> str:
         a = _bind_op(v)

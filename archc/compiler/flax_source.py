@@ -328,6 +328,7 @@ def to_flax_source(graph: Graph) -> str:
     check_convertible(graph)
     ids, e = _identifiers(graph), SourceEmitter()
     body = []
+    owners = {n.shares for n in graph if n.shares}
     for node in graph:
         if node.op == "input":
             continue
@@ -338,6 +339,10 @@ def to_flax_source(graph: Graph) -> str:
         declaration = _declaration(node, in_shapes)
         if declaration:
             body.append(f"        {declaration}")
+        if node.name in owners:
+            body.append(f"        {ids[node.name]}_v = v")
+        elif node.shares:                      # the same variables as an earlier node
+            body.append(f"        v = {ids[node.shares]}_v")
         body.append(f"        {ids[node.name]} = {FLAX_RULES[node.op](node, [ids[i] for i in node.inputs], e)}")
     if len(graph.outputs) == 1:
         body.append(f"        return {ids[graph.outputs[0]]}")

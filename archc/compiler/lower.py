@@ -690,10 +690,11 @@ def _bind_inputs(prog: Program, x) -> tuple[dict, bool]:
 
 
 def _node_variables(prog: "Program", variables: Mapping, node: Node, dtype=None) -> dict:
+    owner = node.shares or node.name
     own = {}
     for collection in ("params", "batch_stats"):
-        own.update(variables.get(collection, {}).get(node.name, {}))
-    if not own and prog.has_variables(node.name):
+        own.update(variables.get(collection, {}).get(owner, {}))
+    if not own and prog.has_variables(owner):
         raise ValueError(f"the variables have no entry for node {node.name!r} ({node.op}): "
                          "were they made for another model?")
     if dtype is not None and "kernel" in own:      # a product's operands (conv, dense) take the policy

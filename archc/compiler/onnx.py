@@ -544,7 +544,8 @@ def to_onnx(graph: Graph, variables, *, opset: int = DEFAULT_OPSET, batch="dynam
         if node.op == "input":
             continue
         e.begin(node.name, [graph.nodes[i].shape for i in node.inputs])
-        value = ONNX_RULES[node.op](node, [env[i] for i in node.inputs], _node_variables(variables, node.name), e)
+        value = ONNX_RULES[node.op](node, [env[i] for i in node.inputs],
+                                    _node_variables(variables, node.shares or node.name), e)
         plain = node.name not in wanted or layout == "nchw" or len(node.shape) != 3
         env[node.name] = e.name_result(value, node.name if plain else node.name + "/nchw")
     outputs = []

@@ -235,6 +235,9 @@ def infer_shape(op: str, attrs: Attrs, in_shapes: list) -> tuple:
 
 
 def node_variables(node, in_shapes) -> list[VarSpec]:
+    """The variables a node owns (none when it shares another node's: ``Node.shares``)."""
+    if getattr(node, "shares", None):
+        return []
     return [VarSpec(v.collection, node.name, *v[1:]) for v in OPS[node.op].variables(node.attrs, in_shapes)]
 
 
@@ -258,7 +261,7 @@ def count(node, graph) -> tuple:
     """(trainable, non_trainable, macs) of one node; parameter counts are its variables' sizes."""
     ins = [graph.nodes[i].shape for i in node.inputs]
     trainable = non_trainable = 0
-    for v in OPS[node.op].variables(node.attrs, ins):
+    for v in ([] if getattr(node, "shares", None) else OPS[node.op].variables(node.attrs, ins)):
         if v.collection == "params":
             trainable += prod(v.shape)
         else:
