@@ -122,18 +122,21 @@ class Program:
                 raise ValueError(f"model {self.graph.name!r} has no node or block named {name!r}{hint}")
         return outputs
 
-    def needed(self, outputs: tuple[str, ...]) -> frozenset:
-        """The nodes that the given outputs depend on (themselves included)."""
-        if outputs in self._needed:
-            return self._needed[outputs]
+    def needed(self, outputs: tuple[str, ...], given: frozenset = frozenset()) -> frozenset:
+        """The nodes that the given outputs depend on (themselves included), not looking past
+        the ``given`` nodes (values computed before: a network run in two phases)."""
+        key = (outputs, given)
+        if key in self._needed:
+            return self._needed[key]
         nodes = self.graph.nodes
         seen, stack = set(), list(outputs)
         while stack:
             n = stack.pop()
             if n not in seen:
                 seen.add(n)
-                stack.extend(nodes[n].inputs)
-        result = self._needed[outputs] = frozenset(seen)
+                if n not in given:
+                    stack.extend(nodes[n].inputs)
+        result = self._needed[key] = frozenset(seen)
         return result
 
     def __repr__(self) -> str:
@@ -664,11 +667,14 @@ def compute_dtype(dtype):
     return COMPUTE_DTYPES[name]
 
 
-def _bind_inputs(prog: Program, x) -> tuple[dict, bool]:
+def _bind_inputs(prog: Program, x, needed=None) -> tuple[dict, bool]:
     nodes = prog.graph.nodes
     if len(prog.inputs) == 1 and not isinstance(x, (dict, list, tuple)):
         x = (x,)
     if isinstance(x, dict):
+        if needed is not None:              # an input nothing wanted reads may be left out
+            x = {n: x[n] if n in x else jnp.zeros((1,) + tuple(nodes[n].shape)) for n in prog.inputs
+                 if n in x or n not in needed}
         missing = [n for n in prog.inputs if n not in x]
         if missing:
             raise ValueError(f"missing graph inputs {missing}")
@@ -704,7 +710,7 @@ def _node_variables(prog: "Program", variables: Mapping, node: Node, dtype=None)
 
 def run_graph(prog: Program, variables: Mapping, x, *, train: bool = False,
               outputs: tuple[str, ...] | None = None, rng=None, every_node: bool = False,
-              dtype=None):
+              dtype=None, given: Mapping | None = None):
     """The graph as a pure function: ``(result, batch_stat_updates)``.
 
     ``x``: (N, H, W, C), or one unbatched example (H, W, C), whose outputs then come back
@@ -714,15 +720,20 @@ def run_graph(prog: Program, variables: Mapping, x, *, train: bool = False,
     wanted are traced, unless ``every_node``. ``batch_stat_updates``: node -> new
     {'mean', 'var'} for each BN that ran in training mode. ``rng``: the dropout key.
     ``dtype``: the compute dtype of the mixed-precision policy ('bfloat16'; see COMPUTE_DTYPES).
+    ``given``: node name -> its value, computed by an earlier call (phase one of a two-phase
+    network: Faster R-CNN's features, before its proposals exist); neither they nor what they
+    depend on are computed again, and inputs that only they depend on may be left out of ``x``.
     """
     wanted = prog.check_outputs(outputs)
     dtype = compute_dtype(dtype)
-    env, unbatched = _bind_inputs(prog, x)
     targets = tuple(map(prog.resolve, wanted)) if wanted is not None else (prog.primary,)
-    needed = None if every_node else prog.needed(targets)
+    given = dict(given or {})
+    needed = None if every_node else prog.needed(targets, frozenset(given))
+    env, unbatched = _bind_inputs(prog, x, needed)
+    env.update(given)
     run = _Run(train, rng, dtype)
     for node in prog.order:
-        if node.op == "input" or (needed is not None and node.name not in needed):
+        if node.op == "input" or node.name in given or (needed is not None and node.name not in needed):
             continue
         with jax.named_scope(node.name):         # HLO metadata names the IR node (profiles)
             env[node.name] = LOWERINGS[node.op](node, [env[i] for i in node.inputs],

@@ -355,3 +355,5 @@ def detect(model, variables, images, **thresholds) -> list[dict]:
 
 
 __all__ = ["detect", "detector", "detector_for", "Detector", "Detections", "DetectError", "class_names", "DETECTORS"]
+
+from . import rcnn  # noqa: E402,F401  (registers the faster_rcnn detector, which builds on this module)
