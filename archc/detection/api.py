@@ -340,7 +340,8 @@ def detect(model, variables, images, **thresholds) -> list[dict]:
     try:
         check_variables(model, variables)
     except PredictError as e:
-        raise DetectError(str(e)) from None
+        raise DetectError(f"{e}; a detector's class count is a parameter: load the network with the "
+                          "checkpoint's (archc.load(…, classes=N), --param classes=N)") from None
     det = detector_for(model, **thresholds)
     ims = _images(images)
     out = jax.device_get(detect_padded(det, variables, ims))
