@@ -29,6 +29,8 @@ from .declare import Detect
 from .transforms import TransformSpec, rescale_boxes, transform
 
 DETECTORS: dict[str, type] = {}
+# Detector kinds registered in modules of their own, imported when a network first asks for them.
+DETECTOR_MODULES = {"faster_rcnn": "archc.detection.rcnn"}
 DATA = Path(__file__).resolve().parent.parent / "data"
 NAME_FILES = {"coco": "coco_91_classes.txt", "voc": "voc_21_classes.txt"}
 
@@ -261,6 +263,9 @@ def detector_for(model, **overrides) -> Detector:
 
 @functools.lru_cache(maxsize=32)
 def _detector(model, decl) -> Detector:
+    if decl.kind not in DETECTORS and decl.kind in DETECTOR_MODULES:
+        import importlib
+        importlib.import_module(DETECTOR_MODULES[decl.kind])
     if decl.kind not in DETECTORS:
         raise DetectError(f"{model.name}: no detector {decl.kind!r} is installed; known: {', '.join(sorted(DETECTORS))}")
     return DETECTORS[decl.kind](model, decl)
