@@ -141,3 +141,10 @@ def test_declaration_errors_are_located(tmp_path, line, message):
     with pytest.raises(ArchError) as e:
         archc.load(str(p))
     assert "net.arch:3:" in str(e.value) and message in str(e.value), str(e.value)
+
+
+def test_heads_that_do_not_fit_the_default_boxes(tmp_path):
+    p = tmp_path / "bad.arch"
+    p.write_text(TINY.replace("branch cls2: @f2 conv3(6 * classes)", "branch cls2: @f2 conv3(4 * classes)"))
+    with pytest.raises(api.DetectError, match="6 default boxes per location × 3 classes need 18"):
+        api.detector_for(archc.load(str(p)))

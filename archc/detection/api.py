@@ -134,6 +134,10 @@ class SSDDetector(Detector):
                 raise DetectError(f"{model.name}: head {n} has {self.graph.nodes[n].shape[-1]} channels, "
                                   f"{a} default boxes per location need {4 * a}")
         self.classes = self.graph.nodes[decl.scores[0]].shape[-1] // self.per_location[0]
+        for n, a in zip(decl.scores, self.per_location):
+            if self.graph.nodes[n].shape[-1] != a * self.classes:
+                raise DetectError(f"{model.name}: head {n} has {self.graph.nodes[n].shape[-1]} channels, "
+                                  f"{a} default boxes per location × {self.classes} classes need {a * self.classes}")
 
     def anchors(self, grid_sizes, input_size):
         d = self.default_boxes
