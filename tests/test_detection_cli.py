@@ -148,3 +148,16 @@ def test_heads_that_do_not_fit_the_default_boxes(tmp_path):
     p.write_text(TINY.replace("branch cls2: @f2 conv3(6 * classes)", "branch cls2: @f2 conv3(4 * classes)"))
     with pytest.raises(api.DetectError, match="6 default boxes per location × 3 classes need 18"):
         api.detector_for(archc.load(str(p)))
+
+
+def test_drawing_boxes_outside_the_image():
+    from archc.detection.draw import draw_detections
+    im = np.full((40, 60, 3), 255, np.uint8)
+    dets = {"boxes": np.array([[-30, -10, 200, 25], [50, 30, 10, 5], [70, 50, 90, 80]], np.float32),
+            "scores": np.array([0.9, 0.5, 0.3], np.float32), "labels": np.array([1, 2, 3]),
+            "names": ["person", "bicycle", "car"]}
+    drawn = np.asarray(draw_detections(im, dets))
+    assert drawn.shape == im.shape
+    assert (drawn[:, 0] != 255).any() and (drawn[:, -1] != 255).any()       # clamped to the left/right edges
+    empty = draw_detections(im, {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, int), "names": []})
+    assert (np.asarray(empty) == im).all()
