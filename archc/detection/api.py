@@ -29,6 +29,8 @@ from .declare import Detect
 from .transforms import TransformSpec, rescale_boxes, transform
 
 DETECTORS: dict[str, type] = {}
+# Detector kinds registered in modules of their own, imported when a network first asks for them.
+DETECTOR_MODULES = {"faster_rcnn": "archc.detection.rcnn"}
 DATA = Path(__file__).resolve().parent.parent / "data"
 NAME_FILES = {"coco": "coco_91_classes.txt", "voc": "voc_21_classes.txt"}
 
@@ -132,6 +134,10 @@ class SSDDetector(Detector):
                 raise DetectError(f"{model.name}: head {n} has {self.graph.nodes[n].shape[-1]} channels, "
                                   f"{a} default boxes per location need {4 * a}")
         self.classes = self.graph.nodes[decl.scores[0]].shape[-1] // self.per_location[0]
+        for n, a in zip(decl.scores, self.per_location):
+            if self.graph.nodes[n].shape[-1] != a * self.classes:
+                raise DetectError(f"{model.name}: head {n} has {self.graph.nodes[n].shape[-1]} channels, "
+                                  f"{a} default boxes per location × {self.classes} classes need {a * self.classes}")
 
     def anchors(self, grid_sizes, input_size):
         d = self.default_boxes
@@ -156,20 +162,27 @@ class SSDDetector(Detector):
         keep = fg > np.float32(d.score_thresh)
         if d.min_size > 0:
             keep = keep & B.remove_small(boxes, jnp.ones(n, bool), d.min_size)[None]
-        top, idx = jax.lax.top_k(jnp.where(keep, fg, -jnp.inf), k)      # the best k of each class
-        valid = jnp.take_along_axis(keep, idx, 1)
-        cand = boxes[idx]                                              # (C - 1, k, 4)
-        labels = jnp.broadcast_to(jnp.arange(1, self.classes, dtype=jnp.int32)[:, None], valid.shape)
         # torchvision's batched_nms over all candidates never crosses classes: one NMS per class,
         # on the boxes it sees (offset by the coordinate trick when it takes that path)
-        shifted = cand + B.coordinate_offsets(cand, labels, valid, valid.sum())
+        box, score, row, ok = per_class_nms(boxes, fg, keep, k, d.nms_thresh, d.detections_per_img, trick=True)
+        return _pad_invalid(box, score, row + 1, ok)
 
-        kept = jax.vmap(lambda bx, sc, v: B.nms_keep(bx, sc, v, d.nms_thresh))(shifted, top, valid)
-        flat = jnp.where(kept, top, -jnp.inf).reshape(-1)
-        m = min(d.detections_per_img, flat.shape[0])
-        best, pos = jax.lax.top_k(flat, m)
-        ok = best > -jnp.inf
-        return _pad_invalid(cand.reshape(-1, 4)[pos], best, labels.reshape(-1)[pos], ok)
+
+def per_class_nms(boxes, scores, keep, k: int, nms_thresh: float, max_det: int, trick: bool = False):
+    """Per class (row of ``scores`` (C, N) over ``boxes`` (N, 4), ``keep`` the candidates): the
+    best ``k`` candidates, NMS among them, then the best ``max_det`` kept pairs of all classes.
+    Returns boxes (max_det, 4), scores, class rows (int32) and a valid mask, by descending score
+    (ties: the lower class, then the lower index). ``trick``: the IoUs are those of the boxes
+    offset as torchvision's batched_nms offsets them on its coordinate-trick path."""
+    top, idx = jax.lax.top_k(jnp.where(keep, scores, -jnp.inf), k)
+    valid = jnp.take_along_axis(keep, idx, 1)
+    cand = boxes[idx]                                                   # (C, k, 4)
+    rows = jnp.broadcast_to(jnp.arange(scores.shape[0], dtype=jnp.int32)[:, None], valid.shape)
+    seen = cand + B.coordinate_offsets(cand, rows + 1, valid, valid.sum()) if trick else cand
+    kept = jax.vmap(lambda bx, sc, v: B.nms_keep(bx, sc, v, nms_thresh))(seen, top, valid)
+    flat = jnp.where(kept, top, -jnp.inf).reshape(-1)
+    best, pos = jax.lax.top_k(flat, min(max_det, flat.shape[0]))
+    return cand.reshape(-1, 4)[pos], best, rows.reshape(-1)[pos], best > -jnp.inf
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,9 +192,10 @@ class SSDDetector(Detector):
 class YoloV1Detector(Detector):
     """Cell (row r, col c) box b: centre ((x + c) / S · W, (y + r) / S · H), size
     (w² · W, h² · H) (w, h when sqrt is false); its score for class k is Pr(k | object) ·
-    confidence. (box, class) pairs scoring above ``score_thresh`` go through NMS per class
-    (IoU above ``nms_thresh`` suppresses, on the unclipped boxes), then boxes are clipped to the
-    image. Labels are 1-based (0 is the background, as torchvision's)."""
+    confidence. (box, class) pairs scoring above ``score_thresh`` (the best ``topk_candidates``
+    of each class) go through NMS per class (IoU above ``nms_thresh`` suppresses, on the
+    unclipped boxes), then boxes are clipped to the image. Labels are 1-based (0 is the
+    background, as torchvision's)."""
 
     def __init__(self, model, decl):
         super().__init__(model, decl)
@@ -220,15 +234,10 @@ class YoloV1Detector(Detector):
         d = self.decl
         n, c = scores.shape
         cls = scores.T                                                   # (C, n)
-        valid = cls > np.float32(d.score_thresh)
-
-        kept = jax.vmap(lambda sc, v: B.nms_keep(boxes, sc, v, d.nms_thresh))(cls, valid)
-        flat = jnp.where(kept, cls, -jnp.inf).reshape(-1)
-        m = min(d.detections_per_img, flat.shape[0])
-        best, pos = jax.lax.top_k(flat, m)
-        labels = pos // n + 1
-        out = B.clip(boxes[pos % n], size[0], size[1])
-        return _pad_invalid(out, best, labels, best > -jnp.inf)
+        keep = cls > np.float32(d.score_thresh)
+        box, score, row, ok = per_class_nms(boxes, cls, keep, min(d.topk_candidates, n), d.nms_thresh,
+                                            d.detections_per_img)
+        return _pad_invalid(B.clip(box, size[0], size[1]), score, row + 1, ok)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,6 +270,9 @@ def detector_for(model, **overrides) -> Detector:
 
 @functools.lru_cache(maxsize=32)
 def _detector(model, decl) -> Detector:
+    if decl.kind not in DETECTORS and decl.kind in DETECTOR_MODULES:
+        import importlib
+        importlib.import_module(DETECTOR_MODULES[decl.kind])
     if decl.kind not in DETECTORS:
         raise DetectError(f"{model.name}: no detector {decl.kind!r} is installed; known: {', '.join(sorted(DETECTORS))}")
     return DETECTORS[decl.kind](model, decl)
@@ -340,7 +352,8 @@ def detect(model, variables, images, **thresholds) -> list[dict]:
     try:
         check_variables(model, variables)
     except PredictError as e:
-        raise DetectError(str(e)) from None
+        raise DetectError(f"{e}; a detector's class count is a parameter: load the network with the "
+                          "checkpoint's (archc.load(…, classes=N), --param classes=N)") from None
     det = detector_for(model, **thresholds)
     ims = _images(images)
     out = jax.device_get(detect_padded(det, variables, ims))
@@ -355,5 +368,3 @@ def detect(model, variables, images, **thresholds) -> list[dict]:
 
 
 __all__ = ["detect", "detector", "detector_for", "Detector", "Detections", "DetectError", "class_names", "DETECTORS"]
-
-from . import rcnn  # noqa: E402,F401  (registers the faster_rcnn detector, which builds on this module)
