@@ -174,6 +174,8 @@ def test_builtin_onnx_matches_archc(name):
         with pytest.raises(ExportError, match="GiB: archc writes ONNX weights inline"):   # before any work
             archc.export(Model(graph), {}, format="onnx")
         return
+    if len(graph.inputs) > 1:
+        pytest.skip("a second graph input (R-CNN proposals): its ONNX export is tested in tests/test_roi.py")
     model = Model(graph)
     check_onnx(model, randomised(model))
 
