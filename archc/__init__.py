@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 
 __all__ = ["load", "Model", "save_variables", "load_variables", "train", "Trainer", "TrainConfig",
-           "import_weights", "predict", "export", "load_exported"]
+           "import_weights", "predict", "detect", "export", "load_exported"]
 
 _LAZY = {
     "load": "archc.runtime.model",
@@ -25,6 +25,7 @@ _LAZY = {
     "TrainConfig": "archc.runtime.train",
     "import_weights": "archc.runtime.weights",
     "predict": "archc.runtime.predict",
+    "detect": "archc.detection.api",
     "export": "archc.runtime.export",
     "load_exported": "archc.runtime.export",
 }

@@ -536,7 +536,8 @@ def _user_errors():
     from .runtime.checkpoint import CheckpointError
     from .runtime.predict import PredictError
     from .runtime.weights import WeightsError
-    return (CheckpointError, WeightsError, PredictError, OSError, ValueError, KeyError,
+    from .detection.api import DetectError
+    return (CheckpointError, WeightsError, PredictError, DetectError, OSError, ValueError, KeyError,
             NotImplementedError)
 
 
@@ -591,6 +592,55 @@ def cmd_predict(args) -> int:
             print(r["file"])
             for t in r["top"]:
                 print(f"  {decode_line(t)}")
+    return 0
+
+
+@_reports_user_errors
+def cmd_detect(args) -> int:
+    """archc detect SPEC --weights FILE IMAGE... [--out DIR] [--json] [--score-thresh T]."""
+    from pathlib import Path
+
+    from .detection.api import detect
+    from .detection.draw import draw_detections
+    from .runtime.model import Model
+    from .runtime.predict import load_image
+    weights, images = args.weights[0], list(args.images) + list(args.weights[1:])
+    if not images:
+        print("error: no images given: archc detect SPEC --weights FILE IMAGE...", file=sys.stderr)
+        return EXIT_USER
+    model = Model(_graph(args))
+    pictures = [load_image(p) for p in images]         # a file that does not decode fails here, first
+    thresholds = {k: v for k, v in (("score_thresh", args.score_thresh), ("detections_per_img", args.max_detections))
+                  if v is not None}
+    results = detect(model, weights, pictures, **thresholds)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    report = []
+    for path, picture, r in zip(images, pictures, results):
+        entry = {"file": str(path), "size": [picture.height, picture.width],
+                 "detections": [{"label": int(l), "name": n, "score": float(s), "box": [float(v) for v in b]}
+                                for b, s, l, n in zip(r["boxes"], r["scores"], r["labels"], r["names"])]}
+        if out is not None:
+            stem = Path(path).stem
+            draw_detections(picture, r).save(out / f"{stem}.png")
+            (out / f"{stem}.json").write_text(json.dumps(entry, indent=1) + "\n")
+            entry["picture"] = str(out / f"{stem}.png")
+        report.append(entry)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        for e in report:
+            where = f" -> {e['picture']}" if "picture" in e else ""
+            dets = e["detections"]
+            print(f"{e['file']}: {len(dets)} detection{'s' if len(dets) != 1 else ''}{where}")
+            if not dets:
+                print("  (nothing scores above the threshold; try a lower --score-thresh)")
+            for d in dets[:args.limit]:
+                x1, y1, x2, y2 = d["box"]
+                print(f"  {d['score']:.3f}  {d['name']:<16} [{x1:7.1f} {y1:7.1f} {x2:7.1f} {y2:7.1f}]")
+            if len(dets) > args.limit:
+                print(f"  … {len(dets) - args.limit} more (--json for all)")
     return 0
 
 
@@ -733,6 +783,18 @@ def main(argv=None) -> int:
                     help="override the preprocessing the network declares (its .arch file's preprocess(...))")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_predict, expr=None)
+
+    sp = sub.add_parser("detect", help="detect objects in images with imported weights; draws the boxes")
+    common(sp)
+    sp.add_argument("images", nargs="*", metavar="IMAGE", help="PNG/JPEG files")
+    sp.add_argument("--weights", required=True, nargs="+", metavar=("FILE", "IMAGE"),
+                    help="variables written by `archc import`, then the images")
+    sp.add_argument("--out", metavar="DIR", help="write IMAGE.png (the boxes drawn) and IMAGE.json per image")
+    sp.add_argument("--score-thresh", type=float, help="keep detections scoring above this (default: the network's)")
+    sp.add_argument("--max-detections", type=int, help="keep at most this many per image (default: the network's)")
+    sp.add_argument("--limit", type=int, default=20, help="detections listed per image")
+    sp.add_argument("--json", action="store_true", help="print the detections as JSON")
+    sp.set_defaults(func=cmd_detect, expr=None)
 
     sp = sub.add_parser("graph", help="a picture of the network (SVG, PNG, HTML or Graphviz DOT)")
     common(sp)

@@ -10,6 +10,8 @@ from scipy.special import erf
 
 from ir_helpers import P0, GraphBuilder, resnet50_graph
 
+from archc.compiler import ops
+from archc.compiler.ir import Node
 from archc.compiler.lower import variable_specs
 from archc.runtime.model import Model
 from archc.runtime.variables_io import load_variables, save_variables
@@ -131,6 +133,88 @@ def np_bilinear(x, fh, fw):
         lam = (src - i0).reshape([-1 if d == ax else 1 for d in range(a.ndim)])
         return np.take(a, i0, ax) * (1 - lam) + np.take(a, i1, ax) * lam
     return axis(axis(x.astype(np.float64), fh, 1), fw, 2)
+
+
+def np_roi_align(rois, fmap, out, scale, sampling, aligned):
+    """torchvision's roi_align CPU kernel (csrc/ops/cpu/roi_align_kernel.cpp), RoI by RoI."""
+    n, h, w, c = fmap.shape
+    ph_n, pw_n = out
+    result = np.zeros(rois.shape[:2] + (ph_n, pw_n, c))
+    off = 0.5 if aligned else 0.0
+
+    def tap(y, x, img):
+        if y < -1.0 or y > h or x < -1.0 or x > w:
+            return 0.0
+        y, x = max(y, 0.0), max(x, 0.0)
+        yl, xl = int(y), int(x)
+        if yl >= h - 1:
+            yl = yh = h - 1
+            y = float(yl)
+        else:
+            yh = yl + 1
+        if xl >= w - 1:
+            xl = xh = w - 1
+            x = float(xl)
+        else:
+            xh = xl + 1
+        ly, lx = y - yl, x - xl
+        return ((1 - ly) * (1 - lx) * img[yl, xl] + (1 - ly) * lx * img[yl, xh]
+                + ly * (1 - lx) * img[yh, xl] + ly * lx * img[yh, xh])
+
+    for b in range(rois.shape[0]):
+        for r, (x1, y1, x2, y2) in enumerate(rois[b].astype(np.float64)):
+            sw, sh, ew, eh = x1 * scale - off, y1 * scale - off, x2 * scale - off, y2 * scale - off
+            rw, rh = ew - sw, eh - sh
+            if not aligned:
+                rw, rh = max(rw, 1.0), max(rh, 1.0)
+            bh, bw = rh / ph_n, rw / pw_n
+            gh = sampling if sampling > 0 else int(np.ceil(rh / ph_n))
+            gw = sampling if sampling > 0 else int(np.ceil(rw / pw_n))
+            for p in range(ph_n):
+                for q in range(pw_n):
+                    acc = sum(tap(sh + p * bh + (iy + .5) * bh / gh, sw + q * bw + (ix + .5) * bw / gw, fmap[b])
+                              for iy in range(gh) for ix in range(gw))
+                    result[b, r, p, q] = acc / max(gh * gw, 1)
+    return result
+
+
+def np_roi_pool(rois, fmap, out, scale):
+    """torchvision's roi_pool CPU kernel: C's round (half away from zero), max per bin."""
+    n, h, w, c = fmap.shape
+    ph_n, pw_n = out
+    result = np.zeros(rois.shape[:2] + (ph_n, pw_n, c))
+
+    def rnd(v):
+        return int(np.sign(v) * np.floor(abs(v) + 0.5))
+    for b in range(rois.shape[0]):
+        for r, box in enumerate(rois[b]):
+            x1, y1, x2, y2 = (rnd(np.float32(v) * np.float32(scale)) for v in box)
+            bh, bw = max(y2 - y1 + 1, 1) / ph_n, max(x2 - x1 + 1, 1) / pw_n
+            for p in range(ph_n):
+                hs = min(max(int(np.floor(p * bh)) + y1, 0), h)
+                he = min(max(int(np.ceil((p + 1) * bh)) + y1, 0), h)
+                for q in range(pw_n):
+                    ws = min(max(int(np.floor(q * bw)) + x1, 0), w)
+                    we = min(max(int(np.ceil((q + 1) * bw)) + x1, 0), w)
+                    if he > hs and we > ws:
+                        result[b, r, p, q] = fmap[b, hs:he, ws:we].max(axis=(0, 1))
+    return result
+
+
+def boundary_rois(n, r, h, w, scale, seed=0):
+    """Random RoIs plus the hard cases: outside the map, smaller than a map cell, on the last
+    row and column, inverted (x2 < x1)."""
+    g = np.random.default_rng(seed)
+    xy = g.uniform(-0.3, 1.1, (n, r, 2)) * np.array([w, h]) / scale
+    wh = g.uniform(0.0, 0.7, (n, r, 2)) * np.array([w, h]) / scale
+    rois = np.concatenate([xy, xy + wh], -1)
+    special = np.array([[-30, -20, -5, -2],                               # wholly outside, above left
+                        [3.1, 2.2, 3.4, 2.5],                             # smaller than a cell
+                        [0, (h - 0.6) / scale, w / scale, h / scale],      # the last row
+                        [(w - 0.2) / scale, 0, (w + 9) / scale, 7 / scale],  # past the right edge
+                        [9, 9, 4, 5]])                                    # inverted
+    rois[:, :len(special)] = special
+    return rois.astype(np.float32)
 
 
 def close(a, b, tol=1e-5):
@@ -466,6 +550,41 @@ def test_concat_add_mul_broadcast():
 
 
 # ---------------------------------------------------------------- a graph using every op
+@pytest.mark.parametrize("sampling,aligned", [(2, False), (2, True), (-1, False), (1, True)])
+@numpy_reference('roi_align')
+def test_roi_align(sampling, aligned):
+    g = roi_op_graph(sampling=sampling, aligned=aligned)
+    model = Model(g.output("align", "pool"))
+    f, rois = rand(2, 9, 10, 3), boundary_rois(2, 12, 9, 10, 0.5)
+    v = model.init(0)
+    y = model.apply(v, {"input": f, "rois": rois}, outputs=["align"])["align"]
+    close(y, np_roi_align(rois, f, (3, 2), 0.5, sampling, aligned), 1e-5)
+
+
+@numpy_reference('roi_pool')
+def test_roi_pool():
+    model = Model(roi_op_graph().output("pool"))
+    f, rois = rand(2, 9, 10, 3), boundary_rois(2, 12, 9, 10, 0.5, seed=1)
+    y = model.apply(model.init(0), {"input": f, "rois": rois})
+    close(y, np_roi_pool(rois, f, (3, 3), 0.5), 0)
+
+
+def roi_op_graph(sampling: int = 2, aligned: bool = False) -> GraphBuilder:
+    """The RoI ops on a second graph input (R=12 boxes per image): roi_align on one map and on
+    two (MultiScaleRoIAlign's level mapping), roi_pool, and a per-RoI head after them."""
+    g = GraphBuilder("roi_ops", (9, 10, 3))
+    g.graph.nodes["rois"] = Node("rois", "input", (), ops.attrs_of("input", shape=(12, 4)), (12, 4))
+    g.graph.inputs.append("rois")
+    half = g.pool("input", "max", 2, 2, name="half")
+    g.add("roi_align", ["rois", "input"], name="align", out=(3, 2), scales=(0.5,), sampling=sampling, aligned=aligned)
+    g.add("roi_align", ["rois", "input", half], name="levels", out=(2, 2), scales=(0.5, 0.25), sampling=sampling,
+          aligned=aligned)
+    g.add("roi_pool", ["rois", "input"], name="pool", out=(3, 3), scale=0.5)
+    x = g.add("flatten", "align", name="flat", order="nchw")
+    g.add("dense", x, name="fc", features=5, bias=True)
+    return g
+
+
 def every_op_graph(dropout: float = 0.3) -> GraphBuilder:
     g = GraphBuilder("every_op", (9, 9, 4))
     x = g.conv("input", 8, 3, 1, padding=((2, 0), (1, 3)), dilation=(2, 1), groups=2, name="conv")

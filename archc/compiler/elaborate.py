@@ -214,7 +214,8 @@ FUNCTIONS = {
 
 # The language's structural combinators (not IR ops): their signatures. Every other surface op,
 # its spellings and signature, comes from the op registry (compiler/ops).
-COMBINATORS: dict[str, dict[str, Any]] = {"residual": {"proj": None, "shortcut": None, "scale": 1.0}, "dense": {}}
+COMBINATORS: dict[str, dict[str, Any]] = {"residual": {"proj": None, "shortcut": None, "scale": 1.0}, "dense": {},
+                                          "like": {"stage": ...}}
 
 
 def signature(kind: str) -> dict:
@@ -676,17 +677,28 @@ class Elaborator:
 
     # ---- leaf ops ----
     def apply_op(self, v: OpLayer, t: str, next_is_bn: bool) -> str:
+        if v.kind == "like":
+            return self.apply_like(v, t)
         if v.kind in COMBINATORS:
             return self.apply_combinator(v, t)
         surface, op = ops.SURFACES[v.kind]
         if surface.merge:
             return self.apply_merge(v, t)
-        bound = _bind_op(v)
-        self._sized(bound.values(), v.span)
-        attrs = surface.bind(bound, _BindContext(self, t, v, next_is_bn))
+        args = _bind_op(v)
+        self._sized(args.values(), v.span)
+        extra = []
+        for k in surface.tensors:           # tensor arguments (roi_align(@p3, …)): more inputs
+            refs = args[k] if isinstance(args[k], list) else [args[k]]
+            if not refs or not all(isinstance(r, RefLayer) for r in refs):
+                fail(f"'{v.label}' takes tensors as '{k}': @name or a list of them", v.span,
+                     f"e.g. {v.label}(@features, …)")
+            names = [self.lookup_tensor(r.name, r.span, r.frame) for r in refs]
+            extra.extend(names)
+            args[k] = [self.b.shape(n) for n in names]
+        attrs = surface.bind(args, _BindContext(self, t, v, next_is_bn))
         if attrs is None:           # identity: no node
             return t
-        return self.b.add(op.name, [t], attrs, v.span, v.label)
+        return self.b.add(op.name, [t] + extra, attrs, v.span, v.label)
 
     def _inferred_stride(self, s, span):
         """The stride that takes this input to the projection's target size (1 without a target)."""
@@ -754,6 +766,32 @@ class Elaborator:
                                span, "crop")
             res.append(o)
         return res
+
+    def apply_like(self, v: OpLayer, t: str) -> str:
+        """``like(@stage)``: the layers of an earlier stage again, on this input, with that
+        stage's variables (weight sharing: torchvision's RPN head runs on every FPN level). The
+        stage must read one tensor from outside itself."""
+        ref = _bind_op(v)["stage"]
+        if not isinstance(ref, RefLayer):
+            fail("like() takes a stage, as @name", v.span, "e.g. rpn1: @p1 like(@rpn0)")
+        out = self.lookup_tensor(ref.name, ref.span, ref.frame)
+        g = self.b.g
+        label = next((k for k, n in g.aliases.items() if n == out and k.split(".")[-1] == ref.name), None)
+        if label is None:
+            fail(f"'{ref.name}' is not a stage (a labelled line such as '{ref.name}: conv3(64) relu')", ref.span)
+        members = [n for n in g if n.name.startswith(label + ".")]
+        inside = {n.name for n in members}
+        outside = {i for n in members for i in n.inputs if i not in inside}
+        if len(outside) != 1 or not members:
+            fail(f"like(@{ref.name}) replays a stage that reads one tensor; '{ref.name}' reads {len(outside)}",
+                 v.span, "split the stage so that it starts from one input")
+        mapped = {outside.pop(): t}
+        for n in members:
+            prefix = n.name.rsplit(".", 1)[-1].rstrip("0123456789") or n.op
+            name = self.b.add(n.op, [mapped[i] for i in n.inputs], n.attrs, v.span, prefix)
+            g.nodes[name].shares = n.shares or n.name
+            mapped[n.name] = name
+        return mapped[out]
 
     def apply_combinator(self, v: OpLayer, t: str) -> str:
         a = _bind_op(v)
@@ -875,6 +913,8 @@ class Elaborator:
                     self.define(st, module, env, params)
                     if isinstance(st, A.Param):
                         g.params[st.name] = _plain(env.vars[st.name])
+                elif isinstance(st, A.Input) and self.input_name(st, env) is not None:
+                    self.add_named_input(self.input_name(st, env), self.input_shape(st, env), st.span)
                 elif isinstance(st, A.Input):
                     if t is not None:
                         fail("the input is declared twice", st.span)
@@ -1021,9 +1061,34 @@ class Elaborator:
         for d in shape:
             _posint(d, "input size", span)
         t = self.b.add("input", [], InputAttrs(tuple(shape)), span, name="input")
-        self.b.g.inputs = [t]
+        self.b.g.inputs.insert(0, t)
         self.frames[-1].tensors["input"] = t
         return t
+
+    def add_named_input(self, name: str, shape: tuple, span: Span) -> str:
+        """A further graph input, the tensor @name (the proposals of an R-CNN head: input(R, 4,
+        name="rois")); the chain of layers goes on from where it was."""
+        if not 1 <= len(shape) <= 3:
+            fail(f"an input shape has 1 to 3 sizes, not {len(shape)}", span)
+        for d in shape:
+            _posint(d, "input size", span)
+        if name in self.b.g.nodes or name in self.frames[-1].tensors:
+            fail(f"the input name '{name}' is already taken", span)
+        t = self.b.add("input", [], InputAttrs(tuple(shape)), span, name=name)
+        self.b.g.inputs.append(t)
+        self.frames[-1].tensors[name] = t
+        return t
+
+    def input_name(self, st: A.Input, env: Env) -> str | None:
+        named = [a for a in st.args if getattr(a, "name", None) is not None]
+        for a in named:
+            if a.name != "name":
+                fail(f"input has no option '{a.name}'", a.span, "its only option is name=\"…\" (a further input)")
+            v = self.value(a.value, env)
+            if not isinstance(v, str) or not v.isidentifier():
+                fail(f"an input's name must be a name in quotes, not {_kind(v)}", a.span, 'e.g. name="rois"')
+            return v
+        return None
 
     def input_shape(self, st: A.Input, env: Env) -> tuple:
         if len(st.args) == 1 and isinstance(st.args[0], A.Const):
@@ -1031,7 +1096,7 @@ class Elaborator:
         vals = []
         for a in st.args:
             if a.name is not None:
-                fail("input takes sizes, not named arguments", a.span, "e.g. input(res, res, 3)")
+                continue                    # name="…" (input_name)
             v = self.value(a.value, env)
             if isinstance(v, bool) or not isinstance(v, int):
                 fail(f"an input size must be an integer, not {_kind(v)}", a.span)

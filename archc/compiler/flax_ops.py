@@ -99,9 +99,13 @@ def l2_norm(x, v, eps):
     return x / jnp.maximum(norm, eps) * v["scale"]
 
 
-def flatten_nchw(x):
-    """PyTorch's flatten order (channels first), which its Linear weights expect."""
-    return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
+def flatten(x, order):
+    """(N, H, W, C) -> (N, H·W·C), or per RoI (N, R, H, W, C) -> (N, R, H·W·C); ``order`` "nchw"
+    is PyTorch's (channels first), which its Linear weights expect."""
+    lead = x.ndim - 3 if x.ndim >= 4 else 1
+    if order == "nchw" and x.ndim >= 4 and x.shape[-3] * x.shape[-2] > 1:
+        x = jnp.moveaxis(x, -1, -3)
+    return x.reshape(x.shape[:lead] + (-1,))
 
 
 def channel_shuffle(x, groups):
@@ -123,3 +127,119 @@ def upsample_bilinear(x, factor):
 
 def relu6(x):
     return jnp.minimum(jnp.maximum(x, 0.0), 6.0)
+
+
+def exact_div(x, d):
+    """x / d rounded as one IEEE division: XLA rewrites a division by a constant (even one
+    behind an optimization barrier, once broadcast) into a product with its rounded reciprocal
+    (6 / 7 becomes 0.8571429, not 0.85714287), which moves bin edges; a divisor that depends on
+    x (d + 0·x: not foldable, as 0·x may be NaN) keeps the division."""
+    return x / (d + 0 * x)
+
+
+def roi_levels(rois, scales):
+    """MultiScaleRoIAlign's LevelMapper: each RoI's map, floor(4 + log2(sqrt(area) / 224) + 1e-6)
+    clamped to the maps' levels (-log2 of their scales), counted from the finest."""
+    if len(scales) == 1:
+        return jnp.zeros(rois.shape[:-1], jnp.int32)
+    k_min, k_max = round(-np.log2(scales[0])), round(-np.log2(scales[-1]))
+    area = (rois[..., 2] - rois[..., 0]) * (rois[..., 3] - rois[..., 1])
+    target = jnp.floor(4.0 + jnp.log2(exact_div(jnp.sqrt(area), 224.0)) + jnp.float32(1e-6))
+    return (jnp.clip(target, k_min, k_max) - k_min).astype(jnp.int32)
+
+
+def roi_align(rois, maps, out, scales, sampling, aligned, chunk=64):
+    """torchvision.ops.roi_align (its CPU kernel's rules) of (N, R, 4) RoIs in image pixels on
+    (N, H, W, C) maps -> (N, R, PH, PW, C); with several maps, each RoI is pooled from the one
+    ``roi_levels`` picks. A sample outside [-1, H] x [-1, W] adds 0 but counts; without
+    ``aligned`` a RoI is at least 1x1 map cells. Adaptive sampling (``sampling <= 0``, a grid of
+    ceil(roi / out) per bin) is bounded by the map size, as torchvision's own Python kernel."""
+    ph_n, pw_n = out
+    c = maps[0].shape[-1]
+    hs = np.array([m.shape[1] for m in maps], np.int32)
+    ws = np.array([m.shape[2] for m in maps], np.int32)
+    base = np.concatenate([[0], np.cumsum(hs * ws)[:-1]]).astype(np.int32)
+    gh = sampling if sampling > 0 else int(hs.max())
+    gw = sampling if sampling > 0 else int(ws.max())
+    offset = jnp.float32(0.5 if aligned else 0.0)
+
+    def axis(start, size, n_bins, grid_max, cells):
+        """Per bin and sample along one axis: the two taps, their weights and validity."""
+        extent = cells.astype(jnp.float32)
+        bin_size = exact_div(size, n_bins)
+        grid = jnp.float32(sampling) if sampling > 0 else jnp.ceil(bin_size)
+        p = jnp.arange(n_bins, dtype=jnp.float32)[:, None]
+        i = jnp.arange(grid_max, dtype=jnp.float32)[None, :]
+        t = start + p * bin_size + exact_div((i + 0.5) * bin_size, grid)
+        valid = (t >= -1.0) & (t <= extent) & (i < grid)
+        t = jnp.maximum(t, 0.0)
+        low = jnp.floor(t).astype(jnp.int32)
+        last = low >= cells - 1
+        high = jnp.where(last, cells - 1, low + 1)
+        low = jnp.where(last, cells - 1, low)
+        t = jnp.where(last, low.astype(t.dtype), t)
+        frac = t - low
+        return low, high, 1.0 - frac, frac, valid, grid
+
+    def one(flat, roi, level):
+        scale = jnp.asarray(np.asarray(scales, np.float32))[level]
+        h, w = jnp.asarray(hs)[level], jnp.asarray(ws)[level]
+        x1, y1, x2, y2 = roi[0] * scale - offset, roi[1] * scale - offset, roi[2] * scale - offset, roi[3] * scale - offset
+        rw, rh = x2 - x1, y2 - y1
+        if not aligned:
+            rw, rh = jnp.maximum(rw, 1.0), jnp.maximum(rh, 1.0)
+        yl, yh, wyl, wyh, vy, grid_h = axis(y1, rh, ph_n, gh, h)
+        xl, xh, wxl, wxh, vx, grid_w = axis(x1, rw, pw_n, gw, w)
+        yl, yh = yl * w + jnp.asarray(base)[level], yh * w + jnp.asarray(base)[level]
+        valid = vy[:, :, None, None] & vx[None, None]                    # (PH, GH, PW, GW)
+
+        def tap(rows, cols, wr, wc):
+            idx = jnp.where(valid, rows[:, :, None, None] + cols[None, None], 0)
+            weight = jnp.where(valid, wr[:, :, None, None] * wc[None, None], 0.0)
+            return weight[..., None] * flat[idx]
+        total = (tap(yl, xl, wyl, wxl) + tap(yl, xh, wyl, wxh)) + (tap(yh, xl, wyh, wxl) + tap(yh, xh, wyh, wxh))
+        count = jnp.maximum(grid_h * grid_w, 1.0)
+        return exact_div(jnp.sum(total, axis=(1, 3)), count).astype(flat.dtype)
+
+    def image(rois_i, *maps_i):
+        flat = jnp.concatenate([m.reshape(-1, c) for m in maps_i], axis=0)
+        level = roi_levels(rois_i, scales)
+        return lax.map(lambda a: one(flat, *a), (rois_i, level), batch_size=chunk)
+
+    return jax.vmap(image)(rois.astype(jnp.float32), *maps)
+
+
+def roi_pool(rois, fmap, out, scale, chunk=8):
+    """torchvision.ops.roi_pool: (N, R, 4) RoIs on an (N, H, W, C) map -> (N, R, PH, PW, C), the
+    max over each bin [floor(p·bin), ceil((p+1)·bin)) of the RoI's cells (corners rounded half
+    away from zero, as C's round; the RoI at least 1 cell), 0 for an empty bin."""
+    ph_n, pw_n = out
+    h, w = fmap.shape[1], fmap.shape[2]
+    scale = jnp.float32(scale)
+
+    def rnd(v):                                   # C round(): half away from zero
+        return (jnp.sign(v) * jnp.floor(jnp.abs(v) + 0.5)).astype(jnp.int32)
+
+    def bins(start, end, n_bins, extent):
+        size = jnp.maximum(end - start + 1, 1).astype(jnp.float32)
+        bin_size = exact_div(size, n_bins)
+        p = jnp.arange(n_bins, dtype=jnp.float32)
+        lo = jnp.clip(jnp.floor(p * bin_size).astype(jnp.int32) + start, 0, extent)
+        hi = jnp.clip(jnp.ceil((p + 1) * bin_size).astype(jnp.int32) + start, 0, extent)
+        cells = jnp.arange(extent)
+        return (cells[None] >= lo[:, None]) & (cells[None] < hi[:, None]), hi <= lo
+
+    def one(fm, roi):
+        x1, y1, x2, y2 = rnd(roi[0] * scale), rnd(roi[1] * scale), rnd(roi[2] * scale), rnd(roi[3] * scale)
+        rows, empty_h = bins(y1, y2, ph_n, h)                 # (PH, H)
+        cols, empty_w = bins(x1, x2, pw_n, w)                 # (PW, W)
+        low = jnp.array(-jnp.inf, fm.dtype)
+        by_col = jnp.max(jnp.where(cols[:, None, :, None], fm[None], low), axis=2)          # (PW, H, C)
+        best = jnp.max(jnp.where(rows[:, None, :, None], by_col[None], low), axis=2)        # (PH, PW, C)
+        empty = empty_h[:, None] | empty_w[None, :]
+        return jnp.where(empty[..., None], jnp.zeros((), fm.dtype), best)
+
+    def image(rois_i, fm):
+        return lax.map(lambda r: one(fm, r), rois_i, batch_size=chunk)
+
+    return jax.vmap(image)(rois.astype(jnp.float32), fmap)

@@ -179,10 +179,19 @@ def _rescale(node: Node, xs, e):
 
 @flax_rule("flatten")
 def _flatten(node: Node, xs, e):
-    shape = e.ins[0]
-    if node.attrs.order == "nchw" and len(shape) == 3 and shape[0] * shape[1] > 1:
-        return f"{e.use('flatten_nchw')}({xs[0]})"
-    return f"{xs[0]}.reshape({xs[0]}.shape[0], -1)"
+    return f"{e.use('flatten')}({xs[0]}, {node.attrs.order!r})"
+
+
+@flax_rule("roi_align")
+def _roi_align(node: Node, xs, e):
+    a = node.attrs
+    return (f"{e.use('roi_align')}({xs[0]}, [{', '.join(xs[1:])}], {_tuple(a.out)}, {_tuple(a.scales)}, "
+            f"{a.sampling}, {a.aligned})")
+
+
+@flax_rule("roi_pool")
+def _roi_pool(node: Node, xs, e):
+    return f"{e.use('roi_pool')}({xs[0]}, {xs[1]}, {_tuple(node.attrs.out)}, {node.attrs.scale!r})"
 
 
 @flax_rule("reshape")
@@ -319,6 +328,7 @@ def to_flax_source(graph: Graph) -> str:
     check_convertible(graph)
     ids, e = _identifiers(graph), SourceEmitter()
     body = []
+    owners = {n.shares for n in graph if n.shares}
     for node in graph:
         if node.op == "input":
             continue
@@ -329,6 +339,10 @@ def to_flax_source(graph: Graph) -> str:
         declaration = _declaration(node, in_shapes)
         if declaration:
             body.append(f"        {declaration}")
+        if node.name in owners:
+            body.append(f"        {ids[node.name]}_v = v")
+        elif node.shares:                      # the same variables as an earlier node
+            body.append(f"        v = {ids[node.shares]}_v")
         body.append(f"        {ids[node.name]} = {FLAX_RULES[node.op](node, [ids[i] for i in node.inputs], e)}")
     if len(graph.outputs) == 1:
         body.append(f"        return {ids[graph.outputs[0]]}")

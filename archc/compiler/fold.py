@@ -34,7 +34,8 @@ def foldable_pairs(graph: Graph) -> list[tuple[str, str]]:
         if node.op != "bn" or len(node.inputs) != 1:
             continue
         src = graph.nodes[node.inputs[0]]
-        if OPS[src.op].folds_bn and uses[src.name] == [node.name] and src.name not in graph.outputs:
+        shared = src.shares or node.shares or any(n.shares == src.name for n in graph)   # one kernel, several uses
+        if OPS[src.op].folds_bn and uses[src.name] == [node.name] and src.name not in graph.outputs and not shared:
             pairs.append((src.name, node.name))
     return pairs
 

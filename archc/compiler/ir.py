@@ -25,9 +25,10 @@ class Node:
     attrs: Any               # the op's Attrs dataclass (compiler/ops)
     shape: Shape
     span: Span | None = None
+    shares: str | None = None    # reuses this earlier node's variables (one RPN head on every FPN level)
 
     def to_json(self) -> dict:
-        return {
+        return ({"shares": self.shares} if self.shares else {}) | {
             "name": self.name,
             "op": self.op,
             "inputs": list(self.inputs),
@@ -118,6 +119,13 @@ def verify(graph: Graph) -> Graph:
             raise ValueError(f"{where}: {e}") from None
         if tuple(shape) != tuple(node.shape):
             raise ValueError(f"{where} records shape {ops.fmt(node.shape)}, its rule gives {ops.fmt(shape)}")
+        if node.shares is not None:
+            owner = graph.nodes.get(node.shares)
+            if owner is None or node.shares not in seen or owner.shares is not None:
+                raise ValueError(f"{where} shares the variables of {node.shares!r}, which is not an earlier node with its own")
+            if (owner.op, owner.attrs) != (node.op, node.attrs) or \
+                    [graph.nodes[i].shape[-1] for i in owner.inputs] != [graph.nodes[i].shape[-1] for i in node.inputs]:
+                raise ValueError(f"{where} shares the variables of {node.shares!r}, a different layer")
         seen.add(key)
     for what, names in (("input", graph.inputs), ("output", graph.outputs), ("alias", graph.aliases.values())):
         for n in names:

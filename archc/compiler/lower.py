@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from . import flax_ops
 from .ir import Graph, Node
 from .ops import OPS, VarSpec, pass_rules, variable_specs, variables_tree  # noqa: F401  (VarSpec, variables_tree: re-exported)
 from .ops.pool import axis_counts
@@ -121,18 +122,21 @@ class Program:
                 raise ValueError(f"model {self.graph.name!r} has no node or block named {name!r}{hint}")
         return outputs
 
-    def needed(self, outputs: tuple[str, ...]) -> frozenset:
-        """The nodes that the given outputs depend on (themselves included)."""
-        if outputs in self._needed:
-            return self._needed[outputs]
+    def needed(self, outputs: tuple[str, ...], given: frozenset = frozenset()) -> frozenset:
+        """The nodes that the given outputs depend on (themselves included), not looking past
+        the ``given`` nodes (values computed before: a network run in two phases)."""
+        key = (outputs, given)
+        if key in self._needed:
+            return self._needed[key]
         nodes = self.graph.nodes
         seen, stack = set(), list(outputs)
         while stack:
             n = stack.pop()
             if n not in seen:
                 seen.add(n)
-                stack.extend(nodes[n].inputs)
-        result = self._needed[outputs] = frozenset(seen)
+                if n not in given:
+                    stack.extend(nodes[n].inputs)
+        result = self._needed[key] = frozenset(seen)
         return result
 
     def __repr__(self) -> str:
@@ -352,10 +356,7 @@ def _global_pool(node: Node, xs, v, run):
 
 @lowering("flatten")
 def _flatten(node: Node, xs, v, run):
-    x = xs[0]
-    if node.attrs.order == "nchw" and x.ndim == 4 and x.shape[1] * x.shape[2] > 1:
-        x = jnp.transpose(x, (0, 3, 1, 2))
-    return x.reshape(x.shape[0], -1)
+    return flax_ops.flatten(xs[0], node.attrs.order)
 
 
 @lowering("dense")
@@ -586,6 +587,17 @@ def _adaptive_pool(node: Node, xs, v, run):
     return _adaptive_along(_adaptive_along(xs[0], 1, oh, reduce), 2, ow, reduce)
 
 
+@lowering("roi_align")
+def _roi_align(node: Node, xs, v, run):
+    a = node.attrs
+    return flax_ops.roi_align(xs[0], xs[1:], a.out, a.scales, a.sampling, a.aligned)
+
+
+@lowering("roi_pool")
+def _roi_pool(node: Node, xs, v, run):
+    return flax_ops.roi_pool(xs[0], xs[1], node.attrs.out, node.attrs.scale)
+
+
 @lowering("l2norm")
 def _l2norm(node: Node, xs, v, run):
     """SSD's L2Norm: x / max(||x||_2 over channels, eps) times a learned per-channel scale."""
@@ -655,11 +667,14 @@ def compute_dtype(dtype):
     return COMPUTE_DTYPES[name]
 
 
-def _bind_inputs(prog: Program, x) -> tuple[dict, bool]:
+def _bind_inputs(prog: Program, x, needed=None) -> tuple[dict, bool]:
     nodes = prog.graph.nodes
     if len(prog.inputs) == 1 and not isinstance(x, (dict, list, tuple)):
         x = (x,)
     if isinstance(x, dict):
+        if needed is not None:              # an input nothing wanted reads may be left out
+            x = {n: x[n] if n in x else jnp.zeros((1,) + tuple(nodes[n].shape)) for n in prog.inputs
+                 if n in x or n not in needed}
         missing = [n for n in prog.inputs if n not in x]
         if missing:
             raise ValueError(f"missing graph inputs {missing}")
@@ -681,10 +696,11 @@ def _bind_inputs(prog: Program, x) -> tuple[dict, bool]:
 
 
 def _node_variables(prog: "Program", variables: Mapping, node: Node, dtype=None) -> dict:
+    owner = node.shares or node.name
     own = {}
     for collection in ("params", "batch_stats"):
-        own.update(variables.get(collection, {}).get(node.name, {}))
-    if not own and prog.has_variables(node.name):
+        own.update(variables.get(collection, {}).get(owner, {}))
+    if not own and prog.has_variables(owner):
         raise ValueError(f"the variables have no entry for node {node.name!r} ({node.op}): "
                          "were they made for another model?")
     if dtype is not None and "kernel" in own:      # a product's operands (conv, dense) take the policy
@@ -694,7 +710,7 @@ def _node_variables(prog: "Program", variables: Mapping, node: Node, dtype=None)
 
 def run_graph(prog: Program, variables: Mapping, x, *, train: bool = False,
               outputs: tuple[str, ...] | None = None, rng=None, every_node: bool = False,
-              dtype=None):
+              dtype=None, given: Mapping | None = None):
     """The graph as a pure function: ``(result, batch_stat_updates)``.
 
     ``x``: (N, H, W, C), or one unbatched example (H, W, C), whose outputs then come back
@@ -704,15 +720,20 @@ def run_graph(prog: Program, variables: Mapping, x, *, train: bool = False,
     wanted are traced, unless ``every_node``. ``batch_stat_updates``: node -> new
     {'mean', 'var'} for each BN that ran in training mode. ``rng``: the dropout key.
     ``dtype``: the compute dtype of the mixed-precision policy ('bfloat16'; see COMPUTE_DTYPES).
+    ``given``: node name -> its value, computed by an earlier call (phase one of a two-phase
+    network: Faster R-CNN's features, before its proposals exist); neither they nor what they
+    depend on are computed again, and inputs that only they depend on may be left out of ``x``.
     """
     wanted = prog.check_outputs(outputs)
     dtype = compute_dtype(dtype)
-    env, unbatched = _bind_inputs(prog, x)
     targets = tuple(map(prog.resolve, wanted)) if wanted is not None else (prog.primary,)
-    needed = None if every_node else prog.needed(targets)
+    given = dict(given or {})
+    needed = None if every_node else prog.needed(targets, frozenset(given))
+    env, unbatched = _bind_inputs(prog, x, needed)
+    env.update(given)
     run = _Run(train, rng, dtype)
     for node in prog.order:
-        if node.op == "input" or (needed is not None and node.name not in needed):
+        if node.op == "input" or node.name in given or (needed is not None and node.name not in needed):
             continue
         with jax.named_scope(node.name):         # HLO metadata names the IR node (profiles)
             env[node.name] = LOWERINGS[node.op](node, [env[i] for i in node.inputs],

@@ -364,9 +364,60 @@ def _to_nhwc(x, e: Emitter):
 def _flatten(node: Node, xs, v, e: Emitter):
     shape = e.ins[0]
     x = xs[0]
+    if len(shape) == 4:                        # per RoI: (N, R, H, W, C) -> (N, R, H·W·C)
+        if node.attrs.order == "nchw" and shape[1] * shape[2] > 1:
+            x = e.op("Transpose", [x], perm=[0, 1, 4, 2, 3])
+        return e.op("Reshape", [x, e.ints([0, 0, -1])])
     if len(shape) == 3 and node.attrs.order == "nhwc" and shape[0] * shape[1] > 1:
         x = _to_nhwc(x, e)                     # archc's row-major HWC order
     return e.op("Flatten", [x], axis=1)
+
+
+def _onnx_rois(rois: str, count: int, e: Emitter, with_index: bool):
+    """(N, R, 4) RoIs -> ONNX's flat (N·R, 4) boxes and each one's image index (N·R,) int64,
+    or (N·R, 5) [index, x1, y1, x2, y2] (MaxRoiPool)."""
+    flat = e.op("Reshape", [rois, e.ints([-1, 4])])
+    total = e.op("Gather", [e.op("Shape", [flat]), e.ints(0)], axis=0)
+    index = e.op("Div", [e.op("Range", [e.ints(0), total, e.ints(1)]), e.ints(count)])
+    if not with_index:
+        return flat, index
+    column = e.op("Unsqueeze", [e.op("Cast", [index], to=1), e.ints([1])])
+    return e.op("Concat", [column, flat], axis=1), None
+
+
+def _per_roi(pooled: str, out_shape: tuple, e: Emitter) -> str:
+    """ONNX's pooled (N·R, C, PH, PW) -> archc's per-RoI value (N, R, PH, PW, C)."""
+    y = e.op("Transpose", [pooled], perm=[0, 2, 3, 1])
+    return e.op("Reshape", [y, e.ints([-1] + list(out_shape))])
+
+
+@onnx_rule("roi_align")
+def _roi_align(node: Node, xs, v, e: Emitter):
+    """ONNX RoiAlign (avg mode) is torchvision's aligned=False kernel with
+    coordinate_transformation_mode output_half_pixel (RoIs at least 1 cell, samples outside
+    [-1, size] adding 0), and aligned=True with half_pixel (opset 16). The multi-level mapping
+    has no ONNX operator: such a graph is not exported."""
+    a = node.attrs
+    if len(a.scales) > 1:
+        raise ExportError(f"node {node.name!r} pools from {len(a.scales)} maps by RoI size (MultiScaleRoIAlign), "
+                          "which ONNX has no operator for; export it to StableHLO instead")
+    if a.aligned:
+        e.require(16, "roi_align with aligned=true, ONNX's half_pixel RoiAlign")
+    boxes, index = _onnx_rois(xs[0], e.ins[0][0], e, with_index=False)
+    extra = {"coordinate_transformation_mode": "half_pixel" if a.aligned else "output_half_pixel"} if e.opset >= 16 else {}
+    pooled = e.op("RoiAlign", [xs[1], boxes, index], mode="avg", output_height=a.out[0], output_width=a.out[1],
+                  sampling_ratio=max(a.sampling, 0), spatial_scale=a.scales[0], **extra)
+    return _per_roi(pooled, node.shape, e)
+
+
+@onnx_rule("roi_pool")
+def _roi_pool(node: Node, xs, v, e: Emitter):
+    """ONNX MaxRoiPool: Caffe's RoI pooling, as torchvision's (corners rounded half away from
+    zero, bins [floor(p·bin), ceil((p+1)·bin)))."""
+    a = node.attrs
+    rois, _ = _onnx_rois(xs[0], e.ins[0][0], e, with_index=True)
+    pooled = e.op("MaxRoiPool", [xs[1], rois], pooled_shape=list(a.out), spatial_scale=a.scale)
+    return _per_roi(pooled, node.shape, e)
 
 
 @onnx_rule("reshape")
@@ -493,7 +544,8 @@ def to_onnx(graph: Graph, variables, *, opset: int = DEFAULT_OPSET, batch="dynam
         if node.op == "input":
             continue
         e.begin(node.name, [graph.nodes[i].shape for i in node.inputs])
-        value = ONNX_RULES[node.op](node, [env[i] for i in node.inputs], _node_variables(variables, node.name), e)
+        value = ONNX_RULES[node.op](node, [env[i] for i in node.inputs],
+                                    _node_variables(variables, node.shares or node.name), e)
         plain = node.name not in wanted or layout == "nchw" or len(node.shape) != 3
         env[node.name] = e.name_result(value, node.name if plain else node.name + "/nchw")
     outputs = []

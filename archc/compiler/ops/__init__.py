@@ -4,7 +4,7 @@ Importing this package registers every op; ``OPS`` (IR op name -> OpDef) and ``S
 (surface op of the language -> its Surface and OpDef) are the tables everything else derives
 from. JAX-free, so that ``archc check`` never imports JAX.
 """
-from . import conv, pool, norm, elementwise, layout  # noqa: F401  (registration, in the docs' order)
+from . import conv, pool, norm, elementwise, layout, roi  # noqa: F401  (registration, in the docs' order)
 from .base import (OPS, REQUIRED, SPELLINGS, SURFACES, Attrs, BindContext, NoAttrs, OpDef, ShapeError,
                    Surface, Var, VarSpec, count, fmt, infer_shape, node_variables, pass_rules, spatial, variable_specs,
                    variables_tree)

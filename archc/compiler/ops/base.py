@@ -137,6 +137,8 @@ class Surface:
     ``bind(args, ctx)`` -> the IR op's Attrs, or None for an op that adds no node (identity);
     ``label``: the naming prefix of its nodes (default: the surface kind; activations name
     their nodes by function). ``merge``: its positional arguments are branches (concat, add).
+    ``tensors``: arguments that name tensors (``roi_align(@p3, …)``): the elaborator appends
+    them to the node's inputs, after the chain's input, and ``bind`` sees their shapes.
     """
     kind: str
     signature: Mapping[str, Any]
@@ -146,6 +148,7 @@ class Surface:
     doc: str = ""
     label_from: str | None = None
     merge: bool = False
+    tensors: tuple = ()       # arguments that are tensors (@name or a list of them): extra node inputs
 
     def label(self, preset: Mapping) -> str:
         return preset[self.label_from] if self.label_from else self.kind
@@ -233,6 +236,9 @@ def infer_shape(op: str, attrs: Attrs, in_shapes: list) -> tuple:
 
 
 def node_variables(node, in_shapes) -> list[VarSpec]:
+    """The variables a node owns (none when it shares another node's: ``Node.shares``)."""
+    if getattr(node, "shares", None):
+        return []
     return [VarSpec(v.collection, node.name, *v[1:]) for v in OPS[node.op].variables(node.attrs, in_shapes)]
 
 
@@ -256,7 +262,7 @@ def count(node, graph) -> tuple:
     """(trainable, non_trainable, macs) of one node; parameter counts are its variables' sizes."""
     ins = [graph.nodes[i].shape for i in node.inputs]
     trainable = non_trainable = 0
-    for v in OPS[node.op].variables(node.attrs, ins):
+    for v in ([] if getattr(node, "shares", None) else OPS[node.op].variables(node.attrs, ins)):
         if v.collection == "params":
             trainable += prod(v.shape)
         else:

@@ -29,10 +29,16 @@ def _bind_flatten(a, ctx):
     return FlattenAttrs(a["order"])
 
 
+def _flatten_shape(a, ins):
+    s = ins[0]
+    return (s[0], prod(s[1:])) if len(s) == 4 else (prod(s),)    # R×H×W×C (per RoI, ops/roi.py) keeps R
+
+
 register(OpDef(
-    "flatten", FlattenAttrs, lambda a, ins: (prod(ins[0]),),
+    "flatten", FlattenAttrs, _flatten_shape,
     surfaces=(Surface("flatten", {"order": "nhwc"}, _bind_flatten,
-                      params_doc="`\"nchw\"`: PyTorch's order, for its Linear weights", doc="→ H·W·C"),)))
+                      params_doc="`\"nchw\"`: PyTorch's order, for its Linear weights",
+                      doc="→ H·W·C (per RoI: R×H×W×C → R×H·W·C)"),)))
 
 
 @attrs_class

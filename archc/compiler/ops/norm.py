@@ -66,6 +66,8 @@ class L2NormAttrs(Attrs):
 register(OpDef(
     "l2norm", L2NormAttrs, _same,
     variables=lambda a, ins: (Var("params", "scale", (ins[0][-1],), "constant", value=a.init),),
+    # torchvision's SSD keeps the scale as its VGG backbone's parameter ``scale_weight``
+    weights={"torch": {"weight": "scale", "scale_weight": "scale"}},
     surfaces=(Surface("l2norm", {"init": 20.0, "eps": 1e-12},
                       lambda a, ctx: L2NormAttrs(float(ctx.number(a["init"], "init")), float(ctx.number(a["eps"], "eps"))),
                       doc="same; x / ‖x‖₂ over channels times a learned per-channel scale (SSD)"),)))

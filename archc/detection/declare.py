@@ -1,0 +1,187 @@
+"""The detection description: declarations (compiler/declarations.py) that state, as data in
+the ``.arch`` file, how a network's outputs become boxes. JAX-free, like the op registry.
+
+    detect_input(mean=[…], std=[…], fixed_size=[300, 300], size_divisible=1)   # the transform
+    default_boxes(aspect_ratios=[[2], [2, 3], …], scales=[…], steps=[…])       # SSD's boxes
+    anchors(sizes=[[32], [64], …], aspect_ratios=[[0.5, 1, 2], …])              # Faster R-CNN's
+    detect(kind="ssd", scores=[@cls1, …], boxes=[@box1, …], box_weights=[10, 10, 5, 5],
+           score_thresh=0.01, nms_thresh=0.45, topk_candidates=400, detections_per_img=200,
+           names="coco")
+
+Values are expressions of the value language, so ``param``s and presets set them and
+``archc.load("ssd300_vgg16", score_thresh=0.0)`` overrides them. ``detect``'s ``kind`` picks
+the post-processing (archc/detection/api.py's ``@detector`` registry); each kind says which
+other declarations it needs. A new detector kind adds its name to ``DETECTOR_KINDS`` and, where
+it needs settings of its own, a declaration of its own here (``rpn(...)`` for Faster R-CNN)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..compiler.declarations import DeclarationContext, declaration
+
+DETECTOR_KINDS = ["ssd", "yolo_v1", "faster_rcnn"]
+CLASS_NAMES = ("coco", "voc", "none")
+
+
+def _nested(ctx: DeclarationContext, name: str, v, levels: int | None = None) -> tuple:
+    """A list of lists of numbers (one list per feature level)."""
+    if not isinstance(v, (list, tuple)) or not v:
+        ctx.fail(name, f"{ctx.kind}(): '{name}' must be a list with one list of numbers per level, not {v!r}")
+    if levels is not None and len(v) != levels:
+        ctx.fail(name, f"{ctx.kind}(): '{name}' needs {levels} levels, got {len(v)}")
+    return tuple(ctx.numbers(name, x) for x in v)
+
+
+def _tensors(ctx: DeclarationContext, name: str, v) -> tuple:
+    v = v if isinstance(v, (list, tuple)) else [v]
+    return tuple(ctx.tensor(name, t) for t in v)
+
+
+@declaration("detect_input")
+@dataclass(frozen=True)
+class DetectInput:
+    """The detector's input transform (torchvision's GeneralizedRCNNTransform): images in
+    [0, 1] are normalised by ``mean``/``std``, resized (to ``fixed_size`` [h, w] when given, else
+    so that the short side is ``min_size`` and the long side at most ``max_size``; bilinear, no
+    antialiasing) and zero-padded to a multiple of ``size_divisible``."""
+    mean: tuple = (0.485, 0.456, 0.406)
+    std: tuple = (0.229, 0.224, 0.225)
+    min_size: int = 800
+    max_size: int = 1333
+    size_divisible: int = 32
+    fixed_size: tuple | None = None
+
+    @classmethod
+    def bind(cls, v: dict, ctx: DeclarationContext) -> "DetectInput":
+        mean, std = ctx.numbers("mean", v["mean"], 3), ctx.numbers("std", v["std"], 3)
+        if any(s <= 0 for s in std):
+            ctx.fail("std", "detect_input(): 'std' must be positive")
+        fixed = v["fixed_size"]
+        if fixed is not None:
+            fixed = ctx.numbers("fixed_size", fixed, 2)
+            for s in fixed:
+                ctx.number("fixed_size", s, low=1, integer=True)
+        return cls(tuple(map(float, mean)), tuple(map(float, std)),
+                   ctx.number("min_size", v["min_size"], low=1, integer=True),
+                   ctx.number("max_size", v["max_size"], low=1, integer=True),
+                   ctx.number("size_divisible", v["size_divisible"], low=1, integer=True), fixed)
+
+
+@declaration("default_boxes")
+@dataclass(frozen=True)
+class DefaultBoxes:
+    """SSD's default boxes (torchvision's DefaultBoxGenerator), one entry per head level:
+    ``aspect_ratios`` (each gives 2 boxes besides the two square ones), ``scales`` (levels + 1
+    numbers; when empty, spaced evenly from ``min_ratio`` to ``max_ratio``), ``steps`` (the pixel
+    stride of each level's centres; when empty, the map size), ``clip`` the sizes to [0, 1]."""
+    aspect_ratios: tuple
+    scales: tuple = ()
+    min_ratio: float = 0.15
+    max_ratio: float = 0.9
+    steps: tuple = ()
+    clip: bool = True
+
+    @classmethod
+    def bind(cls, v: dict, ctx: DeclarationContext) -> "DefaultBoxes":
+        ratios = _nested(ctx, "aspect_ratios", v["aspect_ratios"])
+        scales = ctx.numbers("scales", v["scales"])
+        if scales and len(scales) != len(ratios) + 1:
+            ctx.fail("scales", f"default_boxes(): {len(ratios)} levels need {len(ratios) + 1} scales, got {len(scales)}")
+        steps = ctx.numbers("steps", v["steps"])
+        if steps and len(steps) != len(ratios):
+            ctx.fail("steps", f"default_boxes(): {len(ratios)} levels need {len(ratios)} steps, got {len(steps)}")
+        if not isinstance(v["clip"], bool):
+            ctx.fail("clip", f"default_boxes(): 'clip' is true or false, not {v['clip']!r}")
+        return cls(ratios, tuple(map(float, scales)), float(ctx.number("min_ratio", v["min_ratio"], low=0)),
+                   float(ctx.number("max_ratio", v["max_ratio"], low=0)), steps, v["clip"])
+
+    def per_location(self) -> list[int]:
+        return [2 + 2 * len(r) for r in self.aspect_ratios]
+
+
+@declaration("anchors")
+@dataclass(frozen=True)
+class Anchors:
+    """Grid anchors (torchvision's AnchorGenerator), one entry per feature level: ``sizes``
+    (pixels) × ``aspect_ratios`` (h / w) anchors per location, at ``i · stride`` with the
+    integer stride padded input // map size."""
+    sizes: tuple
+    aspect_ratios: tuple
+
+    @classmethod
+    def bind(cls, v: dict, ctx: DeclarationContext) -> "Anchors":
+        sizes = _nested(ctx, "sizes", v["sizes"])
+        return cls(sizes, _nested(ctx, "aspect_ratios", v["aspect_ratios"], len(sizes)))
+
+    def per_location(self) -> list[int]:
+        return [len(s) * len(a) for s, a in zip(self.sizes, self.aspect_ratios)]
+
+
+@declaration("detect")
+@dataclass(frozen=True)
+class Detect:
+    """How outputs become detections. ``kind``: the post-processing (ssd, yolo_v1,
+    faster_rcnn). ``scores``/``boxes``: the head tensors, one per level (SSD: class logits and
+    box codes; YOLO: ``scores`` is the S×S×(5B+C) output). ``box_weights``/``box_clamp``: the box
+    coder. Per class, candidates scoring more than ``score_thresh`` (the best
+    ``topk_candidates``) go through NMS at ``nms_thresh`` (suppressing at IoU strictly above it);
+    the best ``detections_per_img`` remain. Boxes with a side under ``min_size`` are dropped.
+    ``names``: the class names (coco: the 91-index COCO list, voc: the 21 VOC classes)."""
+    kind: str
+    scores: tuple
+    boxes: tuple = ()
+    box_weights: tuple = (1.0, 1.0, 1.0, 1.0)
+    box_clamp: float = math.log(1000.0 / 16)
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    topk_candidates: int = 1000
+    detections_per_img: int = 100
+    min_size: float = 0.0
+    names: str = "none"
+
+    @classmethod
+    def bind(cls, v: dict, ctx: DeclarationContext) -> "Detect":
+        ctx.choice("kind", v["kind"], tuple(DETECTOR_KINDS))
+        scores = _tensors(ctx, "scores", v["scores"])
+        boxes = _tensors(ctx, "boxes", v["boxes"]) if v["boxes"] else ()
+        if boxes and len(boxes) != len(scores):
+            ctx.fail("boxes", f"detect(): {len(scores)} score tensors but {len(boxes)} box tensors")
+        weights = ctx.numbers("box_weights", v["box_weights"], 4)
+        if any(w <= 0 for w in weights):
+            ctx.fail("box_weights", "detect(): 'box_weights' must be positive")
+        return cls(v["kind"], scores, boxes, tuple(map(float, weights)),
+                   float(ctx.number("box_clamp", v["box_clamp"])),
+                   float(ctx.number("score_thresh", v["score_thresh"], low=0, high=1)),
+                   float(ctx.number("nms_thresh", v["nms_thresh"], low=0, high=1)),
+                   ctx.number("topk_candidates", v["topk_candidates"], low=1, integer=True),
+                   ctx.number("detections_per_img", v["detections_per_img"], low=1, integer=True),
+                   float(ctx.number("min_size", v["min_size"], low=0)),
+                   ctx.choice("names", v["names"], CLASS_NAMES))
+
+    def tensors(self) -> tuple:
+        return self.scores + self.boxes
+
+    def renamed(self, redirect: dict) -> "Detect":
+        from dataclasses import replace
+        return replace(self, scores=tuple(redirect.get(t, t) for t in self.scores),
+                       boxes=tuple(redirect.get(t, t) for t in self.boxes))
+
+
+@declaration("yolo_grid")
+@dataclass(frozen=True)
+class YoloGrid:
+    """YOLO v1's output layout: an ``side``×``side`` grid, each cell holding ``boxes`` boxes
+    (x, y, w, h, confidence: x, y the centre's offset in the cell, w, h relative to the image,
+    predicted as their square roots when ``sqrt``) followed by ``classes`` class probabilities."""
+    side: int = 7
+    boxes: int = 2
+    classes: int = 20
+    sqrt: bool = True
+
+    @classmethod
+    def bind(cls, v: dict, ctx: DeclarationContext) -> "YoloGrid":
+        if not isinstance(v["sqrt"], bool):
+            ctx.fail("sqrt", f"yolo_grid(): 'sqrt' is true or false, not {v['sqrt']!r}")
+        return cls(ctx.number("side", v["side"], low=1, integer=True), ctx.number("boxes", v["boxes"], low=1, integer=True),
+                   ctx.number("classes", v["classes"], low=1, integer=True), v["sqrt"])

@@ -1,0 +1,109 @@
+"""torchvision's detection input transform (GeneralizedRCNNTransform, eval mode) in JAX:
+normalise, bilinear resize without antialiasing (F.interpolate, align_corners=False), zero-pad
+the batch to a multiple of ``size_divisible``; and the inverse map of boxes to the original
+image sizes (transform.postprocess).
+
+Images are (H, W, C) float arrays in [0, 1]; the batch is NHWC. The resized sizes are Python
+integers (each image's size is static under jit)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TransformSpec:
+    """The settings of one GeneralizedRCNNTransform. ``fixed_size`` (h, w) replaces the
+    min/max rule (SSD: (300, 300))."""
+    mean: tuple = (0.485, 0.456, 0.406)
+    std: tuple = (0.229, 0.224, 0.225)
+    min_size: int = 800
+    max_size: int = 1333
+    size_divisible: int = 32
+    fixed_size: tuple | None = None
+
+
+def resized_size(h: int, w: int, spec: TransformSpec) -> tuple[int, int]:
+    """The size torchvision resizes an (h, w) image to: ``fixed_size``, else
+    floor(side · s) with s = min(min_size / short, max_size / long) in Python double (the
+    image is resized even when it already fits)."""
+    if spec.fixed_size is not None:
+        return tuple(spec.fixed_size)
+    s = min(spec.min_size / min(h, w), spec.max_size / max(h, w))
+    return int(math.floor(h * s)), int(math.floor(w * s))
+
+
+def _linear_taps(n_in: int, n_out: int):
+    """Source indices and weights of torch's bilinear resize (align_corners=False, no
+    antialias) along one axis: scale = in / out in float32, the source index
+    ``scale · (dst + 0.5) - 0.5`` rounded once (torch's compiled kernel fuses the multiply-add:
+    probed bit-exact against F.interpolate), clamped at 0."""
+    scale = np.float64(np.float32(n_in) / np.float32(n_out))
+    src = np.maximum((scale * (np.arange(n_out) + 0.5) - 0.5).astype(np.float32), np.float32(0))
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    lam = np.clip(src - i0.astype(np.float32), 0, 1).astype(np.float32)
+    i1 = np.where(i0 < n_in - 1, i0 + 1, i0)
+    return i0, i1, (np.float32(1) - lam), lam
+
+
+def resize_bilinear(image, size: tuple[int, int]):
+    """F.interpolate(mode="bilinear", align_corners=False) of an (H, W, C) image: along the
+    width, then the height, as torch's separable CPU kernel does."""
+    h, w = image.shape[:2]
+    oh, ow = size
+    if (oh, ow) == (h, w):
+        return image     # src == dst: torch's kernel copies
+    x0, x1, wx0, wx1 = _linear_taps(w, ow)
+    y0, y1, wy0, wy1 = _linear_taps(h, oh)
+    rows = image[:, x0] * wx0[None, :, None] + image[:, x1] * wx1[None, :, None]
+    return rows[y0] * wy0[:, None, None] + rows[y1] * wy1[:, None, None]
+
+
+def normalize(image, mean, std):
+    """(image - mean) / std per channel, in the image's dtype (a division, as torch does)."""
+    dt = image.dtype
+    return (image - jnp.asarray(mean, dt)) / jnp.asarray(std, dt)
+
+
+def padded_size(sizes: Sequence[tuple[int, int]], size_divisible: int) -> tuple[int, int]:
+    h = max(s[0] for s in sizes)
+    w = max(s[1] for s in sizes)
+    d = float(size_divisible)
+    return int(math.ceil(h / d) * d), int(math.ceil(w / d) * d)
+
+
+def transform(images: Sequence, spec: TransformSpec):
+    """GeneralizedRCNNTransform.forward in eval mode: each (H, W, C) image normalised, then
+    resized, then the batch zero-padded at the bottom and right. Returns (batch NHWC,
+    [(h, w) resized size of each image])."""
+    out, sizes = [], []
+    for im in images:
+        im = jnp.asarray(im)
+        if im.ndim != 3:
+            raise ValueError(f"an image is (height, width, channels), got shape {tuple(im.shape)}")
+        if not jnp.issubdtype(im.dtype, jnp.floating):
+            raise TypeError(f"images are floats in [0, 1], got {im.dtype}")
+        size = resized_size(im.shape[0], im.shape[1], spec)
+        out.append(resize_bilinear(normalize(im, spec.mean, spec.std), size))
+        sizes.append(size)
+    ph, pw = padded_size(sizes, spec.size_divisible)
+    batch = jnp.stack([jnp.pad(im, ((0, ph - im.shape[0]), (0, pw - im.shape[1]), (0, 0))) for im in out])
+    return batch, sizes
+
+
+def rescale_boxes(boxes, from_size, to_size):
+    """resize_boxes: (…, 4) boxes in an image of ``from_size`` (h, w) to ``to_size``, with the
+    float32 ratios to / from (x by the width ratio, y by the height ratio). Sizes may be arrays
+    (…, 2) for a batch."""
+    f = jnp.asarray(from_size, jnp.float32)
+    t = jnp.asarray(to_size, jnp.float32)
+    ratio = t / f                                     # (…, 2): (h, w)
+    rh, rw = ratio[..., 0:1], ratio[..., 1:2]
+    scale = jnp.concatenate([rw, rh, rw, rh], -1)
+    if scale.ndim == boxes.ndim - 1:
+        scale = scale[..., None, :]
+    return boxes * scale
