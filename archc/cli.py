@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 from .spec.source import ArchError
 
@@ -14,6 +15,11 @@ EXIT_USER = 2
 
 
 def _shape(text: str) -> tuple:
+    parts = text.split("x") if not text.islower() or text.isdigit() else text.lower().split("x")
+    if len(parts) == 3 and any(p.isalpha() and len(p) == 1 and p.isupper() for p in parts[:2]) \
+            and all(p.isdigit() or (p.isalpha() and len(p) == 1 and p.isupper()) for p in parts[:2]) and parts[2].isdigit():
+        # symbolic: HxWx3, Hx224x3 (archc check prints the output as a function of them)
+        return tuple(p if p.isalpha() else int(p) for p in parts)
     try:
         dims = tuple(int(x) for x in text.lower().split("x"))
     except ValueError:
@@ -62,14 +68,60 @@ def fmt_shape(shape) -> str:
 
 
 def cmd_check(args) -> int:
+    letters = {}
+    if args.input is not None and any(isinstance(d, str) for d in args.input):
+        letters = {a: d for a, d in enumerate(args.input) if isinstance(d, str)}
+        given, args.input = args.input, None if args.expr is None else tuple(32 if isinstance(d, str) else d for d in args.input)
+        declared = _graph(args).input_shape     # the letters stand for sizes; the rest is as given
+        args.input = tuple(declared[a] if isinstance(d, str) else d for a, d in enumerate(given))
     g = _graph(args)
+    if letters:
+        from .compiler import sizes
+        rep = sizes.report(g, None if g.size_reads else (lambda shape: None))
+        print(sizes.symbolic_text(g, letters, rep))
+        return 0
+    if args.sizes:
+        return _sizes(g, args)
     if args.expr is not None:
         print(fmt_shape(g.output_shape))
+        _warn_inexact(g)
         return 0
     from .compiler.stats import summarize
     s = summarize(g)
     print(f"{g.name}: {fmt_shape(g.input_shape)} -> {fmt_shape(g.output_shape)}, "
           f"{len(g.nodes)} nodes, {s['total_params']:,} params, {s['macs']:,} MACs: ok")
+    _warn_inexact(g)
+    return 0
+
+
+def _warn_inexact(g) -> None:
+    """The declared input checks but a floor drops rows: say where, on stderr."""
+    from .compiler.sizes import inexact_warnings
+    for line in inexact_warnings(g):
+        print(f"warning: {line}", file=sys.stderr)
+
+
+def _sizes(g, args) -> int:
+    """archc check --sizes: the input sizes the spec accepts, derived from its IR."""
+    from .compiler import sizes
+    from .compiler.build import build_graph
+    params = dict(args.param or [])
+
+    def elaborate_at(shape):
+        try:
+            if args.expr is not None:
+                return build_graph(text=args.expr, filename="<expr>", params=params, input_shape=shape)
+            return build_graph(args.spec, params=params, input_shape=shape)
+        except ArchError:
+            return None
+    try:
+        rep = sizes.report(g, elaborate_at)
+    except sizes.CannotDerive as e:
+        raise ArchError([_diag(f"cannot derive the input sizes of {g.name}: {e}")]) from None
+    if args.json:
+        print(json.dumps(rep, indent=1, ensure_ascii=False))
+    else:
+        print(sizes.render(g, rep))
     return 0
 
 
@@ -115,13 +167,38 @@ def render_table(s: dict, graph) -> str:
     return "\n".join(out)
 
 
+def render_memory(m: dict) -> str:
+    from .compiler.memory import human
+    opt = m["optimizer"]
+    lines = [f"Memory (float32, estimated): params {human(m['param_bytes'])}, state {human(m['state_bytes'])}, "
+             f"{opt} state {human(m['optimizer_state_bytes'][opt])}",
+             f"  activations per image: inference {human(m['inference_activation_bytes_per_image'])} (peak live), "
+             f"training {human(m['training_activation_bytes_per_image'])} (kept for the backward pass)",
+             f"  batch {m['batch']}: inference {human(m['inference_bytes'])}, training step {human(m['training_bytes'])}"]
+    if "largest_batch" in m:
+        lb = m["largest_batch"]
+        lines.append(f"  in {human(m['budget_bytes'])}: largest batch {lb['inference']:,} for inference, "
+                     f"{lb['training']:,} for training with {opt}")
+    return "\n".join(lines)
+
+
 def cmd_build(args) -> int:
     g = _graph(args)
+    _warn_inexact(g)
     if args.emit == "ir":
         print(g.dumps())
         return 0
+    from .compiler import memory
     from .compiler.stats import summarize
     s = summarize(g)
+    try:
+        budget = memory.parse_bytes(args.memory) if args.memory is not None else None
+        s["memory"] = memory.estimate(g, args.batch, args.optimizer)
+    except ValueError as e:
+        raise ArchError([_diag(str(e))]) from None
+    if budget is not None:
+        s["memory"]["budget_bytes"] = budget
+        s["memory"]["largest_batch"] = memory.largest_batch(g, budget, args.optimizer)
     report = {}
     if not args.no_lower:
         report = _validate_lowering(g, args)
@@ -130,6 +207,7 @@ def cmd_build(args) -> int:
         print(json.dumps(s, indent=1))
     else:
         print(render_table(s, g))
+        print(render_memory(s["memory"]))
         if "lowering_check_s" in report:
             print(f"JAX lowering: {report['lowered_nodes_checked']} node shapes verified with jax.eval_shape "
                   f"({report['lowering_check_s']:.2f} s)")
@@ -193,9 +271,17 @@ def cmd_bench(args) -> int:
 
 
 def cmd_list(args) -> int:
+    """The built-ins and the checkpoint sources each imports from (the mapping files' `models`)."""
     from .compiler import library
-    for name in library.names():
-        print(name)
+    from .runtime.weights import builtin_sources
+    rows = [(name, builtin_sources(name)) for name in library.names()]
+    if args.json:
+        print(json.dumps([{"name": name, "sources": sources} for name, sources in rows], indent=1))
+        return 0
+    width = max(len(name) for name, _ in rows)
+    print(f"{'architecture':<{width}}  imports weights from")
+    for name, sources in rows:
+        print(f"{name:<{width}}  {', '.join(sources) or '-'}")
     return 0
 
 
@@ -482,7 +568,7 @@ def cmd_import(args) -> int:
 def cmd_predict(args) -> int:
     """archc predict SPEC --weights FILE IMAGE... [--top 5] [--json]."""
     from .runtime.model import Model
-    from .runtime.predict import predict
+    from .runtime.predict import PreprocessWarning, decode_line, predict
     weights, images = args.weights[0], list(args.images) + list(args.weights[1:])
     if not images:
         print("error: no images given: archc predict SPEC --weights FILE IMAGE...", file=sys.stderr)
@@ -491,14 +577,21 @@ def cmd_predict(args) -> int:
         print("error: --top must be at least 1", file=sys.stderr)
         return EXIT_USER
     model = Model(_graph(args))
-    results = predict(model, weights, images, top=args.top, preprocess=args.preprocess)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PreprocessWarning)
+        results = predict(model, weights, images, top=args.top, preprocess=args.preprocess)
+    for w in caught:
+        if issubclass(w.category, PreprocessWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if args.json:
         print(json.dumps(results, indent=1))
     else:
-        for r in results:
+        for r in results:           # as Keras's decode_predictions: soccer_ball (92.07%)
             print(r["file"])
             for t in r["top"]:
-                print(f"  {t['prob']:7.2%}  {t['index']:>4}  {t['label']}")
+                print(f"  {decode_line(t)}")
     return 0
 
 
@@ -601,6 +694,9 @@ def main(argv=None) -> int:
 
     sp = sub.add_parser("check", help="parse and shape-check a spec (no JAX)")
     common(sp, expr=True)
+    sp.add_argument("--sizes", action="store_true",
+                    help="derive the input heights and widths the spec accepts, and those on which it is exact")
+    sp.add_argument("--json", action="store_true", help="with --sizes: print the answer as JSON")
     sp.set_defaults(func=cmd_check)
 
     sp = sub.add_parser("build", help="build a spec: layer table, parameter counts, MACs")
@@ -608,7 +704,10 @@ def main(argv=None) -> int:
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
     sp.add_argument("--emit", choices=["ir"], help="print the IR as JSON instead")
     sp.add_argument("--compile", action="store_true", help="also jit-compile the forward pass and time XLA")
-    sp.add_argument("--batch", type=int, default=1, help="batch size for --compile")
+    sp.add_argument("--batch", type=int, default=1, help="batch size for --compile and the memory estimate")
+    sp.add_argument("--memory", metavar="SIZE", help="a memory budget (e.g. 16GiB): print the largest batch that fits")
+    sp.add_argument("--optimizer", default="momentum", choices=["sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "lamb"],
+                    help="the optimizer whose state the training estimate counts (default: momentum)")
     sp.add_argument("--out", metavar="FILE", help="write initialised variables (.safetensors)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--no-lower", action="store_true", help="skip the lowering check (jax.eval_shape of every node)")
@@ -653,7 +752,8 @@ def main(argv=None) -> int:
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(func=cmd_export, expr=None)
 
-    sp = sub.add_parser("list", help="list the built-in architectures")
+    sp = sub.add_parser("list", help="list the built-in architectures and the checkpoint sources each imports from")
+    sp.add_argument("--json", action="store_true", help="[{name, sources}] as JSON")
     sp.set_defaults(func=cmd_list)
 
     sp = sub.add_parser("import", help="import a pretrained checkpoint (torchvision, timm, Keras) into archc variables")
@@ -680,7 +780,7 @@ def main(argv=None) -> int:
                     help="variables written by `archc import`, then the images")
     sp.add_argument("--top", type=int, default=5)
     sp.add_argument("--preprocess", choices=["torch", "inception", "tf", "caffe", "none"],
-                    help="override the preprocessing recorded in the weights file")
+                    help="override the preprocessing the network declares (its .arch file's preprocess(...))")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_predict, expr=None)
 

@@ -208,6 +208,23 @@ def test_emit_ir_json():
 def test_list_command():
     r = subprocess.run([sys.executable, "-m", "archc", "list"], capture_output=True, text=True, timeout=60)
     assert "densenet121" in r.stdout.split() and "resnet50" in r.stdout.split()
+    lines = {line.split()[0]: line.split(None, 1)[1] for line in r.stdout.splitlines()[1:]}
+    assert lines["convnext_tiny"] == "torchvision, timm" and lines["legacy_senet154"] == "timm"
+    assert lines["lenet5"] == "-"
+
+
+def test_list_json_sources_are_the_mappings():
+    """`archc list --json`'s sources: for each built-in, the sources whose mapping file lists it
+    (asked of each source's rules one by one); and every name a mapping lists is a built-in."""
+    from archc.compiler import library
+    from archc.runtime.weights import SOURCES, builtin_rules, sources_by_model
+    r = subprocess.run([sys.executable, "-m", "archc", "list", "--json"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    listed = {e["name"]: e["sources"] for e in json.loads(r.stdout)}
+    assert sorted(listed) == library.names()
+    for name, sources in listed.items():
+        assert sources == [s for s in SOURCES if builtin_rules(name, s) is not None], name
+    assert set(sources_by_model()) <= set(listed), set(sources_by_model()) - set(listed)
 
 
 def test_check_does_not_import_jax():

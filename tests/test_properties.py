@@ -4,105 +4,58 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from archc.compiler.build import build_graph
+from archc.testing.strategies import programs
 
 
 def out_size(n, k, s, p):
     return (n + 2 * p - k) // s + 1
 
 
-# A program is a list of items, each a (text, shape_fn) pair; shape_fn maps (h, w, c) -> (h, w, c)
-# or None when the item would be invalid for that input (the generator then skips it).
-def conv_item(draw):
-    c = draw(st.integers(1, 24))
-    k = draw(st.sampled_from([1, 3, 5]))
-    s = draw(st.sampled_from([1, 2]))
-    p = draw(st.sampled_from([None, 0, 1]))
-    text = f"conv({c}, {k}, s={s}" + (f", p={p})" if p is not None else ")")
-    pad = (k - 1) // 2 if p is None else p
-
-    def f(h, w, cin):
+# The independent model: a generated Program's shape, item by item, from the op definitions
+# (None when an item is invalid for its input). The generator is archc.testing's, which users
+# share; only this model of the shape rules lives here.
+def item_shape(item, h, w, c):
+    a = item.args
+    if item.kind == "conv":
+        cout, k, s, p = a
+        pad = (k - 1) // 2 if p is None else p
         if h + 2 * pad < k or w + 2 * pad < k:
             return None
-        return out_size(h, k, s, pad), out_size(w, k, s, pad), c
-    return text, f
-
-
-def pool_item(draw):
-    k = draw(st.sampled_from([2, 3]))
-    kind = draw(st.sampled_from(["maxpool", "avgpool"]))
-    text = f"{kind}({k})"
-    return text, lambda h, w, c: None if h < k or w < k else (out_size(h, k, k, 0), out_size(w, k, k, 0), c)
-
-
-def act_item(draw):
-    name = draw(st.sampled_from(["relu", "bn", "sigmoid", "relu6", "swish", "identity", "dropout(0.1)"]))
-    return name, lambda h, w, c: (h, w, c)
-
-
-def concat_item(draw, depth):
-    branches = draw(st.lists(st.builds(lambda: None).flatmap(lambda _: program(depth + 1)), min_size=2, max_size=3))
-    text = "concat(" + ", ".join(b[0] for b in branches) + ")"
-
-    def f(h, w, c):
-        outs = [run(b[1], (h, w, c)) for b in branches]
+        return out_size(h, k, s, pad), out_size(w, k, s, pad), cout
+    if item.kind == "pool":
+        k = a[1]
+        return None if h < k or w < k else (out_size(h, k, k, 0), out_size(w, k, k, 0), c)
+    if item.kind == "act":
+        return h, w, c
+    if item.kind == "concat":
+        outs = [run(b, (h, w, c)) for b in a[0]]
         if any(o is None for o in outs) or len({o[:2] for o in outs}) != 1:
             return None
         return outs[0][0], outs[0][1], sum(o[2] for o in outs)
-    return text, f
+    o = run(a[0], (h, w, c))                  # residual
+    if o is None:
+        return None
+    if o[:2] != (h, w) and not any((h - 1) // s + 1 == o[0] and (w - 1) // s + 1 == o[1] for s in range(1, h + 1)):
+        return None  # no 1x1 strided projection reaches the body's size
+    return o  # identity when equal, else an inferred projection
 
 
-def residual_item(draw, depth):
-    body = draw(program(depth + 1))
-    text = f"residual<{body[0]}>"
-
-    def f(h, w, c):
-        o = run(body[1], (h, w, c))
-        if o is None:
-            return None
-        if o[:2] != (h, w) and not any((h - 1) // s + 1 == o[0] and (w - 1) // s + 1 == o[1] for s in range(1, h + 1)):
-            return None  # no 1x1 strided projection reaches the body's size
-        return o  # identity when equal, else an inferred projection
-    return text, f
-
-
-def run(fns, shape):
-    for f in fns:
-        shape = f(*shape)
+def run(program, shape):
+    for item in program.items:
+        shape = item_shape(item, *shape)
         if shape is None:
             return None
     return shape
 
 
-@st.composite
-def item(draw, depth):
-    choices = ["conv", "pool", "act"] + (["concat", "residual"] if depth < 2 else [])
-    kind = draw(st.sampled_from(choices))
-    if kind == "conv":
-        return conv_item(draw)
-    if kind == "pool":
-        return pool_item(draw)
-    if kind == "act":
-        return act_item(draw)
-    if kind == "concat":
-        return concat_item(draw, depth)
-    return residual_item(draw, depth)
-
-
-@st.composite
-def program(draw, depth=0):
-    items = draw(st.lists(item(depth), min_size=1, max_size=4))
-    return " ".join(t for t, _ in items), [f for _, f in items]
-
-
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(prog=program(), h=st.integers(8, 40), c=st.integers(1, 16))
+@given(prog=programs(), h=st.integers(8, 40), c=st.integers(1, 16))
 def test_predicted_shapes_match_independent_model(prog, h, c):
-    text, fns = prog
-    expected = run(fns, (h, h, c))
+    expected = run(prog, (h, h, c))
     if expected is None:
         return  # an invalid combination: the fuzz tests cover that errors are clean
-    g = build_graph(text=text, input_shape=(h, h, c))
-    assert g.output_shape == expected, text
+    g = build_graph(text=prog.text, input_shape=(h, h, c))
+    assert g.output_shape == expected, prog.text
 
 
 @settings(max_examples=60, deadline=None)

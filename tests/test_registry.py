@@ -30,6 +30,12 @@ def test_every_op_has_export_rules():
     assert set(ACTIVATION_RULES) == set(ACTIVATION_SOURCES) == set(ops.ACTIVATIONS)
 
 
+def test_every_op_has_a_size_rule():
+    """compiler/sizes.py: how each op maps an input extent to its output extent, per axis."""
+    from archc.compiler.sizes import SIZE_RULES
+    assert set(SIZE_RULES) == set(ops.OPS), f"ops without a size rule: {sorted(set(ops.OPS) - set(SIZE_RULES))}"
+
+
 def test_every_op_has_a_numpy_reference():
     assert set(NUMPY_REFERENCES) == COMPUTING_OPS, f"ops without a NumPy reference test: {sorted(COMPUTING_OPS - set(NUMPY_REFERENCES))}"
 

@@ -178,6 +178,34 @@ def test_patterns():
     assert fill_template("Mixed_7{x}.branch2.branch1.cbr1.{t}1", m.groupdict()) == "Mixed_7c.branch2.branch1.cbr1.bn1"
     assert compile_pattern("features.*").match("features.10") and not compile_pattern("features.*").match("features.1.0")
     assert compile_pattern("features.**").match("features.1.conv.0.0")
+    m = compile_pattern("{c:p}.conv_1x1.bn").match("cells_1.0.conv_1x1.bn")
+    assert fill_template("{c}.h.bn1", m.groupdict()) == "cells_1.0.h.bn1"
+
+
+def test_prefix_rules(tmp_path):
+    """[prefix] rewrites whole leading components (cell_1, not the cell_1 of cell_10), then
+    [rename] sees the rewritten name; a prefix that leads to no node is reported as such."""
+    spec = tmp_path / "cells.arch"
+    spec.write_text("input 8x8x3\na: conv3(4) bn\nb: conv3(4) bn\n")
+    model = archc.load(str(spec))
+    rng = np.random.default_rng(0)
+    ckpt = {"cell_0.conv.weight": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+            "cell_1.conv.weight": rng.standard_normal((4, 4, 3, 3)).astype(np.float32)}
+    for cell in ("cell_0", "cell_1"):
+        for leaf in ("weight", "bias", "running_mean", "running_var"):
+            ckpt[f"{cell}.norm.{leaf}"] = rng.uniform(0.5, 1.5, 4).astype(np.float32)
+    rules = {"prefix": {"cell_0": "a", "cell_1": "b"},
+             "rename": {"{s:p}.conv": "{s}.conv1", "{s:p}.norm": "{s}.bn1"}}
+    variables, report = archc.import_weights(model, ckpt, rules=rules)
+    assert report.ok, report.render()
+    np.testing.assert_array_equal(variables["params"]["b.conv1"]["kernel"],
+                                  ckpt["cell_1.conv.weight"].transpose(2, 3, 1, 0))
+    extra = {**ckpt, "cell_10.conv.weight": ckpt["cell_1.conv.weight"]}
+    report, _, _ = match_weights(model, extra, rules=rules)
+    assert not report.ok and [k for k, *_ in report.unexpected] == ["cell_10.conv.weight"]
+    wrong = {"prefix": {"cell_{i}": "c{i}"}, "rename": {}}
+    report, _, _ = match_weights(model, ckpt, rules=wrong)
+    assert "c1.conv" in report.render()       # "(a rule maps it to 'c1.conv', which the model does not have)"
 
 
 # --------------------------------------------------------------------------------------------

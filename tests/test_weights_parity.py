@@ -4,7 +4,15 @@ Each reference model is built with random weights (fixed seed) and randomised Ba
 statistics (not 0/1), saved to a temporary checkpoint in its native format (torchvision: .pth,
 timm: .safetensors, Keras: save_weights .weights.h5), imported with the built-in rules, and run
 in inference mode on the same random batch as the archc model. Logits and a named intermediate
-feature map must agree to 1e-4 (float32, matmul precision "highest").
+feature map must agree to 1e-4 (float32, matmul precision "highest"), relative to the tensor's
+largest value where that exceeds 1; where the logits still differ by more (the deepest networks),
+archc must be as close to the reference run in float64 as the float32 reference is (see
+``within``).
+
+The sweep covers every built-in that a torchvision or timm mapping lists (test_sweep_covers_every_twin),
+at 64x64 (the smallest input at which every stage is at least 2x2: at 1x1 the BatchNorm
+calibration batch gives degenerate statistics) unless the network needs more; the largest are in
+the slow tier (``pytest --slow``), which CI runs.
 
 Each case writes its largest differences to build/weights-parity/<case>.json; docs/weights.md's
 table is generated from those files by ``python tests/test_weights_parity.py --table`` (which
@@ -16,6 +24,7 @@ Keras references run on Keras's JAX backend by default, as the issue asks (each 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -33,6 +42,28 @@ pytestmark = pytest.mark.usefixtures("highest_precision")
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "build" / "weights-parity"
 TOL = 1e-4
+F32_MARGIN = 2.0     # archc's distance to float64 vs the float32 reference's: same order, not equal
+
+
+def limit(scale: float) -> float:
+    """The tolerance on a tensor whose largest reference value is ``scale``: 1e-4 absolute, or
+    1e-4 relative where random weights make the values larger than 1 (deep features, and logits
+    at a small input, reach ~10: float32 rounding grows with them)."""
+    return TOL * max(1.0, scale)
+
+
+def within(result: dict) -> dict:
+    """{tensor: "abs" | "rel" | "f64"} when every tensor is within its tolerance, else
+    {"bad": {tensor: Δ}} of those that are not. "f64": the logits are above 1e-4 (relative) from
+    the float32 reference but no further from the float64 reference than the float32 reference
+    itself is (times F32_MARGIN): float32's own limit at that depth, not a mapping error."""
+    d, scale = result["max_delta"], result["max_abs_ref"]
+    verdict = {k: "abs" if d[k] <= TOL else "rel" for k in d if d[k] <= limit(scale[k])}
+    f64 = result.get("float64")
+    if "logits" not in verdict and f64 and f64["archc"] <= F32_MARGIN * f64["reference_float32"]:
+        verdict["logits"] = "f64"
+    bad = {k: v for k, v in d.items() if k not in verdict}
+    return {"bad": bad} if bad else verdict
 
 
 @dataclass
@@ -46,7 +77,8 @@ class Case:
     batch: int = 2
     params: dict = field(default_factory=dict)
     ref_kwargs: dict = field(default_factory=dict)
-    heavy: bool = False
+    heavy: bool = False          # default tier, in its own test (the longest of the tier)
+    slow: bool = False           # the slow tier (--slow): the sweep's largest networks
     xfail: str | None = None     # a known bug outside weight import that breaks parity
 
 
@@ -74,6 +106,41 @@ CASES = [
     Case("tv-regnet_x_400mf", "torchvision", "regnet_x_400mf", "regnet_x_400mf", 64, {"stage3": "trunk_output.block3"}),
     Case("tv-efficientnet_v2_s", "torchvision", "efficientnet_v2_s", "efficientnet_v2_s", 64, {"blocks": "features.6"}),
     Case("tv-convnext_tiny", "torchvision", "convnext_tiny", "convnext_tiny", 64, {"stage3": "features.5"}),
+]
+# The sweep: every other built-in with a torchvision twin, at the smallest input it accepts (32:
+# five stride-2 stages down to 1x1); the largest in the slow tier.
+_TV_FEATS = {"resnet": {"layer2": "layer2"}, "resnext": {"layer2": "layer2"}, "wide_resnet": {"layer2": "layer2"},
+             "densenet": {"denseblock2": "features.denseblock2"}, "vgg": {"features": "features"},
+             "squeezenet": {"features": "features"}, "shufflenet": {"stage3": "stage3"},
+             "mnasnet": {"layers": "layers.13"}, "efficientnet_b": {"stage4": "features.4"},
+             "efficientnet_v2": {"blocks": "features.7"}, "regnet": {"stage3": "trunk_output.block3"},
+             "convnext": {"stage3": "features.5"}, "mobilenet_v3_small": {"blocks": "features.11"}}
+
+
+def _family_feats(ref: str, table: dict) -> dict:
+    """The feature compared for a family: the entry of the longest family name in ref."""
+    return table[max((f for f in table if f in ref), key=len)]
+
+
+def _tv(ref: str, **kw) -> Case:
+    return Case(f"tv-{ref}", "torchvision", ref, ref, 64, _family_feats(ref, _TV_FEATS), **kw)
+
+
+CASES += [_tv(r) for r in ["resnet34", "resnet101", "densenet169", "mobilenet_v3_small", "squeezenet1_0",
+                           "shufflenet_v2_x0_5", "mnasnet0_5", "efficientnet_b1", "regnet_x_800mf",
+                           "regnet_y_800mf"]]
+# VGG's classifier takes 7x7x512 (archc has no adaptive pool): 224
+CASES += [Case(f"tv-{r}", "torchvision", r, r, 224, {"features": "features"}, batch=1, slow=True)
+          for r in ["vgg11", "vgg13", "vgg19", "vgg11_bn", "vgg13_bn", "vgg19_bn"]]
+CASES += [_tv(r, slow=True) for r in [
+    "resnet152", "resnext101_32x8d", "wide_resnet101_2", "densenet161", "densenet201",
+    "shufflenet_v2_x1_5", "shufflenet_v2_x2_0", "mnasnet0_75", "mnasnet1_3",
+    "efficientnet_b2", "efficientnet_b3", "efficientnet_b4", "efficientnet_b5", "efficientnet_b6", "efficientnet_b7",
+    "efficientnet_v2_m", "efficientnet_v2_l", "convnext_small", "convnext_base", "convnext_large",
+    "regnet_x_1_6gf", "regnet_x_3_2gf", "regnet_x_8gf", "regnet_x_16gf", "regnet_x_32gf",
+    "regnet_y_1_6gf", "regnet_y_3_2gf", "regnet_y_8gf", "regnet_y_16gf", "regnet_y_32gf", "regnet_y_128gf"]]
+
+CASES += [
     # timm (.safetensors)
     Case("timm-inception_v4", "timm", "inception_v4", "inception_v4", 299, {"reduction_a": "features.10"},
          batch=1, heavy=True),
@@ -81,6 +148,10 @@ CASES = [
          {"block17": "repeat_1"}, batch=1, heavy=True),
     Case("timm-legacy_xception", "timm", "legacy_xception", "legacy_xception", 71, {"middle": "block11"}),
     Case("timm-seresnet50", "timm", "seresnet50", "seresnet50", 64, {"layer2": "layer2"}),
+    Case("timm-legacy_senet154", "timm", "legacy_senet154", "legacy_senet154", 64, {"layer2": "layer2"},
+         heavy=True),
+    Case("timm-nasnetalarge", "timm", "nasnetalarge", "nasnetalarge", 64, {"reduce_1": "reduction_cell_0"},
+         heavy=True),
     Case("timm-efficientnet_lite0", "timm", "efficientnet_lite0", "efficientnet_lite0", 64, {"stage4": "blocks.3"}),
     Case("timm-tf_efficientnet_lite0", "timm", "tf_efficientnet_lite0", "tf_efficientnet_lite0", 64, {"stage4": "blocks.3"}),
     Case("timm-tf_efficientnet_b0", "timm", "tf_efficientnet_b0", "tf_efficientnet_b0", 64, {"stage4": "blocks.3"}),
@@ -89,6 +160,30 @@ CASES = [
     Case("timm-regnetx_002", "timm", "regnetx_002", "regnetx_002", 64, {"stage3": "s3"}),
     Case("timm-tf_efficientnetv2_b0", "timm", "tf_efficientnetv2_b0", "tf_efficientnetv2_b0", 64, {"blocks": "blocks"}),
     Case("timm-convnext_tiny", "timm", "convnext_tiny", "convnext_tiny", 64, {"stage3": "stages.2"}),
+    Case("timm-efficientnet_b1", "timm", "efficientnet_b1", "efficientnet_b1", 64, {"stage4": "blocks.3"}),
+    Case("timm-tf_efficientnet_b1", "timm", "tf_efficientnet_b1", "tf_efficientnet_b1", 64, {"stage4": "blocks.3"}),
+]
+# the sweep's timm rest, in the slow tier: timm's name and the built-in it imports into
+_TIMM_FEATS = {"efficientnet": {"stage4": "blocks.3"}, "tf_efficientnetv2": {"blocks": "blocks"},
+               "convnext": {"stage3": "stages.2"}, "regnet": {"stage3": "s3"}}
+_TIMM_SLOW = {
+    **{f"efficientnet_b{i}": f"efficientnet_b{i}" for i in (0, 2, 3, 4)},
+    **{f"tf_efficientnet_b{i}": f"tf_efficientnet_b{i}" for i in range(2, 8)},
+    **{f"tf_efficientnetv2_{v}": f"tf_efficientnetv2_{v}" for v in "sml"},
+    **{f"convnext_{v}": f"convnext_{v}" for v in ("small", "base", "large")},
+    # torchvision's RegNets under timm's names (references/regnet.toml's `timm`), then pycls's
+    "regnetx_008": "regnet_x_800mf", "regnetx_016": "regnet_x_1_6gf", "regnetx_032": "regnet_x_3_2gf",
+    "regnetx_080": "regnet_x_8gf", "regnetx_160": "regnet_x_16gf", "regnetx_320": "regnet_x_32gf",
+    "regnety_008_tv": "regnet_y_800mf", "regnety_016": "regnet_y_1_6gf", "regnety_032": "regnet_y_3_2gf",
+    "regnety_080_tv": "regnet_y_8gf", "regnety_160": "regnet_y_16gf", "regnety_320": "regnet_y_32gf",
+    "regnety_1280": "regnet_y_128gf",
+    **{n: n for n in ["regnetx_004", "regnetx_006", "regnetx_040", "regnetx_064", "regnetx_120",
+                      "regnety_002", "regnety_006", "regnety_008", "regnety_040", "regnety_064",
+                      "regnety_080", "regnety_120"]},
+}
+CASES += [Case(f"timm-{ref}", "timm", ref, arch, 64, _family_feats(ref, _TIMM_FEATS), slow=True)
+          for ref, arch in _TIMM_SLOW.items()]
+CASES += [
     # Keras (save_weights .weights.h5)
     Case("keras-resnet50", "keras", "ResNet50", "keras/resnet50", 128, {"conv3": "conv3_block4_out"}),
     Case("keras-resnet50_v2", "keras", "ResNet50V2", "keras/resnet50_v2", 64, {"conv3": "conv3_block4_out"}),
@@ -97,6 +192,31 @@ CASES = [
     Case("keras-inception_v3", "keras", "InceptionV3", "keras/inception_v3", 139, {"Mixed_6a": "mixed3"}),
     Case("keras-xception", "keras", "Xception", "keras/xception", 71, {"conv3": "block14_sepconv1_act"}),
     Case("keras-efficientnet_b0", "keras", "EfficientNetB0", "keras/efficientnet_b0", 64, {"stage4": "block4c_add"}),
+    Case("keras-mobilenet", "keras", "MobileNet", "keras/mobilenet", 64, {"blocks": "conv_pw_13_relu"}),
+    Case("keras-mobilenet_0.5", "keras", "MobileNet", "keras/mobilenet", 64, {"blocks": "conv_pw_13_relu"},
+         params={"alpha": 0.5}, ref_kwargs={"alpha": 0.5}, heavy=True),
+    # 64x64: fc1 sees a 2x2x512 map, so the flatten order (NHWC, as Keras) matters
+    Case("keras-vgg16", "keras", "VGG16", "keras/vgg16", 64, {"features": "block5_pool"}, batch=1),
+    Case("keras-vgg19", "keras", "VGG19", "keras/vgg19", 64, {"features": "block5_pool"}, batch=1, heavy=True),
+    *[Case(f"keras-densenet{n}", "keras", f"DenseNet{n}", f"keras/densenet{n}", 32, {"transition2": "pool3_pool"},
+           heavy=True) for n in (169, 201)],
+    *[Case(f"keras-resnet{n}{v}", "keras", f"ResNet{n}{v.upper().replace('_', '')}", f"keras/resnet{n}{v}", 32,
+           {"conv3": f"conv3_block{4 if n == 101 else 8}_out"}, heavy=True)
+      for v in ("", "_v2") for n in (101, 152)],
+    # stage 4 has ceil(3 * depth) blocks: its output is block4<last letter>_add
+    *[Case(f"keras-efficientnet_b{b}", "keras", f"EfficientNetB{b}", f"keras/efficientnet_b{b}", 32,
+           {"stage4": f"block4{'abcdefghij'[math.ceil(3 * d) - 1]}_add"}, batch=1, heavy=True)
+      for b, d in ((1, 1.1), (2, 1.2), (3, 1.4), (4, 1.8), (5, 2.2), (6, 2.6), (7, 3.1))],
+    Case("keras-inception_resnet_v2", "keras", "InceptionResNetV2", "keras/inception_resnet_v2", 75,
+         {"block17": "block17_20_ac"}, batch=1, heavy=True),
+    Case("keras-nasnet_mobile", "keras", "NASNetMobile", "keras/nasnet_mobile", 32, {"reduce_1": "reduction_concat_reduce_4"},
+         batch=1, heavy=True),
+    Case("keras-nasnet_large", "keras", "NASNetLarge", "keras/nasnet_large", 32, {"reduce_1": "reduction_concat_reduce_6"},
+         batch=1, heavy=True),
+    Case("keras-mobilenet_v3_small", "keras", "MobileNetV3Small", "keras/mobilenet_v3_small", 64,
+         {"blocks": "expanded_conv_10_add"}),
+    Case("keras-mobilenet_v3_large", "keras", "MobileNetV3Large", "keras/mobilenet_v3_large", 64,
+         {"blocks": "expanded_conv_14_add"}, heavy=True),
 ]
 BY_ID = {c.id: c for c in CASES}
 
@@ -204,6 +324,11 @@ def run_torch_reference(model, x_nhwc: np.ndarray, feats: dict) -> dict:
     return result
 
 
+def _takes_pixels(case: Case) -> bool:
+    """Keras networks that rescale inside the model (EfficientNet, MobileNetV3): 0-255 inputs."""
+    return case.source == "keras" and ("efficientnet" in case.arch or "mobilenet_v3" in case.arch)
+
+
 def build_keras_reference(case: Case, tmp: Path):
     keras = pytest.importorskip("keras")
     pytest.importorskip("h5py")
@@ -211,11 +336,13 @@ def build_keras_reference(case: Case, tmp: Path):
     # Keras numbers automatic layer names per session (normalization, normalization_1, …): a
     # throwaway layer first makes the names those of a session that built something before
     keras.layers.Normalization(), keras.layers.Conv2D(1, 1), keras.layers.BatchNormalization()
-    model = getattr(keras.applications, case.ref)(weights=None, input_shape=(case.size, case.size, 3))
+    model = getattr(keras.applications, case.ref)(weights=None, input_shape=(case.size, case.size, 3),
+                                                  **case.ref_kwargs)
     rng = np.random.default_rng(1)
     # as for PyTorch: statistics calibrated on a random batch (momentum 0: moving = batch
     # statistics), then perturbed per channel, with random scales and shifts
     bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    _randomise_keras_kernels(keras, model, np.random.default_rng(2), he=not bns)   # its own stream
     for layer in model.layers:
         if isinstance(layer, keras.layers.Normalization):
             mean, var, count = layer.get_weights()
@@ -240,7 +367,7 @@ def build_keras_reference(case: Case, tmp: Path):
     for l in dropouts:                      # no dropout / drop-connect while calibrating
         l.rate = 0.0
     xcal = rng.standard_normal((4, case.size, case.size, 3)).astype("float32")
-    if "efficientnet" in case.arch:
+    if _takes_pixels(case):
         xcal = xcal * 40 + 120
     model(xcal, training=True)
     for l, r in zip(dropouts, rates):
@@ -254,32 +381,68 @@ def build_keras_reference(case: Case, tmp: Path):
         mean = np.asarray(keras.ops.convert_to_numpy(w["moving_mean"])) + rng.normal(0, 0.1, c) * np.sqrt(var)
         w["moving_variance"].assign(var.astype("float32"))
         w["moving_mean"].assign(mean.astype("float32"))
-    head = model.layers[-1]                 # logits of order 1, as for PyTorch
-    logits_model = keras.Model(model.inputs, head.input)
-    feats = np.asarray(keras.ops.convert_to_numpy(logits_model(xcal, training=False)))
-    kernel, bias = [np.asarray(keras.ops.convert_to_numpy(w)) for w in head.weights]
-    std = float((feats @ kernel + bias).std())
+    # logits of order 1, as for PyTorch: the classifier (the last layer with weights: a Dense, or
+    # MobileNet's 1x1 conv_preds) scaled down if needed
+    head = [l for l in model.layers if l.weights][-1]
+    std = float(_keras_logits(model, xcal)[0].std())
     if std > 1:
-        head.set_weights([kernel / std, bias / std])
+        head.set_weights([np.asarray(keras.ops.convert_to_numpy(w)) / std for w in head.weights])
     path = tmp / f"{case.ref}.weights.h5"
     model.save_weights(str(path))
     return model, path
 
 
-def run_keras_reference(model, x: np.ndarray, feats: dict) -> dict:
+def _keras_logits(model, x: np.ndarray, feats: tuple = ()) -> tuple:
+    """(logits, [feature maps of the layers ``feats``]): the logits before Keras's built-in
+    softmax, a final Dense(activation="softmax") applied without it, in float64, or the input of
+    a final Activation("softmax") (MobileNet v1/v3)."""
     keras = pytest.importorskip("keras")
-    head = model.layers[-1]              # Dense(classes, activation="softmax")
-    sub = keras.Model(model.inputs, [model.get_layer(n).output for n in feats.values()] + [head.input])
+    head = model.layers[-1]
+    sub = keras.Model(model.inputs, [model.get_layer(n).output for n in feats] + [head.input])
     outs = [np.asarray(keras.ops.convert_to_numpy(o)) for o in sub(x, training=False)]
-    kernel, bias = [np.asarray(keras.ops.convert_to_numpy(w)) for w in head.weights]
-    # the logits before Keras's built-in softmax, in float64
-    logits = (outs[-1].astype(np.float64) @ kernel.astype(np.float64) + bias).astype(np.float32)
-    return {"logits": logits, **{a: o for a, o in zip(feats, outs[:-1])}}
+    if isinstance(head, keras.layers.Dense):
+        kernel, bias = [np.asarray(keras.ops.convert_to_numpy(w)) for w in head.weights]
+        outs[-1] = (outs[-1].astype(np.float64) @ kernel.astype(np.float64) + bias).astype(np.float32)
+    return outs[-1], outs[:-1]
+
+
+def _randomise_keras_kernels(keras, model, rng, he: bool):
+    """Biases random (Keras initialises them to 0, which would hide a misplaced bias); without
+    BatchNorm (VGG) the kernels He-normal too: Keras's Glorot init lets activations decay through
+    a deep ReLU stack (VGG16's logits would be ~1e-2, below what a 1e-4 tolerance can judge)."""
+    for layer in model.layers:
+        if not isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)) or isinstance(
+                layer, (keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)):
+            continue
+        w = {v.path.split("/")[-1]: v for v in layer.weights}
+        if he and "kernel" in w:
+            shape = tuple(w["kernel"].shape)
+            w["kernel"].assign(rng.normal(0, np.sqrt(2.0 / np.prod(shape[:-1])), shape).astype("float32"))
+        if "bias" in w:
+            w["bias"].assign(rng.normal(0, 0.1, tuple(w["bias"].shape)).astype("float32"))
+
+
+def run_keras_reference(model, x: np.ndarray, feats: dict) -> dict:
+    logits, outs = _keras_logits(model, x, tuple(feats.values()))
+    return {"logits": logits, **{a: o for a, o in zip(feats, outs)}}
 
 
 # --------------------------------------------------------------------------------------------
 # the check
 # --------------------------------------------------------------------------------------------
+def float64_check(model, x: np.ndarray, archc_logits: np.ndarray, ref_logits: np.ndarray) -> dict:
+    """Where archc and the float32 reference differ by more than 1e-4, the deepest networks
+    (ResNet-152: PyTorch float32 is 3.6e-4 from float64 on its logits) may be at float32's own
+    limit: both compared with the reference in float64."""
+    import copy
+    torch = _torch()
+    with torch.no_grad():
+        exact = copy.deepcopy(model).double()(
+            torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).double()).numpy()
+    return {"archc": float(np.max(np.abs(archc_logits - exact))),
+            "reference_float32": float(np.max(np.abs(ref_logits - exact)))}
+
+
 def run_case(case: Case, tmp: Path) -> dict:
     import archc
     from archc.runtime.logits import logits_node
@@ -295,7 +458,7 @@ def run_case(case: Case, tmp: Path) -> dict:
 
     x = np.random.default_rng(42).standard_normal((case.batch, case.size, case.size, 3)).astype(np.float32)
     if case.source == "keras":
-        x = (x * 40 + 120).astype(np.float32) if "efficientnet" in case.arch else x
+        x = (x * 40 + 120).astype(np.float32) if _takes_pixels(case) else x
         want = run_keras_reference(ref, x, case.feats)
     else:
         want = run_torch_reference(ref, x, case.feats)
@@ -314,6 +477,8 @@ def run_case(case: Case, tmp: Path) -> dict:
               "input": f"{case.batch}x{case.size}x{case.size}x3", "max_delta": deltas, "max_abs_ref": scale,
               "tensors": len(report.loaded), "values": report.n_values,
               "seconds": round(time.perf_counter() - t0, 1)}
+    if case.source != "keras" and deltas["logits"] > limit(scale["logits"]):
+        result["float64"] = float64_check(ref, x, np.asarray(got[logits]), want["logits"])
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{case.id}.json").write_text(json.dumps(result, indent=1))
     return result
@@ -323,12 +488,13 @@ def _check(case: Case, tmp_path: Path):
     if case.xfail:
         pytest.xfail(case.xfail)
     r = run_case(case, tmp_path)
-    bad = {k: v for k, v in r["max_delta"].items() if not v <= TOL}
-    assert not bad, f"{case.id}: max |Δ| above {TOL}: {bad} (reference magnitudes {r['max_abs_ref']})"
+    bad = within(r).get("bad")
+    assert not bad, f"{case.id}: max |Δ| above {TOL} (relative where > 1): {bad} (reference magnitudes {r['max_abs_ref']})"
 
 
-LIGHT = [c for c in CASES if not c.heavy]
-HEAVY = [c for c in CASES if c.heavy]
+LIGHT = [c for c in CASES if not (c.heavy or c.slow)]
+HEAVY = [c for c in CASES if c.heavy and not c.slow]
+SLOW = [c for c in CASES if c.slow]
 
 
 @pytest.mark.parametrize("case", LIGHT, ids=[c.id for c in LIGHT])
@@ -342,6 +508,44 @@ def test_parity_heavy(case, tmp_path):
     _check(case, tmp_path)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("case", SLOW, ids=[c.id for c in SLOW])
+def test_parity_slow(case, tmp_path):
+    """The rest of the sweep (`pytest --slow`): the larger members of each family."""
+    _check(case, tmp_path)
+
+
+SWEPT_SOURCES = ("torchvision", "timm")    # Keras's twins: the Keras Cases (issue 19, part A)
+
+
+def reference_twins() -> set:
+    """(source, built-in) for every built-in that references/*.toml counts against a torchvision or
+    timm constructor (its `reference`, or `timm` key), and every torchvision classification
+    network that is a built-in."""
+    import re
+    import tomllib
+    from archc.compiler import library
+    constructor = re.compile(r"(torchvision\.models\.|timm )\w+")
+    twins = set()
+    for path in sorted((library.LIBRARY / "references").glob("*.toml")):
+        for name, entry in tomllib.loads(path.read_text(encoding="utf-8")).items():
+            for ref in (entry.get("reference", ""), entry.get("timm") and f"timm {entry['timm']}"):
+                if ref and constructor.fullmatch(ref):
+                    twins.add(("timm" if ref.startswith("timm ") else "torchvision", name))
+    tv = pytest.importorskip("torchvision")
+    twins |= {("torchvision", n) for n in set(tv.models.list_models(module=tv.models)) & set(library.names())}
+    return twins
+
+
+def test_sweep_covers_every_twin():
+    """None missing: every built-in with a torchvision or timm twin has that source's mapping, and
+    every built-in a torchvision or timm mapping lists has a Case of that source in the sweep."""
+    from archc.runtime.weights import sources_by_model
+    mapped = {(s, name) for name, sources in sources_by_model().items() for s in sources if s in SWEPT_SOURCES}
+    assert reference_twins() - mapped == set(), "twins without a built-in mapping"
+    assert mapped - {(c.source, c.arch) for c in CASES} == set(), "mapped built-ins without a parity Case"
+
+
 # --------------------------------------------------------------------------------------------
 # docs/weights.md's table
 # --------------------------------------------------------------------------------------------
@@ -349,19 +553,29 @@ BEGIN, END = "<!-- parity-table:begin -->", "<!-- parity-table:end -->"
 
 
 def render_table() -> str:
-    rows = ["| reference | archc | input | max \\|Δ logits\\| (max \\|logit\\|) | feature: max \\|Δ\\| | tensors |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| reference | archc | tier | input | max \\|Δ logits\\| (max \\|logit\\|) | feature: max \\|Δ\\| | tolerance 1e-4 | tensors |",
+            "|---|---|---|---|---|---|---|---|"]
     for c in CASES:
+        tier = "slow" if c.slow else "default"
         f = RESULTS / f"{c.id}.json"
         if not f.exists():
-            rows.append(f"| {c.source} {c.ref} | {c.arch} | — | not run | | |")
+            rows.append(f"| {c.source} {c.ref} | {c.arch} | {tier} | — | not run | | | |")
             continue
         r = json.loads(f.read_text())
         d = r["max_delta"]
         feats = ", ".join(f"{k}: {v:.1e}" for k, v in d.items() if k != "logits")
-        ok = all(v <= TOL for v in d.values())
-        note = "" if ok else f" — **fails**{': ' + c.xfail if c.xfail else ''}"
-        rows.append(f"| {c.source} {c.ref} | {c.arch} | {r['input']} | {d['logits']:.1e} ({r['max_abs_ref']['logits']:.2g}) | {feats}{note} | {r['tensors']} |")
+        verdict = within(r)
+        if "bad" in verdict:
+            tol = f"**fails**{': ' + c.xfail if c.xfail else ''}"
+        else:
+            rel = [k for k, v in verdict.items() if v == "rel"]
+            tol = f"relative ({', '.join(rel)})" if rel else "absolute"
+            if verdict.get("logits") == "f64":
+                f64 = r["float64"]
+                tol = (f"float32's limit: vs float64 archc {f64['archc']:.1e}, "
+                       f"{c.source} float32 {f64['reference_float32']:.1e}")
+        rows.append(f"| {c.source} {c.ref} | {c.arch} | {tier} | {r['input']} | {d['logits']:.1e} "
+                    f"({r['max_abs_ref']['logits']:.2g}) | {feats} | {tol} | {r['tensors']} |")
     return "\n".join(rows)
 
 
@@ -376,8 +590,8 @@ if __name__ == "__main__":       # python tests/test_weights_parity.py --table [
     jax.config.update("jax_default_matmul_precision", "highest")     # as the tests' fixture
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     rerun = "--rerun" in sys.argv
-    for c in CASES:
-        if (args and c.id not in args) or (not rerun and not args and (RESULTS / f"{c.id}.json").exists()):
+    for c in [BY_ID[a] for a in args] if args else CASES:      # the cases named, in that order
+        if not rerun and not args and (RESULTS / f"{c.id}.json").exists():
             continue
         with tempfile.TemporaryDirectory() as d:
             try:

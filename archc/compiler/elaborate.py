@@ -21,7 +21,8 @@ from . import declarations, ops
 from .ir import Graph, Node
 from .ops import NoAttrs, ShapeError, fmt
 from .ops.elementwise import ScaleAttrs
-from .ops.layout import CropAttrs, InputAttrs
+from .ops.conv import inferred_stride
+from .ops.layout import ConcatAttrs, CropAttrs, InputAttrs
 from .resolve import Module, Unresolved
 
 MAX_NODES = 100_000   # the largest built-in has ~3,000; generous for generated networks
@@ -147,6 +148,38 @@ def _make_divisible(v, divisor=8, min_value=None):
     return new_v
 
 
+class SizeInt(int):
+    """hin / win and what arithmetic makes of them: an int that remembers it came from the
+    input size, so that the elaborator can note where such a value decides a layer."""
+
+    def __repr__(self):
+        return int.__repr__(self)
+
+
+def _sized_op(name):
+    base = getattr(int, name)
+
+    def op(self, *other):
+        v = base(self, *other)
+        return SizeInt(v) if type(v) is int else v
+    return op
+
+
+for _name in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__floordiv__",
+              "__rfloordiv__", "__mod__", "__rmod__", "__neg__", "__pos__", "__abs__", "__pow__"):
+    setattr(SizeInt, _name, _sized_op(_name))
+
+
+def _is_sized(v) -> bool:
+    if isinstance(v, (list, tuple)):
+        return any(_is_sized(x) for x in v)
+    return isinstance(v, SizeInt)
+
+
+def _taint(result, args):
+    return SizeInt(result) if type(result) is int and any(_is_sized(a) for a in args) else result
+
+
 def _list(xs) -> list:
     if not isinstance(xs, list):
         raise TypeError(f"expects a list, not {_kind(xs)}")
@@ -224,6 +257,7 @@ class Builder:
         self.scopes: list[Scope] = [Scope("")]
         self.used_scopes: set = set()
         self.target: tuple | None = None  # shape a projection shortcut must produce
+        self.target_node: str | None = None   # the node that has it (the residual body's output)
         self.call_stack: list[tuple[str, Span]] = []
 
     # ---- naming ----
@@ -331,6 +365,7 @@ class Elaborator:
             return -v
         if isinstance(e, A.Compare):
             vals = [self.value(x, env) for x in e.operands]
+            self._sized(vals, e.span)
             for op, (a, b) in zip(e.ops, zip(vals, vals[1:])):
                 ok = {"==": lambda: a == b, "!=": lambda: a != b,
                       "<=": lambda: self._cmp(a, b, e) <= 0, ">=": lambda: self._cmp(a, b, e) >= 0}[op]()
@@ -363,6 +398,12 @@ class Elaborator:
                 fail(f"index {idx} is out of range for a list of {len(obj)}", e.index.span)
             return obj[idx]
         raise AssertionError(f"unknown AST node {type(e).__name__}")
+
+    def _sized(self, values, span) -> None:
+        """Note where a value derived from hin/win decides a layer (an op's argument, a
+        comparison): the nodes do not keep that choice (compiler/sizes.py)."""
+        if any(_is_sized(v) for v in values):
+            self.b.g.size_reads.append(span)
 
     def _cmp(self, a, b, e):
         for v in (a, b):
@@ -452,7 +493,7 @@ class Elaborator:
             if any(a.name for a in e.args) or e.body is not None:
                 fail(f"'{e.func}' takes positional arguments only", e.span)
             try:
-                return FUNCTIONS[e.func](*args)
+                return _taint(FUNCTIONS[e.func](*args), args)
             except (TypeError, ValueError, OverflowError) as ex:
                 fail(f"{e.func}(): {ex}", e.span)
         target = self.resolve(e.func, e.func_span, env)
@@ -611,10 +652,11 @@ class Elaborator:
         if len(self.b.call_stack) > 100:
             fail(f"block '{blk.name}' calls itself too deeply", layer.span, "blocks cannot be recursive")
         h, w, c = _hwc(self.b.shape(t))
-        env = (layer.env or self.bind_block(layer)).child(cin=c, hin=h, win=w)
+        env = (layer.env or self.bind_block(layer)).child(cin=c, hin=SizeInt(h), win=SizeInt(w))
         opened = self.b.push_unit(blk.name, layer.span)
         self.b.call_stack.append((blk.name, layer.span))
-        saved_target, self.b.target = self.b.target, None
+        saved_target = self.b.target, self.b.target_node
+        self.b.target = self.b.target_node = None
         caller = self.frames[-1]
         self.frames.append(Frame({}, t))
         try:
@@ -626,7 +668,7 @@ class Elaborator:
             raise
         finally:
             self.frames.pop()
-            self.b.target = saved_target
+            self.b.target, self.b.target_node = saved_target
             self.b.call_stack.pop()
             if opened:
                 self.b.pop()
@@ -639,7 +681,9 @@ class Elaborator:
         surface, op = ops.SURFACES[v.kind]
         if surface.merge:
             return self.apply_merge(v, t)
-        attrs = surface.bind(_bind_op(v), _BindContext(self, t, v, next_is_bn))
+        bound = _bind_op(v)
+        self._sized(bound.values(), v.span)
+        attrs = surface.bind(bound, _BindContext(self, t, v, next_is_bn))
         if attrs is None:           # identity: no node
             return t
         return self.b.add(op.name, [t], attrs, v.span, v.label)
@@ -647,11 +691,11 @@ class Elaborator:
     def _inferred_stride(self, s, span):
         """The stride that takes this input to the projection's target size (1 without a target)."""
         tgt = self.b.target
-        if not tgt or len(tgt) != 3 or len(s) != 3 or tuple(s[:2]) == tuple(tgt[:2]):
+        if not tgt or len(tgt) != 3 or len(s) != 3:
             return 1
-        for st in range(1, max(s[0], s[1]) + 1):
-            if (s[0] - 1) // st + 1 == tgt[0] and (s[1] - 1) // st + 1 == tgt[1]:
-                return st
+        st = inferred_stride(s[:2], tgt[:2])
+        if st is not None:
+            return st
         fail(f"no strided 1x1 projection maps {fmt(s)} to the body's {fmt(tgt)}", span,
              "give the shortcut explicitly, e.g. residual(proj=avgpool(2) conv1 bn)<…>", kind="shape")
 
@@ -678,10 +722,12 @@ class Elaborator:
             self.b.scope.counters["branch"] = base + len(branches)
         if len(outs) == 1 and v.kind != "concat":
             return outs[0]
-        if v.kind == "concat" and opts.get("crop"):
+        crop = v.kind == "concat" and bool(opts.get("crop"))
+        if crop:
             outs = self._center_crop(outs, v.span)
+        attrs = ConcatAttrs(True if crop else None) if v.kind == "concat" else NoAttrs()
         try:
-            return self.b.add(v.kind, outs, NoAttrs(), v.span, v.kind)
+            return self.b.add(v.kind, outs, attrs, v.span, v.kind)
         except _Fail as f:
             if v.kind != "concat" and t not in outs:
                 self._explain_branches(f.diag, v, branches, outs)
@@ -704,7 +750,8 @@ class Elaborator:
         for o, (h, w, _) in zip(outs, shapes):
             if (h, w) != (th, tw):
                 dh, dw = h - th, w - tw
-                o = self.b.add("crop", [o], CropAttrs(((dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2))), span, "crop")
+                o = self.b.add("crop", [o], CropAttrs(((dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2)), tuple(outs)),
+                               span, "crop")
             res.append(o)
         return res
 
@@ -717,7 +764,7 @@ class Elaborator:
         try:
             y = self.apply(body, t, v.span)
             if v.kind == "dense":
-                return self.b.add("concat", [t, y], NoAttrs(), v.span, "concat")
+                return self.b.add("concat", [t, y], ConcatAttrs(), v.span, "concat")
             sx, sy = self.b.shape(t), self.b.shape(y)
             shortcut = a["shortcut"]
             if shortcut is None and sx != sy:
@@ -725,18 +772,24 @@ class Elaborator:
                 shortcut = a["proj"] if a["proj"] is not None else Thunk(_DEFAULT_PROJ.seq, v.env or Env(), v.span)
             if shortcut is not None:
                 self.b.push("shortcut", v.span, exact=False)
-                saved, self.b.target = self.b.target, sy
+                saved = self.b.target, self.b.target_node
+                self.b.target, self.b.target_node = sy, y
                 try:
                     s = self.apply(shortcut, t, v.span)
                 finally:
-                    self.b.target = saved
+                    self.b.target, self.b.target_node = saved
                     self.b.pop()
             else:
                 s = t
             factor = _number(a["scale"], "scale", v.span)
             if factor != 1:
                 y = self.b.add("scale", [y], ScaleAttrs(float(factor)), v.span, "scale")
-            return self.b.add("add", [s, y], NoAttrs(), v.span, "add")
+            out = self.b.add("add", [s, y], NoAttrs(), v.span, "add")
+            if a["shortcut"] is None and s == t:
+                # an identity shortcut because the body kept the size here: at another input
+                # size the body may not, and a projection would appear (compiler/sizes.py)
+                self.b.g.size_choices[out] = v.span
+            return out
         finally:
             if opened:
                 self.b.pop()
@@ -757,7 +810,7 @@ class Elaborator:
                 if t is None:
                     fail("the network has no input yet", st.span, "start the file with e.g. 'input 224x224x3'")
                 h, w, c = _hwc(self.b.shape(t))
-                senv = env.child(cin=c, hin=h, win=w) if not in_block else env
+                senv = env.child(cin=c, hin=SizeInt(h), win=SizeInt(w)) if not in_block else env
                 if isinstance(st, A.Labelled):
                     self.b.push(st.name, st.span, stage=not in_block)
                     if not in_block:
@@ -926,8 +979,27 @@ class Elaborator:
         elif isinstance(st, A.Param):
             chosen = params.get(st.name, st.default)
             env.vars[st.name] = chosen.value if isinstance(chosen, Override) else self.value(chosen, env)
+            if st.range is not None:
+                self.check_range(st, env.vars[st.name], env)
         else:
             self.run_statements([st], None, env, in_block=False)
+
+    def param_range(self, st: A.Param, env: Env) -> tuple:
+        """The declared (low, high) of a family parameter: numbers, low <= high."""
+        lo, hi = (self.value(e, env) for e in st.range)
+        for v, e in ((lo, st.range[0]), (hi, st.range[1])):
+            self._num(v, e.span, "use as a bound")
+        if lo > hi:
+            fail(f"the range of '{st.name}' is empty: {lo} > {hi}", st.range[0].span)
+        return lo, hi
+
+    def check_range(self, st: A.Param, value, env: Env) -> None:
+        lo, hi = self.param_range(st, env)
+        for v in (value if isinstance(value, list) else [value]):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+                fail(f"param '{st.name}' = {_plain(value)} is outside its declared range [{lo}, {hi}]", st.span,
+                     f"choose {'each element ' if isinstance(value, list) else ''}between {lo} and {hi}, "
+                     "or widen the range")
 
     def bind_import(self, st: A.Import, module: Module, env: Env) -> None:
         target = module.imports[st.path]
@@ -1032,11 +1104,11 @@ class _BindContext:
     """What an op's ``bind`` sees of the elaborator (ops.BindContext): the input's shape, the
     call's place for errors, whether a BN follows, the projection target, and value checks."""
 
-    __slots__ = ("el", "shape", "span", "label", "next_is_bn", "target")
+    __slots__ = ("el", "shape", "span", "label", "next_is_bn", "target", "target_node")
 
     def __init__(self, el: "Elaborator", t: str, v: OpLayer, next_is_bn: bool):
         self.el, self.shape, self.span, self.label = el, el.b.shape(t), v.span, v.label
-        self.next_is_bn, self.target = next_is_bn, el.b.target
+        self.next_is_bn, self.target, self.target_node = next_is_bn, el.b.target, el.b.target_node
 
     def fail(self, message, hint=None, kind="name"):
         fail(message, self.span, hint, kind)

@@ -39,6 +39,15 @@ def foldable_pairs(graph: Graph) -> list[tuple[str, str]]:
     return pairs
 
 
+def _redirect_intent(attrs, redirect: dict):
+    """The size intent that names nodes (compiler/sizes.py) follows a folded BN into its layer."""
+    if getattr(attrs, "stride_fit", None) in redirect:
+        attrs = attrs.replace(stride_fit=redirect[attrs.stride_fit])
+    if getattr(attrs, "fit", None):
+        attrs = attrs.replace(fit=tuple(redirect.get(f, f) for f in attrs.fit))
+    return attrs
+
+
 def fold_batchnorm(graph: Graph, variables: dict) -> tuple[Graph, dict]:
     pairs = foldable_pairs(graph)
     if not pairs:
@@ -70,10 +79,11 @@ def fold_batchnorm(graph: Graph, variables: dict) -> tuple[Graph, dict]:
         if node.name in redirect:
             continue
         nodes[node.name] = replace(node, inputs=tuple(redirect.get(i, i) for i in node.inputs),
-                                   attrs=new_attrs.get(node.name, node.attrs))
+                                   attrs=_redirect_intent(new_attrs.get(node.name, node.attrs), redirect))
     folded = Graph(graph.name, nodes, list(graph.inputs), [redirect.get(o, o) for o in graph.outputs],
                    dict(graph.params), {k: redirect.get(v, v) for k, v in graph.aliases.items()}, graph.sources,
-                   {k: redirect_tensors(d, redirect) for k, d in graph.declarations.items()})
+                   {k: redirect_tensors(d, redirect) for k, d in graph.declarations.items()},
+                   list(graph.size_reads), dict(graph.size_choices))
     verify(folded)
     out = dict(variables)
     out["params"] = params

@@ -48,6 +48,9 @@ class Graph:
     aliases: dict = field(default_factory=dict)    # stage label -> the node that is its output
     sources: dict = field(default_factory=dict)    # file -> text, for diagnostics
     declarations: dict = field(default_factory=dict)  # kind -> frozen dataclass (compiler/declarations)
+    # Choices the front end made from the input size that the nodes do not keep (compiler/sizes.py):
+    size_reads: list = field(default_factory=list)    # spans where a value from hin/win decided a layer
+    size_choices: dict = field(default_factory=dict)  # residual add -> span: identity shortcut (sizes kept)
 
     def __iter__(self):
         return iter(self.nodes.values())

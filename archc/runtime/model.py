@@ -62,9 +62,29 @@ class Model:
     def output_shape(self) -> tuple:
         return tuple(self.graph.output_shape)
 
-    def summary(self) -> dict:
-        """Parameter and MAC counts, overall and per node (see ``archc.compiler.stats``)."""
-        return summarize(self.graph)
+    def symbolic_shape(self, batch: str = "b") -> tuple:
+        """``(spec, constraints)`` for ``jax.export.symbolic_shape``: a symbolic batch, and the
+        spatial axes symbolic where the network is exact on one progression of sizes (ResNet-50:
+        ``'b, 32*h, 32*w, 3'``), as derived by ``archc check --sizes``. Export once, call at
+        every such size: ``jax.export.export(jax.jit(model.apply_fn))(variables,
+        jax.ShapeDtypeStruct(jax.export.symbolic_shape(spec, constraints=constraints), jnp.float32))``."""
+        from ..compiler.sizes import symbolic_shape
+        return symbolic_shape(self.graph, batch)
+
+    def summary(self, batch: int = 1, optimizer: str = "momentum", names=None) -> dict:
+        """Parameter and MAC counts, overall and per node (see ``archc.compiler.stats``), and
+        ``memory``: the estimate for ``batch`` (``archc.compiler.memory.estimate``).
+        ``names``: the report of ``archc.import_weights`` (or a dict node -> name): each layer
+        that the checkpoint filled gets its name there as ``source_name`` (Keras's ``conv_dw_1``
+        beside archc's ``blocks.0.dwconv1``)."""
+        from ..compiler.memory import estimate
+        s = {**summarize(self.graph), "memory": estimate(self.graph, batch, optimizer)}
+        if names is not None:
+            names = names.source_names() if hasattr(names, "source_names") else dict(names)
+            for layer in s["layers"]:
+                if layer["name"] in names:
+                    layer["source_name"] = names[layer["name"]]
+        return s
 
     def __repr__(self) -> str:
         s = summarize(self.graph)

@@ -5,8 +5,12 @@
     for r in archc.predict(model, variables, ["cat.jpg", "dog.png"], top=5):
         print(r["file"], r["top"][0]["label"], r["top"][0]["prob"])
 
-Preprocessing (``preprocess=`` a mode name or a dict; by default the one recorded in the weights
-file by ``archc import``, which comes from the mapping's ``[preprocess]`` table):
+Preprocessing (``preprocess=`` a mode name or a dict to override): by default the pipeline the
+network variant declares in its .arch file (``preprocess(mode=…, resize=…)``, graph.declarations),
+whether the variables come from a file, from ``archc.import_weights`` or from ``init``; for a
+network that declares none, the one recorded in the weights file (``archc import``/``archc train``
+write it), else torch. A recorded mode that disagrees with the declaration is reported
+(:class:`PreprocessWarning`) and the declaration wins. The modes:
 
 * ``torch``: resize the shorter side, centre crop, /255, ImageNet mean/std (torchvision, timm,
   Keras DenseNet);
@@ -26,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..compiler.declarations import PREPROCESS_MODES, Preprocess, to_json
 from .logits import ends_in_softmax
 
 CLASSES_FILE = Path(__file__).resolve().parent.parent / "data" / "imagenet_classes.txt"
@@ -35,8 +40,12 @@ _MEAN_STD = {
     "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
-MODES = ("torch", "inception", "tf", "caffe", "none")
-DEFAULT = {"mode": "torch", "resize": 256, "crop": 224}
+MODES = PREPROCESS_MODES
+DEFAULT = to_json(Preprocess())
+
+
+class PreprocessWarning(UserWarning):
+    """A weights file records another preprocessing mode than the network declares."""
 
 
 class PredictError(ValueError):
@@ -49,12 +58,37 @@ def imagenet_classes() -> list:
     return CLASSES_FILE.read_text(encoding="utf-8").splitlines()
 
 
-def preprocess_spec(preprocess=None, metadata: dict | None = None) -> dict:
-    """Normalise a mode name / dict / None (then the weights file's metadata, then torch)."""
-    if preprocess is None and metadata and metadata.get("archc.preprocess"):
-        preprocess = json.loads(metadata["archc.preprocess"])
+def declared_preprocess(model_or_graph) -> dict | None:
+    """The input pipeline a network declares (``preprocess(...)`` in its .arch file), or None."""
+    graph = getattr(model_or_graph, "graph", model_or_graph)
+    decl = getattr(graph, "declarations", {}).get("preprocess")
+    return to_json(decl) if decl is not None else None
+
+
+def recorded_preprocess(metadata: dict | None) -> dict | None:
+    """The pipeline recorded in a weights file's metadata (``archc.preprocess``), or None."""
+    if not metadata or not metadata.get("archc.preprocess"):
+        return None
+    try:
+        got = json.loads(metadata["archc.preprocess"])
+    except ValueError:
+        return None
+    return got if isinstance(got, dict) else None
+
+
+def preprocess_spec(preprocess=None, metadata: dict | None = None, declared: dict | None = None,
+                    *, name: str = "the network") -> dict:
+    """The pipeline to apply: ``preprocess`` (a mode name or dict) if given, else ``declared``
+    (the network's declaration), else the one recorded in ``metadata``, else torch's. Warns
+    (:class:`PreprocessWarning`) when the recorded mode disagrees with the declaration."""
+    recorded = recorded_preprocess(metadata)
+    if declared and recorded and recorded.get("mode") != declared.get("mode"):
+        import warnings
+        warnings.warn(f"the weights file records preprocessing mode {recorded.get('mode')!r} but {name} "
+                      f"declares {declared.get('mode')!r}; using {declared.get('mode')!r} (pass "
+                      f"--preprocess / preprocess= to choose)", PreprocessWarning, stacklevel=3)
     if preprocess is None:
-        preprocess = dict(DEFAULT)
+        preprocess = declared or recorded or dict(DEFAULT)
     if isinstance(preprocess, str):
         preprocess = {"mode": preprocess, "resize": "exact" if preprocess in ("tf", "caffe", "none") else 256,
                       "crop": 224}
@@ -150,9 +184,10 @@ def read_metadata(path) -> dict:
 def predict(model, variables, images, *, top: int = 5, preprocess=None, metadata: dict | None = None,
             batch: int = 8) -> list:
     """Classify ``images`` (paths, PIL images or uint8 arrays). ``variables``: a variables dict or
-    the path of a file written by ``archc import`` (its recorded preprocessing is then used).
+    the path of a file written by ``archc import``. The preprocessing is the one the network
+    declares (``preprocess=`` overrides it; see the module's docstring).
 
-    Returns one dict per image: ``{"file", "top": [{"index", "label", "prob"}, …]}``.
+    Returns one dict per image: ``{"file", "top": [{"index", "label", "prob"}, …]}``, best first.
     """
     if isinstance(variables, (str, Path)):
         from .variables_io import load_variables
@@ -164,7 +199,7 @@ def predict(model, variables, images, *, top: int = 5, preprocess=None, metadata
         except Exception as e:
             raise PredictError(f"{variables}: not a variables file written by archc ({e})") from None
     check_variables(model, variables)
-    spec = preprocess_spec(preprocess, metadata)
+    spec = preprocess_spec(preprocess, metadata, declared_preprocess(model), name=model.name)
     if len(model.graph.inputs) != 1 or len(model.input_shape) != 3:
         raise PredictError(f"{model.name}: predict needs a model with one image input")
     size = model.input_shape[:2]
@@ -194,5 +229,10 @@ def predict(model, variables, images, *, top: int = 5, preprocess=None, metadata
     return results
 
 
-__all__ = ["predict", "preprocess_image", "preprocess_spec", "imagenet_classes", "load_image",
-           "read_metadata", "PredictError"]
+def decode_line(entry: dict) -> str:
+    """One result as Keras's ``decode_predictions`` is usually printed: ``soccer_ball (92.07%)``."""
+    return f"{entry['label']} ({entry['prob']:.2%})"
+
+
+__all__ = ["predict", "preprocess_image", "preprocess_spec", "declared_preprocess", "imagenet_classes",
+           "load_image", "read_metadata", "decode_line", "PredictError", "PreprocessWarning"]

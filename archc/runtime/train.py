@@ -281,9 +281,15 @@ def read_weights(path: str, source: str = "archc", model=None) -> tuple[dict, st
     variables: dict = {}
     for (coll, node, leaf), value in assignments.items():
         variables.setdefault(coll, {}).setdefault(node, {})[leaf] = value
-    pre = rules.preprocess_for(model.name) if rules is not None else None
+    return variables, declared_normalization(model)
+
+
+def declared_normalization(model) -> str | None:
+    """The normalisation (a name of ``archc.runtime.data.NORMALIZATIONS``) of the input pipeline
+    the network declares in its .arch file (``preprocess(mode=…)``), or None."""
     from .data import PREPROCESS_MODES
-    return variables, (PREPROCESS_MODES.get(pre.get("mode")) if pre else None)
+    decl = model.graph.declarations.get("preprocess") if model is not None else None
+    return PREPROCESS_MODES.get(decl.mode) if decl is not None else None
 
 
 def transfer(fresh: dict, loaded: Mapping, reinit: set = frozenset()) -> tuple[dict, dict]:
@@ -564,9 +570,17 @@ class Trainer:
     def _setup_preprocess(self) -> None:
         cfg = self.cfg
         h, w, c = self.model.graph.input_shape
+        declared = declared_normalization(self.model)
+        if declared and self.weights_normalize and declared != self.weights_normalize:
+            self.log(f"warning: {cfg.weights} records normalisation {self.weights_normalize}, but "
+                     f"{self.model.name} declares {declared}; using {cfg.normalize or declared} "
+                     f"(--normalize chooses)")
         if cfg.normalize is None:
-            cfg.normalize = self.weights_normalize or "unit"
-            if self.weights_normalize:
+            # the network's declaration first: right for imported, archc-trained and fresh variables
+            cfg.normalize = declared or self.weights_normalize or "unit"
+            if declared:
+                self.log(f"normalisation: {cfg.normalize} (as {self.model.name} declares)")
+            elif self.weights_normalize:
                 self.log(f"normalisation: {cfg.normalize} (as {cfg.weights} expects)")
         mean, std = parse_normalization(cfg.normalize, c)
         aug = choose_augmentation(cfg.augment, h, w, c, cfg.crop_scale, cfg.flip)

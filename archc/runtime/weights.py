@@ -6,6 +6,8 @@
 Mapping is by name, through declarative rename rules (TOML, ``archc/architectures/mappings/
 FAMILY.SOURCE.toml`` for the built-ins, or the user's own file; see docs/weights.md):
 
+* ``[prefix]``: a rewrite of a module name's leading components, before the steps below
+  (``"cell_6" = "cells_2.0"``: blocks numbered across stacks that archc names apart).
 * ``[rename]``: checkpoint module -> archc node, exact names or patterns with captured indices,
   ``"layer{a}.{b}.downsample.0" = "layer{a}.{b}.shortcut.conv1"``; ``{b-1}`` shifts a capture.
 * a module whose name is an archc node name maps to it unchanged.
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -57,21 +60,21 @@ class WeightsError(ValueError):
 # --------------------------------------------------------------------------------------------
 # Rules
 # --------------------------------------------------------------------------------------------
-_TOKEN = re.compile(r"\{([A-Za-z_]\w*)(:w)?\}|\*\*|\*")
+_TOKEN = re.compile(r"\{([A-Za-z_]\w*)(:[wp])?\}|\*\*|\*")
 _TEMPLATE = re.compile(r"\{([A-Za-z_]\w*)\s*(?:([+-])\s*(\d+))?\}")
 
 
 def compile_pattern(pattern: str) -> re.Pattern:
-    """``{name}`` captures a run of digits, ``{name:w}`` a word (letters, digits, ``_``); the same
-    name twice must match the same text. ``*`` matches any characters but ``.``, ``**`` any
-    characters; everything else is literal."""
+    """``{name}`` captures a run of digits, ``{name:w}`` a word (letters, digits, ``_``),
+    ``{name:p}`` a dotted path (words and dots); the same name twice must match the same text.
+    ``*`` matches any characters but ``.``, ``**`` any characters; everything else is literal."""
     out, pos, seen = [], 0, set()
     for m in _TOKEN.finditer(pattern):
         out.append(re.escape(pattern[pos:m.start()]))
         if m.group(1):
             name = m.group(1)
-            out.append(f"(?P={name})" if name in seen else
-                       f"(?P<{name}>\\w+?)" if m.group(2) else f"(?P<{name}>\\d+)")
+            kind = {":w": r"\w+?", ":p": r"[\w.]+?", None: r"\d+"}[m.group(2)]
+            out.append(f"(?P={name})" if name in seen else f"(?P<{name}>{kind})")
             seen.add(name)
         elif m.group(0) == "**":
             out.append(".*")
@@ -110,40 +113,29 @@ class Rules:
     source: str | None = None
     models: list = field(default_factory=list)
     layout: str | None = None                       # 'torch' | 'keras' (default: from the source)
+    prefixes: list = field(default_factory=list)     # (pattern text, compiled, target template)
     renames: list = field(default_factory=list)      # (pattern text, compiled, target template)
     sequences: list = field(default_factory=list)
     skip: list = field(default_factory=list)
     allow_missing: list = field(default_factory=list)
-    preprocess: dict = field(default_factory=dict)
     path: str | None = None
-
-    def preprocess_for(self, model_name: str) -> dict | None:
-        p = self.preprocess.get(model_name, self.preprocess.get("default"))
-        return dict(p) if p is not None else None
 
 
 def parse_rules(data: Mapping, path: str | None = None) -> Rules:
     where = path or "rules"
-    known = {"source", "models", "layout", "rename", "sequence", "skip", "allow_missing", "preprocess", "description"}
+    known = {"source", "models", "layout", "prefix", "rename", "sequence", "skip", "allow_missing", "description"}
+    if "preprocess" in data:        # one place for it: the network's .arch file
+        raise WeightsError(f"{where}: a rules file has no [preprocess] table: the network's .arch file "
+                           "declares its input pipeline, e.g. preprocess(mode=\"caffe\", resize=\"exact\")")
     unknown = set(data) - known
     if unknown:
         raise WeightsError(f"{where}: unknown key(s) {sorted(unknown)}; expected {sorted(known)}")
     r = Rules(source=data.get("source"), models=list(data.get("models", [])), layout=data.get("layout"),
-              skip=list(data.get("skip", [])), allow_missing=list(data.get("allow_missing", [])),
-              preprocess=dict(data.get("preprocess", {})), path=path)
+              skip=list(data.get("skip", [])), allow_missing=list(data.get("allow_missing", [])), path=path)
     if r.layout not in (None, "torch", "keras"):
         raise WeightsError(f"{where}: layout must be 'torch' or 'keras', not {r.layout!r}")
-    rename = data.get("rename", {})
-    if not isinstance(rename, Mapping):
-        raise WeightsError(f"{where}: [rename] must be a table of \"checkpoint pattern\" = \"archc name\"")
-    for pat, target in rename.items():
-        if not isinstance(target, str):
-            raise WeightsError(f"{where}: rename {pat!r} must map to a string, not {target!r}")
-        rx = compile_pattern(pat)
-        missing = set(m.group(1) for m in _TEMPLATE.finditer(target)) - set(rx.groupindex)
-        if missing:
-            raise WeightsError(f"{where}: rename {pat!r} = {target!r} uses {sorted(missing)}, not captured by the pattern")
-        r.renames.append((pat, rx, target))
+    r.prefixes = _parse_renames(data.get("prefix", {}), "prefix", where, prefix=True)
+    r.renames = _parse_renames(data.get("rename", {}), "rename", where)
     for i, s in enumerate(data.get("sequence", [])):
         if not isinstance(s, Mapping) or "from" not in s or "to" not in s:
             raise WeightsError(f"{where}: [[sequence]] #{i + 1} needs 'from' and 'to'")
@@ -151,6 +143,34 @@ def parse_rules(data: Mapping, path: str | None = None) -> Rules:
             raise WeightsError(f"{where}: [[sequence]] #{i + 1}: order is 'natural' or 'checkpoint'")
         r.sequences.append(Sequence_(s["from"], s["to"], s.get("op"), s.get("order", "natural")))
     return r
+
+
+def _parse_renames(table, key: str, where: str, prefix: bool = False) -> list:
+    """[(pattern text, compiled, target template)] of a [rename] or [prefix] table. A prefix
+    pattern matches leading whole components of a name (``cell_1`` not ``cell_10``)."""
+    if not isinstance(table, Mapping):
+        raise WeightsError(f"{where}: [{key}] must be a table of \"checkpoint pattern\" = \"archc name\"")
+    out = []
+    for pat, target in table.items():
+        if not isinstance(target, str):
+            raise WeightsError(f"{where}: {key} {pat!r} must map to a string, not {target!r}")
+        rx = compile_pattern(pat)
+        if prefix:
+            rx = re.compile(rx.pattern.removesuffix(r"\Z") + r"(?=\.|\Z)")
+        missing = set(m.group(1) for m in _TEMPLATE.finditer(target)) - set(rx.groupindex)
+        if missing:
+            raise WeightsError(f"{where}: {key} {pat!r} = {target!r} uses {sorted(missing)}, not captured by the pattern")
+        out.append((pat, rx, target))
+    return out
+
+
+def _with_prefix(rules: "Rules", module: str) -> str:
+    """The module name after the first [prefix] rule that matches its leading components."""
+    for pat, rx, target in rules.prefixes:
+        m = rx.match(module)
+        if m:
+            return fill_template(target, m.groupdict(), f"{pat!r}") + module[m.end():]
+    return module
 
 
 def load_rules(rules) -> Rules:
@@ -183,7 +203,21 @@ def builtin_rules(model_name: str, source: str | None = None) -> Rules | None:
 
 
 def builtin_sources(model_name: str) -> list:
-    return [s for s in SOURCES if builtin_rules(model_name, s) is not None]
+    """The sources a built-in imports from (in SOURCES order)."""
+    return sources_by_model().get(model_name, [])
+
+
+@functools.lru_cache(maxsize=1)
+def sources_by_model() -> dict:
+    """{built-in name: [sources it imports from, in SOURCES order]}: the mapping files' `models`
+    lists (file NAME.SOURCE.toml), read once."""
+    found: dict = {}
+    for path in sorted(MAPPINGS.glob("*.toml")):
+        parts = path.name.split(".")
+        if len(parts) == 3 and parts[1] in SOURCES:
+            for name in load_rules(path).models:
+                found.setdefault(name, set()).add(parts[1])
+    return {name: [s for s in SOURCES if s in have] for name, have in found.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,6 +251,15 @@ class Report:
         for _, _, _, shape in self.loaded:
             n += int(np.prod(shape)) if shape else 1
         return n
+
+    def source_names(self) -> dict:
+        """archc node -> the checkpoint's name for it (a Keras layer, a torch module), for every
+        node the import filled: what ``model.summary(names=report)`` shows beside archc's names."""
+        out: dict = {}
+        for key, _, var_path, _ in self.loaded:
+            node = var_path.split("/", 1)[1].rpartition("/")[0]
+            out.setdefault(node, key.rpartition(".")[0] or key)
+        return out
 
     def to_json(self) -> dict:
         return {
@@ -419,9 +462,10 @@ def match_weights(model, checkpoint, *, source: str | None = None, rules=None,
     binding: dict = {}           # module -> node
     bound_nodes: set = set()
     pending_targets: dict = {}   # module -> target name that is not a node
+    named = {mod: _with_prefix(rules, mod) for mod in modules}
     for mod in modules:
         for pat, rx, target in rules.renames:
-            m = rx.match(mod)
+            m = rx.match(named[mod])
             if m:
                 node = fill_template(target, m.groupdict(), f"{pat!r}")
                 if node in specs and node not in bound_nodes:
@@ -433,9 +477,12 @@ def match_weights(model, checkpoint, *, source: str | None = None, rules=None,
                     pending_targets[mod] = node
                 break
     for mod in modules:
-        if mod not in binding and mod not in pending_targets and mod in specs and mod not in bound_nodes:
-            binding[mod] = mod
-            bound_nodes.add(mod)
+        name = named[mod]
+        if mod not in binding and mod not in pending_targets and name in specs and name not in bound_nodes:
+            binding[mod] = name
+            bound_nodes.add(name)
+        elif mod not in binding and name != mod:
+            pending_targets.setdefault(mod, name)      # renamed by [prefix], but to no node
     for i, seq in enumerate(rules.sequences, 1):
         rx_src, rx_dst = compile_pattern(seq.src), compile_pattern(seq.dst)
         src = [m for m in modules if m not in binding and m not in pending_targets and rx_src.match(m)]
@@ -558,15 +605,18 @@ def _assemble(model, assignments: Mapping, report: Report, seed: int) -> dict:
     return variables_tree(model.variable_specs, value)
 
 
-def weights_metadata(model, report: Report, rules: Rules | None) -> dict:
-    """String metadata saved with imported variables (read back by ``archc predict``)."""
+def weights_metadata(model, report: Report, rules: Rules | None = None) -> dict:
+    """String metadata saved with imported variables: the model, the source, and the input
+    pipeline the network declares (read back where a network without a declaration uses them)."""
+    from .predict import declared_preprocess
     meta = {"archc.model": model.name, "archc.source": report.source or "",
             "archc.checkpoint": Path(report.checkpoint).name}
-    pre = rules.preprocess_for(model.name) if rules is not None else None
+    pre = declared_preprocess(model)
     if pre is not None:
         meta["archc.preprocess"] = json.dumps(pre, sort_keys=True)
     return meta
 
 
-__all__ = ["import_weights", "match_weights", "load_rules", "parse_rules", "builtin_rules",
+__all__ = ["import_weights", "match_weights", "load_rules", "parse_rules", "builtin_rules", "builtin_sources",
+           "sources_by_model",
            "Rules", "Report", "WeightsError", "CheckpointError", "Checkpoint"]

@@ -102,6 +102,7 @@ class Index(Node):
 class Param(Node):
     name: str
     default: Any
+    range: tuple | None = None    # (low, high) expressions: `param width = 1.0 in [0.25, 2.0]`
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,7 +118,11 @@ class _ToAst(Transformer):
     body = start
 
     def param_stmt(self, items):
-        return A.Param(self._s(items), str(items[0]), items[1])
+        rng = items[3] if len(items) > 3 else None
+        return A.Param(self._s([i for i in items if i is not None]), str(items[0]), items[1], rng)
+
+    def param_range(self, items):
+        return (items[1], items[2])
 
     def preset_stmt(self, items):
         name, values = items[0], tuple(items[1:])

@@ -113,6 +113,7 @@ class BindContext(Protocol):
     label: str
     next_is_bn: bool
     target: tuple | None     # the shape a projection shortcut must produce, or None
+    target_node: str | None  # the node that has that shape (the residual body's output)
 
     def fail(self, message: str, hint: str | None = None, kind: str = "name"): ...
     def spatial(self) -> tuple: ...

@@ -8,6 +8,25 @@ import numpy as np
 from .base import REQUIRED, Attrs, OpDef, ShapeError, Surface, Var, attrs_class, conv_out, fmt, register, spatial, window_check
 
 
+def same_padding(n: int, eff: int, s: int) -> tuple:
+    """TensorFlow's 'same' padding of one axis of size n for a window of extent eff and stride s:
+    the output is ceil(n / s), the odd pixel at the bottom/right. Depends on n, which is why a
+    'same' op keeps its padding rule (``padding_rule``) next to the padding it resolved to."""
+    total = max((-(-n // s) - 1) * s + eff - n, 0)
+    return (total // 2, total - total // 2)
+
+
+def inferred_stride(hw: tuple, target: tuple) -> int | None:
+    """The stride with which a 1x1 projection maps the spatial size hw onto target (the body's
+    output), the smallest that fits both axes; None when none does."""
+    if tuple(hw) == tuple(target):
+        return 1
+    for st in range(1, max(hw) + 1):
+        if all((n - 1) // st + 1 == t for n, t in zip(hw, target)):
+            return st
+    return None
+
+
 def resolve_padding(p, hw, k, s, d, ctx):
     """Padding spec -> explicit ((t, b), (l, r)). 'auto': PyTorch-symmetric (k-1)//2·d (keeps the
     size at stride 1); 'same': TensorFlow's, the extra pixel at the bottom/right; 'valid': none."""
@@ -17,12 +36,7 @@ def resolve_padding(p, hw, k, s, d, ctx):
     if p == "valid":
         return ((0, 0), (0, 0))
     if p == "same":
-        out = []
-        for n, kk, ss, dd in zip(hw, k, s, d):
-            eff = (kk - 1) * dd + 1
-            total = max((-(-n // ss) - 1) * ss + eff - n, 0)
-            out.append((total // 2, total - total // 2))
-        return tuple(out)
+        return tuple(same_padding(n, (kk - 1) * dd + 1, ss) for n, kk, ss, dd in zip(hw, k, s, d))
     if isinstance(p, str):
         ctx.fail(f"unknown padding {p!r}", "use a number, [h, w], [t, b, l, r], \"same\" (TensorFlow) or \"valid\"")
     return ctx.explicit4(p, "padding")
@@ -47,6 +61,9 @@ class ConvAttrs(Attrs):
     dilation: tuple
     groups: int
     bias: bool
+    # Size-dependent intent (compiler/sizes.py re-resolves these at other input sizes):
+    padding_rule: str | None = None     # 'same': TensorFlow's, resolved for this input size
+    stride_fit: str | None = None       # the node whose HxW an inferred (projection) stride reaches
 
 
 def _conv_shape(a: ConvAttrs, ins):
@@ -88,9 +105,11 @@ def _bind_conv(a, ctx, depthwise: bool):
         features = ctx.posint(features, "output channels")
         groups = ctx.posint(a["g"], "groups")
     strides = a["s"] if a["s"] is not None else ctx.inferred_stride()
+    stride_fit = ctx.target_node if a["s"] is None and ctx.target else None
     strides = ctx.pair(strides, "stride")
     padding = resolve_padding(a["p"], (h, w), k, strides, d, ctx)
-    return ConvAttrs(features, k, strides, padding, d, groups, auto_bias(a["bias"], ctx))
+    return ConvAttrs(features, k, strides, padding, d, groups, auto_bias(a["bias"], ctx),
+                     "same" if a["p"] == "same" else None, stride_fit)
 
 
 def _kernel_aliases(base: str, sizes=(1, 2, 3, 4, 5, 7, 9, 11)) -> dict:

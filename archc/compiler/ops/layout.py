@@ -129,6 +129,7 @@ register(OpDef(
 @attrs_class
 class CropAttrs(Attrs):
     crop: tuple               # ((top, bottom), (left, right))
+    fit: tuple | None = None  # a merge's centre crop: the branches it crops to the smallest of
 
 
 def _crop_shape(a, ins):
@@ -200,7 +201,12 @@ def _broadcast(opname):
     return rule
 
 
-register(OpDef("concat", NoAttrs, _concat_shape, arity=(1, MANY),
+@attrs_class
+class ConcatAttrs(Attrs):
+    crop: bool | None = None  # concat(crop=true): branches centre-cropped to the smallest (crop nodes)
+
+
+register(OpDef("concat", ConcatAttrs, _concat_shape, arity=(1, MANY),
                surfaces=(Surface("concat", {"crop": False}, None, merge=True,
                                  params_doc="branches; `crop=true` centre-crops them to the smallest (U-Net)",
                                  doc="channels concatenated; other sizes must agree"),)))

@@ -34,6 +34,9 @@ class PoolAttrs(Attrs):
     padding: tuple
     extra: tuple              # ceil mode's bottom/right cells: padded, never counted
     count_include_pad: bool
+    # Size-dependent intent (compiler/sizes.py re-resolves these at other input sizes):
+    padding_rule: str | None = None     # 'same': TensorFlow's, resolved for this input size
+    ceil: bool | None = None            # PyTorch's ceil_mode, which `extra` resolved
 
 
 def _pool_shape(a: PoolAttrs, ins):
@@ -58,7 +61,7 @@ def _bind_pool(a, ctx, kind: str):
     if a["ceil"]:
         extra = tuple((0, ceil_extra(n, kk, ss, pp)) for n, kk, ss, pp in zip((h, w), k, strides, padding))
     count_pad = bool(a.get("count_pad", True)) and not same    # TF's 'same' never counts padding
-    return PoolAttrs(kind, k, strides, padding, extra, count_pad)
+    return PoolAttrs(kind, k, strides, padding, extra, count_pad, "same" if same else None, True if a["ceil"] else None)
 
 
 register(OpDef(

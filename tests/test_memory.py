@@ -1,0 +1,111 @@
+"""The memory estimate (compiler/memory.py) against XLA's own ``compiled.memory_analysis()``.
+
+Inference: the estimated peak of live activations against XLA's temporary buffers. Training
+step (forward, backward, an SGD-with-momentum update, parameters and optimizer state donated):
+the estimated gradients plus the activations kept for the backward pass, against the same.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from archc.cli import main
+from archc.compiler import memory
+from archc.compiler.build import build_graph
+
+BATCH = 8
+TOLERANCE = 0.15
+
+
+def xla_temp_bytes(graph, batch: int) -> tuple:
+    """XLA's temporary bytes for a jitted inference and a jitted training step of `graph`."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from archc.runtime.model import Model
+    model = Model(graph)
+    variables = model.init(seed=0)
+    x = jnp.zeros((batch,) + model.input_shape, jnp.float32)
+    infer = jax.jit(lambda v, x: model.apply_fn(v, x)).lower(variables, x).compile().memory_analysis()
+    params = variables["params"]
+    rest = {k: v for k, v in variables.items() if k != "params"}
+    tx = optax.sgd(0.1, momentum=0.9)
+    y = jnp.zeros((batch,), jnp.int32)
+
+    def step(params, opt, rest, x, y):
+        def loss(p):
+            out, new = model.apply_fn({"params": p, **rest}, x, train=True, rngs=jax.random.PRNGKey(0))
+            return optax.softmax_cross_entropy_with_integer_labels(out, y).mean(), new
+        (value, new), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        updates, opt = tx.update(grads, opt, params)
+        return optax.apply_updates(params, updates), opt, new.get("batch_stats"), value
+    train = jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params), rest, x, y).compile().memory_analysis()
+    return infer.temp_size_in_bytes, train.temp_size_in_bytes, infer.argument_size_in_bytes
+
+
+def _compare(graph):
+    """(inference error, training error) of the estimate relative to XLA's temporaries."""
+    est = memory.estimate(graph, BATCH, "momentum")
+    infer, train, args = xla_temp_bytes(graph, BATCH)
+    mine_infer = BATCH * est["inference_activation_bytes_per_image"]
+    mine_train = est["param_bytes"] + BATCH * est["training_activation_bytes_per_image"]   # gradients + kept
+    # the inference arguments are exactly the variables and the batch
+    assert args == est["param_bytes"] + est["state_bytes"] + BATCH * 4 * _prod(graph.input_shape)
+    return mine_infer / infer - 1, mine_train / train - 1
+
+
+def _prod(shape):
+    out = 1
+    for d in shape:
+        out *= d
+    return out
+
+
+def test_resnet18_within_15_percent():
+    """The default tier's check (about 15 s of XLA compiles); the slow tier runs all five."""
+    di, dt = _compare(build_graph("resnet18"))
+    assert abs(di) < TOLERANCE and abs(dt) < TOLERANCE, (di, dt)
+
+
+# Measured (batch 8, CPU, jax 0.4): the training estimate misses XLA's extra workspace for
+# GoogLeNet's ceil-mode pools and concatenations (-34 %) and overcounts VGG's (+18 %); the
+# inference estimate holds for all of them.
+TRAINING_MISSES = {"vgg11", "googlenet"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["squeezenet1_0", "densenet121", "googlenet", "vgg11"])
+def test_four_more_networks_at_batch_8(name):
+    di, dt = _compare(build_graph(name))
+    assert abs(di) < TOLERANCE, (name, di)
+    if name in TRAINING_MISSES:
+        assert abs(dt) >= TOLERANCE, f"{name}: the training estimate now holds ({dt:+.1%}): move it out of TRAINING_MISSES"
+    else:
+        assert abs(dt) < TOLERANCE, (name, dt)
+
+
+def test_estimate_figures_and_largest_batch():
+    g = build_graph("resnet18")
+    e = memory.estimate(g, 8, "adam")
+    assert e["param_bytes"] == 4 * 11_689_512 and e["optimizer_state_bytes"]["adam"] == 2 * e["param_bytes"]
+    assert e["optimizer_state_bytes"]["sgd"] == 0
+    fits = memory.largest_batch(g, memory.parse_bytes("16GiB"), "adam")
+    for mode, key in (("inference", "inference_bytes"), ("training", "training_bytes")):
+        n = fits[mode]
+        assert memory.estimate(g, n, "adam")[key] <= 16 * 2**30 < memory.estimate(g, n + 1, "adam")[key]
+    assert memory.parse_bytes("512MB") == 512 * 10**6 and memory.parse_bytes("2e9") == 2 * 10**9
+    with pytest.raises(ValueError, match="16GiB"):
+        memory.parse_bytes("lots")
+
+
+def test_cli_build_prints_memory_and_largest_batch(capsys):
+    assert main(["build", "resnet18", "--no-lower", "--batch", "8", "--memory", "16GiB"]) == 0
+    out = capsys.readouterr().out
+    assert "activations per image: inference" in out and "largest batch" in out
+    assert main(["build", "resnet18", "--no-lower", "--json", "--memory", "1GiB", "--optimizer", "adam"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["memory"]["largest_batch"]["training"] == memory.largest_batch(build_graph("resnet18"), 2**30, "adam")["training"]
+    assert main(["build", "resnet18", "--no-lower", "--memory", "lots"]) == 2
+    assert "cannot read 'lots'" in capsys.readouterr().err
