@@ -271,6 +271,10 @@ def _(node, axis, graph):
     return Merge("smallest" if node.attrs.crop else "equal")
 
 
+for _op in ("roi_align", "roi_pool"):
+    # R x PH x PW x C whatever the image's size (the RoIs are in image pixels)
+    size_rule(_op)(lambda node, axis, graph: Vanish())
+
 for _op in ("add", "mul"):
     @size_rule(_op)
     def _(node, axis, graph):
@@ -306,6 +310,10 @@ class Plan:
 def plan(graph: Graph, axis: int) -> Plan:
     if len(graph.input_shape) != 3:
         raise CannotDerive("the input has no spatial axes")
+    if len(graph.inputs) > 1:
+        # a second input (a two-stage detector's proposals) is not a function of the image's size
+        raise CannotDerive(f"the network has {len(graph.inputs)} inputs ({', '.join(graph.inputs)}); "
+                           "the analysis follows single-input networks")
     alias, steps, read, pads, ones = {}, [], set(), {}, set()
     for node in graph:
         rule = SIZE_RULES[node.op](node, axis, graph)
