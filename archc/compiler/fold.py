@@ -14,21 +14,13 @@ from dataclasses import replace
 import numpy as np
 
 from .declarations import redirect_tensors
-from .ir import Graph, verify
+from .ir import Graph, readers, verify
 from .ops import OPS
-
-
-def _consumers(graph: Graph) -> dict:
-    uses: dict = {name: [] for name in graph.nodes}
-    for node in graph:
-        for i in node.inputs:
-            uses[i].append(node.name)
-    return uses
 
 
 def foldable_pairs(graph: Graph) -> list[tuple[str, str]]:
     """(layer, bn) pairs that fold."""
-    uses = _consumers(graph)
+    uses = readers(graph)
     pairs = []
     for node in graph:
         if node.op != "bn" or len(node.inputs) != 1:

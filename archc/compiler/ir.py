@@ -95,6 +95,15 @@ def _jsonable(v: Any):
     return v
 
 
+def readers(graph: Graph) -> dict:
+    """node -> the names of the nodes that read it, in graph order."""
+    out: dict = {n: [] for n in graph.nodes}
+    for node in graph:
+        for i in node.inputs:
+            out[i].append(node.name)
+    return out
+
+
 def verify(graph: Graph) -> Graph:
     """Check the IR's invariants; raise ValueError naming the first node that breaks one.
 

@@ -19,6 +19,7 @@ from math import prod
 
 from . import ops
 from .ir import Graph
+from .ir import readers as graph_readers
 
 LIBRARY_CALLS = {"conv", "conv_transpose", "dense"}
 ELEMENTWISE = {"act", "bn", "scale", "dropout", "drop_path", "layer_scale", "rescale", "identity", "add", "mul",
@@ -43,17 +44,9 @@ def _bytes(shape, itemsize=4) -> int:
     return prod(shape) * itemsize
 
 
-def _readers(graph: Graph) -> dict:
-    out: dict = {n: [] for n in graph.nodes}
-    for node in graph:
-        for i in node.inputs:
-            out[i].append(node.name)
-    return out
-
-
 def materialised(graph: Graph, readers: dict | None = None, train: bool = False) -> set:
     """The nodes whose output XLA writes to memory (the rest fuse into their readers)."""
-    readers = readers or _readers(graph)
+    readers = readers or graph_readers(graph)
     out = set()
     for node in graph:
         if node.op == "input":
@@ -69,7 +62,7 @@ def materialised(graph: Graph, readers: dict | None = None, train: bool = False)
 def inference_peak(graph: Graph, itemsize: int = 4) -> int:
     """Bytes per image live at once in inference: the largest sum of materialised buffers alive
     at any node (the input and the outputs are the program's arguments and results)."""
-    readers = _readers(graph)
+    readers = graph_readers(graph)
     kept = materialised(graph, readers)
     order = {n: i for i, n in enumerate(graph.nodes)}
     # a buffer ends at the last materialised node that reads it, directly or through fused ones

@@ -26,7 +26,7 @@ import numpy as np
 from . import anchors as anchor_lib
 from . import boxes as B
 from .declare import Detect
-from .transforms import TransformSpec, rescale_boxes, transform
+from .transforms import rescale_boxes, transform
 
 DETECTORS: dict[str, type] = {}
 # Detector kinds registered in modules of their own, imported when a network first asks for them.
@@ -95,7 +95,7 @@ class Detector:
         d = self.graph.declarations.get("detect_input")
         if d is None:
             raise DetectError(f"{model.name}: the network declares no detect_input(...) (its input transform)")
-        self.transform_spec = TransformSpec(d.mean, d.std, d.min_size, d.max_size, d.size_divisible, d.fixed_size)
+        self.transform_spec = d
         self.names = class_names(decl.names)
         self.heads = tuple(decl.scores) + tuple(decl.boxes)
 

@@ -8,23 +8,17 @@ integers (each image's size is static under jit)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
+from .declare import DetectInput
 
-@dataclass(frozen=True)
-class TransformSpec:
-    """The settings of one GeneralizedRCNNTransform. ``fixed_size`` (h, w) replaces the
-    min/max rule (SSD: (300, 300))."""
-    mean: tuple = (0.485, 0.456, 0.406)
-    std: tuple = (0.229, 0.224, 0.225)
-    min_size: int = 800
-    max_size: int = 1333
-    size_divisible: int = 32
-    fixed_size: tuple | None = None
+
+# The settings of one transform are the network's detect_input declaration (fixed_size (h, w)
+# replaces the min/max rule; SSD: (300, 300)).
+TransformSpec = DetectInput
 
 
 def resized_size(h: int, w: int, spec: TransformSpec) -> tuple[int, int]:
