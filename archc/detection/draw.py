@@ -38,17 +38,28 @@ def draw_detections(image, detections: dict, *, width: int | None = None):
         font = ImageFont.load_default()
     draw = ImageDraw.Draw(im)
     order = np.argsort(detections["scores"], kind="stable")     # best drawn last, on top
+    boxes = {}
     for i in order:
         x1, y1, x2, y2 = (float(v) for v in detections["boxes"][i])
         x1, x2 = sorted((min(max(x1, 0), w - 1), min(max(x2, 0), w - 1)))
         y1, y2 = sorted((min(max(y1, 0), h - 1), min(max(y2, 0), h - 1)))
+        boxes[i] = (x1, y1, x2, y2)
+        draw.rectangle([x1, y1, x2, y2], outline=_colour(int(detections["labels"][i])), width=line)
+    # Tags, best first: above the box (inside at the top edge when there is no room), moved down
+    # past the tags already placed, so that overlapping boxes keep readable tags.
+    placed = []
+    for i in order[::-1]:
+        x1, y1, x2, y2 = boxes[i]
         colour = _colour(int(detections["labels"][i]))
-        draw.rectangle([x1, y1, x2, y2], outline=colour, width=line)
         text = f"{detections['names'][i]} {float(detections['scores'][i]):.2f}"
         l, t, r, b = draw.textbbox((0, 0), text, font=font)
         tw, th = r - l + 2 * line, b - t + line
-        ty = y1 - th if y1 - th >= 0 else y1                   # above the box, or inside at the top
         tx = min(x1, max(w - tw, 0))
+        ty = y1 - th if y1 - th >= 0 else y1
+        while any(tx < px2 and px1 < tx + tw and ty < py2 and py1 < ty + th for px1, py1, px2, py2 in placed) \
+                and ty + 2 * th <= max(y2, ty + th) and ty + 2 * th <= h:
+            ty += th
+        placed.append((tx, ty, tx + tw, ty + th))
         draw.rectangle([tx, ty, tx + tw, ty + th], fill=colour)
         draw.text((tx + line - l, ty + line // 2 - t), text, fill=_text_colour(colour), font=font)
     return im
