@@ -564,12 +564,17 @@ def cmd_import(args) -> int:
     return 0
 
 
+def _weights_and_images(args) -> tuple:
+    """--weights FILE IMAGE…: argparse gives the images after --weights to it; the first is the file."""
+    return args.weights[0], list(args.images) + list(args.weights[1:])
+
+
 @_reports_user_errors
 def cmd_predict(args) -> int:
     """archc predict SPEC --weights FILE IMAGE... [--top 5] [--json]."""
     from .runtime.model import Model
     from .runtime.predict import PreprocessWarning, decode_line, predict
-    weights, images = args.weights[0], list(args.images) + list(args.weights[1:])
+    weights, images = _weights_and_images(args)
     if not images:
         print("error: no images given: archc predict SPEC --weights FILE IMAGE...", file=sys.stderr)
         return EXIT_USER
@@ -604,7 +609,7 @@ def cmd_detect(args) -> int:
     from .detection.draw import draw_detections
     from .runtime.model import Model
     from .runtime.predict import load_image
-    weights, images = args.weights[0], list(args.images) + list(args.weights[1:])
+    weights, images = _weights_and_images(args)
     if not images:
         print("error: no images given: archc detect SPEC --weights FILE IMAGE...", file=sys.stderr)
         return EXIT_USER
