@@ -564,9 +564,14 @@ def cmd_import(args) -> int:
     return 0
 
 
-def _weights_and_images(args) -> tuple:
-    """--weights FILE IMAGE…: argparse gives the images after --weights to it; the first is the file."""
-    return args.weights[0], list(args.images) + list(args.weights[1:])
+def _weights_and_images(args, command: str) -> tuple | None:
+    """--weights FILE IMAGE…: argparse gives the images after --weights to it; the first is the
+    file. None (after saying so) when no image is given."""
+    images = list(args.images) + list(args.weights[1:])
+    if not images:
+        print(f"error: no images given: archc {command} SPEC --weights FILE IMAGE...", file=sys.stderr)
+        return None
+    return args.weights[0], images
 
 
 @_reports_user_errors
@@ -574,10 +579,10 @@ def cmd_predict(args) -> int:
     """archc predict SPEC --weights FILE IMAGE... [--top 5] [--json]."""
     from .runtime.model import Model
     from .runtime.predict import PreprocessWarning, decode_line, predict
-    weights, images = _weights_and_images(args)
-    if not images:
-        print("error: no images given: archc predict SPEC --weights FILE IMAGE...", file=sys.stderr)
+    given = _weights_and_images(args, "predict")
+    if given is None:
         return EXIT_USER
+    weights, images = given
     if args.top < 1:
         print("error: --top must be at least 1", file=sys.stderr)
         return EXIT_USER
@@ -609,10 +614,10 @@ def cmd_detect(args) -> int:
     from .detection.draw import draw_detections
     from .runtime.model import Model
     from .runtime.predict import load_image
-    weights, images = _weights_and_images(args)
-    if not images:
-        print("error: no images given: archc detect SPEC --weights FILE IMAGE...", file=sys.stderr)
+    given = _weights_and_images(args, "detect")
+    if given is None:
         return EXIT_USER
+    weights, images = given
     model = Model(_graph(args))
     pictures = [load_image(p) for p in images]         # a file that does not decode fails here, first
     thresholds = {k: v for k, v in (("score_thresh", args.score_thresh), ("detections_per_img", args.max_detections))
