@@ -159,7 +159,7 @@ class SSDDetector(Detector):
         n = boxes.shape[0]
         k = min(d.topk_candidates, n)
         fg = scores[:, 1:].T                                            # (C - 1, N), class-major
-        keep = fg > np.float32(d.score_thresh)
+        keep = fg > fg.dtype.type(d.score_thresh)
         if d.min_size > 0:
             keep = keep & B.remove_small(boxes, jnp.ones(n, bool), d.min_size)[None]
         # torchvision's batched_nms over all candidates never crosses classes: one NMS per class,
@@ -234,7 +234,7 @@ class YoloV1Detector(Detector):
         d = self.decl
         n, c = scores.shape
         cls = scores.T                                                   # (C, n)
-        keep = cls > np.float32(d.score_thresh)
+        keep = cls > cls.dtype.type(d.score_thresh)
         box, score, row, ok = per_class_nms(boxes, cls, keep, min(d.topk_candidates, n), d.nms_thresh,
                                             d.detections_per_img)
         return _pad_invalid(B.clip(box, size[0], size[1]), score, row + 1, ok)
