@@ -300,7 +300,9 @@ def _as_image(im, i: int) -> np.ndarray:
         return a.astype(np.float32) / np.float32(255)
     if not np.issubdtype(a.dtype, np.floating):
         raise DetectError(f"image {i}: uint8 (0-255) or float (0-1) pixels, not {a.dtype}")
-    a = a.astype(np.float32)
+    # float64 images stay float64 where JAX computes in it (jax.enable_x64): the whole pipeline
+    # then runs in double, as torchvision's model.double() does
+    a = a.astype(np.float64 if a.dtype == np.float64 and jax.config.jax_enable_x64 else np.float32)
     if not np.isfinite(a).all():
         raise DetectError(f"image {i}: has NaN or infinite pixels")
     return a
@@ -339,7 +341,9 @@ def detect(model, variables, images, **thresholds) -> list[dict]:
     [0, 1]), one or a list; ``variables``: a variables dict or a file written by ``archc
     import``; ``thresholds`` override the network's ``detect(...)`` settings for this call.
     Returns per image ``{"boxes": (N, 4) float32 xyxy in the image's pixels, "scores": (N,),
-    "labels": (N,) int, "names": [N class names]}``, by descending score."""
+    "labels": (N,) int, "names": [N class names]}``, by descending score. Under
+    ``jax.enable_x64(True)``, float64 images and variables run the pipeline in float64 (boxes and
+    scores float64 too)."""
     from ..runtime.predict import PredictError, check_variables
     if isinstance(variables, (str, Path)):
         from ..runtime.variables_io import load_variables
@@ -361,8 +365,9 @@ def detect(model, variables, images, **thresholds) -> list[dict]:
     for i in range(len(ims)):
         n = int(out.count[i])
         labels = np.asarray(out.labels[i, :n], np.int64)
-        results.append({"boxes": np.asarray(out.boxes[i, :n], np.float32),
-                        "scores": np.asarray(out.scores[i, :n], np.float32), "labels": labels,
+        wide = np.float64 if out.boxes.dtype == np.float64 else np.float32
+        results.append({"boxes": np.asarray(out.boxes[i, :n], wide),
+                        "scores": np.asarray(out.scores[i, :n], wide), "labels": labels,
                         "names": [det.names[c] if c < len(det.names) else f"class {c}" for c in labels]})
     return results
 
