@@ -336,6 +336,20 @@ def _pipeline(det: Detector):
     return jax.jit(run)
 
 
+def _weights_classes(model, variables) -> int | None:
+    """The class count that variables of the wrong size were made for, when only that differs."""
+    from ..runtime.weights import class_count_from_shapes
+    pairs = []
+    for v in model.variable_specs:
+        try:
+            have = tuple(variables[v.collection][v.node][v.leaf].shape)
+        except (KeyError, TypeError):
+            return None
+        if have != tuple(v.shape):
+            pairs.append((have, v.shape))
+    return class_count_from_shapes(model, pairs)
+
+
 def detect(model, variables, images, **thresholds) -> list[dict]:
     """Detect objects. ``images``: paths, PIL images, or (H, W, 3) arrays (uint8, or floats in
     [0, 1]), one or a list; ``variables``: a variables dict or a file written by ``archc
@@ -349,6 +363,9 @@ def detect(model, variables, images, **thresholds) -> list[dict]:
         from ..runtime.variables_io import load_variables
         if not Path(variables).is_file():
             raise DetectError(f"{variables}: no such weights file")
+        if Path(variables).suffix.lower() in (".pth", ".pt", ".bin", ".h5", ".npz"):
+            raise DetectError(f"{variables}: a checkpoint, not archc variables: convert it first with "
+                              f"`archc import {model.name} {variables} --from torchvision|timm|keras --out weights.safetensors`")
         try:
             variables = load_variables(variables)
         except Exception as e:
@@ -356,8 +373,11 @@ def detect(model, variables, images, **thresholds) -> list[dict]:
     try:
         check_variables(model, variables)
     except PredictError as e:
-        raise DetectError(f"{e}; a detector's class count is a parameter: load the network with the "
-                          "checkpoint's (archc.load(…, classes=N), --param classes=N)") from None
+        k = _weights_classes(model, variables)
+        hint = (f"these weights have {k} classes: load the network with archc.load({model.name!r}, classes={k}) "
+                f"(--param classes={k})" if k else "a detector's class count is a parameter: load the network "
+                "with the checkpoint's (archc.load(…, classes=N), --param classes=N)")
+        raise DetectError(f"{e}; {hint}") from None
     det = detector_for(model, **thresholds)
     ims = _images(images)
     out = jax.device_get(detect_padded(det, variables, ims))
