@@ -557,11 +557,12 @@ def cmd_import(args) -> int:
     note = None
     if inferred is not None and "classes" not in dict(args.param or []):
         # only the class count differs, and the user did not choose one: take the checkpoint's
+        key, shape = report.mismatched[0][:2]
         args.param = list(args.param or []) + [("classes", inferred)]
         model = Model(_graph(args))
         report, assignments, rules = plan(model)
-        note = (f"classes={inferred}: inferred from the checkpoint's predictor shapes "
-                f"(give --param classes={inferred} to archc predict/detect with these weights)")
+        note = (f"classes={inferred}: inferred from the checkpoint ({key} is {fmt_shape(shape)}); "
+                f"give --param classes={inferred} to archc predict/detect with these weights")
     elif inferred is not None:
         note = f"the checkpoint has {inferred} classes: --param classes={inferred}"
     if args.json:
