@@ -6,6 +6,12 @@ thresholds and NMS see bit-identical scores and cannot flip on float noise; and 
 pipeline (archc.detect vs torchvision's forward) in float64, where every detection agrees."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -225,3 +231,69 @@ def test_detect_runs_end_to_end(stages):
         np.testing.assert_allclose(o["boxes"][:1], w["boxes"][:1].numpy(), atol=1e-3)
         wb, ob = w["boxes"][:20].numpy(), o["boxes"][:20]
         assert (np.abs(wb[:, None] - ob[None]).max(-1) < 1e-3).any(1).mean() >= 0.6
+
+
+# ---------------------------------------------------------------------------------------------
+# archc import / archc detect on the command line: the class count from the checkpoint, bad inputs
+# ---------------------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "archc", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.fixture(scope="module")
+def imported(pair, tmp_path_factory):
+    """``archc import`` of the 5-class checkpoint with no --param: the class count inferred."""
+    d = tmp_path_factory.mktemp("frcnn_cli")
+    ckpt = Path(pair[3].checkpoint)
+    weights = d / "w5.safetensors"
+    r = run_cli("import", NAME, ckpt, "--from", "torchvision", "--out", weights)
+    from PIL import Image
+    photo = d / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8)).save(photo)
+    broken = d / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return dict(dir=d, ckpt=ckpt, weights=weights, photo=photo, broken=broken, import_run=r)
+
+
+def test_import_infers_the_class_count(imported):
+    r = imported["import_run"]
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert ("note: classes=5: inferred from the checkpoint (roi_heads.box_predictor.cls_score.weight is 5x1024); "
+            "give --param classes=5") in r.stdout
+    assert imported["weights"].exists()
+    r = run_cli("import", NAME, imported["ckpt"], "--from", "torchvision", "--param", "classes=7")
+    assert r.returncode == 2 and "hint: the checkpoint has 5 classes: --param classes=5" in r.stdout, r.stdout + r.stderr
+    from archc.runtime.weights import WeightsError
+    with pytest.raises(WeightsError, match=r"the checkpoint has 5 classes: load the network with archc.load"):
+        archc.import_weights(archc.load(NAME), imported["ckpt"], source="torchvision")
+
+
+@pytest.mark.parametrize("case,expect", [
+    ("wrong size", "these weights have 5 classes: load the network with archc.load('fasterrcnn_mobilenet_v3_large_320_fpn', "
+                   "classes=5) (--param classes=5)"),
+    ("broken", "not a readable image"),
+    ("checkpoint", "a checkpoint, not archc variables: convert it first with `archc import"),
+])
+def test_cli_detect_bad_inputs(imported, case, expect):
+    i = imported
+    args = {"wrong size": ("--weights", i["weights"], i["photo"]),
+            "broken": ("--param", "classes=5", "--weights", i["weights"], i["broken"]),
+            "checkpoint": ("--param", "classes=5", "--weights", i["ckpt"], i["photo"])}[case]
+    r = run_cli("detect", NAME, *args)
+    assert r.returncode == 2 and r.stderr.startswith("error:") and expect in r.stderr, r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_cli_detect_zero_detections(imported):
+    """A score threshold of 1 leaves nothing: said plainly, exit 0, the picture and JSON written."""
+    i = imported
+    out = i["dir"] / "out"
+    r = run_cli("detect", NAME, "--param", "classes=5", "--weights", i["weights"], i["photo"], "--score-thresh", "1",
+                "--out", out)
+    assert r.returncode == 0 and "0 detections" in r.stdout and "nothing scores above" in r.stdout, r.stdout + r.stderr
+    assert json.loads((out / "photo.json").read_text())["detections"] == []
+    assert (out / "photo.png").exists()
