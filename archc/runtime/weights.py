@@ -591,7 +591,7 @@ def class_count_from_shapes(model, pairs) -> int | None:
         if have[diff[0]] % per_class:
             return None
         found.add(have[diff[0]] // per_class)
-    return found.pop() if len(found) == 1 and found != {c} else None
+    return found.pop() if len(found) == 1 and found != {c} and min(found) >= 1 else None
 
 
 def classes_in_checkpoint(model, report: "Report") -> int | None:
