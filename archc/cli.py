@@ -546,14 +546,29 @@ def cmd_import(args) -> int:
     """archc import SPEC CHECKPOINT --from SOURCE [--map RULES] --out FILE: verify and convert."""
     from .runtime.model import Model
     from .runtime.variables_io import save_variables
-    from .runtime.weights import _assemble, match_weights, weights_metadata
+    from .runtime.weights import _assemble, classes_in_checkpoint, match_weights, weights_metadata
     model = Model(_graph(args))
-    report, assignments, rules = match_weights(model, args.checkpoint, source=args.source, rules=args.map,
-                                               skip=args.skip or (), allow_missing=args.allow_missing or ())
+
+    def plan(model):
+        return match_weights(model, args.checkpoint, source=args.source, rules=args.map,
+                             skip=args.skip or (), allow_missing=args.allow_missing or ())
+    report, assignments, rules = plan(model)
+    inferred = classes_in_checkpoint(model, report)
+    note = None
+    if inferred is not None and "classes" not in dict(args.param or []):
+        # only the class count differs, and the user did not choose one: take the checkpoint's
+        key, shape = report.mismatched[0][:2]
+        args.param = list(args.param or []) + [("classes", inferred)]
+        model = Model(_graph(args))
+        report, assignments, rules = plan(model)
+        note = (f"classes={inferred}: inferred from the checkpoint ({key} is {fmt_shape(shape)}); "
+                f"give --param classes={inferred} to archc predict/detect with these weights")
+    elif inferred is not None:
+        note = f"the checkpoint has {inferred} classes: --param classes={inferred}"
     if args.json:
-        print(json.dumps(report.to_json(), indent=1))
+        print(json.dumps({**report.to_json(), **({"note": note} if note else {})}, indent=1))
     else:
-        print(report.render(limit=args.limit))
+        print(report.render(limit=args.limit) + (f"\n{'note' if report.ok else 'hint'}: {note}" if note else ""))
     if not report.ok:
         return EXIT_USER
     if args.out:

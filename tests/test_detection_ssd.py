@@ -48,7 +48,7 @@ def ssd(tmp_path_factory):
             end_to_end = tm([torch.from_numpy(im.transpose(2, 0, 1)) for im in images])
     finally:
         del tm.postprocess_detections
-    return dict(tm=tm, model=model, variables=variables, images=images, ref=end_to_end, **seen)
+    return dict(tm=tm, model=model, variables=variables, images=images, ref=end_to_end, path=path, **seen)
 
 
 def assert_same_detections(ours: dict, theirs: dict):
@@ -130,3 +130,13 @@ def test_overrides_and_rescaling(ssd, highest_precision):
     ours = archc.detect(ssd["model"], ssd["variables"], ssd["images"][1], score_thresh=0.5, detections_per_img=50)[0]
     assert_same_detections(ours, ref)
     assert float(np.asarray(rescale_boxes(np.ones((1, 4), np.float32), (300, 300), (240, 400)))[0, 0]) == np.float32(400) / np.float32(300)
+
+
+def test_import_names_the_class_count(ssd):
+    """A 5-class checkpoint into the 91-class default: the heads' A·classes channels point at
+    classes=5, which the error says (the CLI takes it: tests/test_faster_rcnn.py)."""
+    from archc.runtime.weights import WeightsError
+    with pytest.raises(WeightsError) as e:
+        import_weights(archc.load("ssd300_vgg16"), ssd["path"], source="torchvision")
+    assert "shape mismatch" in str(e.value)
+    assert "the checkpoint has 5 classes: load the network with archc.load('ssd300_vgg16', classes=5)" in str(e.value)

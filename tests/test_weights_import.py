@@ -421,3 +421,20 @@ def test_keras_import_then_predict_cli(tmp_path):
     want = np.asarray(keras.ops.convert_to_numpy(net(pixels[None].astype(np.float32), training=False)))[0]
     assert [t["index"] for t in top] == np.argsort(-want, kind="stable")[:3].tolist()
     np.testing.assert_allclose([t["prob"] for t in top], want[[t["index"] for t in top]], rtol=1e-4)
+
+
+def test_import_infers_a_classifiers_class_count(tmp_path):
+    """A 10-class torchvision ResNet-18 into resnet18 (1000 by default): fc's out features are
+    the class count, taken when the user sets none, named when the user set another."""
+    torch = pytest.importorskip("torch")
+    tv = pytest.importorskip("torchvision")
+    ckpt = tmp_path / "r10.pth"
+    torch.manual_seed(0)
+    torch.save(tv.models.resnet18(weights=None, num_classes=10).state_dict(), ckpt)
+    r = run_cli("import", "resnet18", ckpt, "--from", "torchvision", "--out", tmp_path / "r10.safetensors")
+    assert r.returncode == 0, r.stderr
+    assert "note: classes=10: inferred from the checkpoint (fc.weight is 10x512)" in r.stdout
+    assert (tmp_path / "r10.safetensors").exists()
+    r = run_cli("import", "resnet18", ckpt, "--from", "torchvision", "--param", "classes=7")
+    assert r.returncode == 2 and "hint: the checkpoint has 10 classes: --param classes=10" in r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr

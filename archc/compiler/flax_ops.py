@@ -144,7 +144,7 @@ def roi_levels(rois, scales):
         return jnp.zeros(rois.shape[:-1], jnp.int32)
     k_min, k_max = round(-np.log2(scales[0])), round(-np.log2(scales[-1]))
     area = (rois[..., 2] - rois[..., 0]) * (rois[..., 3] - rois[..., 1])
-    target = jnp.floor(4.0 + jnp.log2(exact_div(jnp.sqrt(area), 224.0)) + jnp.float32(1e-6))
+    target = jnp.floor(4.0 + jnp.log2(exact_div(jnp.sqrt(area), 224.0)) + jnp.asarray(1e-6, area.dtype))
     return (jnp.clip(target, k_min, k_max) - k_min).astype(jnp.int32)
 
 
@@ -161,15 +161,16 @@ def roi_align(rois, maps, out, scales, sampling, aligned, chunk=64):
     base = np.concatenate([[0], np.cumsum(hs * ws)[:-1]]).astype(np.int32)
     gh = sampling if sampling > 0 else int(hs.max())
     gw = sampling if sampling > 0 else int(ws.max())
-    offset = jnp.float32(0.5 if aligned else 0.0)
+    dt = jnp.promote_types(maps[0].dtype, jnp.float32)   # float64 maps: torchvision's double kernel
+    offset = jnp.asarray(0.5 if aligned else 0.0, dt)
 
     def axis(start, size, n_bins, grid_max, cells):
         """Per bin and sample along one axis: the two taps, their weights and validity."""
-        extent = cells.astype(jnp.float32)
+        extent = cells.astype(dt)
         bin_size = exact_div(size, n_bins)
-        grid = jnp.float32(sampling) if sampling > 0 else jnp.ceil(bin_size)
-        p = jnp.arange(n_bins, dtype=jnp.float32)[:, None]
-        i = jnp.arange(grid_max, dtype=jnp.float32)[None, :]
+        grid = jnp.asarray(sampling, dt) if sampling > 0 else jnp.ceil(bin_size)
+        p = jnp.arange(n_bins, dtype=dt)[:, None]
+        i = jnp.arange(grid_max, dtype=dt)[None, :]
         t = start + p * bin_size + exact_div((i + 0.5) * bin_size, grid)
         valid = (t >= -1.0) & (t <= extent) & (i < grid)
         t = jnp.maximum(t, 0.0)
@@ -182,7 +183,7 @@ def roi_align(rois, maps, out, scales, sampling, aligned, chunk=64):
         return low, high, 1.0 - frac, frac, valid, grid
 
     def one(flat, roi, level):
-        scale = jnp.asarray(np.asarray(scales, np.float32))[level]
+        scale = jnp.asarray(np.asarray(scales), dt)[level]
         h, w = jnp.asarray(hs)[level], jnp.asarray(ws)[level]
         x1, y1, x2, y2 = roi[0] * scale - offset, roi[1] * scale - offset, roi[2] * scale - offset, roi[3] * scale - offset
         rw, rh = x2 - x1, y2 - y1
@@ -206,7 +207,7 @@ def roi_align(rois, maps, out, scales, sampling, aligned, chunk=64):
         level = roi_levels(rois_i, scales)
         return lax.map(lambda a: one(flat, *a), (rois_i, level), batch_size=chunk)
 
-    return jax.vmap(image)(rois.astype(jnp.float32), *maps)
+    return jax.vmap(image)(rois.astype(dt), *maps)
 
 
 def roi_pool(rois, fmap, out, scale, chunk=8):
@@ -215,15 +216,16 @@ def roi_pool(rois, fmap, out, scale, chunk=8):
     away from zero, as C's round; the RoI at least 1 cell), 0 for an empty bin."""
     ph_n, pw_n = out
     h, w = fmap.shape[1], fmap.shape[2]
-    scale = jnp.float32(scale)
+    dt = jnp.promote_types(fmap.dtype, jnp.float32)
+    scale = jnp.asarray(scale, dt)
 
     def rnd(v):                                   # C round(): half away from zero
         return (jnp.sign(v) * jnp.floor(jnp.abs(v) + 0.5)).astype(jnp.int32)
 
     def bins(start, end, n_bins, extent):
-        size = jnp.maximum(end - start + 1, 1).astype(jnp.float32)
+        size = jnp.maximum(end - start + 1, 1).astype(dt)
         bin_size = exact_div(size, n_bins)
-        p = jnp.arange(n_bins, dtype=jnp.float32)
+        p = jnp.arange(n_bins, dtype=dt)
         lo = jnp.clip(jnp.floor(p * bin_size).astype(jnp.int32) + start, 0, extent)
         hi = jnp.clip(jnp.ceil((p + 1) * bin_size).astype(jnp.int32) + start, 0, extent)
         cells = jnp.arange(extent)
@@ -242,4 +244,4 @@ def roi_pool(rois, fmap, out, scale, chunk=8):
     def image(rois_i, fm):
         return lax.map(lambda r: one(fm, r), rois_i, batch_size=chunk)
 
-    return jax.vmap(image)(rois.astype(jnp.float32), fmap)
+    return jax.vmap(image)(rois.astype(dt), fmap)

@@ -159,7 +159,7 @@ class SSDDetector(Detector):
         n = boxes.shape[0]
         k = min(d.topk_candidates, n)
         fg = scores[:, 1:].T                                            # (C - 1, N), class-major
-        keep = fg > np.float32(d.score_thresh)
+        keep = fg > fg.dtype.type(d.score_thresh)
         if d.min_size > 0:
             keep = keep & B.remove_small(boxes, jnp.ones(n, bool), d.min_size)[None]
         # torchvision's batched_nms over all candidates never crosses classes: one NMS per class,
@@ -234,7 +234,7 @@ class YoloV1Detector(Detector):
         d = self.decl
         n, c = scores.shape
         cls = scores.T                                                   # (C, n)
-        keep = cls > np.float32(d.score_thresh)
+        keep = cls > cls.dtype.type(d.score_thresh)
         box, score, row, ok = per_class_nms(boxes, cls, keep, min(d.topk_candidates, n), d.nms_thresh,
                                             d.detections_per_img)
         return _pad_invalid(B.clip(box, size[0], size[1]), score, row + 1, ok)
@@ -300,7 +300,9 @@ def _as_image(im, i: int) -> np.ndarray:
         return a.astype(np.float32) / np.float32(255)
     if not np.issubdtype(a.dtype, np.floating):
         raise DetectError(f"image {i}: uint8 (0-255) or float (0-1) pixels, not {a.dtype}")
-    a = a.astype(np.float32)
+    # float64 images stay float64 where JAX computes in it (jax.enable_x64): the whole pipeline
+    # then runs in double, as torchvision's model.double() does
+    a = a.astype(np.float64 if a.dtype == np.float64 and jax.config.jax_enable_x64 else np.float32)
     if not np.isfinite(a).all():
         raise DetectError(f"image {i}: has NaN or infinite pixels")
     return a
@@ -334,17 +336,36 @@ def _pipeline(det: Detector):
     return jax.jit(run)
 
 
+def _weights_classes(model, variables) -> int | None:
+    """The class count that variables of the wrong size were made for, when only that differs."""
+    from ..runtime.weights import class_count_from_shapes
+    pairs = []
+    for v in model.variable_specs:
+        try:
+            have = tuple(variables[v.collection][v.node][v.leaf].shape)
+        except (KeyError, TypeError):
+            return None
+        if have != tuple(v.shape):
+            pairs.append((have, v.shape))
+    return class_count_from_shapes(model, pairs)
+
+
 def detect(model, variables, images, **thresholds) -> list[dict]:
     """Detect objects. ``images``: paths, PIL images, or (H, W, 3) arrays (uint8, or floats in
     [0, 1]), one or a list; ``variables``: a variables dict or a file written by ``archc
     import``; ``thresholds`` override the network's ``detect(...)`` settings for this call.
     Returns per image ``{"boxes": (N, 4) float32 xyxy in the image's pixels, "scores": (N,),
-    "labels": (N,) int, "names": [N class names]}``, by descending score."""
+    "labels": (N,) int, "names": [N class names]}``, by descending score. Under
+    ``jax.enable_x64(True)``, float64 images and variables run the pipeline in float64 (boxes and
+    scores float64 too)."""
     from ..runtime.predict import PredictError, check_variables
     if isinstance(variables, (str, Path)):
         from ..runtime.variables_io import load_variables
         if not Path(variables).is_file():
             raise DetectError(f"{variables}: no such weights file")
+        if Path(variables).suffix.lower() in (".pth", ".pt", ".bin", ".h5", ".npz"):
+            raise DetectError(f"{variables}: a checkpoint, not archc variables: convert it first with "
+                              f"`archc import {model.name} {variables} --from torchvision|timm|keras --out weights.safetensors`")
         try:
             variables = load_variables(variables)
         except Exception as e:
@@ -352,8 +373,11 @@ def detect(model, variables, images, **thresholds) -> list[dict]:
     try:
         check_variables(model, variables)
     except PredictError as e:
-        raise DetectError(f"{e}; a detector's class count is a parameter: load the network with the "
-                          "checkpoint's (archc.load(…, classes=N), --param classes=N)") from None
+        k = _weights_classes(model, variables)
+        hint = (f"these weights have {k} classes: load the network with archc.load({model.name!r}, classes={k}) "
+                f"(--param classes={k})" if k else "a detector's class count is a parameter: load the network "
+                "with the checkpoint's (archc.load(…, classes=N), --param classes=N)")
+        raise DetectError(f"{e}; {hint}") from None
     det = detector_for(model, **thresholds)
     ims = _images(images)
     out = jax.device_get(detect_padded(det, variables, ims))
@@ -361,8 +385,9 @@ def detect(model, variables, images, **thresholds) -> list[dict]:
     for i in range(len(ims)):
         n = int(out.count[i])
         labels = np.asarray(out.labels[i, :n], np.int64)
-        results.append({"boxes": np.asarray(out.boxes[i, :n], np.float32),
-                        "scores": np.asarray(out.scores[i, :n], np.float32), "labels": labels,
+        wide = np.float64 if out.boxes.dtype == np.float64 else np.float32
+        results.append({"boxes": np.asarray(out.boxes[i, :n], wide),
+                        "scores": np.asarray(out.scores[i, :n], wide), "labels": labels,
                         "names": [det.names[c] if c < len(det.names) else f"class {c}" for c in labels]})
     return results
 

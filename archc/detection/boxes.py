@@ -1,5 +1,5 @@
 """Box arithmetic in JAX with torchvision's exact rules (``torchvision.ops.boxes``,
-``models/detection/_utils.py``): static shapes, jit-able, float32, boxes as ``(x1, y1, x2, y2)``.
+``models/detection/_utils.py``): static shapes, jit-able, float32 (or float64 throughout), boxes as ``(x1, y1, x2, y2)``.
 
 Everything that torchvision does with a variable number of boxes takes here a fixed-size array
 plus a boolean ``valid`` mask, and returns fixed-size results plus a count."""
@@ -89,11 +89,14 @@ def score_order(scores, valid):
     return jnp.lexsort((-scores, ~valid)).astype(jnp.int32)
 
 
-def iou_threshold(t):
-    """The float32 threshold ``c`` with ``iou > c`` exactly when ``iou > t`` in double, as
-    torchvision's NMS kernel compares (a float IoU against the double argument; float32(0.49)
-    rounds up, so IoU = float32(0.49) suppresses there). A traced ``t`` is float32 already."""
+def iou_threshold(t, dtype=jnp.float32):
+    """The threshold ``c`` in the IoUs' ``dtype`` with ``iou > c`` exactly when ``iou > t`` in
+    double, as torchvision's NMS kernel compares (a float IoU against the double argument;
+    float32(0.49) rounds up, so IoU = float32(0.49) suppresses there; float64 IoUs compare
+    with ``t`` itself). A traced ``t`` is in the IoUs' dtype already."""
     if isinstance(t, (int, float)):
+        if jnp.dtype(dtype) == jnp.float64:
+            return np.float64(t)
         c = np.float32(t)
         return np.nextafter(c, np.float32(-np.inf)) if float(c) > t else c
     return t
@@ -130,7 +133,7 @@ def nms_keep(boxes, scores, valid, iou_thresh):
     boxes, scores, valid = jnp.asarray(boxes), jnp.asarray(scores), jnp.asarray(valid)
     order = score_order(scores, valid)
     b = boxes[order]
-    keep = _greedy(iou(b, b) > iou_threshold(iou_thresh), valid[order])
+    keep = _greedy(iou(b, b) > iou_threshold(iou_thresh, b.dtype), valid[order])
     return jnp.zeros_like(keep).at[order].set(keep)
 
 
@@ -142,7 +145,7 @@ def nms(boxes, scores, valid, iou_thresh, max_out):
     boxes, scores, valid = jnp.asarray(boxes), jnp.asarray(scores), jnp.asarray(valid)
     order = score_order(scores, valid)
     b = boxes[order]
-    keep = _greedy(iou(b, b) > iou_threshold(iou_thresh), valid[order])
+    keep = _greedy(iou(b, b) > iou_threshold(iou_thresh, b.dtype), valid[order])
     return _compact(order, keep, max_out)
 
 
@@ -160,7 +163,7 @@ def batched_nms(boxes, scores, groups, valid, iou_thresh, max_out, vanilla_above
     shifted = b + (g.astype(b.dtype) * (max_coord + 1.0))[:, None]
     overlap = jnp.where(count > vanilla_above, overlap, iou(shifted, shifted))
     same = g[:, None] == g[None, :]
-    keep = _greedy(same & (overlap > iou_threshold(iou_thresh)), v)
+    keep = _greedy(same & (overlap > iou_threshold(iou_thresh, b.dtype)), v)
     return _compact(order, keep, max_out)
 
 

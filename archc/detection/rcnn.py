@@ -84,7 +84,7 @@ class FasterRCNNDetector(Detector):
     def _filter(self, levels, boxes, scores, size):
         r = self.rpn
         boxes = B.clip(boxes, size[0], size[1])
-        valid = B.remove_small(boxes, jnp.ones(scores.shape, bool), r.min_size) & (scores >= np.float32(r.score_thresh))
+        valid = B.remove_small(boxes, jnp.ones(scores.shape, bool), r.min_size) & (scores >= scores.dtype.type(r.score_thresh))
         idx, count = B.batched_nms(boxes, scores, levels, valid, r.nms_thresh, self.R)
         ok = jnp.arange(self.R) < count
         return jnp.where(ok[:, None], boxes[idx], 0.0), ok
@@ -104,7 +104,7 @@ class FasterRCNNDetector(Detector):
         boxes = B.decode(codes, proposals, d.box_weights, d.box_clamp).reshape(-1, c, 4)[:, 1:]   # (R, C-1, 4)
         boxes = B.clip(boxes, size[0], size[1])
         scores = jax.nn.softmax(logits, -1)[:, 1:]
-        keep = valid[:, None] & (scores > np.float32(d.score_thresh))
+        keep = valid[:, None] & (scores > scores.dtype.type(d.score_thresh))
         keep = B.remove_small(boxes, keep, d.min_size)
         labels = jnp.broadcast_to(jnp.arange(1, c, dtype=jnp.int32)[None], keep.shape)
         # torchvision's batched_nms never crosses classes: one NMS per class, on the boxes it

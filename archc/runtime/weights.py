@@ -572,6 +572,36 @@ def match_weights(model, checkpoint, *, source: str | None = None, rules=None,
     return report, assignments, rules
 
 
+def class_count_from_shapes(model, pairs) -> int | None:
+    """The ``classes`` value that would make every (have, want) shape pair agree, when the
+    model's family has a ``classes`` parameter and each pair differs in one axis whose size is
+    proportional to it (a classifier's fc, SSD's A·classes heads, Faster R-CNN's classes and
+    4·classes predictors) and they all point at one count; else None. ``have``: the
+    checkpoint's (converted) shape, ``want``: the model's."""
+    c = model.graph.params.get("classes")
+    if isinstance(c, bool) or not isinstance(c, int) or c < 1 or not pairs:
+        return None
+    found = set()
+    for have, want in pairs:
+        have, want = tuple(have), tuple(want)
+        diff = [i for i, (a, b) in enumerate(zip(have, want)) if a != b]
+        if len(have) != len(want) or len(diff) != 1 or want[diff[0]] % c:
+            return None
+        per_class = want[diff[0]] // c
+        if have[diff[0]] % per_class:
+            return None
+        found.add(have[diff[0]] // per_class)
+    return found.pop() if len(found) == 1 and found != {c} and min(found) >= 1 else None
+
+
+def classes_in_checkpoint(model, report: "Report") -> int | None:
+    """The class count a failed import's shape mismatches point at (``class_count_from_shapes``);
+    None when anything else is wrong too (missing or unexpected tensors, rule errors)."""
+    if report.ok or report.missing or report.unexpected or report.errors:
+        return None
+    return class_count_from_shapes(model, [(conv, want) for _, _, conv, _, want in report.mismatched])
+
+
 def import_weights(model, checkpoint, *, source: str | None = None, rules=None,
                    skip: Sequence[str] = (), allow_missing: Sequence[str] = (), seed: int = 0,
                    use_torch: bool | None = None):
@@ -589,7 +619,10 @@ def import_weights(model, checkpoint, *, source: str | None = None, rules=None,
     report, assignments, _ = match_weights(model, checkpoint, source=source, rules=rules, skip=skip,
                                            allow_missing=allow_missing, use_torch=use_torch)
     if not report.ok:
-        raise WeightsError(report.render(), report)
+        k = classes_in_checkpoint(model, report)
+        hint = (f"\nthe checkpoint has {k} classes: load the network with archc.load({model.name!r}, "
+                f"classes={k})" if k else "")
+        raise WeightsError(report.render() + hint, report)
     return _assemble(model, assignments, report, seed), report
 
 
@@ -617,6 +650,6 @@ def weights_metadata(model, report: Report, rules: Rules | None = None) -> dict:
     return meta
 
 
-__all__ = ["import_weights", "match_weights", "load_rules", "parse_rules", "builtin_rules", "builtin_sources",
+__all__ = ["import_weights", "match_weights", "class_count_from_shapes", "classes_in_checkpoint", "load_rules", "parse_rules", "builtin_rules", "builtin_sources",
            "sources_by_model",
            "Rules", "Report", "WeightsError", "CheckpointError", "Checkpoint"]
