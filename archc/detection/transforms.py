@@ -11,7 +11,6 @@ import math
 from typing import Sequence
 
 import jax.numpy as jnp
-import numpy as np
 
 from ..compiler.flax_ops import linear_taps, resize_to
 from .declare import DetectInput
