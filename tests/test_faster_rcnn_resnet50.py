@@ -102,6 +102,7 @@ def test_fpn_and_rpn_head_match(stages):
         np.testing.assert_allclose(np.asarray(out[name]), _nhwc(s["deltas"][k]), rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow     # ~25 s on 2 shared cores; the op itself at odd sizes: tests/test_upsample_size.py
 def test_fpn_on_unpadded_inputs(pair):
     """Inputs not padded to 32 (a user running the network on a raw 250x250 or 203x317 tensor):
     layer1 is 63 and layer2 32 on a side, so the top-down path resizes 32 -> 63, where only

@@ -186,7 +186,7 @@ def test_postprocess_detections_on_torchvision_head_outputs(stages):
 def test_detect_on_a_photo():
     """archc.detect with the paper's settings (600 / 1000, 6000 → 300 proposals) on
     scikit-image's astronaut, random weights: padded outputs with a count, boxes inside the
-    photo, VOC names."""
+    photo, VOC names. (~35 s on 2 shared cores, mostly compiling; at 320 it costs as much.)"""
     data = pytest.importorskip("skimage.data")
     photo = data.astronaut()                                    # 512x512x3 uint8
     model = archc.load(NAME, score_thresh=0.0)
