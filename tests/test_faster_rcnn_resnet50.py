@@ -166,3 +166,31 @@ def test_postprocess_detections_on_torchvision_head_outputs(stages):
         assert n == len(boxes[i]) == det.decl.detections_per_img
         ours = {k: np.asarray(getattr(got, k)[i, :n]) for k in ("boxes", "scores", "labels")}
         assert_same_detections(ours, {"boxes": boxes[i], "scores": scores[i], "labels": labels[i]})
+
+
+@pytest.mark.slow     # another compile of the backbone (~20 s)
+def test_coco_layout_with_eps_zero(tmp_path):
+    """The COCO checkpoint's model: FrozenBatchNorm2d with eps 0 (torchvision's overwrite_eps
+    when it loads those weights). Small running variances make eps 1e-5 visible; with
+    bn_eps=0 the FPN outputs agree."""
+    from torchvision.models.detection._utils import overwrite_eps
+    torch.manual_seed(0)
+    tm = _frozen_bn_twin(5).eval()
+    overwrite_eps(tm, 0.0)
+    g = torch.Generator().manual_seed(3)
+    for mod in tm.modules():
+        if type(mod).__name__ == "FrozenBatchNorm2d":
+            mod.running_mean.normal_(0, 0.1, generator=g)
+            mod.running_var.uniform_(1e-4, 1e-2, generator=g)     # eps 1e-5 would move these by 0.05–5 %
+            mod.weight.uniform_(0.02, 0.1, generator=g)           # keeps 53 such layers from blowing up
+    path = tmp_path / "coco_layout.pth"
+    torch.save(tm.state_dict(), path)
+    model = archc.load(NAME, classes=5, res=256, bn_eps=0.0)
+    variables, _ = archc.import_weights(model, path, source="torchvision")
+    x = np.random.default_rng(4).standard_normal((1, 256, 256, 3)).astype(np.float32)
+    with torch.no_grad():
+        feats = tm.backbone(torch.from_numpy(x).permute(0, 3, 1, 2))
+    out, _ = run_graph(model.program, variables, {"input": x}, outputs=("p0", "pool"))
+    for mine, theirs in (("p0", "0"), ("pool", "pool")):
+        want = _nhwc(feats[theirs])
+        np.testing.assert_allclose(np.asarray(out[mine]), want, rtol=0, atol=1e-4 * max(1, np.abs(want).max()))
