@@ -688,6 +688,8 @@ class Elaborator:
         self._sized(args.values(), v.span)
         extra = []
         for k in surface.tensors:           # tensor arguments (roi_align(@p3, …)): more inputs
+            if args[k] is None and surface.signature[k] is None:
+                continue                    # an optional one left out (upsample's size)
             refs = args[k] if isinstance(args[k], list) else [args[k]]
             if not refs or not all(isinstance(r, RefLayer) for r in refs):
                 fail(f"'{v.label}' takes tensors as '{k}': @name or a list of them", v.span,

@@ -125,6 +125,58 @@ def upsample_bilinear(x, factor):
     return jax.image.resize(x, (n, h * factor[0], w * factor[1], c), method="bilinear", antialias=False)
 
 
+def nearest_index(n_in: int, n_out: int):
+    """Source rows of PyTorch's legacy nearest resize to a size (F.interpolate(size=…,
+    mode="nearest")): the same size copies, twice the size halves the index, otherwise
+    min(floor(dst · scale), in − 1) with scale = in / out, both in float32, as its kernel."""
+    dst = np.arange(n_out)
+    if n_out == n_in:
+        return dst
+    if n_out == 2 * n_in:
+        return dst >> 1
+    scale = np.float32(n_in) / np.float32(n_out)
+    return np.minimum(np.floor(dst.astype(np.float32) * scale).astype(np.int64), n_in - 1)
+
+
+def linear_taps(n_in: int, n_out: int, dtype=np.float32):
+    """Source indices and weights of torch's bilinear resize (align_corners=False, no
+    antialias) along one axis, as its kernel computes them in the image's dtype: scale = in /
+    out, the source index ``scale · (dst + 0.5) - 0.5`` (float32: rounded once, as torch's
+    compiled kernel fuses the multiply-add: probed bit-exact against F.interpolate), clamped
+    at 0."""
+    dt = np.dtype(np.float64 if np.dtype(dtype) == np.float64 else np.float32)
+    scale = np.float64(dt.type(n_in) / dt.type(n_out))
+    src = np.maximum((scale * (np.arange(n_out) + 0.5) - 0.5).astype(dt), dt.type(0))
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    lam = np.clip(src - i0.astype(dt), 0, 1).astype(dt)
+    i1 = np.where(i0 < n_in - 1, i0 + 1, i0)
+    return i0, i1, (dt.type(1) - lam), lam
+
+
+def resize_to(x, size, method, axes=(1, 2)):
+    """``x`` resized on ``axes`` (height, width) to ``size`` as F.interpolate(size=…,
+    align_corners=False) does: "nearest" (legacy, floor) or "bilinear" (along the width, then
+    the height, as torch's separable CPU kernel). The indices are computed from the static
+    shapes, so the result is a gather (nearest) or two weighted gathers (bilinear)."""
+    for axis, n_out in reversed(tuple(zip(axes, size))):
+        n_in = x.shape[axis]
+        if n_in == n_out:
+            continue            # src == dst: torch's kernels copy
+        if method == "nearest":
+            x = jnp.take(x, nearest_index(n_in, n_out), axis=axis)
+            continue
+        i0, i1, w0, w1 = linear_taps(n_in, n_out, x.dtype)
+        shape = [1] * x.ndim
+        shape[axis] = n_out
+        x = jnp.take(x, i0, axis=axis) * w0.reshape(shape) + jnp.take(x, i1, axis=axis) * w1.reshape(shape)
+    return x
+
+
+def upsample_to(x, like, method):
+    """NHWC ``x`` resized to ``like``'s height and width (upsample(size=@like))."""
+    return resize_to(x, like.shape[1:3], method)
+
+
 def relu6(x):
     return jnp.minimum(jnp.maximum(x, 0.0), 6.0)
 

@@ -224,6 +224,8 @@ def _crop(node: Node, xs, e):
 
 @flax_rule("upsample")
 def _upsample(node: Node, xs, e):
+    if node.attrs.factor is None:
+        return f"{e.use('upsample_to')}({xs[0]}, {xs[1]}, {node.attrs.method!r})"
     return f"{e.use('upsample_' + node.attrs.method)}({xs[0]}, {_tuple(node.attrs.factor)})"
 
 

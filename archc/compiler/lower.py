@@ -548,6 +548,8 @@ def _crop(node: Node, xs, v, run):
 @lowering("upsample")
 def _upsample(node: Node, xs, v, run):
     x = xs[0]
+    if node.attrs.factor is None:                 # upsample(size=@t): t's size in this run
+        return flax_ops.upsample_to(x, xs[1], node.attrs.method)
     fh, fw = node.attrs.factor
     n, h, w, c = x.shape
     if node.attrs.method == "nearest":

@@ -460,6 +460,13 @@ def _crop(node: Node, xs, v, e: Emitter):
 
 @onnx_rule("upsample")
 def _upsample(node: Node, xs, v, e: Emitter):
+    if node.attrs.factor is None:              # upsample(size=@t): N, C of x and H, W of t, at run time
+        sizes = e.op("Concat", [e.op("Slice", [e.op("Shape", [xs[0]]), e.ints([0]), e.ints([2])]),
+                                e.op("Slice", [e.op("Shape", [xs[1]]), e.ints([2]), e.ints([4])])], axis=0)
+        if node.attrs.method == "nearest":     # output i reads input floor(i · in / out)
+            return e.op("Resize", [xs[0], "", "", sizes], mode="nearest",
+                        coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+        return e.op("Resize", [xs[0], "", "", sizes], mode="linear", coordinate_transformation_mode="half_pixel")
     fh, fw = node.attrs.factor
     scales = e.const([1.0, 1.0, fh, fw])
     if node.attrs.method == "nearest":         # output i reads input floor(i / f)

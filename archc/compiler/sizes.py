@@ -179,6 +179,13 @@ class CropTo:
 
 
 @dataclass(frozen=True)
+class ResizeTo:
+    """upsample(size=@t): the extent of input 1 (t); exact when it is a whole multiple of the
+    input's (each source row repeated equally often)."""
+    keep = False
+
+
+@dataclass(frozen=True)
 class StrideTo:
     """A projection conv whose stride was inferred from the body's output (input 1)."""
     target: str
@@ -235,7 +242,7 @@ def _(node, axis, graph):
 
 @size_rule("upsample")
 def _(node, axis, graph):
-    return Affine(node.attrs.factor[axis], 0)
+    return Affine(node.attrs.factor[axis], 0) if node.attrs.factor is not None else ResizeTo()
 
 
 @size_rule("adaptive_pool")
@@ -391,6 +398,9 @@ def apply_step(step: Step, ins):
     if isinstance(rule, Reshape):
         values = -e if e < 0 else e * rule.per
         return (rule.out, True) if e == VEC or values == rule.values else (None, False)
+    if isinstance(rule, ResizeTo):
+        t = ins[1]
+        return (t, t % e == 0) if e >= 1 and t >= 1 else (None, False)
     if isinstance(rule, CropTo):
         t = min(ins[1:])
         return (t, (e - t) % 2 == 0) if 1 <= t <= e else (None, False)
@@ -571,6 +581,17 @@ def _breakpoints(step: Step, fs, jmax):
             pts.update(range(0, jt + 1))
         else:
             raise CannotDerive(f"{step.name}: its inferred stride follows no fixed ratio of sizes")
+    if isinstance(rule, ResizeTo):
+        (c0, d0), (c1, d1) = fs
+        if jmax is not None and jmax <= 64:
+            pts.update(range(0, jmax + 1))          # a short piece: each point on its own
+        elif d0 > 0 and d1 % d0 == 0:
+            # t - m·e = k is constant: t % e == k % e, zero at every j (k = 0) or only while e <= |k|
+            k = abs(c1 - d1 // d0 * c0)
+            pts.update(range(0, max(0, -((c0 - k - 1) // d0)) + 1))
+        elif d0 or (c0 > 0 and d1 % c0):
+            # (a constant input whose multiple the target steps over is periodic, not handled)
+            raise CannotDerive(f"{step.name} resizes to a size that is no fixed multiple of its input's")
     if jmax is not None:
         pts = {p for p in pts if p <= jmax}
     return sorted(pts)
@@ -665,7 +686,7 @@ def derive(p: Plan) -> Derived:
     inexact: set = set()
     for step in p.steps:
         ins = [pieces[i] for i in step.inputs]
-        if len(ins) == 1 and not isinstance(step.rule, (Merge, CropTo, StrideTo)):
+        if len(ins) == 1 and not isinstance(step.rule, (Merge, CropTo, StrideTo, ResizeTo)):
             pieces[step.name] = _single(step, ins[0], inexact)
         else:
             pieces[step.name] = _joint(step, ins, inexact)

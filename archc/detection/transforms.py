@@ -11,8 +11,8 @@ import math
 from typing import Sequence
 
 import jax.numpy as jnp
-import numpy as np
 
+from ..compiler.flax_ops import linear_taps, resize_to
 from .declare import DetectInput
 
 
@@ -31,32 +31,15 @@ def resized_size(h: int, w: int, spec: TransformSpec) -> tuple[int, int]:
     return int(math.floor(h * s)), int(math.floor(w * s))
 
 
-def _linear_taps(n_in: int, n_out: int, dtype=np.float32):
-    """Source indices and weights of torch's bilinear resize (align_corners=False, no
-    antialias) along one axis, as its kernel computes them in the image's dtype: scale = in /
-    out, the source index ``scale · (dst + 0.5) - 0.5`` (float32: rounded once, as torch's
-    compiled kernel fuses the multiply-add: probed bit-exact against F.interpolate), clamped
-    at 0."""
-    dt = np.dtype(np.float64 if np.dtype(dtype) == np.float64 else np.float32)
-    scale = np.float64(dt.type(n_in) / dt.type(n_out))
-    src = np.maximum((scale * (np.arange(n_out) + 0.5) - 0.5).astype(dt), dt.type(0))
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    lam = np.clip(src - i0.astype(dt), 0, 1).astype(dt)
-    i1 = np.where(i0 < n_in - 1, i0 + 1, i0)
-    return i0, i1, (dt.type(1) - lam), lam
+# torch's bilinear taps along one axis and the separable resize: one definition, shared with
+# the language's upsample(size=@t) (compiler/flax_ops.py)
+_linear_taps = linear_taps
 
 
 def resize_bilinear(image, size: tuple[int, int]):
     """F.interpolate(mode="bilinear", align_corners=False) of an (H, W, C) image: along the
     width, then the height, as torch's separable CPU kernel does."""
-    h, w = image.shape[:2]
-    oh, ow = size
-    if (oh, ow) == (h, w):
-        return image     # src == dst: torch's kernel copies
-    x0, x1, wx0, wx1 = _linear_taps(w, ow, image.dtype)
-    y0, y1, wy0, wy1 = _linear_taps(h, oh, image.dtype)
-    rows = image[:, x0] * wx0[None, :, None] + image[:, x1] * wx1[None, :, None]
-    return rows[y0] * wy0[:, None, None] + rows[y1] * wy1[:, None, None]
+    return resize_to(image, size, "bilinear", axes=(0, 1))
 
 
 def normalize(image, mean, std):

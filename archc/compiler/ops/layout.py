@@ -158,25 +158,37 @@ register(OpDef(
 
 @attrs_class
 class UpsampleAttrs(Attrs):
-    factor: tuple
+    factor: tuple | None      # (fh, fw); None: to the size of the second input (upsample(size=@t))
     method: str               # 'nearest' | 'bilinear' (PyTorch's, align_corners=False)
 
 
 def _upsample_shape(a, ins):
     h, w, c = spatial("upsample", ins[0])
+    if a.factor is None:
+        th, tw, _ = spatial("upsample(size=…)'s target", ins[1])
+        return (th, tw, c)
     return (h * a.factor[0], w * a.factor[1], c)
 
 
 def _bind_upsample(a, ctx):
     if a["mode"] not in ("nearest", "bilinear"):
         ctx.fail(f"upsample mode must be \"nearest\" or \"bilinear\", not {a['mode']!r}")
-    return UpsampleAttrs(ctx.pair(a["f"], "factor"), a["mode"])
+    if a["size"] is not None:
+        # F.interpolate(x, size=other.shape[-2:]): the target's size at run time, not the declared one
+        if a["f"] is not None:
+            ctx.fail("upsample takes a factor f or a size=@tensor, not both")
+        if len(a["size"]) != 1 or len(a["size"][0]) != 3:
+            ctx.fail("upsample(size=…) takes one feature map HxWxC (@name), whose height and width it resizes to")
+        return UpsampleAttrs(None, a["mode"])
+    return UpsampleAttrs(ctx.pair(2 if a["f"] is None else a["f"], "factor"), a["mode"])
 
 
 register(OpDef(
-    "upsample", UpsampleAttrs, _upsample_shape,
-    surfaces=(Surface("upsample", {"f": 2, "mode": "nearest"}, _bind_upsample, params_doc="`mode`: or `\"bilinear\"`",
-                      doc="H·f × W·f"),)))
+    "upsample", UpsampleAttrs, _upsample_shape, arity=(1, 2),
+    surfaces=(Surface("upsample", {"f": None, "mode": "nearest", "size": None}, _bind_upsample, tensors=("size",),
+                      params_doc="`f`: factor (2); `size=@t`: to `t`'s height and width (F.interpolate(size=…): "
+                                 "PyTorch's nearest index floor(dst · in / out)); `mode`: or `\"bilinear\"`",
+                      doc="H·f × W·f, or t's H × W"),)))
 
 
 # ---- merges: their positional arguments are branches, applied to the input ------------------

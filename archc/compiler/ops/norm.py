@@ -20,8 +20,9 @@ class BatchNormAttrs(Attrs):
 def _bind_bn(a, ctx):
     eps = ctx.number(a["eps"], "eps")
     mom = ctx.number(a["momentum"], "momentum")
-    if eps <= 0 or not 0 <= mom < 1:
-        ctx.fail("bn needs eps > 0 and 0 <= momentum < 1 (the running-average decay: PyTorch momentum 0.1 is 0.9 here)")
+    # eps 0 is allowed: torchvision's COCO Faster R-CNN ResNet-50 FPN ran its FrozenBatchNorm2d so
+    if eps < 0 or not 0 <= mom < 1:
+        ctx.fail("bn needs eps >= 0 and 0 <= momentum < 1 (the running-average decay: PyTorch momentum 0.1 is 0.9 here)")
     return BatchNormAttrs(float(eps), float(mom), bool(a["scale"]), bool(a["center"]))
 
 
