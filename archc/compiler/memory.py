@@ -20,6 +20,8 @@ from math import prod
 from . import ops
 from .ir import Graph
 from .ir import readers as graph_readers
+from .ops.conv import cpu_conv_path
+from .ops.pool import cpu_pool_separable
 
 LIBRARY_CALLS = {"conv", "conv_transpose", "dense"}
 ELEMENTWISE = {"act", "bn", "scale", "dropout", "drop_path", "layer_scale", "rescale", "identity", "add", "mul",
@@ -89,21 +91,172 @@ def inference_peak(graph: Graph, itemsize: int = 4) -> int:
     return peak
 
 
+# What each op's backward pass reads, as XLA:CPU runs our lowering (compiler/lower.py), found
+# in the buffer assignment of compiled training steps (XLA_FLAGS=--xla_dump_to): rule(node,
+# in_shapes) -> [(tensor, elements)], a tensor named (producer, what) so that two readers of one
+# value count it once. An op not listed keeps nothing (add, concat, flatten, avg pools, ...).
+def _value(name, shape):
+    return ((name, "value"), prod(shape))
+
+
+def _conv_saved(node, ins):
+    path = cpu_conv_path(node.attrs, (1,) + tuple(ins[0])) if node.op == "conv" else None
+    x = node.inputs[0]
+    if path == "depthwise":        # every one of the k*k shifted slices, each the output's size
+        return [((node.name, "taps"), prod(node.attrs.kernel) * prod(node.shape))]
+    if path == "pointwise":        # the input transposed (C, N*H*W), strided first (_pointwise)
+        return [((x, "transposed"), prod(node.shape[:-1]) * ins[0][-1])]
+    if path == "pad_crop":         # the input with its added row and column
+        (h, w, c), (kh, kw) = ins[0], node.attrs.kernel
+        return [((x, "padded"), (h + (kh > 1)) * (w + (kw > 1)) * c)]
+    # lax's convolution: the weight gradient reads the input transposed (C, H, W, N), which
+    # XLA writes in the forward pass
+    return [((x, "transposed"), prod(ins[0]))]
+
+
+def _pool_saved(node, ins):
+    if node.attrs.kind == "avg":
+        return []                  # a sum: its gradient reads nothing
+    if not cpu_pool_separable(node.attrs):
+        # reduce_window's gradient: the padded input, the argmax (four int32 indices an
+        # output cell) and the output
+        (h, w, c), ((pt, pb), (pl, pr)), ((et, eb), (el, er)) = ins[0], node.attrs.padding, node.attrs.extra
+        return [((node.name, "padded"), (h + pt + pb + et + eb) * (w + pl + pr + el + er) * c),
+                ((node.name, "argmax"), 4 * prod(node.shape)), ((node.name, "out"), prod(node.shape))]
+    # max over k row slices, then over k column slices: each max keeps its two operands
+    (h, w, c), (kh, kw), (ho, wo, _) = ins[0], node.attrs.kernel, node.shape
+    return [((node.name, "rows"), kh * ho * w * c), ((node.name, "cols"), kw * ho * wo * c)]
+
+
+def _norm_saved(node, ins):        # the input, and the centred input x - mean
+    return [_value(node.inputs[0], ins[0]), ((node.name, "centred"), prod(ins[0]))]
+
+
+_OUTPUT_GRADIENT = {"sigmoid", "tanh", "softmax"}     # d/dx from the output; the rest read the input
+
+
+def _act_saved(node, ins):
+    if node.attrs.fn in _OUTPUT_GRADIENT:
+        return [_value(node.name, node.shape)]
+    return [_value(node.inputs[0], ins[0])]
+
+
+SAVED = {
+    "conv": _conv_saved, "conv_transpose": _conv_saved,
+    "dense": lambda node, ins: [_value(node.inputs[0], ins[0])],
+    "pool": _pool_saved,
+    "global_pool": lambda node, ins: [] if node.attrs.kind == "avg" else [_value(node.inputs[0], ins[0])],
+    "adaptive_pool": lambda node, ins: [] if node.attrs.kind == "avg" else [_value(node.inputs[0], ins[0])],
+    "bn": _norm_saved, "layernorm": _norm_saved, "groupnorm": _norm_saved,
+    "act": _act_saved,
+    "mul": lambda node, ins: [_value(n, s) for n, s in zip(node.inputs, ins)],
+    "layer_scale": lambda node, ins: [_value(node.inputs[0], ins[0])],
+    "lrn": lambda node, ins: [_value(node.inputs[0], ins[0]), _value(node.name, node.shape)],
+    "l2norm": lambda node, ins: [_value(node.inputs[0], ins[0]), _value(node.name, node.shape)],
+    "normalize": lambda node, ins: [_value(node.inputs[0], ins[0])],
+    # the Bernoulli mask, one byte an element (counted in float32 elements below)
+    "dropout": lambda node, ins: [((node.name, "mask"), -(-prod(node.shape) // 4))],
+}
+
+
+RECOMPUTED = {"act", "add", "scale", "identity", "rescale", "layer_scale"}
+
+
+def _recomputed(graph: Graph, tensors: list) -> list:
+    """XLA fuses an elementwise op into its readers in the backward pass too: rather than keep
+    its output it keeps what it is computed from (an activation's input, BN's centred input)."""
+    out, todo = [], list(tensors)
+    while todo:
+        (name, what), elems = todo.pop()
+        node = graph.nodes[name]
+        if what == "value" and node.op in RECOMPUTED and not (node.op == "act" and node.attrs.fn in _OUTPUT_GRADIENT):
+            todo.extend(_value(i, graph.nodes[i].shape) for i in node.inputs)
+        elif what == "value" and node.op == "bn":
+            todo.append(((name, "centred"), prod(node.shape)))
+        else:
+            out.append(((name, what), elems))
+    return out
+
+
+def _trained(graph: Graph) -> list:
+    """The nodes a training step on the primary output runs (auxiliary heads are cut away)."""
+    need, todo = set(), [graph.outputs[0]]
+    while todo:
+        n = todo.pop()
+        if n not in need:
+            need.add(n)
+            todo.extend(graph.nodes[n].inputs)
+    return [n for n in graph.nodes if n in need]
+
+
+def training_schedule(graph: Graph, itemsize: int = 4) -> dict:
+    """Walk a training step as XLA schedules it: the forward pass writes what each node's
+    backward reads (SAVED) and the buffers of the inference model; the backward pass, in reverse,
+    holds one gradient buffer per materialised tensor from its first reader's backward to its
+    producer's, frees what a node saved once that node's backward ran, and keeps every
+    parameter gradient until the update at the end. Returns bytes per image at the peak
+    (activations and activation gradients) and the parameter gradient bytes live at the peak."""
+    names = _trained(graph)
+    index = {n: i for i, n in enumerate(names)}
+    nodes = graph.nodes
+    saved: dict = {}                    # tensor -> (elements, index of its earliest reader)
+    for n in names:
+        node = nodes[n]
+        rule = SAVED.get(node.op)
+        if rule is None:
+            continue
+        for key, elems in _recomputed(graph, rule(node, [nodes[i].shape for i in node.inputs])):
+            if key[1] == "value" and nodes[key[0]].op == "input":
+                continue               # the batch is an argument, not a temporary
+            e, first = saved.get(key, (elems, index[n]))
+            saved[key] = (e, min(first, index[n]))
+    born = {}                           # a saved tensor is written by its producer (or reader)
+    for key, (e, first) in saved.items():
+        born[key] = index.get(key[0], first)
+    readers = {n: [r for r in graph_readers(graph)[n] if r in index] for n in names}
+    mat = materialised(graph, train=True)
+    grads = {n: sum(prod(v.shape) for v in ops.node_variables(nodes[n], [nodes[i].shape for i in nodes[n].inputs])
+                    if v.collection == "params") for n in names}
+    # forward: saved tensors accumulate; other materialised outputs live to their last reader
+    peak = live_saved = 0
+    per_step_saved = [0] * len(names)
+    for key, (e, first) in saved.items():
+        per_step_saved[born[key]] += e
+    transient_end = {}
+    for n in names:
+        if n in mat and readers[n]:
+            transient_end[n] = max(index[r] for r in readers[n])
+    for i, n in enumerate(names):
+        live_saved += per_step_saved[i]
+        transient = sum(prod(nodes[m].shape) for m, end in transient_end.items()
+                        if index[m] <= i <= end and (m, "value") not in saved)
+        peak = max(peak, live_saved + transient)
+    fwd_peak = peak
+    # backward
+    freed = [0] * len(names)
+    for key, (e, first) in saved.items():
+        freed[first] += e
+    grad_born = {n: max((index[r] for r in readers[n]), default=index[n]) for n in names if n in mat}
+    points = [(fwd_peak, 0)]            # (activation elements per image, parameter gradient elements)
+    param_grads = 0
+    for i in range(len(names) - 1, -1, -1):
+        n = names[i]
+        param_grads += grads[n]
+        g_live = sum(prod(nodes[m].shape) for m, b in grad_born.items() if index[m] <= i <= b)
+        points.append((live_saved + g_live, param_grads))
+        live_saved -= freed[i]
+    return [(a * itemsize, p * itemsize) for a, p in points]
+
+
+def training_peak(graph: Graph, batch: int, itemsize: int = 4) -> tuple:
+    """(activation bytes per image, parameter gradient bytes) at the step's peak for `batch`."""
+    return max(training_schedule(graph, itemsize), key=lambda ap: batch * ap[0] + ap[1])
+
+
 def training_kept(graph: Graph, itemsize: int = 4) -> int:
-    """Bytes per image the backward pass keeps: what each node's gradient reads."""
-    keep: set = set()
-    for node in graph:
-        if node.op in LIBRARY_CALLS:
-            keep.update(node.inputs)
-        elif node.op in ("pool", "adaptive_pool", "upsample", "act", "bn", "layernorm", "groupnorm", "lrn", "l2norm",
-                         "normalize", "mul"):
-            # XLA keeps both sides here (measured: keeping only what the math needs, relu's
-            # output or bn's input, undercounts ResNet-18's training temporaries by a third)
-            keep.update(node.inputs)
-            keep.add(node.name)
-        elif node.op in ("dropout", "drop_path"):
-            keep.add(node.name)          # its mask, as large as its output
-    return sum(_bytes(graph.nodes[n].shape, itemsize) for n in keep if graph.nodes[n].op != "input")
+    """Bytes per image the backward pass keeps at its peak (tensors saved for the backward and
+    the gradient buffers live then)."""
+    return training_peak(graph, 1, itemsize)[0]
 
 
 def estimate(graph: Graph, batch: int = 1, optimizer: str = "momentum", itemsize: int = 4) -> dict:
