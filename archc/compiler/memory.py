@@ -7,10 +7,12 @@ dense, pools, concat, normalisations with statistics) write a buffer; elementwis
 inference, activations, add, mul, scale, dropout) fuse into their consumer unless a consumer
 is a library call (a convolution reads its input from memory), or the tensor is read twice.
 A buffer lives from the node that writes it to the last node that reads it (through fused
-ones). Training keeps, for the backward pass, every tensor a node's gradient reads: its
-input for convs and dense layers, the input and output of pools, normalisations and
-activations; plus one gradient buffer per parameter. tests/test_memory.py checks the totals
-against ``compiled.memory_analysis()`` of XLA itself.
+ones). Training walks the step as XLA schedules it (training_schedule): each op's backward
+reads the tensors its SAVED rule names, as XLA:CPU runs our lowering (a lax conv's input
+transposed, a depthwise conv's k*k shifted slices, BN's input and centred input, ...); the
+backward pass frees them node by node while activation gradients come and go; the peak of
+that walk, plus one parameter-sized set of buffers, is the step's temporary memory.
+tests/test_memory.py checks the totals against ``compiled.memory_analysis()`` of XLA itself.
 """
 from __future__ import annotations
 
@@ -123,9 +125,12 @@ def _pool_saved(node, ins):
         (h, w, c), ((pt, pb), (pl, pr)), ((et, eb), (el, er)) = ins[0], node.attrs.padding, node.attrs.extra
         return [((node.name, "padded"), (h + pt + pb + et + eb) * (w + pl + pr + el + er) * c),
                 ((node.name, "argmax"), 4 * prod(node.shape)), ((node.name, "out"), prod(node.shape))]
-    # max over k row slices, then over k column slices: each max keeps its two operands
-    (h, w, c), (kh, kw), (ho, wo, _) = ins[0], node.attrs.kernel, node.shape
-    return [((node.name, "rows"), kh * ho * w * c), ((node.name, "cols"), kw * ho * wo * c)]
+    # max over shifted slices, rows then columns: XLA keeps the output and recomputes the
+    # comparisons from the input (kept for its producer's own backward); overlapping windows
+    # (kernel > stride) read each input row more than once, and there XLA keeps the k row slices
+    (h, w, c), (kh, kw), (sh, sw), (ho, wo, _) = ins[0], node.attrs.kernel, node.attrs.strides, node.shape
+    rows = [((node.name, "rows"), kh * ho * w * c)] if kh > sh else []
+    return rows + [((node.name, "out"), prod(node.shape))]
 
 
 def _norm_saved(node, ins):        # the input, and the centred input x - mean
@@ -189,13 +194,15 @@ def _trained(graph: Graph) -> list:
     return [n for n in graph.nodes if n in need]
 
 
-def training_schedule(graph: Graph, itemsize: int = 4) -> dict:
+def training_schedule(graph: Graph, itemsize: int = 4) -> list:
     """Walk a training step as XLA schedules it: the forward pass writes what each node's
     backward reads (SAVED) and the buffers of the inference model; the backward pass, in reverse,
     holds one gradient buffer per materialised tensor from its first reader's backward to its
-    producer's, frees what a node saved once that node's backward ran, and keeps every
-    parameter gradient until the update at the end. Returns bytes per image at the peak
-    (activations and activation gradients) and the parameter gradient bytes live at the peak."""
+    producer's, and frees what a node saved once that node's backward ran. Returns the bytes
+    per image live (saved tensors and activation gradients) at the forward pass's peak, then
+    after each node's backward. Parameter gradients are not in it: XLA holds about one
+    parameter-sized set of buffers through the step (the gradients, or layout copies of the
+    kernels), which estimate() adds once."""
     names = _trained(graph)
     index = {n: i for i, n in enumerate(names)}
     nodes = graph.nodes
@@ -215,8 +222,6 @@ def training_schedule(graph: Graph, itemsize: int = 4) -> dict:
         born[key] = index.get(key[0], first)
     readers = {n: [r for r in graph_readers(graph)[n] if r in index] for n in names}
     mat = materialised(graph, train=True)
-    grads = {n: sum(prod(v.shape) for v in ops.node_variables(nodes[n], [nodes[i].shape for i in nodes[n].inputs])
-                    if v.collection == "params") for n in names}
     # forward: saved tensors accumulate; other materialised outputs live to their last reader
     peak = live_saved = 0
     per_step_saved = [0] * len(names)
@@ -237,26 +242,18 @@ def training_schedule(graph: Graph, itemsize: int = 4) -> dict:
     for key, (e, first) in saved.items():
         freed[first] += e
     grad_born = {n: max((index[r] for r in readers[n]), default=index[n]) for n in names if n in mat}
-    points = [(fwd_peak, 0)]            # (activation elements per image, parameter gradient elements)
-    param_grads = 0
+    points = [fwd_peak]
     for i in range(len(names) - 1, -1, -1):
-        n = names[i]
-        param_grads += grads[n]
         g_live = sum(prod(nodes[m].shape) for m, b in grad_born.items() if index[m] <= i <= b)
-        points.append((live_saved + g_live, param_grads))
+        points.append(live_saved + g_live)
         live_saved -= freed[i]
-    return [(a * itemsize, p * itemsize) for a, p in points]
-
-
-def training_peak(graph: Graph, batch: int, itemsize: int = 4) -> tuple:
-    """(activation bytes per image, parameter gradient bytes) at the step's peak for `batch`."""
-    return max(training_schedule(graph, itemsize), key=lambda ap: batch * ap[0] + ap[1])
+    return [p * itemsize for p in points]
 
 
 def training_kept(graph: Graph, itemsize: int = 4) -> int:
-    """Bytes per image the backward pass keeps at its peak (tensors saved for the backward and
-    the gradient buffers live then)."""
-    return training_peak(graph, 1, itemsize)[0]
+    """Activation bytes per image at a training step's peak: the tensors saved for the backward
+    pass and the activation gradients live then (training_schedule)."""
+    return max(training_schedule(graph, itemsize))
 
 
 def estimate(graph: Graph, batch: int = 1, optimizer: str = "momentum", itemsize: int = 4) -> dict:
