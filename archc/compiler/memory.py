@@ -199,10 +199,10 @@ def training_schedule(graph: Graph, itemsize: int = 4) -> list:
     backward reads (SAVED) and the buffers of the inference model; the backward pass, in reverse,
     holds one gradient buffer per materialised tensor from its first reader's backward to its
     producer's, and frees what a node saved once that node's backward ran. Returns the bytes
-    per image live (saved tensors and activation gradients) at the forward pass's peak, then
-    after each node's backward. Parameter gradients are not in it: XLA holds about one
-    parameter-sized set of buffers through the step (the gradients, or layout copies of the
-    kernels), which estimate() adds once."""
+    per image live (saved tensors, forward buffers and activation gradients) at each node of
+    the forward pass, then at each node's backward. Parameter gradients are not in it: XLA
+    holds about one parameter-sized set of buffers through the step (the gradients, or layout
+    copies of the kernels), which estimate() adds once."""
     names = _trained(graph)
     index = {n: i for i, n in enumerate(names)}
     nodes = graph.nodes
@@ -217,36 +217,38 @@ def training_schedule(graph: Graph, itemsize: int = 4) -> list:
                 continue               # the batch is an argument, not a temporary
             e, first = saved.get(key, (elems, index[n]))
             saved[key] = (e, min(first, index[n]))
-    born = {}                           # a saved tensor is written by its producer (or reader)
-    for key, (e, first) in saved.items():
-        born[key] = index.get(key[0], first)
-    readers = {n: [r for r in graph_readers(graph)[n] if r in index] for n in names}
-    mat = materialised(graph, train=True)
-    # forward: saved tensors accumulate; other materialised outputs live to their last reader
-    peak = live_saved = 0
-    per_step_saved = [0] * len(names)
-    for key, (e, first) in saved.items():
-        per_step_saved[born[key]] += e
-    transient_end = {}
+    all_readers = graph_readers(graph)
+    readers = {n: [index[r] for r in all_readers[n] if r in index] for n in names}
+    mat = materialised(graph, all_readers, train=True)
+    steps = len(names)
+    # forward: a saved tensor is written by its producer (or its reader, for a copy such as a
+    # transposed input) and stays; another materialised output lives to its last reader
+    forward = [0] * (steps + 1)
+    for (name, what), (e, first) in saved.items():
+        forward[index.get(name, first)] += e
     for n in names:
-        if n in mat and readers[n]:
-            transient_end[n] = max(index[r] for r in readers[n])
-    for i, n in enumerate(names):
-        live_saved += per_step_saved[i]
-        transient = sum(prod(nodes[m].shape) for m, end in transient_end.items()
-                        if index[m] <= i <= end and (m, "value") not in saved)
-        peak = max(peak, live_saved + transient)
-    fwd_peak = peak
-    # backward
-    freed = [0] * len(names)
-    for key, (e, first) in saved.items():
+        if n in mat and readers[n] and (n, "value") not in saved:
+            forward[index[n]] += prod(nodes[n].shape)
+            forward[max(readers[n]) + 1] -= prod(nodes[n].shape)
+    # backward, in reverse: a node's backward frees what it was the first to save, and the
+    # gradient of a materialised output lives from its last reader's backward to its own
+    freed = [0] * steps
+    for e, first in saved.values():
         freed[first] += e
-    grad_born = {n: max((index[r] for r in readers[n]), default=index[n]) for n in names if n in mat}
-    points = [fwd_peak]
-    for i in range(len(names) - 1, -1, -1):
-        g_live = sum(prod(nodes[m].shape) for m, b in grad_born.items() if index[m] <= i <= b)
+    grad = [0] * (steps + 1)            # indexed by backward step: steps - 1 - node index
+    for n in names:
+        if n in mat:
+            grad[steps - 1 - max(readers[n], default=index[n])] += prod(nodes[n].shape)
+            grad[steps - index[n]] -= prod(nodes[n].shape)
+    points, live = [], 0
+    for d in forward[:steps]:
+        live += d
+        points.append(live)
+    live_saved, g_live = sum(e for e, _ in saved.values()), 0
+    for j in range(steps):
+        g_live += grad[j]
         points.append(live_saved + g_live)
-        live_saved -= freed[i]
+        live_saved -= freed[steps - 1 - j]
     return [p * itemsize for p in points]
 
 
