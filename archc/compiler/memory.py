@@ -95,19 +95,22 @@ def inference_peak(graph: Graph, itemsize: int = 4) -> int:
 
 # What each op's backward pass reads, as XLA:CPU runs our lowering (compiler/lower.py), found
 # in the buffer assignment of compiled training steps (XLA_FLAGS=--xla_dump_to): rule(node,
-# in_shapes) -> [(tensor, elements)], a tensor named (producer, what) so that two readers of one
+# in_shapes, graph) -> [(tensor, elements)], a tensor named (producer, what) so that two readers of one
 # value count it once. An op not listed keeps nothing (add, concat, flatten, avg pools, ...).
 def _value(name, shape):
     return ((name, "value"), prod(shape))
 
 
-def _conv_saved(node, ins):
+def _conv_saved(node, ins, graph):
     path = cpu_conv_path(node.attrs, (1,) + tuple(ins[0])) if node.op == "conv" else None
     x = node.inputs[0]
     if path == "depthwise":        # every one of the k*k shifted slices, each the output's size
         return [((node.name, "taps"), prod(node.attrs.kernel) * prod(node.shape))]
     if path == "pointwise":        # the input transposed (C, N*H*W), strided first (_pointwise)
-        return [((x, "transposed"), prod(node.shape[:-1]) * ins[0][-1])]
+        transposed = [((x, "transposed"), prod(node.shape[:-1]) * ins[0][-1])]
+        # measured: a concatenation read here is kept as well (SqueezeNet's fire outputs,
+        # GoogLeNet's inception outputs); an elementwise input is recomputed instead
+        return transposed + ([_value(x, ins[0])] if graph.nodes[x].op == "concat" else [])
     if path == "pad_crop":         # the input with its added row and column
         (h, w, c), (kh, kw) = ins[0], node.attrs.kernel
         return [((x, "padded"), (h + (kh > 1)) * (w + (kw > 1)) * c)]
@@ -116,7 +119,7 @@ def _conv_saved(node, ins):
     return [((x, "transposed"), prod(ins[0]))]
 
 
-def _pool_saved(node, ins):
+def _pool_saved(node, ins, graph):
     if node.attrs.kind == "avg":
         return []                  # a sum: its gradient reads nothing
     if not cpu_pool_separable(node.attrs):
@@ -125,22 +128,19 @@ def _pool_saved(node, ins):
         (h, w, c), ((pt, pb), (pl, pr)), ((et, eb), (el, er)) = ins[0], node.attrs.padding, node.attrs.extra
         return [((node.name, "padded"), (h + pt + pb + et + eb) * (w + pl + pr + el + er) * c),
                 ((node.name, "argmax"), 4 * prod(node.shape)), ((node.name, "out"), prod(node.shape))]
-    # max over shifted slices, rows then columns: XLA keeps the output and recomputes the
-    # comparisons from the input (kept for its producer's own backward); overlapping windows
-    # (kernel > stride) read each input row more than once, and there XLA keeps the k row slices
-    (h, w, c), (kh, kw), (sh, sw), (ho, wo, _) = ins[0], node.attrs.kernel, node.attrs.strides, node.shape
-    rows = [((node.name, "rows"), kh * ho * w * c)] if kh > sh else []
-    return rows + [((node.name, "out"), prod(node.shape))]
+    # max over shifted slices: XLA keeps the output and recomputes the comparisons from the
+    # input, kept for its producer's own backward (a conv's output before its ReLU)
+    return [((node.name, "out"), prod(node.shape))]
 
 
-def _norm_saved(node, ins):        # the input, and the centred input x - mean
+def _norm_saved(node, ins, graph):        # the input, and the centred input x - mean
     return [_value(node.inputs[0], ins[0]), ((node.name, "centred"), prod(ins[0]))]
 
 
 _OUTPUT_GRADIENT = {"sigmoid", "tanh", "softmax"}     # d/dx from the output; the rest read the input
 
 
-def _act_saved(node, ins):
+def _act_saved(node, ins, graph):
     if node.attrs.fn in _OUTPUT_GRADIENT:
         return [_value(node.name, node.shape)]
     return [_value(node.inputs[0], ins[0])]
@@ -148,19 +148,19 @@ def _act_saved(node, ins):
 
 SAVED = {
     "conv": _conv_saved, "conv_transpose": _conv_saved,
-    "dense": lambda node, ins: [_value(node.inputs[0], ins[0])],
+    "dense": lambda node, ins, graph: [_value(node.inputs[0], ins[0])],
     "pool": _pool_saved,
-    "global_pool": lambda node, ins: [] if node.attrs.kind == "avg" else [_value(node.inputs[0], ins[0])],
-    "adaptive_pool": lambda node, ins: [] if node.attrs.kind == "avg" else [_value(node.inputs[0], ins[0])],
+    "global_pool": lambda node, ins, graph: [] if node.attrs.kind == "avg" else [_value(node.inputs[0], ins[0])],
+    "adaptive_pool": lambda node, ins, graph: [] if node.attrs.kind == "avg" else [_value(node.inputs[0], ins[0])],
     "bn": _norm_saved, "layernorm": _norm_saved, "groupnorm": _norm_saved,
     "act": _act_saved,
-    "mul": lambda node, ins: [_value(n, s) for n, s in zip(node.inputs, ins)],
-    "layer_scale": lambda node, ins: [_value(node.inputs[0], ins[0])],
-    "lrn": lambda node, ins: [_value(node.inputs[0], ins[0]), _value(node.name, node.shape)],
-    "l2norm": lambda node, ins: [_value(node.inputs[0], ins[0]), _value(node.name, node.shape)],
-    "normalize": lambda node, ins: [_value(node.inputs[0], ins[0])],
+    "mul": lambda node, ins, graph: [_value(n, s) for n, s in zip(node.inputs, ins)],
+    "layer_scale": lambda node, ins, graph: [_value(node.inputs[0], ins[0])],
+    "lrn": lambda node, ins, graph: [_value(node.inputs[0], ins[0]), _value(node.name, node.shape)],
+    "l2norm": lambda node, ins, graph: [_value(node.inputs[0], ins[0]), _value(node.name, node.shape)],
+    "normalize": lambda node, ins, graph: [_value(node.inputs[0], ins[0])],
     # the Bernoulli mask, one byte an element (counted in float32 elements below)
-    "dropout": lambda node, ins: [((node.name, "mask"), -(-prod(node.shape) // 4))],
+    "dropout": lambda node, ins, graph: [((node.name, "mask"), -(-prod(node.shape) // 4))],
 }
 
 
@@ -212,7 +212,7 @@ def training_schedule(graph: Graph, itemsize: int = 4) -> list:
         rule = SAVED.get(node.op)
         if rule is None:
             continue
-        for key, elems in _recomputed(graph, rule(node, [nodes[i].shape for i in node.inputs])):
+        for key, elems in _recomputed(graph, rule(node, [nodes[i].shape for i in node.inputs], graph)):
             if key[1] == "value" and nodes[key[0]].op == "input":
                 continue               # the batch is an argument, not a temporary
             e, first = saved.get(key, (elems, index[n]))
