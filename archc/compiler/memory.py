@@ -140,10 +140,16 @@ def _norm_saved(node, ins, graph):        # the input, and the centred input x -
 _OUTPUT_GRADIENT = {"sigmoid", "tanh", "softmax"}     # d/dx from the output; the rest read the input
 
 
+# XLA duplicates cheap elementwise ops into each reader but not transcendental ones: swish's
+# sigmoid (GELU's erf, ...) is written once in the forward pass and kept for the backward
+_TRANSCENDENTAL = {"swish", "gelu", "gelu_tanh", "elu", "softplus", "mish"}
+
+
 def _act_saved(node, ins, graph):
     if node.attrs.fn in _OUTPUT_GRADIENT:
         return [_value(node.name, node.shape)]
-    return [_value(node.inputs[0], ins[0])]
+    inner = [((node.name, "inner"), prod(node.shape))] if node.attrs.fn in _TRANSCENDENTAL else []
+    return [_value(node.inputs[0], ins[0])] + inner
 
 
 SAVED = {
