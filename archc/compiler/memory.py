@@ -264,9 +264,27 @@ def training_kept(graph: Graph, itemsize: int = 4) -> int:
     return max(training_schedule(graph, itemsize))
 
 
+def kernel_workspace(graph: Graph, itemsize: int = 4) -> int:
+    """Bytes XLA spends on kernels whose convolution it runs with the operands swapped: its
+    ConvOperandSwapper makes the input the kernel when the kernel's window covers more cells
+    than the input (a 3x3 conv on ResNet's 2x2 last stage at a 64x64 input) and writes a
+    reversed copy of the kernel, held through the program. None at the usual input sizes."""
+    total = 0
+    for node in graph:
+        if node.op != "conv" or node.attrs.groups != 1 or node.name in graph.outputs:
+            continue
+        x = graph.nodes[node.inputs[0]].shape
+        if cpu_conv_path(node.attrs, (1,) + tuple(x)) in ("pointwise", "depthwise"):
+            continue
+        if prod(node.attrs.kernel) > prod(x[:-1]):
+            total += prod(node.attrs.kernel) * x[-1] * node.shape[-1] * itemsize
+    return total
+
+
 def estimate(graph: Graph, batch: int = 1, optimizer: str = "momentum", itemsize: int = 4) -> dict:
     """The memory figures of `graph` (bytes): parameters, non-trainable state, activations per
-    image (inference peak, training kept), optimizer state, and the totals for `batch`."""
+    image (inference peak, training step peak), XLA's kernel workspace, optimizer state, and
+    the totals for `batch`."""
     trainable = state = 0
     for spec in ops.variable_specs(graph):
         size = prod(spec.shape) * itemsize
@@ -278,6 +296,7 @@ def estimate(graph: Graph, batch: int = 1, optimizer: str = "momentum", itemsize
         raise ValueError(f"unknown optimizer {optimizer!r}: one of {', '.join(OPTIMIZER_STATE)}")
     io = _bytes(graph.input_shape, itemsize) + sum(_bytes(graph.nodes[o].shape, itemsize) for o in graph.outputs)
     infer, kept = inference_peak(graph, itemsize), training_kept(graph, itemsize)
+    work = kernel_workspace(graph, itemsize)
     opt = {name: k * trainable for name, k in OPTIMIZER_STATE.items()}
     return {
         "param_bytes": trainable,
@@ -285,20 +304,22 @@ def estimate(graph: Graph, batch: int = 1, optimizer: str = "momentum", itemsize
         "io_bytes_per_image": io,
         "inference_activation_bytes_per_image": infer,
         "training_activation_bytes_per_image": kept,
+        "workspace_bytes": work,
         "optimizer_state_bytes": opt,
         "optimizer": optimizer,
         "batch": batch,
-        "inference_bytes": trainable + state + batch * (io + infer),
-        # parameters, their gradients, the optimizer's state, and the batch's kept activations
-        "training_bytes": 2 * trainable + state + opt[optimizer] + batch * (io + kept),
+        "inference_bytes": trainable + state + work + batch * (io + infer),
+        # parameters, one parameter-sized set of temporaries (the gradients, or XLA's copies of
+        # the kernels), the optimizer's state, and the batch's activations at the step's peak
+        "training_bytes": 2 * trainable + state + work + opt[optimizer] + batch * (io + kept),
     }
 
 
 def largest_batch(graph: Graph, budget: int, optimizer: str = "momentum", itemsize: int = 4) -> dict:
     """The largest batch whose estimate fits `budget` bytes, in inference and in training (0: none)."""
     e = estimate(graph, 1, optimizer, itemsize)
-    fixed_infer = e["param_bytes"] + e["state_bytes"]
-    fixed_train = 2 * e["param_bytes"] + e["state_bytes"] + e["optimizer_state_bytes"][optimizer]
+    fixed_infer = e["param_bytes"] + e["state_bytes"] + e["workspace_bytes"]
+    fixed_train = fixed_infer + e["param_bytes"] + e["optimizer_state_bytes"][optimizer]
     per_infer = e["io_bytes_per_image"] + e["inference_activation_bytes_per_image"]
     per_train = e["io_bytes_per_image"] + e["training_activation_bytes_per_image"]
     return {"inference": max(0, (budget - fixed_infer) // max(1, per_infer)),
