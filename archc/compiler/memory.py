@@ -189,7 +189,7 @@ def _recomputed(graph: Graph, tensors: list) -> list:
     return out
 
 
-def _trained(graph: Graph) -> list:
+def trained_nodes(graph: Graph) -> list:
     """The nodes a training step on the primary output runs (auxiliary heads are cut away)."""
     need, todo = set(), [graph.outputs[0]]
     while todo:
@@ -209,7 +209,7 @@ def training_schedule(graph: Graph, itemsize: int = 4) -> list:
     the forward pass, then at each node's backward. Parameter gradients are not in it: XLA
     holds about one parameter-sized set of buffers through the step (the gradients, or layout
     copies of the kernels), which estimate() adds once."""
-    names = _trained(graph)
+    names = trained_nodes(graph)
     index = {n: i for i, n in enumerate(names)}
     nodes = graph.nodes
     saved: dict = {}                    # tensor -> (elements, index of its earliest reader)
@@ -292,6 +292,12 @@ def estimate(graph: Graph, batch: int = 1, optimizer: str = "momentum", itemsize
             trainable += size
         else:
             state += size
+    # the step's parameter-sized set of temporaries covers what the primary output uses
+    # (GoogLeNet's auxiliary heads get no gradient buffers)
+    nodes = graph.nodes
+    grads = sum(prod(v.shape) * itemsize for n in trained_nodes(graph)
+                for v in ops.node_variables(nodes[n], [nodes[i].shape for i in nodes[n].inputs])
+                if v.collection == "params")
     if optimizer not in OPTIMIZER_STATE:
         raise ValueError(f"unknown optimizer {optimizer!r}: one of {', '.join(OPTIMIZER_STATE)}")
     io = _bytes(graph.input_shape, itemsize) + sum(_bytes(graph.nodes[o].shape, itemsize) for o in graph.outputs)
@@ -300,6 +306,7 @@ def estimate(graph: Graph, batch: int = 1, optimizer: str = "momentum", itemsize
     opt = {name: k * trainable for name, k in OPTIMIZER_STATE.items()}
     return {
         "param_bytes": trainable,
+        "gradient_bytes": grads,
         "state_bytes": state,
         "io_bytes_per_image": io,
         "inference_activation_bytes_per_image": infer,
@@ -311,7 +318,7 @@ def estimate(graph: Graph, batch: int = 1, optimizer: str = "momentum", itemsize
         "inference_bytes": trainable + state + work + batch * (io + infer),
         # parameters, one parameter-sized set of temporaries (the gradients, or XLA's copies of
         # the kernels), the optimizer's state, and the batch's activations at the step's peak
-        "training_bytes": 2 * trainable + state + work + opt[optimizer] + batch * (io + kept),
+        "training_bytes": trainable + grads + state + work + opt[optimizer] + batch * (io + kept),
     }
 
 
@@ -319,7 +326,7 @@ def largest_batch(graph: Graph, budget: int, optimizer: str = "momentum", itemsi
     """The largest batch whose estimate fits `budget` bytes, in inference and in training (0: none)."""
     e = estimate(graph, 1, optimizer, itemsize)
     fixed_infer = e["param_bytes"] + e["state_bytes"] + e["workspace_bytes"]
-    fixed_train = fixed_infer + e["param_bytes"] + e["optimizer_state_bytes"][optimizer]
+    fixed_train = fixed_infer + e["gradient_bytes"] + e["optimizer_state_bytes"][optimizer]
     per_infer = e["io_bytes_per_image"] + e["inference_activation_bytes_per_image"]
     per_train = e["io_bytes_per_image"] + e["training_activation_bytes_per_image"]
     return {"inference": max(0, (budget - fixed_infer) // max(1, per_infer)),
