@@ -292,12 +292,7 @@ def estimate(graph: Graph, batch: int = 1, optimizer: str = "momentum", itemsize
             trainable += size
         else:
             state += size
-    # the step's parameter-sized set of temporaries covers what the primary output uses
-    # (GoogLeNet's auxiliary heads get no gradient buffers)
-    nodes = graph.nodes
-    grads = sum(prod(v.shape) * itemsize for n in trained_nodes(graph)
-                for v in ops.node_variables(nodes[n], [nodes[i].shape for i in nodes[n].inputs])
-                if v.collection == "params")
+
     if optimizer not in OPTIMIZER_STATE:
         raise ValueError(f"unknown optimizer {optimizer!r}: one of {', '.join(OPTIMIZER_STATE)}")
     io = _bytes(graph.input_shape, itemsize) + sum(_bytes(graph.nodes[o].shape, itemsize) for o in graph.outputs)
@@ -306,7 +301,6 @@ def estimate(graph: Graph, batch: int = 1, optimizer: str = "momentum", itemsize
     opt = {name: k * trainable for name, k in OPTIMIZER_STATE.items()}
     return {
         "param_bytes": trainable,
-        "gradient_bytes": grads,
         "state_bytes": state,
         "io_bytes_per_image": io,
         "inference_activation_bytes_per_image": infer,
@@ -317,8 +311,9 @@ def estimate(graph: Graph, batch: int = 1, optimizer: str = "momentum", itemsize
         "batch": batch,
         "inference_bytes": trainable + state + work + batch * (io + infer),
         # parameters, one parameter-sized set of temporaries (the gradients, or XLA's copies of
-        # the kernels), the optimizer's state, and the batch's activations at the step's peak
-        "training_bytes": trainable + grads + state + work + opt[optimizer] + batch * (io + kept),
+        # the kernels: of all of them, GoogLeNet's unused auxiliary heads included), the
+        # optimizer's state, and the batch's activations at the step's peak
+        "training_bytes": 2 * trainable + state + work + opt[optimizer] + batch * (io + kept),
     }
 
 
@@ -326,7 +321,7 @@ def largest_batch(graph: Graph, budget: int, optimizer: str = "momentum", itemsi
     """The largest batch whose estimate fits `budget` bytes, in inference and in training (0: none)."""
     e = estimate(graph, 1, optimizer, itemsize)
     fixed_infer = e["param_bytes"] + e["state_bytes"] + e["workspace_bytes"]
-    fixed_train = fixed_infer + e["gradient_bytes"] + e["optimizer_state_bytes"][optimizer]
+    fixed_train = fixed_infer + e["param_bytes"] + e["optimizer_state_bytes"][optimizer]
     per_infer = e["io_bytes_per_image"] + e["inference_activation_bytes_per_image"]
     per_train = e["io_bytes_per_image"] + e["training_activation_bytes_per_image"]
     return {"inference": max(0, (budget - fixed_infer) // max(1, per_infer)),
