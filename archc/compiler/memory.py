@@ -7,7 +7,7 @@ dense, pools, concat, normalisations with statistics) write a buffer; elementwis
 inference, activations, add, mul, scale, dropout) fuse into their consumer unless a consumer
 is a library call (a convolution reads its input from memory), or the tensor is read twice.
 A buffer lives from the node that writes it to the last node that reads it (through fused
-ones). Training walks the step as XLA schedules it (training_schedule): each op's backward
+ones, and through chains of concatenations, which XLA flattens into one). Training walks the step as XLA schedules it (training_schedule): each op's backward
 reads the tensors its SAVED rule names, as XLA:CPU runs our lowering (a lax conv's input
 transposed, a depthwise conv's k*k shifted slices, BN's input and centred input, ...); the
 backward pass frees them node by node while activation gradients come and go; the peak of
@@ -63,13 +63,12 @@ def materialised(graph: Graph, readers: dict | None = None, train: bool = False)
     return out
 
 
-def inference_peak(graph: Graph, itemsize: int = 4) -> int:
-    """Bytes per image live at once in inference: the largest sum of materialised buffers alive
-    at any node (the input and the outputs are the program's arguments and results)."""
-    readers = graph_readers(graph)
-    kept = materialised(graph, readers)
+def buffer_ends(graph: Graph, readers: dict, kept: set) -> dict:
+    """Node -> the index of the last node that reads its buffer: directly, through readers fused
+    into theirs, or through a chain of concatenations, which XLA flattens into one
+    (concat(concat(a, b), c) -> concat(a, b, c): DenseNet's block keeps every layer's output
+    until the block's last concatenation)."""
     order = {n: i for i, n in enumerate(graph.nodes)}
-    # a buffer ends at the last materialised node that reads it, directly or through fused ones
     end: dict = {}
 
     def last_use(name: str) -> int:
@@ -77,15 +76,37 @@ def inference_peak(graph: Graph, itemsize: int = 4) -> int:
             return end[name]
         last = order[name]
         for r in readers[name]:
-            last = max(last, order[r] if r in kept else last_use(r))
+            if r not in kept:
+                last = max(last, last_use(r))
+            elif graph.nodes[r].op == "concat":
+                # the flattened concatenation reads the pieces, not the inner one
+                if graph.nodes[name].op != "concat":
+                    last = max(last, concat_end(r))
+            else:
+                last = max(last, order[r])
         end[name] = last
         return last
-    delta = [0] * (len(order) + 1)
+
+    def concat_end(name: str) -> int:
+        return max([order[name]] + [concat_end(r) for r in readers[name] if graph.nodes[r].op == "concat"])
     for name in graph.nodes:         # in order, so that last_use recurses forward only a little
+        last_use(name)
+    return end
+
+
+def inference_peak(graph: Graph, itemsize: int = 4) -> int:
+    """Bytes per image live at once in inference: the largest sum of materialised buffers alive
+    at any node (the input and the outputs are the program's arguments and results)."""
+    readers = graph_readers(graph)
+    kept = materialised(graph, readers)
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    end = buffer_ends(graph, readers, kept)
+    delta = [0] * (len(order) + 1)
+    for name in graph.nodes:
         if name in kept and name not in graph.outputs:
             b = _bytes(graph.nodes[name].shape, itemsize)
             delta[order[name]] += b
-            delta[last_use(name) + 1] -= b
+            delta[end[name] + 1] -= b
     peak = live = 0
     for d in delta:
         live += d
@@ -232,10 +253,15 @@ def training_schedule(graph: Graph, itemsize: int = 4) -> list:
     forward = [0] * (steps + 1)
     for (name, what), (e, first) in saved.items():
         forward[index.get(name, first)] += e
+    ends = buffer_ends(graph, all_readers, mat)
+    upto, last = [], -1                 # graph position -> the last trained node by then
+    for n in graph.nodes:
+        last = index.get(n, last)
+        upto.append(last)
     for n in names:
         if n in mat and readers[n] and (n, "value") not in saved:
             forward[index[n]] += prod(nodes[n].shape)
-            forward[max(readers[n]) + 1] -= prod(nodes[n].shape)
+            forward[upto[ends[n]] + 1] -= prod(nodes[n].shape)
     # backward, in reverse: a node's backward frees what it was the first to save, and the
     # gradient of a materialised output lives from its last reader's backward to its own
     freed = [0] * steps
