@@ -7,11 +7,13 @@ dense, pools, concat, normalisations with statistics) write a buffer; elementwis
 inference, activations, add, mul, scale, dropout) fuse into their consumer unless a consumer
 is a library call (a convolution reads its input from memory), or the tensor is read twice.
 A buffer lives from the node that writes it to the last node that reads it (through fused
-ones, and through chains of concatenations, which XLA flattens into one). Training walks the step as XLA schedules it (training_schedule): each op's backward
-reads the tensors its SAVED rule names, as XLA:CPU runs our lowering (a lax conv's input
-transposed, a depthwise conv's k*k shifted slices, BN's input and centred input, ...); the
-backward pass frees them node by node while activation gradients come and go; the peak of
-that walk, plus one parameter-sized set of buffers, is the step's temporary memory.
+ones, and through chains of concatenations, which XLA flattens into one). Training walks the
+step as XLA schedules it (training_schedule): each op's backward reads the tensors its SAVED
+rule names, as XLA:CPU runs our lowering (a lax conv's input transposed, a depthwise conv's
+k*k shifted slices, BN's input and centred input, ...); the backward pass frees them node by
+node while activation gradients come and go; the peak of that walk, plus one parameter-sized
+set of buffers, is the step's temporary memory. A conv whose kernel window covers more cells
+than its input adds a reversed copy of its kernel (kernel_workspace).
 tests/test_memory.py checks the totals against ``compiled.memory_analysis()`` of XLA itself.
 """
 from __future__ import annotations
