@@ -1,6 +1,6 @@
 """Memory estimates from the IR alone (no JAX), as torchinfo users expect: parameter bytes,
-activation bytes per image in inference (the peak of what is live at once) and in training
-(what the backward pass keeps), optimizer state, and the largest batch that fits a budget.
+activation bytes per image in inference (the peak of what is live at once) and in a training
+step (the peak of what it holds), optimizer state, and the largest batch that fits a budget.
 
 The model of what XLA materialises: ops that XLA runs as library calls or reductions (conv,
 dense, pools, concat, normalisations with statistics) write a buffer; elementwise ops (bn in
@@ -117,9 +117,12 @@ def inference_peak(graph: Graph, itemsize: int = 4) -> int:
 
 
 # What each op's backward pass reads, as XLA:CPU runs our lowering (compiler/lower.py), found
-# in the buffer assignment of compiled training steps (XLA_FLAGS=--xla_dump_to): rule(node,
-# in_shapes, graph) -> [(tensor, elements)], a tensor named (producer, what) so that two readers of one
-# value count it once. An op not listed keeps nothing (add, concat, flatten, avg pools, ...).
+# in the buffer assignment of compiled training steps (XLA_FLAGS=--xla_dump_to; BENCHMARKS.md
+# lists the networks): rule(node, in_shapes, graph) -> [(tensor, elements)], a tensor named
+# (producer, what) so that two readers of one value count it once. An op not listed keeps
+# nothing (add, concat, flatten, avg pools, ...). Not yet checked against a dump, and written
+# from the math: conv_transpose, layernorm, groupnorm, layer_scale, lrn, l2norm, normalize,
+# global and adaptive max pools.
 def _value(name, shape):
     return ((name, "value"), prod(shape))
 
@@ -134,11 +137,8 @@ def _conv_saved(node, ins, graph):
         # measured: a concatenation read here is kept as well (SqueezeNet's fire outputs,
         # GoogLeNet's inception outputs); an elementwise input is recomputed instead
         return transposed + ([_value(x, ins[0])] if graph.nodes[x].op == "concat" else [])
-    if path == "pad_crop":         # the input with its added row and column
-        (h, w, c), (kh, kw) = ins[0], node.attrs.kernel
-        return [((x, "padded"), (h + (kh > 1)) * (w + (kw > 1)) * c)]
-    # lax's convolution: the weight gradient reads the input transposed (C, H, W, N), which
-    # XLA writes in the forward pass
+    # lax's convolution (pad_crop too: XLA folds the added row and column into the window):
+    # the weight gradient reads the input transposed (C, H, W, N), written in the forward pass
     return [((x, "transposed"), prod(ins[0]))]
 
 
