@@ -173,7 +173,8 @@ def render_memory(m: dict) -> str:
     lines = [f"Memory (float32, estimated): params {human(m['param_bytes'])}, state {human(m['state_bytes'])}, "
              f"{opt} state {human(m['optimizer_state_bytes'][opt])}",
              f"  activations per image: inference {human(m['inference_activation_bytes_per_image'])} (peak live), "
-             f"training {human(m['training_activation_bytes_per_image'])} (kept for the backward pass)",
+             f"training {human(m['training_activation_bytes_per_image'])} (at the training step's peak)"
+             + (f"; XLA kernel workspace {human(m['workspace_bytes'])}" if m.get("workspace_bytes") else ""),
              f"  batch {m['batch']}: inference {human(m['inference_bytes'])}, training step {human(m['training_bytes'])}"]
     if "largest_batch" in m:
         lb = m["largest_batch"]

@@ -34,7 +34,8 @@ from jax import lax
 from . import flax_ops
 from .ir import Graph, Node
 from .ops import OPS, VarSpec, pass_rules, variable_specs, variables_tree  # noqa: F401  (VarSpec, variables_tree: re-exported)
-from .ops.pool import axis_counts
+from .ops.conv import cpu_conv_path
+from .ops.pool import axis_counts, cpu_pool_separable
 
 Array = jax.Array
 
@@ -159,20 +160,10 @@ class Program:
 # - a 1x1 conv is a matrix product, and XLA runs it ~25% faster as a dot than as a convolution.
 # Every path takes the same variables (kernel HWIO, bias) and computes the same function, so
 # checkpoints, BN folding and parity do not see which path ran.
-def _cpu_conv_path(a: dict, x) -> str | None:
-    if jax.default_backend() != "cpu" or x.ndim != 4:
+def _cpu_conv_path(a, x) -> str | None:
+    if jax.default_backend() != "cpu":
         return None
-    g, kernel = a.groups, tuple(a.kernel)
-    if g > 1:
-        return "depthwise" if g == a.features == x.shape[-1] else None
-    if tuple(a.dilation) != (1, 1):
-        return None
-    unpadded = all(p == 0 for side in a.padding for p in side)
-    if kernel == (1, 1) and unpadded:
-        return "pointwise"
-    if unpadded and max(kernel) > 1:
-        return "pad_crop"
-    return None
+    return cpu_conv_path(a, x.shape)
 
 
 # Elementwise arithmetic in lax rather than jnp operators: the same HLO, but a jnp operator
@@ -332,7 +323,7 @@ def _pool(node: Node, xs, v, run):
     window, strides = (1, kh, kw, 1), (1, sh, sw, 1)
     combine = lax.max if a.kind == "max" else lax.add
     padded = any(any(side) for side in full)
-    if jax.default_backend() == "cpu" and (not padded or a.kind == "avg"):
+    if jax.default_backend() == "cpu" and cpu_pool_separable(a):
         # zero padding adds nothing to a sum; the divisor below counts the cells
         total = _separable_window(jnp.pad(x, full) if padded else x, (kh, kw), (sh, sw), combine)
     else:

@@ -1,16 +1,20 @@
 """Memory estimates from the IR alone (no JAX), as torchinfo users expect: parameter bytes,
-activation bytes per image in inference (the peak of what is live at once) and in training
-(what the backward pass keeps), optimizer state, and the largest batch that fits a budget.
+activation bytes per image in inference (the peak of what is live at once) and in a training
+step (the peak of what it holds), optimizer state, and the largest batch that fits a budget.
 
 The model of what XLA materialises: ops that XLA runs as library calls or reductions (conv,
 dense, pools, concat, normalisations with statistics) write a buffer; elementwise ops (bn in
 inference, activations, add, mul, scale, dropout) fuse into their consumer unless a consumer
 is a library call (a convolution reads its input from memory), or the tensor is read twice.
 A buffer lives from the node that writes it to the last node that reads it (through fused
-ones). Training keeps, for the backward pass, every tensor a node's gradient reads: its
-input for convs and dense layers, the input and output of pools, normalisations and
-activations; plus one gradient buffer per parameter. tests/test_memory.py checks the totals
-against ``compiled.memory_analysis()`` of XLA itself.
+ones, and through chains of concatenations, which XLA flattens into one). Training walks the
+step as XLA schedules it (training_schedule): each op's backward reads the tensors its SAVED
+rule names, as XLA:CPU runs our lowering (a lax conv's input transposed, a depthwise conv's
+k*k shifted slices, BN's input and centred input, ...); the backward pass frees them node by
+node while activation gradients come and go; the peak of that walk, plus one parameter-sized
+set of buffers, is the step's temporary memory. A conv whose kernel window covers more cells
+than its input adds a reversed copy of its kernel (kernel_workspace).
+tests/test_memory.py checks the totals against ``compiled.memory_analysis()`` of XLA itself.
 """
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ from math import prod
 from . import ops
 from .ir import Graph
 from .ir import readers as graph_readers
+from .ops.conv import cpu_conv_path
+from .ops.pool import cpu_pool_separable
 
 LIBRARY_CALLS = {"conv", "conv_transpose", "dense"}
 ELEMENTWISE = {"act", "bn", "scale", "dropout", "drop_path", "layer_scale", "rescale", "identity", "add", "mul",
@@ -59,13 +65,12 @@ def materialised(graph: Graph, readers: dict | None = None, train: bool = False)
     return out
 
 
-def inference_peak(graph: Graph, itemsize: int = 4) -> int:
-    """Bytes per image live at once in inference: the largest sum of materialised buffers alive
-    at any node (the input and the outputs are the program's arguments and results)."""
-    readers = graph_readers(graph)
-    kept = materialised(graph, readers)
+def buffer_ends(graph: Graph, readers: dict, kept: set) -> dict:
+    """Node -> the index of the last node that reads its buffer: directly, through readers fused
+    into theirs, or through a chain of concatenations, which XLA flattens into one
+    (concat(concat(a, b), c) -> concat(a, b, c): DenseNet's block keeps every layer's output
+    until the block's last concatenation)."""
     order = {n: i for i, n in enumerate(graph.nodes)}
-    # a buffer ends at the last materialised node that reads it, directly or through fused ones
     end: dict = {}
 
     def last_use(name: str) -> int:
@@ -73,15 +78,37 @@ def inference_peak(graph: Graph, itemsize: int = 4) -> int:
             return end[name]
         last = order[name]
         for r in readers[name]:
-            last = max(last, order[r] if r in kept else last_use(r))
+            if r not in kept:
+                last = max(last, last_use(r))
+            elif graph.nodes[r].op == "concat":
+                # the flattened concatenation reads the pieces, not the inner one
+                if graph.nodes[name].op != "concat":
+                    last = max(last, concat_end(r))
+            else:
+                last = max(last, order[r])
         end[name] = last
         return last
-    delta = [0] * (len(order) + 1)
+
+    def concat_end(name: str) -> int:
+        return max([order[name]] + [concat_end(r) for r in readers[name] if graph.nodes[r].op == "concat"])
     for name in graph.nodes:         # in order, so that last_use recurses forward only a little
+        last_use(name)
+    return end
+
+
+def inference_peak(graph: Graph, itemsize: int = 4) -> int:
+    """Bytes per image live at once in inference: the largest sum of materialised buffers alive
+    at any node (the input and the outputs are the program's arguments and results)."""
+    readers = graph_readers(graph)
+    kept = materialised(graph, readers)
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    end = buffer_ends(graph, readers, kept)
+    delta = [0] * (len(order) + 1)
+    for name in graph.nodes:
         if name in kept and name not in graph.outputs:
             b = _bytes(graph.nodes[name].shape, itemsize)
             delta[order[name]] += b
-            delta[last_use(name) + 1] -= b
+            delta[end[name] + 1] -= b
     peak = live = 0
     for d in delta:
         live += d
@@ -89,26 +116,203 @@ def inference_peak(graph: Graph, itemsize: int = 4) -> int:
     return peak
 
 
+# What each op's backward pass reads, as XLA:CPU runs our lowering (compiler/lower.py), found
+# in the buffer assignment of compiled training steps (XLA_FLAGS=--xla_dump_to; BENCHMARKS.md
+# lists the networks): rule(node, in_shapes, graph) -> [(tensor, elements)], a tensor named
+# (producer, what) so that two readers of one value count it once. An op not listed keeps
+# nothing (add, concat, flatten, avg pools, ...). Not yet checked against a dump, and written
+# from the math: conv_transpose, layernorm, groupnorm, layer_scale, lrn, l2norm, normalize,
+# global and adaptive max pools.
+def _value(name, shape):
+    return ((name, "value"), prod(shape))
+
+
+def _conv_saved(node, ins, graph):
+    path = cpu_conv_path(node.attrs, (1,) + tuple(ins[0])) if node.op == "conv" else None
+    x = node.inputs[0]
+    if path == "depthwise":        # every one of the k*k shifted slices, each the output's size
+        return [((node.name, "taps"), prod(node.attrs.kernel) * prod(node.shape))]
+    if path == "pointwise":        # the input transposed (C, N*H*W), strided first (_pointwise)
+        transposed = [((x, "transposed"), prod(node.shape[:-1]) * ins[0][-1])]
+        # measured: a concatenation read here is kept as well (SqueezeNet's fire outputs,
+        # GoogLeNet's inception outputs); an elementwise input is recomputed instead
+        return transposed + ([_value(x, ins[0])] if graph.nodes[x].op == "concat" else [])
+    # lax's convolution (pad_crop too: XLA folds the added row and column into the window):
+    # the weight gradient reads the input transposed (C, H, W, N), written in the forward pass
+    return [((x, "transposed"), prod(ins[0]))]
+
+
+def _pool_saved(node, ins, graph):
+    if node.attrs.kind == "avg":
+        return []                  # a sum: its gradient reads nothing
+    if not cpu_pool_separable(node.attrs):
+        # reduce_window's gradient: the padded input, the argmax (four int32 indices an
+        # output cell) and the output
+        (h, w, c), ((pt, pb), (pl, pr)), ((et, eb), (el, er)) = ins[0], node.attrs.padding, node.attrs.extra
+        return [((node.name, "padded"), (h + pt + pb + et + eb) * (w + pl + pr + el + er) * c),
+                ((node.name, "argmax"), 4 * prod(node.shape)), ((node.name, "out"), prod(node.shape))]
+    # max over shifted slices: XLA keeps the output and recomputes the comparisons from the
+    # input, kept for its producer's own backward (a conv's output before its ReLU)
+    return [((node.name, "out"), prod(node.shape))]
+
+
+def _norm_saved(node, ins, graph):        # the input, and the centred input x - mean
+    return [_value(node.inputs[0], ins[0]), ((node.name, "centred"), prod(ins[0]))]
+
+
+_OUTPUT_GRADIENT = {"sigmoid", "tanh", "softmax"}     # d/dx from the output; the rest read the input
+
+
+# XLA duplicates cheap elementwise ops into each reader but not transcendental ones: swish's
+# sigmoid (GELU's erf, ...) is written once in the forward pass and kept for the backward
+_TRANSCENDENTAL = {"swish", "gelu", "gelu_tanh", "elu", "softplus", "mish"}
+
+
+def _act_saved(node, ins, graph):
+    if node.attrs.fn in _OUTPUT_GRADIENT:
+        return [_value(node.name, node.shape)]
+    inner = [((node.name, "inner"), prod(node.shape))] if node.attrs.fn in _TRANSCENDENTAL else []
+    return [_value(node.inputs[0], ins[0])] + inner
+
+
+SAVED = {
+    "conv": _conv_saved, "conv_transpose": _conv_saved,
+    "dense": lambda node, ins, graph: [_value(node.inputs[0], ins[0])],
+    "pool": _pool_saved,
+    "global_pool": lambda node, ins, graph: [] if node.attrs.kind == "avg" else [_value(node.inputs[0], ins[0])],
+    "adaptive_pool": lambda node, ins, graph: [] if node.attrs.kind == "avg" else [_value(node.inputs[0], ins[0])],
+    "bn": _norm_saved, "layernorm": _norm_saved, "groupnorm": _norm_saved,
+    "act": _act_saved,
+    "mul": lambda node, ins, graph: [_value(n, s) for n, s in zip(node.inputs, ins)],
+    "layer_scale": lambda node, ins, graph: [_value(node.inputs[0], ins[0])],
+    "lrn": lambda node, ins, graph: [_value(node.inputs[0], ins[0]), _value(node.name, node.shape)],
+    "l2norm": lambda node, ins, graph: [_value(node.inputs[0], ins[0]), _value(node.name, node.shape)],
+    "normalize": lambda node, ins, graph: [_value(node.inputs[0], ins[0])],
+    # the Bernoulli mask, one byte an element (counted in float32 elements below)
+    "dropout": lambda node, ins, graph: [((node.name, "mask"), -(-prod(node.shape) // 4))],
+}
+
+
+RECOMPUTED = {"act", "add", "scale", "identity", "rescale", "layer_scale"}
+
+
+def _recomputed(graph: Graph, tensors: list) -> list:
+    """XLA fuses an elementwise op into its readers in the backward pass too: rather than keep
+    its output it keeps what it is computed from (an activation's input, BN's centred input)."""
+    out, todo = [], list(tensors)
+    while todo:
+        (name, what), elems = todo.pop()
+        node = graph.nodes[name]
+        if what == "value" and node.op in RECOMPUTED and not (node.op == "act" and node.attrs.fn in _OUTPUT_GRADIENT):
+            todo.extend(_value(i, graph.nodes[i].shape) for i in node.inputs)
+        elif what == "value" and node.op == "bn":
+            todo.append(((name, "centred"), prod(node.shape)))
+        else:
+            out.append(((name, what), elems))
+    return out
+
+
+def trained_nodes(graph: Graph) -> list:
+    """The nodes a training step on the primary output runs (auxiliary heads are cut away)."""
+    need, todo = set(), [graph.outputs[0]]
+    while todo:
+        n = todo.pop()
+        if n not in need:
+            need.add(n)
+            todo.extend(graph.nodes[n].inputs)
+    return [n for n in graph.nodes if n in need]
+
+
+def training_schedule(graph: Graph, itemsize: int = 4) -> list:
+    """Walk a training step as XLA schedules it: the forward pass writes what each node's
+    backward reads (SAVED) and the buffers of the inference model; the backward pass, in reverse,
+    holds one gradient buffer per materialised tensor from its first reader's backward to its
+    producer's, and frees what a node saved once that node's backward ran. Returns the bytes
+    per image live (saved tensors, forward buffers and activation gradients) at each node of
+    the forward pass, then at each node's backward. Parameter gradients are not in it: XLA
+    holds about one parameter-sized set of buffers through the step (the gradients, or layout
+    copies of the kernels), which estimate() adds once."""
+    names = trained_nodes(graph)
+    index = {n: i for i, n in enumerate(names)}
+    nodes = graph.nodes
+    saved: dict = {}                    # tensor -> (elements, index of its earliest reader)
+    for n in names:
+        node = nodes[n]
+        rule = SAVED.get(node.op)
+        if rule is None:
+            continue
+        for key, elems in _recomputed(graph, rule(node, [nodes[i].shape for i in node.inputs], graph)):
+            if key[1] == "value" and nodes[key[0]].op == "input":
+                continue               # the batch is an argument, not a temporary
+            e, first = saved.get(key, (elems, index[n]))
+            saved[key] = (e, min(first, index[n]))
+    all_readers = graph_readers(graph)
+    readers = {n: [index[r] for r in all_readers[n] if r in index] for n in names}
+    mat = materialised(graph, all_readers, train=True)
+    steps = len(names)
+    # forward: a saved tensor is written by its producer (or its reader, for a copy such as a
+    # transposed input) and stays; another materialised output lives to its last reader
+    forward = [0] * (steps + 1)
+    for (name, what), (e, first) in saved.items():
+        forward[index.get(name, first)] += e
+    ends = buffer_ends(graph, all_readers, mat)
+    upto, last = [], -1                 # graph position -> the last trained node by then
+    for n in graph.nodes:
+        last = index.get(n, last)
+        upto.append(last)
+    for n in names:
+        if n in mat and readers[n] and (n, "value") not in saved:
+            forward[index[n]] += prod(nodes[n].shape)
+            forward[upto[ends[n]] + 1] -= prod(nodes[n].shape)
+    # backward, in reverse: a node's backward frees what it was the first to save, and the
+    # gradient of a materialised output lives from its last reader's backward to its own
+    freed = [0] * steps
+    for e, first in saved.values():
+        freed[first] += e
+    grad = [0] * (steps + 1)            # indexed by backward step: steps - 1 - node index
+    for n in names:
+        if n in mat:
+            grad[steps - 1 - max(readers[n], default=index[n])] += prod(nodes[n].shape)
+            grad[steps - index[n]] -= prod(nodes[n].shape)
+    points, live = [], 0
+    for d in forward[:steps]:
+        live += d
+        points.append(live)
+    live_saved, g_live = sum(e for e, _ in saved.values()), 0
+    for j in range(steps):
+        g_live += grad[j]
+        points.append(live_saved + g_live)
+        live_saved -= freed[steps - 1 - j]
+    return [p * itemsize for p in points]
+
+
 def training_kept(graph: Graph, itemsize: int = 4) -> int:
-    """Bytes per image the backward pass keeps: what each node's gradient reads."""
-    keep: set = set()
+    """Activation bytes per image at a training step's peak: the tensors saved for the backward
+    pass and the activation gradients live then (training_schedule)."""
+    return max(training_schedule(graph, itemsize))
+
+
+def kernel_workspace(graph: Graph, itemsize: int = 4) -> int:
+    """Bytes XLA spends on kernels whose convolution it runs with the operands swapped: its
+    ConvOperandSwapper makes the input the kernel when the kernel's window covers more cells
+    than the input (a 3x3 conv on ResNet's 2x2 last stage at a 64x64 input) and writes a
+    reversed copy of the kernel, held through the program. None at the usual input sizes."""
+    total = 0
     for node in graph:
-        if node.op in LIBRARY_CALLS:
-            keep.update(node.inputs)
-        elif node.op in ("pool", "adaptive_pool", "upsample", "act", "bn", "layernorm", "groupnorm", "lrn", "l2norm",
-                         "normalize", "mul"):
-            # XLA keeps both sides here (measured: keeping only what the math needs, relu's
-            # output or bn's input, undercounts ResNet-18's training temporaries by a third)
-            keep.update(node.inputs)
-            keep.add(node.name)
-        elif node.op in ("dropout", "drop_path"):
-            keep.add(node.name)          # its mask, as large as its output
-    return sum(_bytes(graph.nodes[n].shape, itemsize) for n in keep if graph.nodes[n].op != "input")
+        if node.op != "conv" or node.attrs.groups != 1 or node.name in graph.outputs:
+            continue
+        x = graph.nodes[node.inputs[0]].shape
+        if cpu_conv_path(node.attrs, (1,) + tuple(x)) in ("pointwise", "depthwise"):
+            continue
+        if prod(node.attrs.kernel) > prod(x[:-1]):
+            total += prod(node.attrs.kernel) * x[-1] * node.shape[-1] * itemsize
+    return total
 
 
 def estimate(graph: Graph, batch: int = 1, optimizer: str = "momentum", itemsize: int = 4) -> dict:
     """The memory figures of `graph` (bytes): parameters, non-trainable state, activations per
-    image (inference peak, training kept), optimizer state, and the totals for `batch`."""
+    image (inference peak, training step peak), XLA's kernel workspace, optimizer state, and
+    the totals for `batch`."""
     trainable = state = 0
     for spec in ops.variable_specs(graph):
         size = prod(spec.shape) * itemsize
@@ -116,10 +320,12 @@ def estimate(graph: Graph, batch: int = 1, optimizer: str = "momentum", itemsize
             trainable += size
         else:
             state += size
+
     if optimizer not in OPTIMIZER_STATE:
         raise ValueError(f"unknown optimizer {optimizer!r}: one of {', '.join(OPTIMIZER_STATE)}")
     io = _bytes(graph.input_shape, itemsize) + sum(_bytes(graph.nodes[o].shape, itemsize) for o in graph.outputs)
     infer, kept = inference_peak(graph, itemsize), training_kept(graph, itemsize)
+    work = kernel_workspace(graph, itemsize)
     opt = {name: k * trainable for name, k in OPTIMIZER_STATE.items()}
     return {
         "param_bytes": trainable,
@@ -127,20 +333,23 @@ def estimate(graph: Graph, batch: int = 1, optimizer: str = "momentum", itemsize
         "io_bytes_per_image": io,
         "inference_activation_bytes_per_image": infer,
         "training_activation_bytes_per_image": kept,
+        "workspace_bytes": work,
         "optimizer_state_bytes": opt,
         "optimizer": optimizer,
         "batch": batch,
-        "inference_bytes": trainable + state + batch * (io + infer),
-        # parameters, their gradients, the optimizer's state, and the batch's kept activations
-        "training_bytes": 2 * trainable + state + opt[optimizer] + batch * (io + kept),
+        "inference_bytes": trainable + state + work + batch * (io + infer),
+        # parameters, one parameter-sized set of temporaries (the gradients, or XLA's copies of
+        # the kernels: of all of them, GoogLeNet's unused auxiliary heads included), the
+        # optimizer's state, and the batch's activations at the step's peak
+        "training_bytes": 2 * trainable + state + work + opt[optimizer] + batch * (io + kept),
     }
 
 
 def largest_batch(graph: Graph, budget: int, optimizer: str = "momentum", itemsize: int = 4) -> dict:
     """The largest batch whose estimate fits `budget` bytes, in inference and in training (0: none)."""
     e = estimate(graph, 1, optimizer, itemsize)
-    fixed_infer = e["param_bytes"] + e["state_bytes"]
-    fixed_train = 2 * e["param_bytes"] + e["state_bytes"] + e["optimizer_state_bytes"][optimizer]
+    fixed_infer = e["param_bytes"] + e["state_bytes"] + e["workspace_bytes"]
+    fixed_train = fixed_infer + e["param_bytes"] + e["optimizer_state_bytes"][optimizer]
     per_infer = e["io_bytes_per_image"] + e["inference_activation_bytes_per_image"]
     per_train = e["io_bytes_per_image"] + e["training_activation_bytes_per_image"]
     return {"inference": max(0, (budget - fixed_infer) // max(1, per_infer)),

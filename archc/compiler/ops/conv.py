@@ -66,6 +66,26 @@ class ConvAttrs(Attrs):
     stride_fit: str | None = None       # the node whose HxW an inferred (projection) stride reaches
 
 
+def cpu_conv_path(a: ConvAttrs, in_shape) -> str | None:
+    """Which XLA:CPU path the lowering takes for a conv (compiler/lower.py explains the
+    measurements): 'depthwise' (k*k shifted slices), 'pointwise' (a 1x1 as a dot), 'pad_crop'
+    (an unpadded kxk with a row/column of zeros added), or None (lax's convolution). Pure, so
+    that the memory estimate (compiler/memory.py) sees the same choice as the lowering."""
+    if len(in_shape) != 4:
+        return None
+    g, kernel = a.groups, tuple(a.kernel)
+    if g > 1:
+        return "depthwise" if g == a.features == in_shape[-1] else None
+    if tuple(a.dilation) != (1, 1):
+        return None
+    unpadded = all(p == 0 for side in a.padding for p in side)
+    if kernel == (1, 1) and unpadded:
+        return "pointwise"
+    if unpadded and max(kernel) > 1:
+        return "pad_crop"
+    return None
+
+
 def _conv_shape(a: ConvAttrs, ins):
     h, w, c = spatial("conv", ins[0])
     g = a.groups

@@ -39,6 +39,13 @@ class PoolAttrs(Attrs):
     ceil: bool | None = None            # PyTorch's ceil_mode, which `extra` resolved
 
 
+def cpu_pool_separable(a: PoolAttrs) -> bool:
+    """Whether the XLA:CPU lowering runs this pool as shifted slices (unpadded, or an average,
+    whose zero padding adds nothing) rather than reduce_window; the memory estimate reads it too."""
+    padded = any(any(side) for side in a.padding) or any(any(side) for side in a.extra)
+    return not padded or a.kind == "avg"
+
+
 def _pool_shape(a: PoolAttrs, ins):
     h, w, c = spatial(a.kind + "pool", ins[0])
     pads = [(p[0] + e[0], p[1] + e[1]) for p, e in zip(a.padding, a.extra)]
