@@ -247,17 +247,73 @@ def _cpu_conv(path: str, a: dict, x, kernel):
     # The taps sum in float32 (as _product accumulates), rounded once at the end.
     out_dtype = x.dtype
     x, kernel = _at_least_f32(lax.optimization_barrier(x)), _at_least_f32(kernel)
-    (pt, pb), (pl, pr) = a.padding
-    xp = lax.pad(x, lax.full((), 0, x.dtype), ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
-    ho = (xp.shape[1] - dh * (kh - 1) - 1) // sh + 1
-    wo = (xp.shape[2] - dw * (kw - 1) - 1) // sw + 1
+    geometry = (tuple(map(tuple, a.padding)), (sh, sw), (dh, dw))
+    return _cast(_depthwise(x, kernel, geometry), out_dtype)
+
+
+def _depthwise_taps(xp, kernel, out_hw, strides, dilation):
+    """sum over (i, j) of xp shifted by (i*dh, j*dw), strided, times kernel[i, j]: a depthwise
+    correlation of an already padded input as k*k shifted slices."""
+    (kh, kw), (ho, wo), (sh, sw), (dh, dw) = kernel.shape[:2], out_hw, strides, dilation
     n, c = xp.shape[0], xp.shape[3]
     taps = [_channelwise(lax.mul,
                          lax.slice(xp, (0, i * dh, j * dw, 0), (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c),
                                    (1, sh, sw, 1)),
                          lax.squeeze(lax.slice(kernel, (i, j, 0, 0), (i + 1, j + 1, 1, c)), (0, 1, 2)))
             for i in range(kh) for j in range(kw)]
-    return _cast(functools.reduce(lax.add, taps), out_dtype)
+    return functools.reduce(lax.add, taps)
+
+
+def _depthwise_pad(x, padding):
+    (pt, pb), (pl, pr) = padding
+    return lax.pad(x, lax.full((), 0, x.dtype), ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
+
+
+def _depthwise_out_hw(xp_hw, kernel_hw, strides, dilation):
+    return tuple((n - d * (k - 1) - 1) // s + 1 for n, k, s, d in zip(xp_hw, kernel_hw, strides, dilation))
+
+
+# Autodiff of the shifted slices keeps every slice for the backward pass: k*k times the output
+# (9x for a 3x3, 25x for a 5x5). This VJP keeps only the input, and computes the input gradient
+# as the same kind of correlation (the flipped kernel over the stride-dilated, padded gradient)
+# and the weight gradient as k*k per-channel reductions of slice x gradient.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _depthwise(x, kernel, geometry):
+    padding, strides, dilation = geometry
+    xp = _depthwise_pad(x, padding)
+    return _depthwise_taps(xp, kernel, _depthwise_out_hw(xp.shape[1:3], kernel.shape[:2], strides, dilation),
+                           strides, dilation)
+
+
+def _depthwise_fwd(x, kernel, geometry):
+    return _depthwise(x, kernel, geometry), (x, kernel)
+
+
+def _depthwise_bwd(geometry, res, g):
+    (padding, strides, dilation), (x, kernel) = geometry, res
+    (kh, kw), (ho, wo) = kernel.shape[:2], g.shape[1:3]
+    xp = _depthwise_pad(x, padding)
+    # weight: dW[i, j, c] = sum over n, h, w of (slice (i, j) of xp) * g
+    n, c = xp.shape[0], xp.shape[3]
+    (sh, sw), (dh, dw) = strides, dilation
+    dk = jnp.stack([jnp.sum(lax.mul(lax.slice(xp, (0, i * dh, j * dw, 0),
+                                              (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c),
+                                              (1, sh, sw, 1)), g), axis=(0, 1, 2))
+                    for i in range(kh) for j in range(kw)]).reshape(kh, kw, 1, c)
+    # input: dxp[p] = sum_t gd[p + t*d] * kernel[k-1-t], gd the gradient dilated by the stride
+    # and padded by d*(k-1) in front, up to the padded input's length plus d*(k-1) behind;
+    # only the rows and columns of x itself are computed (the padding's are cut away anyway).
+    (pt, pb), (pl, pr) = padding
+    hp, wp = xp.shape[1:3]
+    lo = ((kh - 1) * dh, (kw - 1) * dw)
+    hi = (hp - (ho - 1) * sh - 1, wp - (wo - 1) * sw - 1)
+    gd = lax.pad(g, lax.full((), 0, g.dtype),
+                 ((0, 0, 0), (lo[0] - pt, hi[0] - pb, sh - 1), (lo[1] - pl, hi[1] - pr, sw - 1), (0, 0, 0)))
+    dx = _depthwise_taps(gd, lax.rev(kernel, (0, 1)), x.shape[1:3], (1, 1), dilation)
+    return dx, dk
+
+
+_depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
 def _add_bias(y, v):
