@@ -273,10 +273,18 @@ def _depthwise_out_hw(xp_hw, kernel_hw, strides, dilation):
     return tuple((n - d * (k - 1) - 1) // s + 1 for n, k, s, d in zip(xp_hw, kernel_hw, strides, dilation))
 
 
-# Autodiff of the shifted slices keeps every slice for the backward pass: k*k times the output
-# (9x for a 3x3, 25x for a 5x5). This VJP keeps only the input, and computes the input gradient
-# as the same kind of correlation (the flipped kernel over the stride-dilated, padded gradient)
-# and the weight gradient as k*k per-channel reductions of slice x gradient.
+# Autodiff of the shifted slices makes the weight gradient read k*k shifted slices of the input;
+# XLA:CPU's reductions do not fuse a slice, so it writes each one out, and as they depend on
+# forward values only, it schedules them in the forward pass and holds them to the backward:
+# k*k - 1 copies of the output per depthwise conv (MobileNetV2, batch 16: 2.2 GiB of temporaries).
+# This VJP keeps only the input and takes both gradients from shifted slices of the *gradient*
+# (stride-dilated and padded), which exist only in the backward pass:
+#   dx       = sum over taps of slice_t(gd) * flipped kernel[t]  (a correlation, as the forward)
+#   dW[i, j] = sum over n, h, w of x * slice_(kh-1-i, kw-1-j)(gd)
+# Derivation: y[o] = sum_i xp[o*s + i*d] w[i]; with gd the gradient dilated by s, padded by
+# d*(k-1) - pt in front (so that index u of gd is xp's row u + pt shifted by d*(k-1)),
+# dxp[p] = sum_t gd[p - pt + t*d] w[k-1-t], and dW[i] = sum_o g[o] xp[o*s + i*d]
+# = sum_q x[q] gd[q + (k-1-i)*d] (xp is zero outside x).
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _depthwise(x, kernel, geometry):
     padding, strides, dilation = geometry
@@ -290,26 +298,19 @@ def _depthwise_fwd(x, kernel, geometry):
 
 
 def _depthwise_bwd(geometry, res, g):
-    (padding, strides, dilation), (x, kernel) = geometry, res
+    (padding, (sh, sw), (dh, dw)), (x, kernel) = geometry, res
     (kh, kw), (ho, wo) = kernel.shape[:2], g.shape[1:3]
-    xp = _depthwise_pad(x, padding)
-    # weight: dW[i, j, c] = sum over n, h, w of (slice (i, j) of xp) * g
-    n, c = xp.shape[0], xp.shape[3]
-    (sh, sw), (dh, dw) = strides, dilation
-    dk = jnp.stack([jnp.sum(lax.mul(lax.slice(xp, (0, i * dh, j * dw, 0),
-                                              (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c),
-                                              (1, sh, sw, 1)), g), axis=(0, 1, 2))
-                    for i in range(kh) for j in range(kw)]).reshape(kh, kw, 1, c)
-    # input: dxp[p] = sum_t gd[p + t*d] * kernel[k-1-t], gd the gradient dilated by the stride
-    # and padded by d*(k-1) in front, up to the padded input's length plus d*(k-1) behind;
-    # only the rows and columns of x itself are computed (the padding's are cut away anyway).
     (pt, pb), (pl, pr) = padding
-    hp, wp = xp.shape[1:3]
-    lo = ((kh - 1) * dh, (kw - 1) * dw)
-    hi = (hp - (ho - 1) * sh - 1, wp - (wo - 1) * sw - 1)
+    n, h, w, c = x.shape
+    # gd covers x's rows and columns plus d*(k-1) more: (h + dh*(kh-1), w + dw*(kw-1))
+    hi = (h + pt + pb - (ho - 1) * sh - 1 - pb, w + pl + pr - (wo - 1) * sw - 1 - pr)
     gd = lax.pad(g, lax.full((), 0, g.dtype),
-                 ((0, 0, 0), (lo[0] - pt, hi[0] - pb, sh - 1), (lo[1] - pl, hi[1] - pr, sw - 1), (0, 0, 0)))
-    dx = _depthwise_taps(gd, lax.rev(kernel, (0, 1)), x.shape[1:3], (1, 1), dilation)
+                 ((0, 0, 0), ((kh - 1) * dh - pt, hi[0], sh - 1), ((kw - 1) * dw - pl, hi[1], sw - 1), (0, 0, 0)))
+    dk = jnp.stack([jnp.sum(lax.mul(x, lax.slice(gd, (0, (kh - 1 - i) * dh, (kw - 1 - j) * dw, 0),
+                                                 (n, (kh - 1 - i) * dh + h, (kw - 1 - j) * dw + w, c))),
+                            axis=(0, 1, 2))
+                    for i in range(kh) for j in range(kw)]).reshape(kh, kw, 1, c)
+    dx = _depthwise_taps(gd, lax.rev(kernel, (0, 1)), (h, w), (1, 1), (dh, dw))
     return dx, dk
 
 
