@@ -147,20 +147,8 @@ def test_postprocess_detections_on_torchvision_head_outputs(stages):
     same count, and detections paired one to one by label, box (≤ 1e-3 px) and score (≤ 1e-5).
     Paired, not compared row by row: random weights give exactly equal scores (two detections of
     one class at 0.9999858 in the first image, rows 11 and 12), whose order is torch's sort's, not a rule."""
-    s = stages
-    det = s["det"]
-    counts = np.cumsum([0] + [len(p) for p in s["proposals"]])
-    logits = np.zeros((2, det.R, det.classes), np.float32)
-    codes = np.zeros((2, det.R, 4 * det.classes), np.float32)
-    rois = np.zeros((2, det.R, 4), np.float32)
-    valid = np.zeros((2, det.R), bool)
-    for i in range(2):
-        a, b = counts[i], counts[i + 1]
-        logits[i, :b - a], codes[i, :b - a] = s["logits"][a:b].numpy(), s["codes"][a:b].numpy()
-        rois[i, :b - a], valid[i, :b - a] = s["proposals"][i].numpy(), True
-    got = det.postprocess({"cls_score.fc1": logits, "bbox_pred.fc1": codes}, s["sizes"], tuple(s["batch"].shape[1:3]),
-                          jnp.asarray(rois), jnp.asarray(valid))
-    boxes, scores, labels = s["dets"]
+    got, (boxes, scores, labels) = mobilenet_tests.postprocess_torchvision_head_outputs(stages)
+    det = stages["det"]
     for i in range(2):
         n = int(got.count[i])
         assert n == len(boxes[i]) == det.decl.detections_per_img
