@@ -10,7 +10,7 @@ A buffer lives from the node that writes it to the last node that reads it (thro
 ones, and through chains of concatenations, which XLA flattens into one). Training walks the
 step as XLA schedules it (training_schedule): each op's backward reads the tensors its SAVED
 rule names, as XLA:CPU runs our lowering (a lax conv's input transposed, a depthwise conv's
-k*k shifted slices, BN's input and centred input, ...); the backward pass frees them node by
+input, BN's input and centred input, ...); the backward pass frees them node by
 node while activation gradients come and go; the peak of that walk, plus one parameter-sized
 set of buffers, is the step's temporary memory. A conv whose kernel window covers more cells
 than its input adds a reversed copy of its kernel (kernel_workspace).
@@ -130,8 +130,8 @@ def _value(name, shape):
 def _conv_saved(node, ins, graph):
     path = cpu_conv_path(node.attrs, (1,) + tuple(ins[0])) if node.op == "conv" else None
     x = node.inputs[0]
-    if path == "depthwise":        # every one of the k*k shifted slices, each the output's size
-        return [((node.name, "taps"), prod(node.attrs.kernel) * prod(node.shape))]
+    if path == "depthwise":        # its input only (_depthwise's VJP slices the gradient instead)
+        return [_value(x, ins[0])]
     if path == "pointwise":        # the input transposed (C, N*H*W), strided first (_pointwise)
         transposed = [((x, "transposed"), prod(node.shape[:-1]) * ins[0][-1])]
         # measured: a concatenation read here is kept as well (SqueezeNet's fire outputs,
@@ -193,6 +193,16 @@ SAVED = {
 }
 
 
+def _depthwise_workspace(node, ins):
+    """Elements a node's backward pass holds only while it runs: a CPU depthwise conv's VJP
+    writes the padded, stride-dilated gradient and k*k - 1 shifted slices of it, each the
+    input's size, as operands of the weight gradient's reductions (they do not fuse a slice)."""
+    if node.op != "conv" or cpu_conv_path(node.attrs, (1,) + tuple(ins[0])) != "depthwise":
+        return 0
+    (h, w, c), (kh, kw), (dh, dw) = ins[0], node.attrs.kernel, node.attrs.dilation
+    return (h + dh * (kh - 1)) * (w + dw * (kw - 1)) * c + (kh * kw - 1) * h * w * c
+
+
 RECOMPUTED = {"act", "add", "scale", "identity", "rescale", "layer_scale"}
 
 
@@ -227,7 +237,8 @@ def training_schedule(graph: Graph, itemsize: int = 4) -> list:
     """Walk a training step as XLA schedules it: the forward pass writes what each node's
     backward reads (SAVED) and the buffers of the inference model; the backward pass, in reverse,
     holds one gradient buffer per materialised tensor from its first reader's backward to its
-    producer's, and frees what a node saved once that node's backward ran. Returns the bytes
+    producer's, plus what a node's backward holds while it runs (_depthwise_workspace), and frees
+    what a node saved once that node's backward ran. Returns the bytes
     per image live (saved tensors, forward buffers and activation gradients) at each node of
     the forward pass, then at each node's backward. Parameter gradients are not in it: XLA
     holds about one parameter-sized set of buffers through the step (the gradients, or layout
@@ -278,10 +289,11 @@ def training_schedule(graph: Graph, itemsize: int = 4) -> list:
     for d in forward[:steps]:
         live += d
         points.append(live)
+    work = [_depthwise_workspace(nodes[n], [nodes[i].shape for i in nodes[n].inputs]) for n in names]
     live_saved, g_live = sum(e for e, _ in saved.values()), 0
     for j in range(steps):
         g_live += grad[j]
-        points.append(live_saved + g_live)
+        points.append(live_saved + g_live + work[steps - 1 - j])
         live_saved -= freed[steps - 1 - j]
     return [p * itemsize for p in points]
 
