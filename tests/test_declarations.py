@@ -122,3 +122,16 @@ def test_the_language_server_knows_declarations():
     assert not a.diagnostics
     names = {n: k for n, k, _ in a.names_in_scope(3)}
     assert names["preprocess"] == "declaration"
+
+
+def test_a_users_preprocess_goes_through_the_declarations_check():
+    """predict's preprocess= (a mode name or a dict) is bound as the declaration is: the same
+    defaults, the same checks, a readable error naming the argument."""
+    from archc.runtime.predict import PredictError, preprocess_spec
+    assert preprocess_spec("caffe") == {"mode": "caffe", "resize": "exact", "crop": 224, "interpolation": "bilinear"}
+    assert preprocess_spec({"mode": "tf"})["resize"] == 256
+    for bad, says in [("foo", "'mode' is one of"), ({"crop": 0}, "'crop' must be at least 1"),
+                      ({"mdoe": "tf"}, "no argument 'mdoe'"), ({"interpolation": "lanczos"}, "'interpolation'"),
+                      (3, "a mode name")]:
+        with pytest.raises(PredictError, match=says):
+            preprocess_spec(bad)

@@ -76,10 +76,16 @@ def test_import_is_strict_and_complete(pair):
 def stages(pair):
     """One square and one non-square image through torchvision's stages and archc's."""
     tm, model, variables, _ = pair
-    images = _images(np.float32)
+    return torchvision_stages(tm, model, variables, _images(np.float32))
+
+
+def torchvision_stages(tm, model, variables, images, features=None):
+    """Each stage's result in torchvision's model (transform, backbone, RPN head, anchors,
+    proposals, box head, post-processing) and archc's transformed batch, for the stage tests.
+    ``features(tensors)`` -> torchvision's feature maps by name (default: ``tm.backbone``)."""
     with torch.no_grad():
         il, _ = tm.transform([torch.from_numpy(im).permute(2, 0, 1) for im in images])
-        feats = tm.backbone(il.tensors)
+        feats = (features or tm.backbone)(il.tensors)
         fl = list(feats.values())
         objectness, deltas = tm.rpn.head(fl)
         anchors = tm.rpn.anchor_generator(il, fl)
@@ -147,8 +153,10 @@ def test_box_head_on_torchvision_proposals(stages):
         np.testing.assert_allclose(np.asarray(out["bbox_pred"][i, :b - a]), s["codes"][a:b].numpy(), atol=1e-5)
 
 
-def test_postprocess_detections_on_torchvision_head_outputs(stages):
-    s = stages
+def postprocess_torchvision_head_outputs(s):
+    """archc's postprocess_detections on torchvision's own box-head outputs and proposals of
+    the ``stages`` fixture (padded to the detector's R): (archc's result, torchvision's
+    (boxes, scores, labels) per image)."""
     det = s["det"]
     counts = np.cumsum([0] + [len(p) for p in s["proposals"]])
     logits = np.zeros((2, det.R, det.classes), np.float32)
@@ -161,7 +169,11 @@ def test_postprocess_detections_on_torchvision_head_outputs(stages):
         rois[i, :b - a], valid[i, :b - a] = s["proposals"][i].numpy(), True
     got = det.postprocess({"cls_score.fc1": logits, "bbox_pred.fc1": codes}, s["sizes"], tuple(s["batch"].shape[1:3]),
                           jnp.asarray(rois), jnp.asarray(valid))
-    boxes, scores, labels = s["dets"]
+    return got, s["dets"]
+
+
+def test_postprocess_detections_on_torchvision_head_outputs(stages):
+    got, (boxes, scores, labels) = postprocess_torchvision_head_outputs(stages)
     for i in range(2):
         n = int(got.count[i])
         assert n == len(boxes[i]) > 0

@@ -18,8 +18,8 @@ import archc
 from archc.compiler.lower import run_graph
 from archc.detection import anchors as anchor_lib
 from archc.detection.api import class_names, detect_padded, detector_for
-from archc.detection.transforms import transform
 
+import test_faster_rcnn as mobilenet_tests
 from test_detection_ssd import assert_same_detections
 
 torch = pytest.importorskip("torch")
@@ -94,20 +94,9 @@ def stages(pair):
     tm, model, variables, _ = pair
     rng = np.random.default_rng(0)
     images = [rng.uniform(0, 1, (320, 320, 3)).astype(np.float32), rng.uniform(0, 1, (250, 410, 3)).astype(np.float32)]
-    with torch.no_grad():
-        il, _ = tm.transform([torch.from_numpy(im).permute(2, 0, 1) for im in images])
-        feats = OrderedDict([("0", tm.backbone(il.tensors))])
-        objectness, deltas = tm.rpn.head(list(feats.values()))
-        anchors = tm.rpn.anchor_generator(il, list(feats.values()))
-        proposals, _ = tm.rpn(il, feats)
-        pooled = tm.roi_heads.box_head(tm.roi_heads.box_roi_pool(feats, proposals, il.image_sizes))
-        logits, codes = tm.roi_heads.box_predictor(pooled)
-        dets = tm.roi_heads.postprocess_detections(logits, codes, proposals, il.image_sizes)
-    det = detector_for(model)
-    batch, sizes = transform([jnp.asarray(im) for im in images], det.transform_spec)
-    return dict(model=model, variables=variables, det=det, il=il, feats=feats, objectness=objectness, deltas=deltas,
-                anchors=anchors, proposals=proposals, logits=logits, codes=codes, dets=dets, batch=batch,
-                sizes=jnp.asarray(sizes, jnp.int32))
+    # the twin's backbone is one map (conv5_3), which FasterRCNN names "0"
+    return mobilenet_tests.torchvision_stages(tm, model, variables, images,
+                                              features=lambda t: OrderedDict([("0", tm.backbone(t))]))
 
 
 def _nhwc(t):

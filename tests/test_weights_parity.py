@@ -12,7 +12,8 @@ archc must be as close to the reference run in float64 as the float32 reference 
 The sweep covers every built-in that a torchvision or timm mapping lists (test_sweep_covers_every_twin),
 at 64x64 (the smallest input at which every stage is at least 2x2: at 1x1 the BatchNorm
 calibration batch gives degenerate statistics) unless the network needs more; the largest are in
-the slow tier (``pytest --slow``), which CI runs.
+the slow tier (``pytest --slow``: CI runs the default tier only; the slow tier's 89 cases take
+~55 min on 2 busy cores, and docs/weights.md's table records its last run).
 
 Each case writes its largest differences to build/weights-parity/<case>.json; docs/weights.md's
 table is generated from those files by ``python tests/test_weights_parity.py --table`` (which

@@ -122,6 +122,25 @@ def bind(kind: str, values: dict, ctx: DeclarationContext):
     return binder(full, ctx) if binder is not None else d.cls(**full)
 
 
+class DeclarationError(ValueError):
+    """Declaration values given outside a spec (a Python call, a CLI flag) that do not check."""
+
+
+def bind_values(kind: str, values: dict):
+    """``bind`` for values that come from Python or the command line, not from a spec: the same
+    defaults and checks, failures raised as :class:`DeclarationError` (no source position).
+    Tensor arguments cannot be named here."""
+    unknown = sorted(set(values) - set(DECLARATIONS[kind].signature))
+    if unknown:
+        raise DeclarationError(f"{kind}(): no argument {', '.join(map(repr, unknown))}; "
+                               f"the arguments are {', '.join(DECLARATIONS[kind].signature)}")
+
+    def fail(message, span, hint=None):
+        raise DeclarationError(message + (f" ({hint})" if hint else ""))
+
+    return bind(kind, values, DeclarationContext(kind, fail, {}, None, lambda name, v: None))
+
+
 def redirect_tensors(decl: Any, redirect: dict) -> Any:
     """The declaration with the node names it holds renamed (a pass that removes a node, such as
     BN folding, maps it to the node that now computes its value). A kind that names tensors

@@ -317,10 +317,12 @@ class Plan:
 def plan(graph: Graph, axis: int) -> Plan:
     if len(graph.input_shape) != 3:
         raise CannotDerive("the input has no spatial axes")
-    if len(graph.inputs) > 1:
-        # a second input (a two-stage detector's proposals) is not a function of the image's size
-        raise CannotDerive(f"the network has {len(graph.inputs)} inputs ({', '.join(graph.inputs)}); "
-                           "the analysis follows single-input networks")
+    for extra in graph.inputs[1:]:
+        # a further input (a two-stage detector's proposals, R x 4) is given as it is, whatever
+        # the image's size: a constant of the analysis, as long as it has no spatial axes
+        if len(graph.nodes[extra].shape) == 3:
+            raise CannotDerive(f"the network has a second image-like input ({extra}); the analysis follows "
+                               "the sizes of the first input only")
     alias, steps, read, pads, ones = {}, [], set(), {}, set()
     for node in graph:
         rule = SIZE_RULES[node.op](node, axis, graph)
@@ -418,7 +420,7 @@ def apply_step(step: Step, ins):
 
 def follow(p: Plan, n: int, keep: bool = False) -> Followed:
     """Size n on the plan's axis pushed through the IR (the other axis as declared)."""
-    ext = {p.graph.inputs[0]: n}
+    ext = {p.graph.inputs[0]: n, **{i: VEC for i in p.graph.inputs[1:]}}
     res = Followed(n, True, True)
     for step in p.steps:
         ins = [ext[i] for i in step.inputs]
@@ -682,11 +684,16 @@ class Membership:
 
 
 def derive(p: Plan) -> Derived:
-    pieces = {p.graph.inputs[0]: [Piece(1, 1, None, 1, 1, True)]}
+    pieces = {p.graph.inputs[0]: [Piece(1, 1, None, 1, 1, True)],
+              **{i: [Piece(1, 1, None, VEC, 0, True)] for i in p.graph.inputs[1:]}}
     inexact: set = set()
     for step in p.steps:
         ins = [pieces[i] for i in step.inputs]
-        if len(ins) == 1 and not isinstance(step.rule, (Merge, CropTo, StrideTo, ResizeTo)):
+        if isinstance(step.rule, Vanish) and len(ins) > 1:
+            # an op whose output no longer depends on the axis (a RoI op on its feature maps):
+            # defined wherever all its inputs are
+            pieces[step.name] = [Piece(cb.a, cb.L, cb.stop, VEC, 0, cb.exact) for cb in _combos(ins)]
+        elif len(ins) == 1 and not isinstance(step.rule, (Merge, CropTo, StrideTo, ResizeTo)):
             pieces[step.name] = _single(step, ins[0], inexact)
         else:
             pieces[step.name] = _joint(step, ins, inexact)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..compiler.declarations import PREPROCESS_MODES, Preprocess, to_json
+from ..compiler.declarations import PREPROCESS_MODES, DeclarationError, Preprocess, bind_values, to_json
 from .logits import ends_in_softmax
 
 CLASSES_FILE = Path(__file__).resolve().parent.parent / "data" / "imagenet_classes.txt"
@@ -92,10 +92,13 @@ def preprocess_spec(preprocess=None, metadata: dict | None = None, declared: dic
     if isinstance(preprocess, str):
         preprocess = {"mode": preprocess, "resize": "exact" if preprocess in ("tf", "caffe", "none") else 256,
                       "crop": 224}
-    spec = {**DEFAULT, **preprocess}
-    if spec["mode"] not in MODES:
-        raise PredictError(f"unknown preprocessing mode {spec['mode']!r}; one of {', '.join(MODES)}")
-    return spec
+    if not isinstance(preprocess, dict):
+        raise PredictError(f"preprocess= is a mode name ({', '.join(MODES)}) or a dict of preprocess() "
+                           f"arguments, not {preprocess!r}")
+    try:        # one check and one type for a declaration, a recorded pipeline and a user's dict
+        return to_json(bind_values("preprocess", preprocess))
+    except DeclarationError as e:
+        raise PredictError(f"preprocessing: {e}") from None
 
 
 def load_image(path):
