@@ -124,18 +124,7 @@ def test_box_head_on_torchvision_proposals(stages):
     """Class logits and box codes on torchvision's proposals (MultiScaleRoIAlign over four levels,
     TwoMLPHead, the predictor): ≤ 1e-4 (measured 3.4e-5 on logits up to 14: 50 layers of float32
     before fc6's sum over 12,544 pooled values, where the MobileNet test holds 1e-5)."""
-    s = stages
-    det = s["det"]
-    rois = np.zeros((2, det.R, 4), np.float32)
-    for i, p in enumerate(s["proposals"]):
-        rois[i, :len(p)] = p.numpy()
-    out, _ = run_graph(s["model"].program, s["variables"], {"input": s["batch"], "rois": rois},
-                       outputs=("cls_score", "bbox_pred"))
-    counts = np.cumsum([0] + [len(p) for p in s["proposals"]])
-    for i in range(2):
-        a, b = counts[i], counts[i + 1]
-        np.testing.assert_allclose(np.asarray(out["cls_score"][i, :b - a]), s["logits"][a:b].numpy(), rtol=0, atol=1e-4)
-        np.testing.assert_allclose(np.asarray(out["bbox_pred"][i, :b - a]), s["codes"][a:b].numpy(), rtol=0, atol=1e-4)
+    mobilenet_tests.check_box_head_on_torchvision_proposals(stages, atol=1e-4, rtol=0)
 
 
 def test_rpn_filter_proposals_on_torchvision_head_outputs(stages):
