@@ -1,11 +1,16 @@
 """Faster R-CNN (MobileNetV3-Large FPN, 320) against torchvision with random weights: parameter
 counts, the strict checkpoint import, the network's features and head outputs, and each discrete
 post-processing stage on torchvision's own inputs (RPN filter_proposals on torchvision's head
-outputs, RoIHeads.postprocess_detections on torchvision's box-head outputs), so that top-k,
-thresholds and NMS see bit-identical scores and cannot flip on float noise; and the whole
-pipeline (archc.detect vs torchvision's forward) in float64, where every detection agrees."""
+outputs, RoIHeads.postprocess_detections on torchvision's box-head outputs) and the whole
+pipeline (archc.detect vs torchvision's forward). Each comparison that crosses a discrete step
+(top-k, thresholds, NMS) runs both libraries in float64 on the same inputs: in float32 the
+kernels that XLA and PyTorch pick for the CPU's instruction set round differently, and random
+weights put box scores and IoUs within float32 noise of each other and of the thresholds, so
+the result would depend on the machine; in float64 the noise (~1e-16) is far below any margin
+that decides them, and every proposal and detection agrees, in order."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -122,20 +127,50 @@ def _torch_heads_as_archc(s):
     return out
 
 
-def test_rpn_filter_proposals_on_torchvision_head_outputs(stages):
-    s = stages
+def rpn_proposals_in_float64(s):
+    """RPN filter_proposals (decode, per-level top-n, clip, small-box and score removal, NMS,
+    top-n) on torchvision's own head outputs in float64, in both libraries: (archc's proposals
+    per image, torchvision's).
+
+    The zero padding and constant regions give exactly equal logits at several places, which
+    torch.topk and lax.top_k order as each likes (row 12 of the first image picks another
+    location of one tied logit): each logit is raised by its rank times 1e-12 (the same inputs
+    for both libraries; an order-preserving change of at most ~1e-8), which parts every tie by
+    position and leaves every two logits ≥ 1e-12 apart (asserted), thousands of times float64's
+    noise, so that each top-k, threshold and NMS step has one right answer."""
+    from torchvision.models.detection.image_list import ImageList
+    flat = np.concatenate([t.double().numpy().ravel() for t in s["objectness"]])
+    rank = np.empty(len(flat))
+    rank[np.argsort(flat, kind="stable")] = np.arange(len(flat))
+    flat = flat + rank * 1e-12
+    assert np.diff(np.sort(flat)).min() >= 0.9e-12, "every two objectness logits ≥ 1e-12 apart"
+    ends = np.cumsum([t.numel() for t in s["objectness"]])
+    objectness = [torch.from_numpy(part.reshape(tuple(t.shape)))
+                  for part, t in zip(np.split(flat, ends[:-1]), s["objectness"])]
+    deltas = [t.double() for t in s["deltas"]]
+    rpn64 = copy.deepcopy(s["tm"].rpn).double()
+    rpn64.head.forward = lambda features: (objectness, deltas)      # the same head outputs
+    il = s["il"]
+    with torch.no_grad():
+        want, _ = rpn64(ImageList(il.tensors.double(), il.image_sizes),
+                        {k: v.double() for k, v in s["feats"].items()})
     det = s["det"]
-    props, valid = det.propose(_torch_heads_as_archc(s), s["sizes"], tuple(s["batch"].shape[1:3]))
-    for i, want in enumerate(s["proposals"]):
-        n = int(valid[i].sum())
-        assert n == len(want)
-        got, want = np.asarray(props[i, :n]), want.numpy()
-        # the same proposals in the same order, except among exactly tied scores: the zero
-        # padding and constant regions give equal logits at several places, which torch.topk and
-        # NMS order (and so keep) as they like; such a tie swaps or replaces a row or two
-        found = (np.abs(want[:, None] - got[None]).max(-1) < 1e-4).any(1)
-        assert found.mean() >= 0.99, np.nonzero(~found)
-        assert (np.abs(got - want).max(1) < 1e-4).mean() >= 0.97
+    with jax.enable_x64(True):
+        heads = {name: jnp.asarray(t.permute(0, 2, 3, 1).numpy())
+                 for names, ts in ((det.rpn.scores, objectness), (det.rpn.boxes, deltas)) for name, t in zip(names, ts)}
+        props, valid = det.propose(heads, s["sizes"], tuple(s["batch"].shape[1:3]))
+        assert props.dtype == jnp.float64
+        got = [np.asarray(props[i, :int(valid[i].sum())]) for i in range(len(want))]
+    return got, [w.numpy() for w in want]
+
+
+@pytest.mark.discrete
+def test_rpn_filter_proposals_on_torchvision_head_outputs(stages):
+    """The same proposals in the same order (measured: equal to ~1e-13 px)."""
+    got, want = rpn_proposals_in_float64(stages)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and len(w) > 0
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-9)
 
 
 def test_box_head_on_torchvision_proposals(stages):
@@ -160,31 +195,40 @@ def check_box_head_on_torchvision_proposals(s, atol, rtol=1e-7):
 
 def postprocess_torchvision_head_outputs(s):
     """archc's postprocess_detections on torchvision's own box-head outputs and proposals of
-    the ``stages`` fixture (padded to the detector's R): (archc's result, torchvision's
-    (boxes, scores, labels) per image)."""
+    the ``stages`` fixture (padded to the detector's R), both libraries in float64 (the inputs
+    cast exactly): (archc's result, torchvision's (boxes, scores, labels) per image)."""
     det = s["det"]
     counts = np.cumsum([0] + [len(p) for p in s["proposals"]])
-    logits = np.zeros((2, det.R, det.classes), np.float32)
-    codes = np.zeros((2, det.R, 4 * det.classes), np.float32)
-    rois = np.zeros((2, det.R, 4), np.float32)
-    valid = np.zeros((2, det.R), bool)
-    for i in range(2):
+    n_img = len(s["proposals"])
+    logits = np.zeros((n_img, det.R, det.classes))
+    codes = np.zeros((n_img, det.R, 4 * det.classes))
+    rois = np.zeros((n_img, det.R, 4))
+    valid = np.zeros((n_img, det.R), bool)
+    for i in range(n_img):
         a, b = counts[i], counts[i + 1]
         logits[i, :b - a], codes[i, :b - a] = s["logits"][a:b].numpy(), s["codes"][a:b].numpy()
         rois[i, :b - a], valid[i, :b - a] = s["proposals"][i].numpy(), True
-    got = det.postprocess({"cls_score.fc1": logits, "bbox_pred.fc1": codes}, s["sizes"], tuple(s["batch"].shape[1:3]),
-                          jnp.asarray(rois), jnp.asarray(valid))
-    return got, s["dets"]
+    heads64 = copy.deepcopy(s["tm"].roi_heads).double()
+    with torch.no_grad():
+        want = heads64.postprocess_detections(s["logits"].double(), s["codes"].double(),
+                                              [p.double() for p in s["proposals"]], s["il"].image_sizes)
+    with jax.enable_x64(True):
+        got = det.postprocess({"cls_score.fc1": logits, "bbox_pred.fc1": codes}, s["sizes"],
+                              tuple(s["batch"].shape[1:3]), jnp.asarray(rois), jnp.asarray(valid))
+        assert got.boxes.dtype == jnp.float64
+        got = jax.tree.map(np.asarray, got)
+    return got, want
 
 
+@pytest.mark.discrete
 def test_postprocess_detections_on_torchvision_head_outputs(stages):
     got, (boxes, scores, labels) = postprocess_torchvision_head_outputs(stages)
     for i in range(2):
         n = int(got.count[i])
         assert n == len(boxes[i]) > 0
         np.testing.assert_array_equal(np.asarray(got.labels[i, :n]), labels[i].numpy())
-        np.testing.assert_allclose(np.asarray(got.boxes[i, :n]), boxes[i].numpy(), atol=1e-3)
-        np.testing.assert_allclose(np.asarray(got.scores[i, :n]), scores[i].numpy(), atol=1e-5)
+        np.testing.assert_allclose(np.asarray(got.boxes[i, :n]), boxes[i].numpy(), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(np.asarray(got.scores[i, :n]), scores[i].numpy(), rtol=0, atol=1e-11)
 
 
 def _end_to_end_float64(tm, model, variables):
@@ -212,6 +256,7 @@ def _assert_same_detections(got, want, box_tol, score_tol):
         np.testing.assert_allclose(o["scores"], w["scores"].numpy(), rtol=0, atol=score_tol)
 
 
+@pytest.mark.discrete
 def test_detect_end_to_end_in_float64(pair):
     """The end-to-end comparison, made exact: both frameworks in float64, so float noise (~1e-16
     relative) cannot reach the discrete steps (per-level top-k of the RPN logits, thresholds,
@@ -233,7 +278,8 @@ def test_detect_end_to_end_in_float64_800(tmp_path):
 @pytest.mark.slow     # compiling the whole pipeline for two image sizes: minutes on 2 shared cores
 def test_detect_runs_end_to_end(stages):
     """archc.detect in float32 (a secondary check: the exact comparison is the float64 one
-    above), the whole pipeline under one jit, boxes in each original image's pixels."""
+    above), the whole pipeline under one jit: as many detections as torchvision, boxes in each
+    original image's pixels, scores in order, foreground labels."""
     s = stages
     images = _images(np.float32)
     out = archc.detect(s["model"], s["variables"], images)
@@ -242,12 +288,10 @@ def test_detect_runs_end_to_end(stages):
     for o, w, im in zip(out, want, images):
         assert len(o["boxes"]) == len(w["boxes"]) == 100
         assert (o["boxes"][:, 2] <= im.shape[1] + 1e-3).all() and (o["boxes"][:, 3] <= im.shape[0] + 1e-3).all()
-        # the best detections agree; further down, near-tied RPN logits (float32 noise of 1e-8)
-        # flip proposals at the top-k and NMS boundaries: see docs/detection.md
-        np.testing.assert_allclose(o["scores"][:1], w["scores"][:1].numpy(), atol=1e-5)
-        np.testing.assert_allclose(o["boxes"][:1], w["boxes"][:1].numpy(), atol=1e-3)
-        wb, ob = w["boxes"][:20].numpy(), o["boxes"][:20]
-        assert (np.abs(wb[:, None] - ob[None]).max(-1) < 1e-3).any(1).mean() >= 0.6
+        assert np.all(np.diff(o["scores"]) <= 0) and np.isin(o["labels"], np.arange(1, 5)).all()
+    # which detections: not compared in float32, where near-tied RPN logits (float32 noise of
+    # 1e-8, rounded differently by each CPU's kernels) flip proposals at the top-k and NMS
+    # boundaries; test_detect_end_to_end_in_float64 compares every detection exactly
 
 
 # ---------------------------------------------------------------------------------------------

@@ -130,17 +130,14 @@ def test_backbone_and_rpn_head_match(stages):
     np.testing.assert_allclose(np.asarray(out[det.rpn.boxes[0]]), _nhwc(s["deltas"][0]), rtol=0, atol=2e-6)
 
 
+@pytest.mark.discrete
 def test_filter_proposals_on_torchvision_head_outputs(stages):
-    """One level, 6000 boxes before NMS (all of them here: 20·30·9 = 5,400), 300 after."""
-    s = stages
-    det = s["det"]
-    heads = {det.rpn.scores[0]: jnp.asarray(_nhwc(s["objectness"][0])), det.rpn.boxes[0]: jnp.asarray(_nhwc(s["deltas"][0]))}
-    props, valid = det.propose(heads, s["sizes"], tuple(s["batch"].shape[1:3]))
-    assert props.shape == (2, 300, 4)
-    for i, want in enumerate(s["proposals"]):
-        n = int(valid[i].sum())
-        assert n == len(want) == 300
-        np.testing.assert_allclose(np.asarray(props[i, :n]), want.numpy(), rtol=0, atol=1e-4)
+    """One level, 6000 boxes before NMS (all of them here: 20·30·9 = 5,400), 300 after; both
+    libraries in float64 (test_faster_rcnn.rpn_proposals_in_float64)."""
+    got, want = mobilenet_tests.rpn_proposals_in_float64(stages)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape == (300, 4)
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-9)
 
 
 def test_box_head_on_torchvision_proposals(stages):
@@ -156,15 +153,11 @@ def test_box_head_on_torchvision_proposals(stages):
                                atol=2e-6)
 
 
+@pytest.mark.discrete
 def test_postprocess_detections_on_torchvision_head_outputs(stages):
-    s = stages
-    det = s["det"]
-    logits = s["logits"].numpy().reshape(2, 300, -1)
-    codes = s["codes"].numpy().reshape(2, 300, -1)
-    rois = np.stack([p.numpy() for p in s["proposals"]])
-    got = det.postprocess({"cls_score.fc1": logits, "bbox_pred.fc1": codes}, s["sizes"], tuple(s["batch"].shape[1:3]),
-                          jnp.asarray(rois), jnp.ones((2, 300), bool))
-    boxes, scores, labels = s["dets"]
+    """In float64 on torchvision's own box-head outputs and proposals; detections paired one to
+    one (exactly equal scores are ordered by torch's sort)."""
+    got, (boxes, scores, labels) = mobilenet_tests.postprocess_torchvision_head_outputs(stages)
     for i in range(2):
         n = int(got.count[i])
         assert n == len(boxes[i]) == 100

@@ -44,10 +44,12 @@ def ssd_boxes_per_location(aspect_ratios) -> list[int]:
 def default_boxes(grid_sizes: Sequence[tuple[int, int]], image_size: tuple[int, int],
                   aspect_ratios: Sequence[Sequence[float]], scales: Sequence[float] | None = None,
                   steps: Sequence[int] | None = None, clip: bool = True,
-                  min_ratio: float = 0.15, max_ratio: float = 0.9) -> np.ndarray:
+                  min_ratio: float = 0.15, max_ratio: float = 0.9, dtype=F32) -> np.ndarray:
     """SSD's default boxes for feature maps of ``grid_sizes`` (h, w) on an input of
     ``image_size`` (h, w): centres ((i + 0.5) / f_k with f_k = size / step), sizes clamped to
-    [0, 1] when ``clip`` (the centres and corners are not), scaled to pixels."""
+    [0, 1] when ``clip`` (the centres and corners are not), scaled to pixels. ``dtype``: that
+    of the feature maps, in which torchvision computes the corners (its centres and sizes are
+    float32 whatever the dtype)."""
     if len(grid_sizes) != len(aspect_ratios) or steps is not None and len(steps) != len(aspect_ratios):
         raise ValueError("default_boxes: grid_sizes, aspect_ratios and steps need one entry per level")
     scales = list(scales) if scales is not None else ssd_scales(len(aspect_ratios), min_ratio, max_ratio)
@@ -70,10 +72,10 @@ def default_boxes(grid_sizes: Sequence[tuple[int, int]], image_size: tuple[int, 
         c = np.repeat(centres, n, axis=0)
         s = np.tile(pairs, (fh * fw, 1))
         levels.append(np.concatenate([c, s], 1))
-    boxes = np.concatenate(levels, 0).astype(F32)
-    xy_size = np.asarray([image_size[1], image_size[0]], F32)
-    half = F32(0.5) * boxes[:, 2:]
-    return np.concatenate([(boxes[:, :2] - half) * xy_size, (boxes[:, :2] + half) * xy_size], 1).astype(F32)
+    boxes = np.concatenate(levels, 0).astype(F32).astype(dtype)
+    xy_size = np.asarray([image_size[1], image_size[0]], dtype)
+    half = dtype(0.5) * boxes[:, 2:]
+    return np.concatenate([(boxes[:, :2] - half) * xy_size, (boxes[:, :2] + half) * xy_size], 1).astype(dtype)
 
 
 def cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> np.ndarray:

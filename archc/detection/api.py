@@ -139,17 +139,17 @@ class SSDDetector(Detector):
                 raise DetectError(f"{model.name}: head {n} has {self.graph.nodes[n].shape[-1]} channels, "
                                   f"{a} default boxes per location × {self.classes} classes need {a * self.classes}")
 
-    def anchors(self, grid_sizes, input_size):
+    def anchors(self, grid_sizes, input_size, dtype=np.float32):
         d = self.default_boxes
         return anchor_lib.default_boxes(grid_sizes, input_size, d.aspect_ratios, d.scales or None,
-                                        d.steps or None, d.clip, d.min_ratio, d.max_ratio)
+                                        d.steps or None, d.clip, d.min_ratio, d.max_ratio, dtype=dtype)
 
     def postprocess(self, outputs, image_sizes, input_size):
         d = self.decl
         logits = jnp.concatenate([_flatten_head(outputs[n], self.classes) for n in d.scores], 1)
         codes = jnp.concatenate([_flatten_head(outputs[n], 4) for n in d.boxes], 1)
         grids = [tuple(outputs[n].shape[1:3]) for n in d.scores]
-        anchors = jnp.asarray(self.anchors(grids, input_size))
+        anchors = jnp.asarray(self.anchors(grids, input_size, np.dtype(codes.dtype).type))
         return jax.vmap(functools.partial(self._one_image, anchors))(logits, codes, image_sizes)
 
     def _one_image(self, anchors, logits, codes, size):
