@@ -30,18 +30,21 @@ def _shape(text: str) -> tuple:
 
 
 def _param(text: str) -> tuple:
+    from .compiler.build import CommandLineName
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
     value = value.strip()
+    key = CommandLineName(key.strip())
+    key.typed = value               # for its errors, as the user wrote it
     for conv in (int, float):
         try:
-            return key.strip(), conv(value)
+            return key, conv(value)
         except ValueError:
             pass
     if value in ("true", "false"):
-        return key.strip(), value == "true"
-    return key.strip(), value
+        return key, value == "true"
+    return key, value
 
 
 def _graph(args):

@@ -46,16 +46,24 @@ def bind_family_params(module: Module, preset: str | None, overrides: dict) -> t
         if k not in declared:
             hint = f"its parameters: {', '.join(declared)}" if declared else "this file declares no 'param'"
             raise ArchError([Diagnostic(f"{module.name} has no parameter '{k}'", None, suggest(k, declared) or hint)])
-        chosen[k] = _override(v)
+        chosen[k] = _override(k, v)
     return chosen, diags
 
 
-def _override(v):
+class CommandLineName(str):
+    """A parameter's name given with --param, with its value as typed (`typed`): its errors
+    say `--param name=typed`."""
+    typed: str = ""
+
+
+def _override(name: str, v) -> Override:
     """A value from the command line or Python: numbers as they are, strings read as .arch
     expressions where they parse (--param blocks=[6,12,24,16]), tuples as lists."""
+    flag = "--param " if isinstance(name, CommandLineName) else ""
+    text = name.typed if flag else repr(v)
     if isinstance(v, str):
         try:
-            return parse(f"let __v = ({v})", "<--param>")[0].value
+            return Override(v, name, text, flag, parse(f"let __v = ({v})", "<--param>")[0].value)
         except ArchError:
-            return Override(v)
-    return Override(list(v) if isinstance(v, tuple) else v)
+            pass
+    return Override(list(v) if isinstance(v, tuple) else v, name, text, flag)
