@@ -11,17 +11,38 @@ from .resolve import Module, resolve
 
 
 def build_graph(spec: str | None = None, params: dict | None = None, input_shape: tuple | None = None,
-                *, text: str | None = None, filename: str = "<expr>") -> Graph:
-    """Elaborate a spec into a shape-checked Graph, or raise ArchError with every error found."""
+                *, text: str | None = None, filename: str = "<expr>", advise: bool = True) -> Graph:
+    """Elaborate a spec into a shape-checked Graph, or raise ArchError with every error found.
+    When an `input_shape` the spec rejects is the cause, the error says which sizes it takes
+    (`advise=False`: not, for callers that try many sizes)."""
     module = resolve(spec, text=text, filename=filename)
     sources = module.sources()
     try:
         chosen, diags = bind_family_params(module, module.preset, dict(params or {}))
         graph = Elaborator(Graph(module.name)).run_program(module, chosen, input_shape, diags)
     except ArchError as e:
+        note = _size_advice(spec, params, input_shape, text, filename) if advise and input_shape else None
+        if note:
+            e.diagnostics[0].notes.append((note, None))
         raise ArchError(e.diagnostics, {**sources, **e.sources}) from None
     graph.sources = sources
     return graph
+
+
+def _size_advice(spec, params, input_shape, text, filename) -> str | None:
+    """The nearest input sizes the spec takes, from the size analysis of the spec at its own
+    input; None when that fails too, or the given height and width are not the cause."""
+    from . import sizes
+
+    def at(shape):
+        try:
+            return build_graph(spec, params, shape, text=text, filename=filename, advise=False)
+        except ArchError:
+            return None
+    declared = at(None)
+    if declared is None or tuple(input_shape) == declared.input_shape:
+        return None
+    return sizes.advice(declared, tuple(input_shape), at)
 
 
 def bind_family_params(module: Module, preset: str | None, overrides: dict) -> tuple[dict, list]:

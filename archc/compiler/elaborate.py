@@ -965,6 +965,8 @@ class Elaborator:
             except _Fail as f:
                 if isinstance(st, (A.Let, A.Param)):
                     env.vars[st.name] = _Failed()     # its uses are not errors of their own
+                if isinstance(st, A.Input):
+                    shape_failed = True               # nor is the missing input of every layer
                 if f.kind == "shape":
                     if shape_failed:
                         continue
