@@ -1291,6 +1291,8 @@ def _kind(v) -> str:
         return "none"
     if isinstance(v, list):
         return "a list"
+    if isinstance(v, tuple):
+        return f"the size {'x'.join(map(str, v))}"
     if isinstance(v, (Layer, Block)):
         return "a layer"
     if isinstance(v, Function):
