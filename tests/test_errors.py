@@ -305,3 +305,7 @@ def test_an_error_inside_an_imported_library_block_is_placed_at_the_users_call()
     e = pytest.raises(ArchError, build_graph, text=text, filename="net.arch").value
     assert [d.span.file for d in e.diagnostics] == ["net.arch"] and e.diagnostics[0].span.line == 3
     assert any(s.file.endswith("resnet.arch") for _, s in e.diagnostics[0].notes), e.render()
+
+
+def test_a_size_literal_is_named_as_a_size():
+    assert render("input 8x8x3\nconv3(-1x3)\n").splitlines()[0] == "net.arch:2:8: error: cannot negate the size 1x3"
