@@ -14,7 +14,8 @@ GAP_X, GAP_Y = 40, 46   # between the boxes of a rank; between ranks (room for t
 GUTTER = 48             # between wrapped columns, plus a lane per edge that wraps into a column
 LANE = 9                # between the lanes of edges that pass boxes by, or wrap
 PAD = 24
-ASPECT = 1.5            # the width : height a wrapped picture aims at (a page, not a strip)
+ASPECT = 1.5            # the width : height a wrapped picture aims at (a page, not a strip) …
+MAX_WIDTH = 1750        # … no wider than this where it can be: a page (~1600 px) shows the PNG (x1.5) at 11 px text
 STAGE_FILL = "#f3f6fb"
 COLORS = {"box": "#ffffff", "line": "#44546a", "output": "#c0392b", "edge": "#7f8c9d", "text": "#1d2733",
           "muted": "#5d6d7e"}
@@ -105,15 +106,16 @@ def _offsets(pic: Picture, widths: dict) -> dict:
 
 
 def _wrap(n_ranks: int, rank_w: list, wrap: bool) -> list:
-    """Split the ranks into columns of equal height whose picture is closest to ASPECT."""
+    """Split the ranks into columns of equal height whose picture is closest to ASPECT among those
+    no wider than MAX_WIDTH (a taller picture scrolls; a wider one shrinks its text)."""
     best = None
     for c in range(1, (n_ranks if wrap else 1) + 1):
         per = -(-n_ranks // c)
         cols = [(i, min(i + per, n_ranks) - 1) for i in range(0, n_ranks, per)]
         width = sum(max(rank_w[a:b + 1]) for a, b in cols) + GUTTER * (len(cols) - 1)
         height = per * (H + GAP_Y)
-        score = abs(math.log(width / height / ASPECT))
-        if best is None or score < best[0] - 1e-9:
+        score = (width > MAX_WIDTH, abs(math.log(width / height / ASPECT)))
+        if best is None or score < best[0]:
             best = (score, cols)
     return best[1]
 
