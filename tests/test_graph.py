@@ -126,3 +126,18 @@ def test_pictures_fit_a_page_keep_names_whole_and_route_lines_around_boxes(name,
         for seg in zip(s.args, s.args[1:]):
             assert not any(_crosses(seg, r) for r in others), (name, e, seg)
     assert name not in ("nasnetalarge", "googlenet") or lines           # these wrap, and route around
+
+
+def test_command_draws_googlenet_to_fit_a_page_with_whole_names(tmp_path):
+    """As the user ran it (issue 27): `archc graph googlenet` was a 7182x1179 staircase and
+    `--depth 3` cut names; now the PNG fits a page's width (x1.5 scale) and every name is whole."""
+    from PIL import Image
+    png, svg = tmp_path / "g.png", tmp_path / "g3.svg"
+    for args in (("googlenet", "-o", png), ("googlenet", "--depth", "3", "-o", svg)):
+        r = subprocess.run([sys.executable, "-m", "archc", "graph", *map(str, args)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    w, h = Image.open(png).size
+    assert w <= 1750 * 1.5 and 0.5 <= w / h <= 2.5, (w, h)
+    texts = {t.text for t in ET.parse(svg).getroot().iter("{http://www.w3.org/2000/svg}text")}
+    titles = {b.title for b in _pic("googlenet", depth=3).boxes}
+    assert "inception4e.branch2.basic2" in titles and titles <= texts and not any("…" in t for t in texts)
