@@ -30,18 +30,21 @@ def _shape(text: str) -> tuple:
 
 
 def _param(text: str) -> tuple:
+    from .compiler.build import CommandLineName
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
     value = value.strip()
+    key = CommandLineName(key.strip())
+    key.typed = value               # for its errors, as the user wrote it
     for conv in (int, float):
         try:
-            return key.strip(), conv(value)
+            return key, conv(value)
         except ValueError:
             pass
     if value in ("true", "false"):
-        return key.strip(), value == "true"
-    return key.strip(), value
+        return key, value == "true"
+    return key, value
 
 
 def _graph(args):
@@ -74,14 +77,14 @@ def cmd_check(args) -> int:
         given, args.input = args.input, None if args.expr is None else tuple(32 if isinstance(d, str) else d for d in args.input)
         declared = _graph(args).input_shape     # the letters stand for sizes; the rest is as given
         args.input = tuple(declared[a] if isinstance(d, str) else d for a, d in enumerate(given))
+    if args.sizes and not letters:
+        return _sizes(args)
     g = _graph(args)
     if letters:
         from .compiler import sizes
         rep = sizes.report(g, None if g.size_reads else (lambda shape: None))
         print(sizes.symbolic_text(g, letters, rep))
         return 0
-    if args.sizes:
-        return _sizes(g, args)
     if args.expr is not None:
         print(fmt_shape(g.output_shape))
         _warn_inexact(g)
@@ -101,8 +104,9 @@ def _warn_inexact(g) -> None:
         print(f"warning: {line}", file=sys.stderr)
 
 
-def _sizes(g, args) -> int:
-    """archc check --sizes: the input sizes the spec accepts, derived from its IR."""
+def _sizes(args) -> int:
+    """archc check --sizes: the input sizes the spec accepts, derived from its IR; with an
+    --input it rejects, derived at its declared input and measured from the one given."""
     from .compiler import sizes
     from .compiler.build import build_graph
     params = dict(args.param or [])
@@ -110,12 +114,17 @@ def _sizes(g, args) -> int:
     def elaborate_at(shape):
         try:
             if args.expr is not None:
-                return build_graph(text=args.expr, filename="<expr>", params=params, input_shape=shape)
-            return build_graph(args.spec, params=params, input_shape=shape)
+                return build_graph(text=args.expr, filename="<expr>", params=params, input_shape=shape, advise=False)
+            return build_graph(args.spec, params=params, input_shape=shape, advise=False)
         except ArchError:
             return None
+    at = None
+    g = elaborate_at(args.input) if args.input is not None and args.spec is not None else None
+    if g is None and args.input is not None and args.spec is not None:
+        g, at = elaborate_at(None), args.input
+    g = g or _graph(args)       # its errors, when the spec fails at its own input too
     try:
-        rep = sizes.report(g, elaborate_at)
+        rep = sizes.report(g, elaborate_at, at)
     except sizes.CannotDerive as e:
         raise ArchError([_diag(f"cannot derive the input sizes of {g.name}: {e}")]) from None
     if args.json:

@@ -161,3 +161,33 @@ def test_drawing_boxes_outside_the_image():
     assert (drawn[:, 0] != 255).any() and (drawn[:, -1] != 255).any()       # clamped to the left/right edges
     empty = draw_detections(im, {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, int), "names": []})
     assert (np.asarray(empty) == im).all()
+
+
+def test_tags_of_a_crowded_image_do_not_overlap():
+    """Ten detections on one spot (a crowd): every "name score" tag gets a place of its own,
+    and the drawn image shows each tag's colour where it was placed (issue 27)."""
+    from archc.detection.draw import _colour, draw_detections, place_tags
+    rng = np.random.default_rng(0)
+    n = 10
+    x = rng.uniform(90, 110, n)
+    y = rng.uniform(90, 110, n)
+    boxes = np.stack([x, y, x + rng.uniform(40, 80, n), y + rng.uniform(40, 80, n)], 1).astype(np.float32)
+    dets = {"boxes": boxes, "scores": np.linspace(0.95, 0.5, n).astype(np.float32), "labels": np.arange(n) % 12,
+            "names": [f"class{k}" for k in range(n)]}
+    sizes = [(70, 16)] * n
+    tags = place_tags([tuple(b) for b in boxes], sizes, 320, 320)
+    for i, a in enumerate(tags):
+        assert 0 <= a[0] and a[2] <= 320 and 0 <= a[1] and a[3] <= 320
+        for b in tags[i + 1:]:
+            assert min(a[2], b[2]) <= max(a[0], b[0]) or min(a[3], b[3]) <= max(a[1], b[1]), (a, b)
+    assert tags[0] == (boxes[0][0], boxes[0][1] - 16, boxes[0][0] + 70, boxes[0][1])     # the best: above its box
+    drawn = np.asarray(draw_detections(np.full((320, 320, 3), 255, np.uint8), dets))
+    from PIL import Image, ImageDraw, ImageFont
+    font = ImageFont.load_default(size=12)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    sizes = []
+    for k in range(n):
+        l, t, r, b = measure.textbbox((0, 0), f"class{k} {dets['scores'][k]:.2f}", font=font)
+        sizes.append((r - l + 4, b - t + 2))
+    for k, (tx, ty, _, _) in enumerate(place_tags([tuple(np.clip(b, 0, 319)) for b in boxes], sizes, 320, 320)):
+        assert tuple(drawn[int(ty), int(tx)]) == _colour(int(dets["labels"][k]))

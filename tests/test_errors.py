@@ -229,3 +229,83 @@ def test_empty_expr_is_an_error():
                        capture_output=True, text=True)
     assert (r.returncode, r.stdout) == (2, "")
     assert r.stderr == 'error: --expr is empty\n  = help: give a network, e.g. --expr "conv3(64) bn relu"\n'
+
+
+# --- the first hour (issue 27): one root cause, one error, in the user's file -------------------
+def archc(*args, cwd=None):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "archc", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def test_a_word_for_a_number_on_the_command_line_is_one_error():
+    r = archc("check", "resnet18", "--param", "classes=ten")
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr.count("error:") == 1 and "unknown name 'classes'" not in r.stderr
+    assert r.stderr.startswith("error: --param classes=ten: expected a number, got the name 'ten'\n")
+    assert "param classes = 1000" in r.stderr                      # where the parameter is declared
+    assert "= help: give a number, such as the default: --param classes=1000" in r.stderr
+    r = archc("check", "resnet18", "--param", "classes=relu")
+    assert r.returncode == 2 and "--param classes=relu: expected a number, got a layer" in r.stderr
+    r = archc("check", "mobilenet_v3_large", "--param", "res=true", "--param", "rows=rleu")
+    assert r.returncode == 2 and r.stderr.count("error:") == 2, r.stderr     # one per mistake, nothing after
+    assert "error: --param res=true: expected a number, got a boolean" in r.stderr
+    assert "error: --param rows=rleu: unknown name 'rleu'" in r.stderr and "did you mean 'relu'" in r.stderr
+
+
+def test_a_string_for_a_number_from_python_is_one_error():
+    import archc as api
+    with pytest.raises(ArchError) as e:
+        api.load("resnet18", classes="ten")
+    assert [d.message for d in e.value.diagnostics] == ["classes='ten': expected a number, got the string 'ten'"]
+
+
+def test_a_failed_definition_is_reported_once_not_at_each_use():
+    text = "input 32x32x3\nlet w = wdith\nconv3(w) relu\nconv3(w)\n"
+    assert render(text) == """\
+net.arch:2:9: error: unknown name 'wdith'
+  |
+2 | let w = wdith
+  |         ^^^^^
+  = help: did you mean 'swish'?"""
+
+
+def test_a_residual_that_grows_is_reported_at_the_users_line_with_a_fix_that_fits(tmp_path):
+    (tmp_path / "res.arch").write_text("input 64x64x3\nconv3(8)\nresidual<conv(8, 1, s=1) conv(8, 1, s=1, p=1)>\n")
+    r = archc("check", "res.arch", cwd=tmp_path)
+    assert r.returncode == 2 and "<builtin>" not in r.stderr and "avgpool" not in r.stderr
+    assert r.stderr.startswith("res.arch:3:1: error: no strided 1x1 projection maps 64x64x8 to the body's 66x66x8\n")
+    fix = r.stderr.split("residual(proj=")[1].split(")<…>")[0] + ")"
+    assert fix == "conv1(s=1, p=1) bn)"[:len(fix)]
+    build_graph(text=f"input 64x64x3\nconv3(8)\nresidual(proj={fix[:-1]})<conv(8, 1, s=1) conv(8, 1, s=1, p=1)>\n")
+
+
+@pytest.mark.parametrize("body, size", [("conv(8, 6, s=2, p=0)", 64), ("conv(8, 1, p=2)", 16)])
+def test_each_projection_hint_proposes_a_shortcut_that_builds(body, size):
+    message = render(f"input {size}x{size}x3\nresidual<{body}>\n")
+    fix = message.split("residual(proj=")[1].split(")<…>")[0]
+    build_graph(text=f"input {size}x{size}x3\nresidual(proj={fix})<{body}>\n")
+
+
+def test_an_error_inside_a_prelude_block_is_placed_at_the_users_call():
+    assert render("input 28x28x192\ninception(64, 96128, 16>32, pool>32)\n") == """\
+net.arch:2:1: error: cannot index the number 96128
+  |
+2 | inception(64, 96128, 16>32, pool>32)
+  | ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+archc/architectures/prelude.arch:12:10: note: raised inside block 'inception', here
+   |
+12 |     unit(b2[0], 1) unit(b2[1], 3),
+   |          ^^
+  = help: only lists (such as 96>128 or [6, 12]) can be indexed"""
+
+
+def test_an_error_inside_an_imported_library_block_is_placed_at_the_users_call():
+    text = 'from "resnet.arch" import basic\ninput 8x8x3\nbasic(0)\n'
+    e = pytest.raises(ArchError, build_graph, text=text, filename="net.arch").value
+    assert [d.span.file for d in e.diagnostics] == ["net.arch"] and e.diagnostics[0].span.line == 3
+    assert any(s.file.endswith("resnet.arch") for _, s in e.diagnostics[0].notes), e.render()
+
+
+def test_a_size_literal_is_named_as_a_size():
+    assert render("input 8x8x3\nconv3(-1x3)\n").splitlines()[0] == "net.arch:2:8: error: cannot negate the size 1x3"

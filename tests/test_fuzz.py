@@ -75,7 +75,15 @@ def check_one(text: str) -> str:
     except ArchError as e:
         rendered = e.render()
         assert "error:" in rendered
+        assert_names_the_users_file(e, "fuzz.arch")
         return "error"
+
+
+def assert_names_the_users_file(e: ArchError, file: str) -> None:
+    """Every error is placed in the user's file, never inside a prelude or library block it
+    expanded (their lines are notes), and never nowhere."""
+    for d in e.diagnostics:
+        assert d.span is not None and d.span.file == file, e.render()
 
 
 @pytest.mark.parametrize("seed", range(10))

@@ -83,3 +83,61 @@ def test_command_refuses_an_unknown_format(tmp_path):
     r = subprocess.run([sys.executable, "-m", "archc.cli", "graph", "lenet5", "-o", str(tmp_path / "x.jpg")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "error: cannot write" in r.stderr and "Traceback" not in r.stderr
+
+
+# --- readable at a page's width (issue 27): top to bottom, long chains wrapped, names whole ------
+def _rects(shapes):
+    return [s.args for s in shapes if s.kind == "rect" and s.tip]
+
+
+def _crosses(seg, rect, inset=2.0):
+    """Whether an axis-parallel segment passes through the inside of a rectangle."""
+    (x0, y0), (x1, y1) = seg
+    rx, ry, rw, rh = rect
+    lo_x, hi_x, lo_y, hi_y = rx + inset, rx + rw - inset, ry + inset, ry + rh - inset
+    return max(x0, x1) > lo_x and min(x0, x1) < hi_x and max(y0, y1) > lo_y and min(y0, y1) < hi_y
+
+
+@pytest.mark.parametrize("name,depth", [("googlenet", 2), ("googlenet", 3), ("nasnetalarge", 2), ("resnet50", 2),
+                                        ("densenet121", 2), ("unet", 2), ("ssd300_vgg16", 2)])
+def test_pictures_fit_a_page_keep_names_whole_and_route_lines_around_boxes(name, depth):
+    from archc.graph.render import box_width, layout
+    pic = _pic(name, depth=depth)
+    shapes, w, h = layout(pic)
+    assert w <= 1750, (w, h)          # a page (~1600 px) shows the PNG (x1.5) with text >= 11 px
+    if depth == 2:                     # the docs pictures: page-shaped, not strips
+        assert 0.5 <= w / h <= 2.5, (w, h)
+    texts = {s.args[2] for s in shapes if s.kind == "text"}
+    assert all(b.title in texts and b.what in texts for b in pic.boxes)        # whole, never clipped
+    assert not any("…" in t for t in texts)
+    rects = _rects(shapes)
+    assert len(rects) == len(pic.boxes)
+    for b, (x, y, bw, bh) in zip(pic.boxes, rects):
+        assert bw >= box_width(b)
+    for i, (ax, ay, aw, ah) in enumerate(rects):      # boxes never overlap
+        for cx, cy, cw, ch in rects[i + 1:]:
+            assert not (ax < cx + cw and cx < ax + aw and ay < cy + ch and cy < ay + ah)
+    by_id = dict(zip((b.id for b in pic.boxes), rects))
+    paths = [s for s in shapes if s.kind in ("line", "curve")]          # one per edge, in order
+    assert len(paths) == len(pic.edges)
+    lines = [(e, s) for e, s in zip(pic.edges, paths) if s.kind == "line"]
+    for e, s in lines:                       # lanes and wrapped edges pass boxes by
+        others = [r for i, r in by_id.items() if i not in (e.src, e.dst)]
+        for seg in zip(s.args, s.args[1:]):
+            assert not any(_crosses(seg, r) for r in others), (name, e, seg)
+    assert name not in ("nasnetalarge", "googlenet") or lines           # these wrap, and route around
+
+
+def test_command_draws_googlenet_to_fit_a_page_with_whole_names(tmp_path):
+    """As the user ran it (issue 27): `archc graph googlenet` was a 7182x1179 staircase and
+    `--depth 3` cut names; now the PNG fits a page's width (x1.5 scale) and every name is whole."""
+    from PIL import Image
+    png, svg = tmp_path / "g.png", tmp_path / "g3.svg"
+    for args in (("googlenet", "-o", png), ("googlenet", "--depth", "3", "-o", svg)):
+        r = subprocess.run([sys.executable, "-m", "archc", "graph", *map(str, args)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    w, h = Image.open(png).size
+    assert w <= 1750 * 1.5 and 0.5 <= w / h <= 2.5, (w, h)
+    texts = {t.text for t in ET.parse(svg).getroot().iter("{http://www.w3.org/2000/svg}text")}
+    titles = {b.title for b in _pic("googlenet", depth=3).boxes}
+    assert "inception4e.branch2.basic2" in titles and titles <= texts and not any("…" in t for t in texts)

@@ -185,7 +185,7 @@ def test_no_closed_form_says_so_and_searches():
         sizes.analyse(g, 0)
 
     def at(shape):
-        return build_graph(text=text, filename="h.arch", input_shape=shape)
+        return build_graph(text=text, filename="h.arch", input_shape=shape, advise=False)
     rep = sizes.report(g, at)
     exact = {n for grp in rep["exact"]["height"] for n in range(grp["start"], grp["stop"] + 1, grp["step"])}
     assert exact == {n for n in range(1, 41) if n % 4 == 0 or n % 3 == 0}
@@ -206,7 +206,7 @@ def test_size_dependent_residual_shortcut_is_not_followed():
 
     def at(shape):
         try:
-            return build_graph(text=text, filename="res.arch", input_shape=shape)
+            return build_graph(text=text, filename="res.arch", input_shape=shape, advise=False)
         except ArchError:
             return None
     rep = sizes.report(g, at)
@@ -265,3 +265,65 @@ def test_symbolic_shape_exports_once_and_runs_at_several_sizes():
         xs = jnp.asarray(np.random.default_rng(0).normal(size=(batch,) + hw + (3,)), jnp.float32)
         want = archc.load("resnet18", input_shape=hw + (3,)).apply(variables, xs)
         np.testing.assert_allclose(exported.call(variables, xs), want, rtol=1e-5, atol=1e-5)
+
+
+# --- size errors say which sizes work (issue 27) ---------------------------------------------------
+MYUNET = """input 96x96x3
+enc1: conv3(16) relu
+enc2: maxpool(2) conv3(32) relu
+enc3: maxpool(2) conv3(64) relu
+mid: maxpool(2) conv3(128) relu
+up3: upsample(2) concat(@enc3, identity) conv3(64) relu
+up2: upsample(2) concat(@enc2, identity) conv3(32) relu
+up1: upsample(2) concat(@enc1, identity) conv3(16) relu
+out: conv1(2)
+"""
+
+
+def _archc(*args, cwd=None):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "archc", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def _builds(spec, shape):
+    try:
+        build_graph(spec, input_shape=shape, advise=False)
+        return True
+    except ArchError:
+        return False
+
+
+def test_a_size_error_names_the_nearest_sizes_that_work(tmp_path):
+    path = tmp_path / "myunet.arch"
+    path.write_text(MYUNET)
+    r = _archc("check", "myunet.arch", "--input", "100x100x3", cwd=tmp_path)
+    assert r.returncode == 2 and "cannot concatenate 25x25x64 and 24x24x128" in r.stderr
+    assert ("note: myunet does not take 100x100x3; the nearest inputs it takes: 96x96x3, 104x104x3 (exact); "
+            "the smallest: 8x8x3\n") in r.stderr
+    # what the note claims, checked by building the spec at those sizes
+    assert not any(_builds(str(path), (n, n, 3)) for n in range(97, 104))
+    assert _builds(str(path), (96, 96, 3)) and _builds(str(path), (104, 104, 3))
+    assert _builds(str(path), (8, 8, 3)) and not any(_builds(str(path), (n, n, 3)) for n in range(1, 8))
+
+
+def test_densenet_names_its_smallest_input():
+    r = _archc("check", "densenet121", "--input", "16x16x3")
+    assert r.returncode == 2
+    assert ("note: densenet121 does not take 16x16x3; the nearest inputs it takes: 29x29x3 "
+            "(the nearest exact: 32x32x3); the smallest: 29x29x3") in r.stderr
+    assert _builds("densenet121", (29, 29, 3)) and not _builds("densenet121", (28, 28, 3))
+    with pytest.raises(ArchError, match="the smallest: 29x29x3"):     # the Python API says the same
+        import archc
+        archc.load("densenet121", input_shape=(16, 16, 3))
+
+
+def test_sizes_answers_for_an_input_the_spec_rejects(tmp_path):
+    (tmp_path / "myunet.arch").write_text(MYUNET)
+    r = _archc("check", "myunet.arch", "--input", "100x100x3", "--sizes", cwd=tmp_path)
+    assert (r.returncode, r.stderr) == (0, "")
+    assert "height: given 100 is not valid: nearest valid 96, 104, nearest exact 96, 104" in r.stdout
+    assert "height: valid for H = 8k + 8 (k ≥ 0; 8, 16, 24, …) (smallest 8" in r.stdout
+    r = _archc("check", "myunet.arch", "--input", "100x100x3", "--sizes", "--json", cwd=tmp_path)
+    data = json.loads(r.stdout)
+    assert data["at"] == [100, 100, 3] and data["nearest"]["width"] == {"valid": [96, 104], "exact": [96, 104]}

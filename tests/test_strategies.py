@@ -77,6 +77,29 @@ def test_programs_and_blocks_are_well_formed(prog, block):
         build_graph(text=text, filename="gen.arch")
     except ArchError as e:           # well formed: only a size can be wrong, never the syntax
         assert all("syntax" not in d.message and "unknown" not in d.message for d in e.diagnostics), text
+        assert all(d.span is not None and d.span.file == "gen.arch" for d in e.diagnostics), e.render()
+
+
+def test_errors_of_nested_combinators_and_prelude_blocks_name_the_users_file():
+    """Programs whose nested residuals and concats fail, on their own or inside the prelude's
+    blocks (sepconv, se, inception): every error is placed in the user's file (issue 27)."""
+    seen = {"prelude": 0, "errors": 0}
+
+    @settings(max_examples=60, deadline=None)
+    @given(prog=S.programs(max_depth=3, max_items=3), block=S.blocks("b", max_depth=2),
+           h=st.integers(2, 12), k=st.sampled_from([3, 5, 7]), s=st.sampled_from([1, 2, 3]))
+    def drawn(prog, block, h, k, s):
+        text = (f"{block.text}\ninput {h}x{h}x3\n{prog.text} b sepconv(8, k={k}, s={s}, p=0) se(4)\n"
+                f"inception(8, 4>8, 4>8, pool>8, k3={k}) b\n")
+        try:
+            build_graph(text=text, filename="gen.arch")
+        except ArchError as e:
+            seen["errors"] += 1
+            seen["prelude"] += any(sp is not None and sp.file.endswith("prelude.arch")
+                                   for d in e.diagnostics for _, sp in d.notes)
+            assert all(d.span is not None and d.span.file == "gen.arch" for d in e.diagnostics), e.render()
+    drawn()
+    assert seen["errors"] and seen["prelude"], seen      # the check met errors raised inside the prelude
 
 
 def test_program_type_is_registered_with_hypothesis():

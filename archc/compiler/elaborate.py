@@ -17,11 +17,11 @@ from typing import Any
 from ..spec import ast as A
 from ..spec.source import ArchError, Diagnostic, Span
 from ..spec.source import suggest as _suggest
-from . import declarations, ops
+from . import declarations, library, ops
 from .ir import Graph, Node
 from .ops import NoAttrs, ShapeError, fmt
 from .ops.elementwise import ScaleAttrs
-from .ops.conv import inferred_stride
+from .ops.conv import inferred_stride, projection_fix
 from .ops.layout import ConcatAttrs, CropAttrs, InputAttrs
 from .resolve import Module, Unresolved
 
@@ -30,11 +30,18 @@ MAX_REPEAT = 100_000
 
 
 class _Fail(Exception):
-    """A user error at a place; carries its diagnostic up to the statement that reports it."""
+    """A user error at a place; carries its diagnostic up to the statement that reports it. A
+    failure without a diagnostic is the echo of one already reported (a use of a name whose
+    definition failed): it stops its statement silently."""
 
-    def __init__(self, diag: Diagnostic, kind: str = "name"):
+    def __init__(self, diag: Diagnostic | None, kind: str = "name"):
         self.diag = diag
         self.kind = kind  # 'name' errors are independent of shapes; 'shape' errors may cascade
+
+
+class _Failed:
+    """The value of a top-level name whose definition failed (and was reported): using it
+    stops the statement without a second error, so one mistake gives one error."""
 
 
 def fail(message: str, span: Span | None, hint: str | None = None, kind: str = "name"):
@@ -335,6 +342,7 @@ class Elaborator:
         self.b = Builder(graph)
         self.frames: list[Frame] = []
         self.module_envs: dict[Module, Env] = {}   # what each imported module defines
+        self.home: set | None = None   # the user's files (run_program): errors are reported there
 
     # ---- value evaluation ----
     def value(self, e, env: Env):
@@ -468,6 +476,8 @@ class Elaborator:
 
     def resolve(self, name: str, span: Span, env: Env):
         found, v = env.lookup(name)
+        if isinstance(v, _Failed):
+            raise _Fail(None, kind="shape")    # already reported; later layers' shapes are unknown
         if found:
             return v
         entry = SPELLINGS.get(name)
@@ -541,6 +551,9 @@ class Elaborator:
         self.b.call_stack.append((f.name, span))
         try:
             return self.value(f.body, env)
+        except _Fail as e:
+            self.at_call_site(e.diag, span, f"function '{f.name}'")
+            raise
         finally:
             self.b.call_stack.pop()
 
@@ -664,7 +677,8 @@ class Elaborator:
             out = self.run_statements(blk.body, t, env, in_block=True)
             caller.prev = t
         except _Fail as f:
-            if len(f.diag.notes) < 4:
+            if (not self.at_call_site(f.diag, layer.span, f"block '{blk.name}'")
+                    and f.diag is not None and len(f.diag.notes) < 4):
                 f.diag.notes.append((f"in block '{blk.name}' called here", layer.span))
             raise
         finally:
@@ -674,6 +688,18 @@ class Elaborator:
             if opened:
                 self.b.pop()
         return out
+
+    def at_call_site(self, diag: Diagnostic | None, site: Span, what: str) -> bool:
+        """Move an error raised inside a library or prelude definition to the user's call of
+        it, the definition's line becoming a note: the user's file is where the fix goes."""
+        if diag is None or self.home is None or site is None or site.file not in self.home:
+            return False
+        if diag.span is not None and diag.span.file in self.home:
+            return False
+        if diag.span is not None:
+            diag.notes.insert(0, (f"raised inside {what}, here", diag.span))
+        diag.span = site
+        return True
 
     # ---- leaf ops ----
     def apply_op(self, v: OpLayer, t: str, next_is_bn: bool) -> str:
@@ -711,7 +737,7 @@ class Elaborator:
         if st is not None:
             return st
         fail(f"no strided 1x1 projection maps {fmt(s)} to the body's {fmt(tgt)}", span,
-             "give the shortcut explicitly, e.g. residual(proj=avgpool(2) conv1 bn)<…>", kind="shape")
+             _projection_hint(s, tgt), kind="shape")
 
     def apply_merge(self, v: OpLayer, t: str) -> str:
         branches = list(v.args)
@@ -809,7 +835,7 @@ class Elaborator:
             shortcut = a["shortcut"]
             if shortcut is None and sx != sy:
                 # the default 'conv1 bn' means what conv and bn mean where residual was written
-                shortcut = a["proj"] if a["proj"] is not None else Thunk(_DEFAULT_PROJ.seq, v.env or Env(), v.span)
+                shortcut = a["proj"] if a["proj"] is not None else _default_projection(v.env or Env(), v.span)
             if shortcut is not None:
                 self.b.push("shortcut", v.span, exact=False)
                 saved = self.b.target, self.b.target_node
@@ -904,6 +930,7 @@ class Elaborator:
         stages and outputs. `input_shape` replaces the file's `input`. Every located error is
         collected, after `diagnostics` (those found before elaborating), and raised together."""
         g = self.b.g
+        self.home = {m.display for m in module.closure() if m is module or not library.contains(m.directory)}
         env = Env(self.module_env(module.prelude), {})
         self.frames.append(Frame({}, None))
         diags = list(diagnostics)
@@ -926,21 +953,26 @@ class Elaborator:
                     if not shape_failed:        # its @tensors may be the failed stage's
                         self.declare(decl, env)
                 elif not isinstance(st, A.Preset):     # presets were bound before elaborating
+                    if shape_failed and isinstance(st, (A.SeqStmt, A.Labelled, A.Output)):
+                        # Later layers would only repeat the first shape error; still check their names.
+                        continue
                     if t is None and isinstance(st, (A.SeqStmt, A.Labelled)):
                         if input_shape is None:
                             fail("the network has no input shape", st.span,
                                  "start the file with e.g. 'input 224x224x3', or pass --input HxWxC")
                         t = self.add_input(tuple(input_shape), None)
-                    if shape_failed and isinstance(st, (A.SeqStmt, A.Labelled, A.Output)):
-                        # Later layers would only repeat the first shape error; still check their names.
-                        continue
                     t = self.run_statements([st], t, env, in_block=False)
             except _Fail as f:
+                if isinstance(st, (A.Let, A.Param)):
+                    env.vars[st.name] = _Failed()     # its uses are not errors of their own
+                if isinstance(st, A.Input):
+                    shape_failed = True               # nor is the missing input of every layer
                 if f.kind == "shape":
                     if shape_failed:
                         continue
                     shape_failed = True
-                _report_once(diags, f.diag)
+                if f.diag is not None:
+                    _report_once(diags, f.diag)
             except RecursionError:      # also from an imported module: reported at its import
                 diags.append(Diagnostic("the spec nests too deeply to elaborate", st.span, "split it into smaller blocks"))
         if t is None and not diags:
@@ -1006,7 +1038,10 @@ class Elaborator:
                     try:
                         self.define(st, module, env, {})
                     except _Fail as f:
-                        diags.append(f.diag)
+                        if isinstance(st, (A.Let, A.Param)):
+                            env.vars[st.name] = _Failed()
+                        if f.diag is not None:
+                            diags.append(f.diag)
         finally:
             self.frames.pop()
         if diags:
@@ -1020,11 +1055,33 @@ class Elaborator:
             self.bind_import(st, module, env)
         elif isinstance(st, A.Param):
             chosen = params.get(st.name, st.default)
-            env.vars[st.name] = chosen.value if isinstance(chosen, Override) else self.value(chosen, env)
+            env.vars[st.name] = self.override(st, chosen, env) if isinstance(chosen, Override) else self.value(chosen, env)
             if st.range is not None:
                 self.check_range(st, env.vars[st.name], env)
         else:
             self.run_statements([st], None, env, in_block=False)
+
+    def override(self, st: A.Param, given: "Override", env: Env):
+        """The value a caller (--param, Python) gives a parameter. Its errors name what the caller
+        wrote, not a place in a file; a parameter whose default is a number takes only numbers."""
+        try:
+            default = self.value(st.default, env)
+        except _Fail:
+            default = None
+        expects_number = isinstance(default, (int, float)) and not isinstance(default, bool)
+        declared = [(f"'{st.name}' is declared here", st.span)]
+        example = f"give a number, such as the default: {given.label(default)}" if expects_number else None
+        try:
+            v = given.value if given.expr is None else self.value(given.expr, env)
+        except _Fail as f:
+            if f.diag is None:
+                raise
+            if expects_number and isinstance(given.expr, A.Name):
+                raise _Fail(Diagnostic(f"{given.label()}: expected a number, got {given.shown}", None, example, declared))
+            raise _Fail(Diagnostic(f"{given.label()}: {f.diag.message}", None, f.diag.hint, declared))
+        if expects_number and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise _Fail(Diagnostic(f"{given.label()}: expected a number, got {_kind(v)}", None, example, declared))
+        return v
 
     def param_range(self, st: A.Param, env: Env) -> tuple:
         """The declared (low, high) of a family parameter: numbers, low <= high."""
@@ -1121,8 +1178,24 @@ def _report_once(diags: list, diag: Diagnostic) -> None:
 
 @dataclass(frozen=True)
 class Override:
-    """A family parameter's value given by the caller (Python, --param), used as it is."""
+    """A family parameter's value given by the caller (--param, Python): a value used as it is,
+    or an expression (`expr`, read from a string) evaluated where the parameter is declared.
+    `flag` and `text` are how the caller wrote it, for its errors."""
     value: Any
+    name: str = ""
+    text: str = ""
+    flag: str = ""            # '--param ' from the command line, '' from Python
+    expr: Any = None
+
+    def label(self, value=None) -> str:
+        """'--param classes=ten' or "classes='ten'" (with `value` instead of what was given)."""
+        shown = self.text if value is None else str(_plain(value))
+        return f"{self.flag}{self.name}={shown}"
+
+    @property
+    def shown(self) -> str:
+        """The given text, described: the name 'ten' (command line), the string 'ten' (Python)."""
+        return f"the name '{self.expr.id}'" if self.flag else _kind(self.value)
 
 
 def _plain(v):
@@ -1218,6 +1291,8 @@ def _kind(v) -> str:
         return "none"
     if isinstance(v, list):
         return "a list"
+    if isinstance(v, tuple):
+        return f"the size {'x'.join(map(str, v))}"
     if isinstance(v, (Layer, Block)):
         return "a layer"
     if isinstance(v, Function):
@@ -1289,9 +1364,17 @@ def _explicit4(p, what, span):
     return ((vals[0], vals[1]), (vals[2], vals[3]))
 
 
-# The default projection shortcut, 'conv1 bn' (torchvision's downsample), resolved at each use in
-# the environment where residual was written.
-_DEFAULT_PROJ = Thunk(
-    A.Seq(Span("<builtin>", 1, 1, 1, 1), (A.Name(Span("<builtin>", 1, 1, 1, 1), "conv1"),
-                                          A.Name(Span("<builtin>", 1, 6, 1, 8), "bn"))),
-    Env(), Span("<builtin>", 1, 1, 1, 8))
+def _projection_hint(s: tuple, tgt: tuple) -> str:
+    """What would make a residual's shortcut meet its body, for this pair of sizes."""
+    size, body = fmt(s[:2]), fmt(tgt[:2])
+    keep = (f"the body grows {size} to {body}: make it keep the size (check its layers' padding)"
+            if any(t > n for n, t in zip(s, tgt)) else f"the body maps {size} to {body}, not a whole stride")
+    fix = projection_fix(s[:2], tgt[:2])
+    return f"{keep}, or give the shortcut explicitly: residual(proj={fix})<…>" if fix else keep
+
+
+def _default_projection(env: Env, span: Span) -> Thunk:
+    """The default projection shortcut, 'conv1 bn' (torchvision's downsample), resolved in the
+    environment where residual was written, and written (for its nodes and errors) where the
+    residual is."""
+    return Thunk(A.Seq(span, (A.Name(span, "conv1"), A.Name(span, "bn"))), env, span)

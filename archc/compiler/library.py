@@ -24,6 +24,11 @@ def presets_of(text: str, file: str) -> list:
     return [st.name for st in parse(text, file) if isinstance(st, A.Preset)]
 
 
+def contains(directory: Path) -> bool:
+    """Whether a directory is in the built-in library (its files are not the user's)."""
+    return Path(directory).resolve().is_relative_to(LIBRARY)
+
+
 def _library_files(root: Path) -> list:
     return [p for p in sorted(root.rglob("*.arch")) if p.name != "prelude.arch"]
 

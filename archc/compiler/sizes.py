@@ -866,14 +866,15 @@ def _symmetric(graph: Graph) -> bool:
     return [(s.name, s.rule, s.inputs) for s in a.steps] == [(s.name, s.rule, s.inputs) for s in b.steps]
 
 
-def report(graph: Graph, elaborate_at: Callable | None = None) -> dict:
+def report(graph: Graph, elaborate_at: Callable | None = None, at: tuple | None = None) -> dict:
     """What `archc check --sizes --json` prints: per axis (height, width) `valid`, `exact`
     (progressions {start, step, stop}), `min`, `constraints` (node, source position, what),
     `output` (the output's extent on each exact progression, as an expression of the input)
     and `nearest` (valid and exact sizes closest to the declared input); `cannot_derive` says
     why an axis fell back to a bounded search and which sizes it searched.
     ``elaborate_at(shape) -> Graph | None`` elaborates the spec at another input shape (used
-    only by that fallback)."""
+    only by that fallback). `at`: the input shape the nearest sizes are measured from (one the
+    spec may reject, kept as `at`), instead of the declared one."""
     out: dict = {k: {} for k in ("valid", "exact", "min", "constraints", "output", "nearest")}
     notes = {}
     same = _symmetric(graph)
@@ -900,7 +901,7 @@ def report(graph: Graph, elaborate_at: Callable | None = None) -> dict:
         if d.bounded is not None:
             notes[name] = {"reason": d.why, "searched": progressions(set(d.bounded).__contains__,
                                                                      [Piece(n, 1, n, 0, 0, True) for n in d.bounded])}
-        declared = graph.input_shape[axis]
+        declared = (at or graph.input_shape)[axis]
         out["valid"][name], out["exact"][name] = valid, exact
         out["min"][name] = valid[0]["start"] if valid else None
         out["constraints"][name] = constraints(d, valid)
@@ -909,6 +910,8 @@ def report(graph: Graph, elaborate_at: Callable | None = None) -> dict:
         out["nearest"][name] = {"valid": nearest(d.valid, declared, limit), "exact": nearest(d.exact, declared, limit)}
     if notes:
         out["cannot_derive"] = notes
+    if at is not None:
+        out["at"] = list(at)
     return out
 
 
@@ -993,9 +996,44 @@ def render(graph: Graph, rep: dict) -> str:
         else:
             lines.append(f"{name}: no size checks")
         near = rep["nearest"][name]
-        declared = graph.input_shape[axis]
-        lines.append(f"{name}: declared {declared}: nearest valid {_list(near['valid'])}, nearest exact {_list(near['exact'])}")
+        given = rep.get("at", graph.input_shape)[axis]
+        said = f"declared {given}" if "at" not in rep else (f"given {given}" if given in near["valid"] else
+                                                            f"given {given} is not valid")
+        lines.append(f"{name}: {said}: nearest valid {_list(near['valid'])}, nearest exact {_list(near['exact'])}")
     return "\n".join(lines)
+
+
+def advice(graph: Graph, shape: tuple, elaborate_at: Callable | None = None) -> str | None:
+    """For an input shape the spec rejects, from the analysis of `graph` (the spec at its own
+    input): the nearest valid (and exact) input shapes, and the smallest valid one.
+    None where the shape's height and width are valid (the error is not the size's) or the
+    analysis cannot say."""
+    if len(graph.input_shape) != 3 or len(shape) != 3:
+        return None
+    valid, exact, smallest = [], [], []
+    try:
+        for axis in range(2):
+            elaborate = None
+            if elaborate_at is not None:
+                def elaborate(n, axis=axis):
+                    return elaborate_at(tuple(n if a == axis else d for a, d in enumerate(graph.input_shape)))
+            d = analyse(graph, axis, elaborate)
+            n, limit = shape[axis], 4 * max(64, shape[axis])
+            valid.append(nearest(d.valid, n, limit))
+            exact.append(nearest(d.exact, n, limit))
+            smallest.append(next((m for m in range(1, limit) if d.valid(m)), None))
+    except CannotDerive:
+        return None
+    if all(shape[a] in valid[a] for a in range(2)):
+        return None
+
+    def shapes(per_axis):
+        hs, ws = per_axis
+        pairs = list(zip(hs, ws)) if hs == ws and shape[0] == shape[1] else [(h, w) for h in hs for w in ws]
+        return ", ".join(f"{h}x{w}x{shape[2]}" for h, w in pairs) if hs and ws else "none"
+    least = f"{smallest[0]}x{smallest[1]}x{shape[2]}" if None not in smallest else "none"
+    near = shapes(valid) + (" (exact)" if valid == exact else f" (the nearest exact: {shapes(exact)})")
+    return f"{graph.name} does not take {ops.fmt(shape)}; the nearest inputs it takes: {near}; the smallest: {least}"
 
 
 def json_key(g):

@@ -45,21 +45,40 @@ def draw_detections(image, detections: dict, *, width: int | None = None):
         y1, y2 = sorted((min(max(y1, 0), h - 1), min(max(y2, 0), h - 1)))
         boxes[i] = (x1, y1, x2, y2)
         draw.rectangle([x1, y1, x2, y2], outline=_colour(int(detections["labels"][i])), width=line)
-    # Tags, best first: above the box (inside at the top edge when there is no room), moved down
-    # past the tags already placed, so that overlapping boxes keep readable tags.
-    placed = []
-    for i in order[::-1]:
-        x1, y1, x2, y2 = boxes[i]
+    # Tags, best first, each where it overlaps no tag already placed (place_tags).
+    best_first = list(order[::-1])
+    texts = [f"{detections['names'][i]} {float(detections['scores'][i]):.2f}" for i in best_first]
+    bounds = [draw.textbbox((0, 0), text, font=font) for text in texts]
+    sizes = [(r - l + 2 * line, b - t + line) for l, t, r, b in bounds]
+    for i, text, (l, t, _, _), (tx, ty, tx2, ty2) in zip(best_first, texts, bounds,
+                                                        place_tags([boxes[i] for i in best_first], sizes, w, h)):
         colour = _colour(int(detections["labels"][i]))
-        text = f"{detections['names'][i]} {float(detections['scores'][i]):.2f}"
-        l, t, r, b = draw.textbbox((0, 0), text, font=font)
-        tw, th = r - l + 2 * line, b - t + line
-        tx = min(x1, max(w - tw, 0))
-        ty = y1 - th if y1 - th >= 0 else y1
-        while any(tx < px2 and px1 < tx + tw and ty < py2 and py1 < ty + th for px1, py1, px2, py2 in placed) \
-                and ty + 2 * th <= max(y2, ty + th) and ty + 2 * th <= h:
-            ty += th
-        placed.append((tx, ty, tx + tw, ty + th))
-        draw.rectangle([tx, ty, tx + tw, ty + th], fill=colour)
+        draw.rectangle([tx, ty, tx2 - 1, ty2 - 1], fill=colour)     # PIL includes the last pixel
         draw.text((tx + line - l, ty + line // 2 - t), text, fill=_text_colour(colour), font=font)
     return im
+
+
+def place_tags(boxes: list, sizes: list, w: int, h: int) -> list:
+    """Where each box's tag goes, (x0, y0, x1, y1) for boxes in the order given (best first): the
+    first place overlapping no tag already placed among, nearest first, above the box, inside its
+    top edge, under it, inside its bottom edge, then the image's other rows (left- or right-aligned
+    with the box); where every place is taken, the least covered one."""
+    placed: list = []
+    for (x1, y1, x2, y2), (tw, th) in zip(boxes, sizes):
+        xs = list(dict.fromkeys(min(max(x, 0), max(w - tw, 0)) for x in (x1, x2 - tw, x1 - tw, x2)))
+        near = [y1 - th, y1, y2, y2 - th]
+        rows = near + sorted(range(0, max(h - th, 0) + 1, max(1, th // 2)), key=lambda y: abs(y - y1))
+        spots = [(x, y, x + tw, y + th) for y in rows if 0 <= y <= h - th for x in xs] or [(xs[0], 0, xs[0] + tw, th)]
+        best, least = spots[0], None
+        for spot in spots:
+            covered = sum(_overlap(spot, p) for p in placed)
+            if least is None or covered < least:
+                best, least = spot, covered
+            if not covered:
+                break
+        placed.append(best)
+    return placed
+
+
+def _overlap(a, b) -> float:
+    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))

@@ -119,7 +119,7 @@ def _graph_and_builder(spec, params):
 
     def at(shape):
         try:
-            return build_graph(spec, params, shape)
+            return build_graph(spec, params, shape, advise=False)
         except ArchError:
             return None
     return build_graph(spec, params), at

@@ -27,6 +27,23 @@ def inferred_stride(hw: tuple, target: tuple) -> int | None:
     return None
 
 
+def projection_fix(hw: tuple, target: tuple) -> str | None:
+    """A shortcut that maps the spatial size hw onto target where no inferred stride does, as
+    residual's proj=: a padded strided 1x1 conv, else an average pool before it; None if
+    neither of these small ones fits. Checked with the ops' own size rule (conv_out)."""
+    def fits(k, s, p):
+        return all(conv_out(n, k, s, (p, p)) == t for n, t in zip(hw, target))
+    for s in range(1, 5):
+        for p in range(1, 4):
+            if fits(1, s, p):
+                return f"conv1(s={s}, p={p}) bn"
+    for k in range(2, 8):
+        for s in range(1, k + 1):
+            if fits(k, s, 0):
+                return f"avgpool({k}, s={s}) conv1 bn"
+    return None
+
+
 def resolve_padding(p, hw, k, s, d, ctx):
     """Padding spec -> explicit ((t, b), (l, r)). 'auto': PyTorch-symmetric (k-1)//2·d (keeps the
     size at stride 1); 'same': TensorFlow's, the extra pixel at the bottom/right; 'valid': none."""
