@@ -351,7 +351,8 @@ def _train(args, report: bool = True) -> int:
             "label_smoothing", "schedule", "warmup_epochs", "step_epochs", "gamma", "milestones",
             "clip_norm", "accumulate", "bf16", "remat", "seed", "classes", "weights",
             "weights_from", "freeze", "freeze_all_but_head", "bn", "val_split", "normalize",
-            "augment", "flip", "crop_scale", "workers", "prefetch", "devices", "task", "log_every")
+            "augment", "flip", "crop_scale", "workers", "prefetch", "devices", "task", "log_every",
+            "save_every", "save_every_s")
     opts = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     opts["params"] = dict(args.param or [])
     opts["input_shape"] = list(args.input) if args.input else None
@@ -430,7 +431,7 @@ def _add_train_parser(sub, common) -> None:
     a = sp.add_argument
     a("--data", metavar="DIR", help="image folder: DIR/train/<class>/*.png (+ DIR/val/...) or DIR/<class>/*")
     a("--out", metavar="RUN_DIR", help="run directory: checkpoints, metrics.json, curves.png")
-    a("--resume", metavar="RUN_DIR", help="continue a run from its last complete epoch")
+    a("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint (an epoch's end, or --save-every's)")
     a("--epochs", type=int)
     a("--batch", type=int, help="global batch size (default 32)")
     a("--lr", type=float, help="peak learning rate (default: sgd 0.01, adamw 1e-3, rmsprop 0.045)")
@@ -480,6 +481,8 @@ def _add_train_parser(sub, common) -> None:
       help="the task (default: from the network's outputs: a vector -> classification, per-pixel "
            "scores -> segmentation, detect(...) -> detection)")
     a("--log-every", type=int, metavar="STEPS", help="steps between progress updates (host syncs; default 50)")
+    a("--save-every", type=int, metavar="STEPS", help="also checkpoint every N steps, inside an epoch (--resume continues there)")
+    a("--save-every-s", type=float, metavar="SECONDS", help="also checkpoint when this long passed since the last (default 600)")
     a("--quiet", action="store_true")
     sp.set_defaults(func=cmd_train, expr=None)
 

@@ -41,8 +41,10 @@ BN_MODES = ("auto", "update", "frozen")
 DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-3, "rmsprop": 0.045}
 STATE_FILE = "train_state.safetensors"
 
-# Testing hook: os._exit right after this global step (simulates a killed process).
+# Testing hooks: os._exit right after this global step (simulates a killed process); wait
+# after this step (its checkpoint, if due, written) until killed.
 CRASH_ENV = "ARCHC_TRAIN_CRASH_AT_STEP"
+HOLD_ENV = "ARCHC_TRAIN_HOLD_AT_STEP"
 
 
 class TrainError(ValueError):
@@ -109,6 +111,8 @@ class TrainConfig:
     task: str | None = None               # classification | segmentation | detection; None: from
                                           # the network's outputs (runtime/tasks.py)
     log_every: int = 50                   # steps between host syncs (progress, NaN check)
+    save_every: int = 0                   # also checkpoint every N steps (0: at epoch ends only)...
+    save_every_s: float = 600.0           # ...and when this many seconds passed since the last
 
     def __post_init__(self):
         if isinstance(self.augment, bool):         # augment=False, and the configs of older runs
@@ -138,6 +142,8 @@ class TrainConfig:
         need(self.lr is None or self.lr > 0, "the learning rate must be positive")
         need(self.accumulate >= 1, "accumulate must be at least 1")
         need(isinstance(self.log_every, int) and self.log_every >= 1, "log_every must be a positive integer")
+        need(isinstance(self.save_every, int) and self.save_every >= 0, "save_every must be a non-negative integer")
+        need(self.save_every_s > 0, "save_every_s must be positive")
         need(0.0 <= self.label_smoothing < 1.0, "label smoothing must be in [0, 1)")
         need(self.weight_decay >= 0, "weight decay must be non-negative")
         need(self.classes is None or self.classes >= 1, "classes must be positive")
@@ -549,8 +555,9 @@ class Trainer:
         state = self.run_dir / STATE_FILE
         if self.resuming:
             if not state.is_file():
-                raise TrainError(f"{self.run_dir} has no {STATE_FILE} to resume from "
-                                 f"(no epoch finished yet, or not a run directory)")
+                # killed before its first checkpoint: start it again, from its config.json
+                self.log(f"{self.run_dir} has no checkpoint yet: starting the run again")
+                self.resuming = False
         elif state.exists():
             raise TrainError(f"{self.run_dir} already holds a training run; continue it with "
                              f"--resume {self.run_dir}, or choose another --out")
@@ -777,8 +784,10 @@ class Trainer:
         meta.update(extra or {})
         return meta
 
-    def save_state(self, host_state: dict, epoch: int, history: dict) -> None:
-        """The resume point: variables, optimizer state, step, epoch and history, one file."""
+    def save_state(self, host_state: dict, epoch: int, history: dict, position: dict | None = None) -> None:
+        """The resume point: variables, optimizer state, step, epoch and history, one file;
+        ``position``: where in epoch ``epoch + 1`` it was taken (batches done, the epoch's sums
+        so far), None at an epoch's end."""
         import jax
         leaves = jax.tree_util.tree_leaves(host_state["opt"])
         tensors = _flat_variables(self.variables_of(host_state))
@@ -787,9 +796,9 @@ class Trainer:
         tensors["step"] = np.asarray(host_state["step"], np.int64)
         _atomic_safetensors(self.run_dir / STATE_FILE, tensors, self._metadata(epoch, {
             "format": "archc-train-state", "opt_leaves": len(leaves),
-            "history": json.dumps(history)}))
+            "history": json.dumps(history), "position": json.dumps(position)}))
 
-    def load_state(self) -> tuple[dict, int, dict]:
+    def load_state(self) -> tuple[dict, int, dict, dict | None]:
         import jax
         from safetensors import safe_open
         path = self.run_dir / STATE_FILE
@@ -820,7 +829,8 @@ class Trainer:
         state = {"trainable": {n: params[n] for n in self.trainable}, "frozen": self.frozen,
                  "opt": jax.tree_util.tree_unflatten(treedef, opt_leaves),
                  "batch_stats": stats, "step": np.int32(tensors["step"])}
-        return state, int(meta["epoch"]), json.loads(meta["history"])
+        return (state, int(meta["epoch"]), json.loads(meta["history"]),
+                json.loads(meta.get("position") or "null"))
 
     def _write_outputs(self, host_state: dict, epoch: int, history: dict, best: bool) -> None:
         variables = self.variables_of(host_state)
@@ -832,9 +842,9 @@ class Trainer:
         _atomic_json(self.run_dir / "metrics.json", history)
 
     # ---- running ----
-    def batches(self, loader, epoch: int = 0):
-        """A loader's batches as the task's dicts, sharded over the devices."""
-        for batch in loader.epoch(epoch):
+    def batches(self, loader, epoch: int = 0, start: int = 0):
+        """A loader's batches as the task's dicts, sharded over the devices, from batch ``start``."""
+        for batch in loader.epoch(epoch, start):
             yield {"image": self.dp.shard_batch(batch.x), "label": self.dp.shard_batch(batch.y),
                    "weight": self.dp.shard_batch(batch.mask)}
 
@@ -860,15 +870,17 @@ class Trainer:
         history = {"epoch": [], "train_loss": [], "train_accuracy": [], "val_loss": [],
                    "val_accuracy": [], "val_top5": [], "lr": [], "images_per_s": [], "time_s": [],
                    "best_epoch": None, "best_val_accuracy": None, "classes": self.classes}
-        start_epoch = 0
+        start_epoch, position = 0, None
         if self.resuming:
-            host_state, start_epoch, history = self.load_state()
-            self.log(f"resuming {self.run_dir} after epoch {start_epoch}")
+            host_state, start_epoch, history, position = self.load_state()
+            self.log(f"resuming {self.run_dir} after epoch {start_epoch}" + (
+                f", batch {position['batch']}" if position else ""))
             if self.writes:
                 _atomic_json(self.run_dir / "config.json", cfg.to_json())  # --epochs may have changed
                 # repair outputs a kill between the state and them may have left stale
-                self._write_outputs(host_state, start_epoch, history,
-                                    best=history.get("best_epoch") == start_epoch)
+                if start_epoch and position is None:
+                    self._write_outputs(host_state, start_epoch, history,
+                                        best=history.get("best_epoch") == start_epoch)
             if start_epoch >= cfg.epochs:
                 self.log(f"{self.run_dir}: all {cfg.epochs} epochs already done")
         else:
@@ -877,21 +889,31 @@ class Trainer:
                 _atomic_json(self.run_dir / "config.json", cfg.to_json())
         state = self.dp.replicate(host_state)
         crash_at = int(os.environ.get(CRASH_ENV, "0") or 0)
+        hold_at = int(os.environ.get(HOLD_ENV, "0") or 0)
         step_losses: list = []
         spe = self.steps_per_epoch
+        last_save = time.monotonic()
         for epoch in range(start_epoch, cfg.epochs):
             progress = Progress(epoch + 1, cfg.epochs, spe,
                                 enabled=cfg.progress and self.dp.process_index == 0)
             t0 = time.perf_counter()
-            loss_sum, seen = 0.0, 0
-            sums, pending = None, []         # device values: fetched once per log interval
-            for b, batch in enumerate(self.batches(self.train_loader, epoch)):
+            # the epoch's running sums: restored from a mid-epoch checkpoint, else from zero
+            first_batch = position["batch"] if position else 0
+            loss_sum = position["loss_sum"] if position else 0.0
+            seen = first_batch * cfg.batch
+            sums = self.dp.replicate({k: np.float32(v) for k, v in position["sums"].items()}) if position else None
+            position, pending = None, []      # device values: fetched once per log interval
+            for b, batch in enumerate(self.batches(self.train_loader, epoch, first_batch), first_batch):
                 state, m = self._train_step(state, batch)
                 pending.append(m["loss"])
                 sums = add_sums(sums, {k: m[k] for k in ("correct", "count")})
                 seen += cfg.batch
                 step = epoch * spe + b + 1
-                if len(pending) < cfg.log_every and b + 1 < spe and not (crash_at and step == crash_at):
+                save_now = b + 1 < spe and self.writes and (
+                    (cfg.save_every and step % cfg.save_every == 0) or
+                    time.monotonic() - last_save >= cfg.save_every_s)
+                if (len(pending) < cfg.log_every and b + 1 < spe and not save_now
+                        and step not in (crash_at, hold_at)):
                     continue
                 losses = [float(v) for v in to_host(pending)]       # the host sync
                 first = step - len(losses) + 1
@@ -908,10 +930,19 @@ class Trainer:
                             f"{bad - epoch * spe}); stopping. Last good checkpoint: {where}. Try a lower "
                             f"--lr, --warmup or --clip-norm.", bad, epoch + 1)
                     loss_sum += loss
+                if save_now:        # a mid-epoch resume point: where we are and the sums so far
+                    self.save_state(to_host(state), epoch, history, {
+                        "batch": b + 1, "loss_sum": loss_sum,
+                        "sums": {k: float(v) for k, v in to_host(sums).items()}})
+                    last_save = time.monotonic()
                 dt = time.perf_counter() - t0
-                progress.update(b + 1, loss_sum / (b + 1), scalar(sums["correct"]) / seen, seen / max(dt, 1e-9))
+                progress.update(b + 1, loss_sum / (b + 1), scalar(sums["correct"]) / seen,
+                                (seen - first_batch * cfg.batch) / max(dt, 1e-9))
                 if crash_at and step == crash_at:
                     os._exit(86)
+                if hold_at and step == hold_at:       # testing: wait here to be killed
+                    print(f"holding at step {step}", file=sys.stderr, flush=True)
+                    time.sleep(3600)
             train_time = time.perf_counter() - t0
             train_metrics = self.task.summarize(to_host(sums))
             val = self.evaluate(state)
@@ -921,7 +952,7 @@ class Trainer:
             lr = float(self.schedule(max(0, (epoch + 1) * self.updates_per_epoch - 1)))
             row = {"epoch": epoch + 1, "train_loss": loss_sum / spe, "train_accuracy": train_metrics["accuracy"],
                    "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr,
-                   "images_per_s": seen / max(train_time, 1e-9), "time_s": dt}
+                   "images_per_s": (seen - first_batch * cfg.batch) / max(train_time, 1e-9), "time_s": dt}
             row["val_top5"] = None if val is None else val.get("top5")
             for key, v in row.items():
                 history.setdefault(key, []).append(v)
@@ -941,6 +972,7 @@ class Trainer:
                 host_state = to_host(state)
                 self.save_state(host_state, epoch + 1, history)      # the commit point
                 self._write_outputs(host_state, epoch + 1, history, improved)
+                last_save = time.monotonic()
         host_state = to_host(state)
         if self.writes:
             _atomic_json(self.run_dir / "metrics.json", history)
