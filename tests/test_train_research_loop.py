@@ -88,7 +88,7 @@ def test_a_declaration_still_wins_and_the_disagreement_is_named(trained_run, tmp
     r = run_cli(["predict", tmp_path / "net.arch", "--weights", trained_run / "run" / "best.safetensors",
                  img, "--param", "classes=3"])
     assert r.returncode == 0, r.stderr
-    assert "records preprocessing 'unit'" in r.stderr and "declares 'torch'" in r.stderr
+    assert "records preprocessing mode 'unit'" in r.stderr and "declares 'torch'" in r.stderr
 
 
 def test_weights_that_record_no_network_need_a_spec(tmp_path):

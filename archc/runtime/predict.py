@@ -88,7 +88,7 @@ def preprocess_spec(preprocess=None, metadata: dict | None = None, declared: dic
         declared = P.pipeline(declared) if declared else None
         if declared and recorded and not P.same_normalization(declared, recorded):
             import warnings
-            warnings.warn(f"the weights file records preprocessing {P.describe(recorded)!r} but {name} "
+            warnings.warn(f"the weights file records preprocessing mode {P.describe(recorded)!r} but {name} "
                           f"declares {P.describe(declared)!r}; using {P.describe(declared)!r} (pass "
                           f"--preprocess / preprocess= to choose)", PreprocessWarning, stacklevel=3)
         elif declared and recorded:
