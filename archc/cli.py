@@ -352,7 +352,7 @@ def _train(args, report: bool = True) -> int:
             "clip_norm", "accumulate", "bf16", "remat", "seed", "classes", "weights",
             "weights_from", "freeze", "freeze_all_but_head", "bn", "val_split", "normalize",
             "augment", "flip", "crop_scale", "workers", "prefetch", "devices", "task", "log_every",
-            "save_every", "save_every_s")
+            "save_every", "save_every_s", "on_bad_data")
     opts = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     opts["params"] = dict(args.param or [])
     opts["input_shape"] = list(args.input) if args.input else None
@@ -480,6 +480,8 @@ def _add_train_parser(sub, common) -> None:
     a("--task", choices=["classification", "segmentation", "detection"],
       help="the task (default: from the network's outputs: a vector -> classification, per-pixel "
            "scores -> segmentation, detect(...) -> detection)")
+    a("--on-bad-data", choices=["stop", "skip"],
+      help="an image that does not decode: stop with the list of them (default), or skip them (reported)")
     a("--log-every", type=int, metavar="STEPS", help="steps between progress updates (host syncs; default 50)")
     a("--save-every", type=int, metavar="STEPS", help="also checkpoint every N steps, inside an epoch (--resume continues there)")
     a("--save-every-s", type=float, metavar="SECONDS", help="also checkpoint when this long passed since the last (default 600)")

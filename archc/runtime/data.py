@@ -82,6 +82,25 @@ class ImageFolder:
     def subset(self, indices) -> "ImageFolder":
         return ImageFolder(self.root, self.classes, [self.samples[i] for i in indices])
 
+    def unreadable(self) -> list[tuple[str, str]]:
+        """``(path, why)`` of every file Pillow cannot identify (its header is read, not the
+        pixels: quick enough for every image of a large set)."""
+        from PIL import Image, UnidentifiedImageError
+        bad = []
+        for path, _ in self.samples:
+            try:
+                with Image.open(path) as im:
+                    im.size          # noqa: B018 - the header is parsed here
+            except UnidentifiedImageError:
+                bad.append((path, "not an image format Pillow knows, or a damaged file"))
+            except (OSError, ValueError, SyntaxError) as e:
+                bad.append((path, str(e)))
+        return bad
+
+    def without(self, paths) -> "ImageFolder":
+        drop = set(paths)
+        return ImageFolder(self.root, self.classes, [s for s in self.samples if s[0] not in drop])
+
     @property
     def labels(self) -> np.ndarray:
         return np.array([y for _, y in self.samples], np.int32)
@@ -156,6 +175,27 @@ def split(data, fraction: float, seed: int = 0):
     val_set = set(int(i) for i in val)
     return (data.subset([i for i in range(len(data)) if i not in val_set]),
             data.subset(sorted(val_set)))
+
+
+BAD_DATA = ("stop", "skip")
+
+
+def check_images(data, on_bad: str = "stop", log=None):
+    """``data`` with its unreadable images handled as ``on_bad`` says: ``stop`` raises a
+    DataError naming them; ``skip`` leaves them out, reported through ``log``. In-memory data
+    is returned as it is."""
+    if not isinstance(data, ImageFolder):
+        return data
+    bad = data.unreadable()
+    if not bad:
+        return data
+    listing = "; ".join(f"{p}: {why}" for p, why in bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+    if on_bad == "stop":
+        raise DataError(f"{len(bad)} unreadable image{'s' * (len(bad) > 1)} ({listing}); remove or replace "
+                        f"{'them' if len(bad) > 1 else 'it'}, or pass --on-bad-data skip")
+    if log is not None:
+        log(f"skipping {len(bad)} unreadable image{'s' * (len(bad) > 1)}: {listing}")
+    return data.without(p for p, _ in bad)
 
 
 def find_splits(data_dir: str | os.PathLike, val_split: float | None = None, seed: int = 0):

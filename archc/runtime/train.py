@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from . import pipeline as P
-from .data import (AUGMENTATIONS, ArrayData, DataError, Loader, Preprocess,
-                   choose_augmentation, find_splits)
+from .data import (AUGMENTATIONS, BAD_DATA, ArrayData, DataError, Loader, Preprocess,
+                   check_images, choose_augmentation, find_splits)
 from .logits import logits_node
 from .tasks import TaskError, make_eval_step, make_task, make_train_step, train_state
 
@@ -113,6 +113,7 @@ class TrainConfig:
     log_every: int = 50                   # steps between host syncs (progress, NaN check)
     save_every: int = 0                   # also checkpoint every N steps (0: at epoch ends only)...
     save_every_s: float = 600.0           # ...and when this many seconds passed since the last
+    on_bad_data: str = "stop"             # an unreadable image: stop (naming them) | skip
 
     def __post_init__(self):
         if isinstance(self.augment, bool):         # augment=False, and the configs of older runs
@@ -144,6 +145,7 @@ class TrainConfig:
         need(isinstance(self.log_every, int) and self.log_every >= 1, "log_every must be a positive integer")
         need(isinstance(self.save_every, int) and self.save_every >= 0, "save_every must be a non-negative integer")
         need(self.save_every_s > 0, "save_every_s must be positive")
+        need(self.on_bad_data in BAD_DATA, f"on_bad_data must be one of {', '.join(BAD_DATA)}")
         need(0.0 <= self.label_smoothing < 1.0, "label smoothing must be in [0, 1)")
         need(self.weight_decay >= 0, "weight decay must be non-negative")
         need(self.classes is None or self.classes >= 1, "classes must be positive")
@@ -573,6 +575,8 @@ class Trainer:
                 raise TrainError("no training data: pass --data DIR")
             train_data, split_val = find_splits(cfg.data, cfg.val_split, seed=cfg.seed)
             val_data = val_data if val_data is not None else split_val
+        train_data = check_images(train_data, cfg.on_bad_data, self.log)
+        val_data = None if val_data is None else check_images(val_data, cfg.on_bad_data, self.log)
         if len(train_data) == 0:
             raise DataError("the training set is empty")
         self.train_data, self.val_data = train_data, val_data
@@ -841,6 +845,15 @@ class Trainer:
             _atomic_safetensors(self.run_dir / "best.safetensors", flat, meta)
         _atomic_json(self.run_dir / "metrics.json", history)
 
+    def _draw_curves(self, history: dict) -> None:
+        """curves.png, rewritten after every epoch (written whole: a temporary file renamed)."""
+        if not history["epoch"]:
+            return
+        try:
+            plot_curves(history, self.run_dir / "curves.png")
+        except ImportError:
+            self.log("curves.png not drawn: matplotlib is not installed")
+
     # ---- running ----
     def batches(self, loader, epoch: int = 0, start: int = 0):
         """A loader's batches as the task's dicts, sharded over the devices, from batch ``start``."""
@@ -973,14 +986,11 @@ class Trainer:
                 self.save_state(host_state, epoch + 1, history)      # the commit point
                 self._write_outputs(host_state, epoch + 1, history, improved)
                 last_save = time.monotonic()
+                self._draw_curves(history)
         host_state = to_host(state)
         if self.writes:
             _atomic_json(self.run_dir / "metrics.json", history)
-            if history["epoch"]:
-                try:
-                    plot_curves(history, self.run_dir / "curves.png")
-                except ImportError:
-                    self.log("curves.png not drawn: matplotlib is not installed")
+            self._draw_curves(history)      # a resumed run that had nothing left to do too
         return TrainResult(self.run_dir, history, self.variables_of(host_state), self.classes,
                            step_losses)
 
