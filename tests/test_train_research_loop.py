@@ -124,3 +124,24 @@ def test_one_vocabulary_for_training_and_inference():
     close("none", a)
     close("caffe", a[..., ::-1] - np.array([103.939, 116.779, 123.68], np.float32))
     close("torch", (a / 255 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]))
+
+
+def test_evaluate_gives_the_runs_validation_metrics(trained_run, tmp_path):
+    """`archc evaluate` on the run's validation folder with its best weights: the numbers the
+    run recorded for its best epoch, and a confusion matrix that agrees with them."""
+    root = trained_run
+    r = run_cli(["evaluate", "--weights", root / "run" / "best.safetensors", "--data", root / "data",
+                 "--json", "--confusion", tmp_path / "cm.png"])
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    m = json.loads((root / "run" / "metrics.json").read_text())
+    best = m["best_epoch"] - 1
+    assert got["images"] == 90 and got["classes"] == list(KINDS)
+    assert got["loss"] == pytest.approx(m["val_loss"][best], abs=1e-6)
+    assert got["accuracy"] == pytest.approx(m["val_accuracy"][best], abs=1e-9)
+    assert got["top5"] == pytest.approx(m["val_top5"][best], abs=1e-9)
+    cm = np.asarray(got["confusion"])
+    assert cm.sum() == 90 and np.trace(cm) / 90 == pytest.approx(got["accuracy"])
+    assert (tmp_path / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = run_cli(["evaluate", "--weights", root / "run" / "best.safetensors", "--data", tmp_path / "nowhere"])
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
