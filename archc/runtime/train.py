@@ -491,33 +491,30 @@ def plot_curves(metrics: dict, path: Path) -> None:
 # Progress
 # --------------------------------------------------------------------------------------------
 class Progress:
-    """One line per epoch; redrawn in place (with a bar) when the stream is a terminal."""
+    """One line per epoch; on a terminal, a tqdm bar updated at each host sync meanwhile."""
 
     def __init__(self, epoch: int, epochs: int, total: int, enabled: bool = True, stream=None):
         self.stream = stream or sys.stderr
         self.enabled = enabled
-        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.prefix = f"epoch {epoch}/{epochs}"
-        self.total = total
-        self.last = 0.0
+        tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.bar = None
+        if tty:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=self.prefix, file=self.stream, leave=False,
+                            unit="step", dynamic_ncols=True)
 
     def update(self, done: int, loss: float, acc: float, ips: float) -> None:
-        now = time.perf_counter()
-        if not self.tty or (now - self.last < 0.1 and done < self.total):
-            return
-        self.last = now
-        width = 24
-        fill = int(width * done / max(1, self.total))
-        bar = "█" * fill + "·" * (width - fill)
-        self.stream.write(f"\r{self.prefix} {bar} {done}/{self.total}  loss {loss:.4f}  "
-                          f"acc {acc:.4f}  {ips:,.0f} img/s ")
-        self.stream.flush()
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"loss {loss:.4f}  acc {acc:.4f}  {ips:,.0f} img/s", refresh=False)
+            self.bar.update(done - self.bar.n)
 
     def close(self, text: str) -> None:
-        if not self.enabled:
-            return
-        self.stream.write(("\r\x1b[K" if self.tty else "") + f"{self.prefix}  {text}\n")
-        self.stream.flush()
+        if self.bar is not None:
+            self.bar.close()
+        if self.enabled:
+            self.stream.write(f"{self.prefix}  {text}\n")
+            self.stream.flush()
 
 
 def _log(msg: str) -> None:
