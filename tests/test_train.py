@@ -164,7 +164,7 @@ def test_user_errors(tmp_path, capsys):
     bad = write_random(tmp_path / "bad", classes=2, per_class=4)
     (bad / "class0" / "broken.png").write_bytes(b"not a png at all")
     _user_error(capsys, "lenet5", "--data", bad, "--val-split", 0, "--batch", 9, "--out",
-                tmp_path / "r", expect="cannot read image")
+                tmp_path / "r", expect="broken.png")        # named before training (--on-bad-data)
     _user_error(capsys, "lenet5", "--data", ok, "--freeze", "layer9.*", "--out", tmp_path / "r",
                 expect="matches no layer")
     _user_error(capsys, "--resume", tmp_path / "nowhere", expect="not a training run")
