@@ -13,7 +13,8 @@ from __future__ import annotations
 import importlib
 
 __all__ = ["load", "Model", "save_variables", "load_variables", "train", "Trainer", "TrainConfig",
-           "import_weights", "predict", "detect", "export", "load_exported"]
+           "import_weights", "predict", "detect", "export", "load_exported", "evaluate", "losses",
+           "make_train_step", "train_state", "make_task"]
 
 _LAZY = {
     "load": "archc.runtime.model",
@@ -28,6 +29,11 @@ _LAZY = {
     "detect": "archc.detection.api",
     "export": "archc.runtime.export",
     "load_exported": "archc.runtime.export",
+    "evaluate": "archc.runtime.evaluation",
+    "losses": "archc.runtime.tasks",
+    "make_train_step": "archc.runtime.tasks",
+    "train_state": "archc.runtime.tasks",
+    "make_task": "archc.runtime.tasks",
 }
 
 

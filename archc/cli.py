@@ -360,7 +360,8 @@ def _train(args, report: bool = True) -> int:
             "label_smoothing", "schedule", "warmup_epochs", "step_epochs", "gamma", "milestones",
             "clip_norm", "accumulate", "bf16", "remat", "seed", "classes", "weights",
             "weights_from", "freeze", "freeze_all_but_head", "bn", "val_split", "normalize",
-            "augment", "flip", "crop_scale", "workers", "prefetch", "devices")
+            "augment", "flip", "crop_scale", "workers", "prefetch", "devices", "task", "log_every",
+            "save_every", "save_every_s", "on_bad_data")
     opts = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     opts["params"] = dict(args.param or [])
     opts["input_shape"] = list(args.input) if args.input else None
@@ -439,7 +440,7 @@ def _add_train_parser(sub, common) -> None:
     a = sp.add_argument
     a("--data", metavar="DIR", help="image folder: DIR/train/<class>/*.png (+ DIR/val/...) or DIR/<class>/*")
     a("--out", metavar="RUN_DIR", help="run directory: checkpoints, metrics.json, curves.png")
-    a("--resume", metavar="RUN_DIR", help="continue a run from its last complete epoch")
+    a("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint (an epoch's end, or --save-every's)")
     a("--epochs", type=int)
     a("--batch", type=int, help="global batch size (default 32)")
     a("--lr", type=float, help="peak learning rate (default: sgd 0.01, adamw 1e-3, rmsprop 0.045)")
@@ -485,6 +486,14 @@ def _add_train_parser(sub, common) -> None:
       help="several processes: stop when another is silent this long (default 30)")
     a("--extract-features", nargs="?", const="", metavar="NODE",
       help="write pooled features of NODE (default: the classifier's input) to --out; no training")
+    a("--task", choices=["classification", "segmentation", "detection"],
+      help="the task (default: from the network's outputs: a vector -> classification, per-pixel "
+           "scores -> segmentation, detect(...) -> detection)")
+    a("--on-bad-data", choices=["stop", "skip"],
+      help="an image that does not decode: stop with the list of them (default), or skip them (reported)")
+    a("--log-every", type=int, metavar="STEPS", help="steps between progress updates (host syncs; default 50)")
+    a("--save-every", type=int, metavar="STEPS", help="also checkpoint every N steps, inside an epoch (--resume continues there)")
+    a("--save-every-s", type=float, metavar="SECONDS", help="also checkpoint when this long passed since the last (default 600)")
     a("--quiet", action="store_true")
     sp.set_defaults(func=cmd_train, expr=None)
 
@@ -599,10 +608,24 @@ def _weights_and_images(args, command: str) -> tuple | None:
     return args.weights[0], images
 
 
+def _model_for_weights(args, weights):
+    """The network for ``--weights``: the spec given (with the parameters and input shape the
+    weights record, --param/--input over them), or, without a spec, the network the weights
+    record (runtime/record.py)."""
+    from pathlib import Path
+
+    from .runtime.model import Model
+    from .runtime.record import RecordError, graph_for_weights, read_record
+    if weights is None or getattr(args, "expr", None) is not None:
+        return Model(_graph(args))
+    if args.spec is None and not Path(weights).is_file():
+        raise RecordError(f"{weights}: no such weights file")
+    return Model(graph_for_weights(args.spec, read_record(weights), dict(args.param or []), args.input))
+
+
 @_reports_user_errors
 def cmd_predict(args) -> int:
-    """archc predict SPEC --weights FILE IMAGE... [--top 5] [--json]."""
-    from .runtime.model import Model
+    """archc predict [SPEC] --weights FILE IMAGE... [--top 5] [--json]."""
     from .runtime.predict import PreprocessWarning, decode_line, predict
     given = _weights_and_images(args, "predict")
     if given is None:
@@ -611,7 +634,7 @@ def cmd_predict(args) -> int:
     if args.top < 1:
         print("error: --top must be at least 1", file=sys.stderr)
         return EXIT_USER
-    model = Model(_graph(args))
+    model = _model_for_weights(args, weights)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PreprocessWarning)
         results = predict(model, weights, images, top=args.top, preprocess=args.preprocess)
@@ -637,13 +660,12 @@ def cmd_detect(args) -> int:
 
     from .detection.api import detect
     from .detection.draw import draw_detections
-    from .runtime.model import Model
     from .runtime.predict import load_image
     given = _weights_and_images(args, "detect")
     if given is None:
         return EXIT_USER
     weights, images = given
-    model = Model(_graph(args))
+    model = _model_for_weights(args, weights)
     pictures = [load_image(p) for p in images]         # a file that does not decode fails here, first
     thresholds = {k: v for k, v in (("score_thresh", args.score_thresh), ("detections_per_img", args.max_detections))
                   if v is not None}
@@ -679,6 +701,32 @@ def cmd_detect(args) -> int:
     return 0
 
 
+@_reports_user_errors
+def cmd_evaluate(args) -> int:
+    """archc evaluate [SPEC] --weights FILE --data DIR [--json] [--confusion FILE.png]."""
+    from .runtime.evaluation import evaluate, plot_confusion, render
+    from .runtime.record import RecordError, graph_for_weights, read_record
+    from .runtime.model import Model
+    if args.batch < 1:
+        print("error: --batch must be at least 1", file=sys.stderr)
+        return EXIT_USER
+    model = None
+    if args.spec is not None or args.param or args.input:
+        from pathlib import Path
+        if args.spec is None and not Path(args.weights).is_file():
+            raise RecordError(f"{args.weights}: no such weights file")
+        model = Model(graph_for_weights(args.spec, read_record(args.weights), dict(args.param or []), args.input))
+    metrics = evaluate(model, args.weights, args.data, batch=args.batch, task=args.task,
+                       preprocess=args.preprocess)
+    if args.confusion:
+        metrics["confusion_png"] = str(plot_confusion(metrics, args.confusion))
+    if args.json:
+        print(json.dumps(metrics, indent=1))
+    else:
+        print(render(metrics) + (f"\n  confusion matrix -> {args.confusion}" if args.confusion else ""))
+    return 0
+
+
 def _batch(text: str):
     if text == "dynamic":
         return text
@@ -695,9 +743,13 @@ def cmd_export(args) -> int:
     """archc export SPEC --weights FILE --format onnx|stablehlo|flax --out PATH: see docs/export.md."""
     from .compiler.onnx import ExportError
     from .runtime.export import export
-    from .runtime.model import Model
+    from .runtime.record import RecordError
     from .runtime.variables_io import load_variables
-    model = Model(_graph(args))
+    try:
+        model = _model_for_weights(args, args.weights)
+    except RecordError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER
     try:
         variables = load_variables(args.weights, as_numpy=True) if args.weights else model.init(seed=args.seed)
     except Exception as e:   # noqa: BLE001 - a missing file, or safetensors' own error for a bad one
@@ -814,10 +866,24 @@ def main(argv=None) -> int:
     sp.add_argument("--weights", required=True, nargs="+", metavar=("FILE", "IMAGE"),
                     help="variables written by `archc import`, then the images")
     sp.add_argument("--top", type=int, default=5)
-    sp.add_argument("--preprocess", choices=["torch", "inception", "tf", "caffe", "none"],
-                    help="override the preprocessing the network declares (its .arch file's preprocess(...))")
+    sp.add_argument("--preprocess", choices=["torch", "inception", "tf", "caffe", "none", "unit"],
+                    help="override the preprocessing the network declares (its .arch file's preprocess(...)) "
+                         "or the weights record")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_predict, expr=None)
+
+    sp = sub.add_parser("evaluate", help="a task's metrics of some weights on a data set (loss, top-1, top-5, per class)")
+    common(sp)
+    sp.add_argument("--weights", required=True, metavar="FILE", help="variables written by `archc train` or `archc import`")
+    sp.add_argument("--data", required=True, metavar="DIR", help="DIR/<class>/* (or DIR/val/<class>/*)")
+    sp.add_argument("--batch", type=int, default=32)
+    sp.add_argument("--task", choices=["classification", "segmentation", "detection"],
+                    help="override the task the weights record (or the network's outputs call for)")
+    sp.add_argument("--preprocess", choices=["torch", "inception", "tf", "caffe", "none", "unit"],
+                    help="override the preprocessing the weights record")
+    sp.add_argument("--confusion", metavar="FILE.png", help="draw the confusion matrix")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_evaluate, expr=None)
 
     sp = sub.add_parser("detect", help="detect objects in images with imported weights; draws the boxes")
     common(sp)

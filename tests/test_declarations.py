@@ -41,7 +41,8 @@ def test_values_come_from_parameters_and_presets(tmp_path):
     assert g.declarations["preprocess"] == declarations.Preprocess(mode="caffe", resize="exact")
     assert archc.load(str(tmp_path / "net.arch"), mode='"none"').graph.declarations["preprocess"].mode == "none"
     assert g.to_json()["declarations"] == {"preprocess": {"mode": "caffe", "resize": "exact", "crop": 224,
-                                                          "interpolation": "bilinear"}}
+                                                          "interpolation": "bilinear", "mean": None,
+                                                          "std": None}}
 
 
 def test_a_network_without_declarations_has_none(tmp_path):
@@ -49,7 +50,7 @@ def test_a_network_without_declarations_has_none(tmp_path):
 
 
 @pytest.mark.parametrize("line,message,col", [
-    ('preprocess(mode="caffee")', "'mode' is one of 'torch', 'inception', 'tf', 'caffe', 'none', not 'caffee'", 12),
+    ('preprocess(mode="caffee")', "'mode' is one of 'torch', 'inception', 'tf', 'caffe', 'none', 'unit', not 'caffee'", 12),
     ('preprocess(resize=2.5)', "'resize' must be an integer, not 2.5", 12),
     ('preprocess(size=3)', "preprocess() has no argument 'size'", 12),
     ('preprocess("tf")', "preprocess() takes keyword arguments only", 12),
@@ -117,7 +118,7 @@ def test_tensor_argument_errors(tmp_path, tensor_kind):
 
 def test_the_language_server_knows_declarations():
     doc = analysis.op_doc("preprocess")
-    assert "preprocess(mode='torch', resize=256, crop=224, interpolation='bilinear')" in doc
+    assert "preprocess(mode='torch', resize=256, crop=224, interpolation='bilinear', mean=None, std=None)" in doc
     a = analysis.analyze('input 8x8x3\nconv3(4)\npreprocess(mode="tf")\n', None)
     assert not a.diagnostics
     names = {n: k for n, k, _ in a.names_in_scope(3)}
@@ -128,7 +129,8 @@ def test_a_users_preprocess_goes_through_the_declarations_check():
     """predict's preprocess= (a mode name or a dict) is bound as the declaration is: the same
     defaults, the same checks, a readable error naming the argument."""
     from archc.runtime.predict import PredictError, preprocess_spec
-    assert preprocess_spec("caffe") == {"mode": "caffe", "resize": "exact", "crop": 224, "interpolation": "bilinear"}
+    assert preprocess_spec("caffe") == {"mode": "caffe", "resize": "exact", "crop": 224, "interpolation": "bilinear",
+                                        "mean": None, "std": None}
     assert preprocess_spec({"mode": "tf"})["resize"] == 256
     for bad, says in [("foo", "'mode' is one of"), ({"crop": 0}, "'crop' must be at least 1"),
                       ({"mdoe": "tf"}, "no argument 'mdoe'"), ({"interpolation": "lanczos"}, "'interpolation'"),

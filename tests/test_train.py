@@ -164,7 +164,7 @@ def test_user_errors(tmp_path, capsys):
     bad = write_random(tmp_path / "bad", classes=2, per_class=4)
     (bad / "class0" / "broken.png").write_bytes(b"not a png at all")
     _user_error(capsys, "lenet5", "--data", bad, "--val-split", 0, "--batch", 9, "--out",
-                tmp_path / "r", expect="cannot read image")
+                tmp_path / "r", expect="broken.png")        # named before training (--on-bad-data)
     _user_error(capsys, "lenet5", "--data", ok, "--freeze", "layer9.*", "--out", tmp_path / "r",
                 expect="matches no layer")
     _user_error(capsys, "--resume", tmp_path / "nowhere", expect="not a training run")
@@ -272,12 +272,13 @@ def test_preprocess_normalisation_and_modes():
     pre = D.Preprocess(4, 4, 3, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop=False, flip=False)
     x = pre(Image.new("L", (8, 8), 255))               # grey -> RGB, resized, [-1, 1]
     assert x.shape == (4, 4, 3) and np.allclose(x, 1.0)
-    mean, std = D.parse_normalization("imagenet", 1)
-    assert mean.shape == (1,) and np.isclose(mean[0], np.mean([0.485, 0.456, 0.406]))
-    mean, std = D.parse_normalization("0.1,0.2,0.3/1,2,3", 3)
+    from archc.runtime import pipeline as P
+    mean, std, bgr = P.statistics(P.parse_normalize("imagenet"), 1)      # the old name of torch
+    assert mean.shape == (1,) and np.isclose(mean[0], np.mean([0.485, 0.456, 0.406])) and not bgr
+    mean, std, _ = P.statistics(P.parse_normalize("0.1,0.2,0.3/1,2,3"), 3)
     assert std.tolist() == [1, 2, 3]
-    with pytest.raises(D.DataError):
-        D.parse_normalization("0.1,0.2/1,1", 3)
+    with pytest.raises(P.PipelineError):
+        P.statistics(P.parse_normalize("0.1,0.2/1,1"), 3)
 
 
 # --------------------------------------------------------------------------------------------

@@ -167,7 +167,7 @@ def _plain(v):
 # ---------------------------------------------------------------------------------------------
 # preprocess: the input pipeline a network's weights expect
 # ---------------------------------------------------------------------------------------------
-PREPROCESS_MODES = ("torch", "inception", "tf", "caffe", "none")
+PREPROCESS_MODES = ("torch", "inception", "tf", "caffe", "none", "unit")
 
 
 @declaration("preprocess")
@@ -175,7 +175,9 @@ PREPROCESS_MODES = ("torch", "inception", "tf", "caffe", "none")
 class Preprocess:
     """The input pipeline the network's weights expect (runtime/predict.py applies it):
     ``mode`` the normalisation (torch: /255 then ImageNet mean/std; inception: mean = std = 0.5;
-    tf: [-1, 1]; caffe: RGB -> BGR minus the ImageNet BGR mean; none: 0-255 as is), ``resize``
+    tf: [-1, 1]; caffe: RGB -> BGR minus the ImageNet BGR mean; none: 0-255 as is; unit: [0, 1]),
+    ``mean``/``std`` per-channel statistics in [0, 1] units that replace the mode's (``archc train
+    --normalize M1,M2,M3/S1,S2,S3`` records them), ``resize``
     the shorter side before the centre crop, scaled with the input size (or "exact": straight to
     the input size, as Keras's ``load_img(target_size=…)``), ``crop`` the size that ``resize``
     is relative to (224: resize 256 keeps 87.5 %), ``interpolation`` bilinear, bicubic or nearest."""
@@ -183,10 +185,18 @@ class Preprocess:
     resize: Any = 256
     crop: int = 224
     interpolation: str = "bilinear"
+    mean: Any = None
+    std: Any = None
 
     @classmethod
     def bind(cls, v: dict, ctx: DeclarationContext) -> "Preprocess":
         ctx.choice("mode", v["mode"], PREPROCESS_MODES)
+        for name in ("mean", "std"):
+            if v[name] is not None:
+                v[name] = ctx.numbers(name, v[name])
+                if len(v[name]) not in (1, 3) or (name == "std" and min(v[name]) <= 0):
+                    ctx.fail(name, f"preprocess(): '{name}' is 1 or 3 numbers"
+                                   + (", each positive" if name == "std" else "") + f", not {list(v[name])}")
         if v["resize"] != "exact":
             ctx.number("resize", v["resize"], low=1, integer=True)
         ctx.number("crop", v["crop"], low=1, integer=True)

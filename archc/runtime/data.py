@@ -28,20 +28,6 @@ import numpy as np
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
                     ".pgm", ".pbm")
 
-# Pixel statistics in [0, 1] units: x = (pixel / 255 - mean) / std.
-NORMALIZATIONS: dict[str, tuple] = {
-    "unit": ((0.0,), (1.0,)),                                        # [0, 1]
-    "symmetric": ((0.5,), (0.5,)),                                   # [-1, 1]: Inception, Keras "tf"
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),      # torchvision, Keras "torch"
-    "raw": ((0.0,), (1.0 / 255.0,)),                                 # 0..255 (a rescale layer in the net)
-    # Caffe (Keras ResNet50/VGG): RGB -> BGR, the ImageNet BGR mean subtracted, no scaling
-    "caffe": ((103.939 / 255, 116.779 / 255, 123.68 / 255), (1.0 / 255.0,)),
-}
-# The preprocessing modes of imported weights (archc.runtime.predict) -> these names.
-PREPROCESS_MODES = {"torch": "imagenet", "inception": "symmetric", "tf": "symmetric",
-                    "none": "raw", "caffe": "caffe"}
-
-
 class DataError(ValueError):
     """A problem with the user's data (missing folder, empty class, unreadable image).
     The CLI prints it and exits with status 2."""
@@ -95,6 +81,25 @@ class ImageFolder:
 
     def subset(self, indices) -> "ImageFolder":
         return ImageFolder(self.root, self.classes, [self.samples[i] for i in indices])
+
+    def unreadable(self) -> list[tuple[str, str]]:
+        """``(path, why)`` of every file Pillow cannot identify (its header is read, not the
+        pixels: quick enough for every image of a large set)."""
+        from PIL import Image, UnidentifiedImageError
+        bad = []
+        for path, _ in self.samples:
+            try:
+                with Image.open(path) as im:
+                    im.size          # noqa: B018 - the header is parsed here
+            except UnidentifiedImageError:
+                bad.append((path, "not an image format Pillow knows, or a damaged file"))
+            except (OSError, ValueError, SyntaxError) as e:
+                bad.append((path, str(e)))
+        return bad
+
+    def without(self, paths) -> "ImageFolder":
+        drop = set(paths)
+        return ImageFolder(self.root, self.classes, [s for s in self.samples if s[0] not in drop])
 
     @property
     def labels(self) -> np.ndarray:
@@ -172,6 +177,27 @@ def split(data, fraction: float, seed: int = 0):
             data.subset(sorted(val_set)))
 
 
+BAD_DATA = ("stop", "skip")
+
+
+def check_images(data, on_bad: str = "stop", log=None):
+    """``data`` with its unreadable images handled as ``on_bad`` says: ``stop`` raises a
+    DataError naming them; ``skip`` leaves them out, reported through ``log``. In-memory data
+    is returned as it is."""
+    if not isinstance(data, ImageFolder):
+        return data
+    bad = data.unreadable()
+    if not bad:
+        return data
+    listing = "; ".join(f"{p}: {why}" for p, why in bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+    if on_bad == "stop":
+        raise DataError(f"{len(bad)} unreadable image{'s' * (len(bad) > 1)} ({listing}); remove or replace "
+                        f"{'them' if len(bad) > 1 else 'it'}, or pass --on-bad-data skip")
+    if log is not None:
+        log(f"skipping {len(bad)} unreadable image{'s' * (len(bad) > 1)}: {listing}")
+    return data.without(p for p, _ in bad)
+
+
 def find_splits(data_dir: str | os.PathLike, val_split: float | None = None, seed: int = 0):
     """``(train, val)`` image folders for ``data_dir``. ``DIR/train`` (+ ``DIR/val`` or
     ``DIR/validation``) when present; otherwise ``DIR/<class>`` split by ``val_split`` (default
@@ -202,35 +228,6 @@ def find_splits(data_dir: str | os.PathLike, val_split: float | None = None, see
 # --------------------------------------------------------------------------------------------
 # Preprocessing
 # --------------------------------------------------------------------------------------------
-def parse_normalization(spec: str | Sequence, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """``'imagenet'|'unit'|'symmetric'|'raw'`` or ``'m1,m2,m3/s1,s2,s3'`` (in [0, 1] units) ->
-    per-channel (mean, std) arrays."""
-    if isinstance(spec, str):
-        spec = PREPROCESS_MODES.get(spec, spec)
-        if spec in NORMALIZATIONS:
-            mean, std = NORMALIZATIONS[spec]
-        else:
-            try:
-                m, s = spec.split("/")
-                mean = tuple(float(v) for v in m.split(","))
-                std = tuple(float(v) for v in s.split(","))
-            except ValueError:
-                raise DataError(f"--normalize {spec!r}: expected one of "
-                                f"{', '.join(NORMALIZATIONS)} or MEAN/STD such as "
-                                f"0.5,0.5,0.5/0.25,0.25,0.25") from None
-    else:
-        mean, std = spec
-    mean, std = np.asarray(mean, np.float32).ravel(), np.asarray(std, np.float32).ravel()
-    if mean.size == 3 and channels == 1:          # grey images with RGB statistics: average them
-        mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
-    for v in (mean, std):
-        if v.size not in (1, channels):
-            raise DataError(f"normalisation has {v.size} values for {channels}-channel images")
-    if np.any(std <= 0):
-        raise DataError("normalisation standard deviations must be positive")
-    return np.broadcast_to(mean, (channels,)).copy(), np.broadcast_to(std, (channels,)).copy()
-
-
 # ImageNet's recipe (torchvision's RandomResizedCrop and RandomHorizontalFlip).
 IMAGENET_CROP_SCALE = (0.08, 1.0)
 # The smallest crop keeps about this many input pixels on a side: ImageNet's 8 % of the area at
@@ -333,31 +330,19 @@ class Preprocess:
 
     def __call__(self, image, rng: np.random.Generator | None = None) -> np.ndarray:
         from PIL import Image
-        mode = "L" if self.channels == 1 else "RGB"
-        if image.mode != mode:
-            if image.mode in ("RGBA", "LA", "P") and mode == "RGB":
-                image = image.convert("RGBA")
-                bg = Image.new("RGBA", image.size, (0, 0, 0, 255))
-                image = Image.alpha_composite(bg, image)
-            image = image.convert(mode)
+
+        from .pipeline import normalize, to_array, to_mode
+        image = to_mode(image, self.channels)
         size = (self.width, self.height)
         if rng is not None and self.crop:
             box = self._box(image.width, image.height, rng)
             image = image.resize(size, Image.BILINEAR, box=box)
-        elif image.size != size:
+        elif image.size != size:        # pipeline.resize with resize="exact": what predict does
             image = image.resize(size, Image.BILINEAR)
-        a = np.asarray(image, np.float32)
-        if a.ndim == 2:
-            a = a[..., None]
-        if a.shape[-1] != self.channels:               # e.g. 4-channel models: repeat grey
-            a = np.repeat(a[..., :1], self.channels, axis=-1)
+        a = to_array(image, self.channels)
         if rng is not None and self.flip and rng.random() < 0.5:
             a = a[:, ::-1]
-        if self.bgr:
-            a = a[..., ::-1]
-        mean = np.asarray(self.mean, np.float32)
-        std = np.asarray(self.std, np.float32)
-        return (a * np.float32(1 / 255) - mean) / std
+        return normalize(a, np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32), self.bgr)
 
 
 # --------------------------------------------------------------------------------------------

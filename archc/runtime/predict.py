@@ -17,7 +17,11 @@ write it), else torch. A recorded mode that disagrees with the declaration is re
 * ``inception``: the same with mean = std = 0.5 (timm's Inception family);
 * ``tf``: x/127.5 - 1, i.e. [-1, 1] (Keras Inception, Xception, MobileNet, ResNet v2);
 * ``caffe``: RGB -> BGR and the ImageNet BGR mean subtracted, no scaling (Keras ResNet50, VGG);
-* ``none``: pixels 0-255 as they are (Keras EfficientNet rescales inside the model).
+* ``none``: pixels 0-255 as they are (Keras EfficientNet rescales inside the model);
+* ``unit``: /255, i.e. [0, 1] (``archc train``'s default for a network that declares nothing).
+
+One vocabulary for training and inference: runtime/pipeline.py applies it in both. Weights
+written by ``archc train`` also record the class names, printed instead of indices.
 
 ``resize``: the shorter side before the centre crop (scaled with the model's input size), or
 ``"exact"``: straight to the input size (Keras's ``load_img(target_size=…)``).
@@ -30,18 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..compiler.declarations import PREPROCESS_MODES, DeclarationError, Preprocess, bind_values, to_json
+from ..compiler.declarations import to_json
+from . import pipeline as P
 from .logits import ends_in_softmax
 
 CLASSES_FILE = Path(__file__).resolve().parent.parent / "data" / "imagenet_classes.txt"
-
-_MEAN_STD = {
-    "torch": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-}
-_CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
-MODES = PREPROCESS_MODES
-DEFAULT = to_json(Preprocess())
+MODES = tuple(P.STATISTICS)
+DEFAULT = P.pipeline({})
 
 
 class PreprocessWarning(UserWarning):
@@ -79,30 +78,28 @@ def recorded_preprocess(metadata: dict | None) -> dict | None:
 def preprocess_spec(preprocess=None, metadata: dict | None = None, declared: dict | None = None,
                     *, name: str = "the network") -> dict:
     """The pipeline to apply: ``preprocess`` (a mode name or dict) if given, else ``declared``
-    (the network's declaration), else the one recorded in ``metadata``, else torch's. Warns
-    (:class:`PreprocessWarning`) when the recorded mode disagrees with the declaration."""
+    (the network's declaration), else the one recorded in ``metadata``, else torch's. Where the
+    recorded and the declared normalisation agree, the recorded pipeline (its resize: what the
+    weights were trained and validated with); where they disagree the declaration wins, with a
+    :class:`PreprocessWarning` naming both."""
     recorded = recorded_preprocess(metadata)
-    if declared and recorded and recorded.get("mode") != declared.get("mode"):
-        import warnings
-        warnings.warn(f"the weights file records preprocessing mode {recorded.get('mode')!r} but {name} "
-                      f"declares {declared.get('mode')!r}; using {declared.get('mode')!r} (pass "
-                      f"--preprocess / preprocess= to choose)", PreprocessWarning, stacklevel=3)
-    if preprocess is None:
-        preprocess = declared or recorded or dict(DEFAULT)
-    if isinstance(preprocess, str):
-        preprocess = {"mode": preprocess, "resize": "exact" if preprocess in ("tf", "caffe", "none") else 256,
-                      "crop": 224}
-    if not isinstance(preprocess, dict):
-        raise PredictError(f"preprocess= is a mode name ({', '.join(MODES)}) or a dict of preprocess() "
-                           f"arguments, not {preprocess!r}")
-    try:        # one check and one type for a declaration, a recorded pipeline and a user's dict
-        return to_json(bind_values("preprocess", preprocess))
-    except DeclarationError as e:
-        raise PredictError(f"preprocessing: {e}") from None
+    try:
+        recorded = P.pipeline(recorded) if recorded else None
+        declared = P.pipeline(declared) if declared else None
+        if declared and recorded and not P.same_normalization(declared, recorded):
+            import warnings
+            warnings.warn(f"the weights file records preprocessing mode {P.describe(recorded)!r} but {name} "
+                          f"declares {P.describe(declared)!r}; using {P.describe(declared)!r} (pass "
+                          f"--preprocess / preprocess= to choose)", PreprocessWarning, stacklevel=3)
+        elif declared and recorded:
+            declared = recorded     # the same normalisation: the geometry the weights were trained with
+        return P.pipeline(preprocess if preprocess is not None else declared or recorded or DEFAULT)
+    except P.PipelineError as e:
+        raise PredictError(str(e)) from None
 
 
-def load_image(path):
-    """An RGB PIL image from a PNG/JPEG (or anything Pillow reads)."""
+def load_image(path, convert: bool = True):
+    """A PIL image from a PNG/JPEG (or anything Pillow reads): RGB, or as stored (``convert=False``)."""
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:
@@ -110,7 +107,7 @@ def load_image(path):
     try:
         with Image.open(path) as im:
             im.load()
-            return im.convert("RGB")
+            return im.convert("RGB") if convert else im.copy()
     except FileNotFoundError:
         raise PredictError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -120,36 +117,18 @@ def load_image(path):
 
 
 def preprocess_image(image, size: tuple, spec: dict) -> np.ndarray:
-    """One image (path, PIL image, or HxWx3 uint8 array) -> float32 HxWx3 model input."""
+    """One image (path, PIL image, or HxWx3 uint8 array) -> float32 HxWxC model input; ``size``
+    is (H, W) or (H, W, C) (3 channels when not said)."""
     from PIL import Image
     if isinstance(image, (str, Path)):
-        image = load_image(image)
+        image = load_image(image, convert=False)
     elif isinstance(image, np.ndarray):
-        image = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
-    h, w = int(size[0]), int(size[1])
-    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
-                "nearest": Image.NEAREST}.get(spec.get("interpolation", "bilinear"), Image.BILINEAR)
-    if spec.get("resize") == "exact":
-        image = image.resize((w, h), resample)
-    else:
-        crop = int(spec.get("crop", 224))
-        short = int(round(int(spec.get("resize", 256)) * min(h, w) / crop))
-        iw, ih = image.size
-        scale = short / min(iw, ih)
-        nw, nh = max(w, int(round(iw * scale))), max(h, int(round(ih * scale)))
-        image = image.resize((nw, nh), resample)
-        left, top = int(round((nw - w) / 2.0)), int(round((nh - h) / 2.0))
-        image = image.crop((left, top, left + w, top + h))
-    x = np.asarray(image, dtype=np.float32)
-    mode = spec["mode"]
-    if mode in _MEAN_STD:
-        mean, std = _MEAN_STD[mode]
-        x = (x / 255.0 - np.array(mean, np.float32)) / np.array(std, np.float32)
-    elif mode == "tf":
-        x = x / 127.5 - 1.0
-    elif mode == "caffe":
-        x = x[..., ::-1] - np.array(_CAFFE_BGR_MEAN, np.float32)
-    return np.ascontiguousarray(x, dtype=np.float32)
+        a = np.asarray(image, dtype=np.uint8)
+        image = Image.fromarray(a[..., 0] if a.ndim == 3 and a.shape[-1] == 1 else a)
+    try:
+        return P.apply(image, tuple(size), spec)
+    except P.PipelineError as e:
+        raise PredictError(str(e)) from None
 
 
 def _probabilities(model, y: np.ndarray) -> np.ndarray:
@@ -205,11 +184,11 @@ def predict(model, variables, images, *, top: int = 5, preprocess=None, metadata
     spec = preprocess_spec(preprocess, metadata, declared_preprocess(model), name=model.name)
     if len(model.graph.inputs) != 1 or len(model.input_shape) != 3:
         raise PredictError(f"{model.name}: predict needs a model with one image input")
-    size = model.input_shape[:2]
+    size = model.input_shape
     classes = model.output_shape[-1] if len(model.output_shape) == 1 else None
     if classes is None:
         raise PredictError(f"{model.name}: output {model.output_shape} is not a vector of class scores")
-    names = imagenet_classes() if classes == len(imagenet_classes()) else None
+    names = class_names(metadata, classes)
     images = list(images)
     xs = [preprocess_image(im, size, spec) for im in images]      # fail on a bad file before running
     results = []
@@ -232,10 +211,20 @@ def predict(model, variables, images, *, top: int = 5, preprocess=None, metadata
     return results
 
 
+def class_names(metadata: dict | None, classes: int) -> list | None:
+    """The names of ``classes`` outputs: those a run recorded (``archc.classes``: the training
+    folders' names), else ImageNet's for 1000 outputs, else None (indices are printed)."""
+    from .record import recorded_classes
+    names = recorded_classes(metadata)
+    if names is not None and len(names) == classes:
+        return names
+    return imagenet_classes() if classes == len(imagenet_classes()) else None
+
+
 def decode_line(entry: dict) -> str:
     """One result as Keras's ``decode_predictions`` is usually printed: ``soccer_ball (92.07%)``."""
     return f"{entry['label']} ({entry['prob']:.2%})"
 
 
 __all__ = ["predict", "preprocess_image", "preprocess_spec", "declared_preprocess", "imagenet_classes",
-           "load_image", "read_metadata", "decode_line", "PredictError", "PreprocessWarning"]
+           "load_image", "read_metadata", "class_names", "decode_line", "PredictError", "PreprocessWarning"]

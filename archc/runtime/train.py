@@ -29,9 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import (AUGMENTATIONS, ArrayData, DataError, Loader, Preprocess,
-                   choose_augmentation, find_splits, parse_normalization)
+from . import pipeline as P
+from .data import (AUGMENTATIONS, BAD_DATA, ArrayData, DataError, Loader, Preprocess,
+                   check_images, choose_augmentation, find_splits)
 from .logits import logits_node
+from .tasks import TaskError, make_eval_step, make_task, make_train_step, train_state
 
 OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 SCHEDULES = ("constant", "step", "cosine")
@@ -39,8 +41,10 @@ BN_MODES = ("auto", "update", "frozen")
 DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-3, "rmsprop": 0.045}
 STATE_FILE = "train_state.safetensors"
 
-# Testing hook: os._exit right after this global step (simulates a killed process).
+# Testing hooks: os._exit right after this global step (simulates a killed process); wait
+# after this step (its checkpoint, if due, written) until killed.
 CRASH_ENV = "ARCHC_TRAIN_CRASH_AT_STEP"
+HOLD_ENV = "ARCHC_TRAIN_HOLD_AT_STEP"
 
 
 class TrainError(ValueError):
@@ -90,6 +94,7 @@ class TrainConfig:
     weights_from: str = "archc"           # their format
     freeze: list = field(default_factory=list)    # node-name patterns ('layer1.*', '!head.*')
     freeze_all_but_head: bool = False
+    fresh_layers: list | None = None      # filled in: the layers --weights did not initialise
     lr_mult: dict = field(default_factory=dict)   # pattern -> learning-rate factor
     bn: str = "auto"                      # update | frozen (inference mode) | auto
     val_split: float | None = None        # fraction held out when there is no val/ folder
@@ -103,6 +108,12 @@ class TrainConfig:
     devices: int | None = None            # data parallel over N local devices (default all)
     progress: bool = True
     class_names: list | None = None       # filled in from the data
+    task: str | None = None               # classification | segmentation | detection; None: from
+                                          # the network's outputs (runtime/tasks.py)
+    log_every: int = 50                   # steps between host syncs (progress, NaN check)
+    save_every: int = 0                   # also checkpoint every N steps (0: at epoch ends only)...
+    save_every_s: float = 600.0           # ...and when this many seconds passed since the last
+    on_bad_data: str = "stop"             # an unreadable image: stop (naming them) | skip
 
     def __post_init__(self):
         if isinstance(self.augment, bool):         # augment=False, and the configs of older runs
@@ -131,6 +142,10 @@ class TrainConfig:
         need(isinstance(self.batch, int) and self.batch >= 1, "batch must be a positive integer")
         need(self.lr is None or self.lr > 0, "the learning rate must be positive")
         need(self.accumulate >= 1, "accumulate must be at least 1")
+        need(isinstance(self.log_every, int) and self.log_every >= 1, "log_every must be a positive integer")
+        need(isinstance(self.save_every, int) and self.save_every >= 0, "save_every must be a non-negative integer")
+        need(self.save_every_s > 0, "save_every_s must be positive")
+        need(self.on_bad_data in BAD_DATA, f"on_bad_data must be one of {', '.join(BAD_DATA)}")
         need(0.0 <= self.label_smoothing < 1.0, "label smoothing must be in [0, 1)")
         need(self.weight_decay >= 0, "weight decay must be non-negative")
         need(self.classes is None or self.classes >= 1, "classes must be positive")
@@ -199,6 +214,22 @@ def feature_node(model) -> str:
     return name
 
 
+def summarize_nodes(chosen: Sequence[str], names: Sequence[str], limit: int = 12) -> str:
+    """Node names for a report, a whole stage by its name (``layer1`` for all of
+    ``layer1.*``): ``stem, layer1, layer2.0.conv1, head.fc1``."""
+    chosen_set, parts = set(chosen), []
+    for name in names:
+        if name not in chosen_set:
+            continue
+        stage = name.split(".")[0]
+        members = [n for n in names if n == stage or n.startswith(stage + ".")]
+        item = stage if len(members) > 1 and chosen_set.issuperset(members) else name
+        if item not in parts:
+            parts.append(item)
+    more = f" and {len(parts) - limit} more" if len(parts) > limit else ""
+    return ", ".join(parts[:limit]) + more
+
+
 def _matches(pattern: str, name: str) -> bool:
     return fnmatch.fnmatchcase(name, pattern) or name.startswith(pattern + ".") or name == pattern
 
@@ -232,28 +263,41 @@ def select(patterns: Sequence[str], names: Sequence[str], what: str = "--freeze"
 # --------------------------------------------------------------------------------------------
 # Weights
 # --------------------------------------------------------------------------------------------
-def _preprocess_name(meta: Mapping | None) -> str | None:
-    """The normalisation recorded in a weights file: ``archc.preprocess`` (written by ``archc
-    import``) or ``normalize`` (written by ``archc train``)."""
-    from .data import PREPROCESS_MODES
+def recorded_normalization(meta: Mapping | None) -> dict | None:
+    """The normalisation entries (``mode``, ``mean``, ``std``) of the pipeline recorded in a
+    weights file (``archc.preprocess``, written by ``archc import`` and ``archc train``; the
+    ``normalize`` name of runs written before it), or None."""
+    from .predict import recorded_preprocess
     if not meta:
         return None
-    if meta.get("archc.preprocess"):
-        try:
-            mode = json.loads(meta["archc.preprocess"]).get("mode")
-        except (ValueError, AttributeError):
-            mode = None
-        return PREPROCESS_MODES.get(mode)
-    return meta.get("normalize") or None
+    try:
+        if recorded_preprocess(meta):
+            return _normalization_of(P.pipeline(recorded_preprocess(meta)))
+        return P.parse_normalize(meta["normalize"]) if meta.get("normalize") else None
+    except P.PipelineError:
+        return None
 
 
-def read_weights(path: str, source: str = "archc", model=None) -> tuple[dict, str | None]:
+def _normalization_of(spec: dict) -> dict:
+    return {"mode": spec["mode"], "mean": spec.get("mean"), "std": spec.get("std")}
+
+
+def normalize_option(norm: dict) -> str:
+    """A normalisation as ``--normalize`` spells it (what config.json keeps): a mode, or
+    MEAN/STD in [0, 1] units."""
+    if norm.get("mean") is None and norm.get("std") is None:
+        return norm["mode"]
+    mean, std, _ = P.statistics(norm, 3)
+    return ",".join(f"{v:g}" for v in mean) + "/" + ",".join(f"{v:g}" for v in std)
+
+
+def read_weights(path: str, source: str = "archc", model=None) -> tuple[dict, dict | None]:
     """``(variables, normalisation)`` from ``path``. ``source='archc'``: an archc safetensors
     file (``archc build --out``, ``archc import``, ``archc train``); ``'torchvision'``,
     ``'timm'``, ``'keras'``: a checkpoint of that library, mapped by name with
     ``archc.runtime.weights.match_weights`` — tensors that do not fit (a head of another size)
-    are left out here, not an error. The normalisation is the one the weights expect (a name of
-    ``archc.runtime.data.NORMALIZATIONS``), when the file says."""
+    are left out here, not an error. The normalisation is the one the weights expect (``mode``,
+    ``mean``, ``std`` of runtime/pipeline.py), when the file says."""
     p = Path(path)
     if not p.is_file():
         raise TrainError(f"weights file {path} does not exist")
@@ -267,7 +311,7 @@ def read_weights(path: str, source: str = "archc", model=None) -> tuple[dict, st
         except (SafetensorError, OSError, ValueError) as e:
             raise TrainError(f"cannot read weights {path} as an archc .safetensors file ({e}); "
                              f"for a torchvision, timm or Keras checkpoint pass --from SOURCE") from None
-        return unflatten_variables(flat), _preprocess_name(meta)
+        return unflatten_variables(flat), recorded_normalization(meta)
     try:
         from .weights import WeightsError, match_weights
         from .checkpoint import CheckpointError
@@ -284,19 +328,20 @@ def read_weights(path: str, source: str = "archc", model=None) -> tuple[dict, st
     return variables, declared_normalization(model)
 
 
-def declared_normalization(model) -> str | None:
-    """The normalisation (a name of ``archc.runtime.data.NORMALIZATIONS``) of the input pipeline
-    the network declares in its .arch file (``preprocess(mode=…)``), or None."""
-    from .data import PREPROCESS_MODES
-    decl = model.graph.declarations.get("preprocess") if model is not None else None
-    return PREPROCESS_MODES.get(decl.mode) if decl is not None else None
+def declared_normalization(model) -> dict | None:
+    """The normalisation entries (``mode``, ``mean``, ``std``) of the input pipeline the network
+    declares in its .arch file (``preprocess(mode=…)``), or None."""
+    from .predict import declared_preprocess
+    decl = declared_preprocess(model) if model is not None else None
+    return _normalization_of(decl) if decl is not None else None
 
 
 def transfer(fresh: dict, loaded: Mapping, reinit: set = frozenset()) -> tuple[dict, dict]:
     """``fresh`` variables with every tensor of ``loaded`` of the same name and shape copied
     in, except nodes in ``reinit`` (a new head). Returns (variables, report)."""
     out: dict = {}
-    report = {"loaded": 0, "reinitialised": [], "shape_mismatch": [], "missing": [], "unused": []}
+    report = {"loaded": 0, "reinitialised": [], "shape_mismatch": [], "missing": [], "unused": [],
+              "fresh": []}
     for coll, nodes in fresh.items():
         out[coll] = {}
         for node, leaves in nodes.items():
@@ -317,6 +362,9 @@ def transfer(fresh: dict, loaded: Mapping, reinit: set = frozenset()) -> tuple[d
                 else:
                     out[coll][node][leaf] = np.asarray(src, dtype=np.asarray(value).dtype)
                     report["loaded"] += 1
+                    continue
+                if coll == "params" and node not in report["fresh"]:
+                    report["fresh"].append(node)
     for coll, nodes in loaded.items():
         for node, leaves in nodes.items() if isinstance(nodes, Mapping) else ():
             for leaf in leaves:
@@ -443,33 +491,30 @@ def plot_curves(metrics: dict, path: Path) -> None:
 # Progress
 # --------------------------------------------------------------------------------------------
 class Progress:
-    """One line per epoch; redrawn in place (with a bar) when the stream is a terminal."""
+    """One line per epoch; on a terminal, a tqdm bar updated at each host sync meanwhile."""
 
     def __init__(self, epoch: int, epochs: int, total: int, enabled: bool = True, stream=None):
         self.stream = stream or sys.stderr
         self.enabled = enabled
-        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.prefix = f"epoch {epoch}/{epochs}"
-        self.total = total
-        self.last = 0.0
+        tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.bar = None
+        if tty:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=self.prefix, file=self.stream, leave=False,
+                            unit="step", dynamic_ncols=True)
 
     def update(self, done: int, loss: float, acc: float, ips: float) -> None:
-        now = time.perf_counter()
-        if not self.tty or (now - self.last < 0.1 and done < self.total):
-            return
-        self.last = now
-        width = 24
-        fill = int(width * done / max(1, self.total))
-        bar = "█" * fill + "·" * (width - fill)
-        self.stream.write(f"\r{self.prefix} {bar} {done}/{self.total}  loss {loss:.4f}  "
-                          f"acc {acc:.4f}  {ips:,.0f} img/s ")
-        self.stream.flush()
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"loss {loss:.4f}  acc {acc:.4f}  {ips:,.0f} img/s", refresh=False)
+            self.bar.update(done - self.bar.n)
 
     def close(self, text: str) -> None:
-        if not self.enabled:
-            return
-        self.stream.write(("\r\x1b[K" if self.tty else "") + f"{self.prefix}  {text}\n")
-        self.stream.flush()
+        if self.bar is not None:
+            self.bar.close()
+        if self.enabled:
+            self.stream.write(f"{self.prefix}  {text}\n")
+            self.stream.flush()
 
 
 def _log(msg: str) -> None:
@@ -509,8 +554,9 @@ class Trainer:
         state = self.run_dir / STATE_FILE
         if self.resuming:
             if not state.is_file():
-                raise TrainError(f"{self.run_dir} has no {STATE_FILE} to resume from "
-                                 f"(no epoch finished yet, or not a run directory)")
+                # killed before its first checkpoint: start it again, from its config.json
+                self.log(f"{self.run_dir} has no checkpoint yet: starting the run again")
+                self.resuming = False
         elif state.exists():
             raise TrainError(f"{self.run_dir} already holds a training run; continue it with "
                              f"--resume {self.run_dir}, or choose another --out")
@@ -526,6 +572,8 @@ class Trainer:
                 raise TrainError("no training data: pass --data DIR")
             train_data, split_val = find_splits(cfg.data, cfg.val_split, seed=cfg.seed)
             val_data = val_data if val_data is not None else split_val
+        train_data = check_images(train_data, cfg.on_bad_data, self.log)
+        val_data = None if val_data is None else check_images(val_data, cfg.on_bad_data, self.log)
         if len(train_data) == 0:
             raise DataError("the training set is empty")
         self.train_data, self.val_data = train_data, val_data
@@ -549,12 +597,17 @@ class Trainer:
         if len(g.inputs) != 1 or len(g.input_shape) != 3:
             raise TrainError(f"{g.name}: training needs one image input (HxWxC), "
                              f"the network has {len(g.inputs)} inputs")
-        self.logits = logits_node(g)
-        shape = tuple(g.nodes[self.logits].shape)
-        if len(shape) != 1:
-            raise TrainError(f"{g.name}: training needs a classifier (a vector output); "
-                             f"{self.logits} is {'x'.join(map(str, shape))}")
-        self.num_outputs = shape[0]
+        try:
+            self.task = make_task(model, cfg.task, classes=self.classes, label_smoothing=cfg.label_smoothing)
+        except TaskError as e:
+            raise TrainError(str(e)) from None
+        if self.task.name != "classification":
+            raise TrainError(f"{g.name}: a {self.task.name} network; archc train reads image folders of "
+                             f"classes only so far (mask folders come with issue 25); its task, losses "
+                             f"and metrics are archc.runtime.tasks.{type(self.task).__name__} for a loop "
+                             f"of your own (docs/training.md)")
+        self.logits = self.task.outputs[0]
+        self.num_outputs = self.task.num_classes
         k = len(self.classes)
         if k > self.num_outputs or (cfg.classes is not None and k != self.num_outputs):
             hint = (f"pass --classes {k} for a new {k}-way head" if "classes" in g.params
@@ -564,25 +617,32 @@ class Trainer:
         self.param_nodes = param_nodes(model)
         self.bn_nodes = [n.name for n in g if n.op == "bn"]
         h, w, c = g.input_shape
-        if cfg.normalize is not None:
-            parse_normalization(cfg.normalize, c)          # a bad value fails before any work
+        if cfg.normalize is not None:               # a bad value fails before any work
+            try:
+                P.statistics(P.parse_normalize(cfg.normalize), c)
+            except P.PipelineError as e:
+                raise TrainError(str(e)) from None
 
     def _setup_preprocess(self) -> None:
         cfg = self.cfg
         h, w, c = self.model.graph.input_shape
-        declared = declared_normalization(self.model)
-        if declared and self.weights_normalize and declared != self.weights_normalize:
-            self.log(f"warning: {cfg.weights} records normalisation {self.weights_normalize}, but "
-                     f"{self.model.name} declares {declared}; using {cfg.normalize or declared} "
-                     f"(--normalize chooses)")
+        declared, recorded = declared_normalization(self.model), self.weights_normalize
+        if declared and recorded and not P.same_normalization(declared, recorded, c):
+            self.log(f"warning: {cfg.weights} records normalisation {P.describe(recorded)}, but "
+                     f"{self.model.name} declares {P.describe(declared)}; using "
+                     f"{cfg.normalize or P.describe(declared)} (--normalize chooses)")
         if cfg.normalize is None:
             # the network's declaration first: right for imported, archc-trained and fresh variables
-            cfg.normalize = declared or self.weights_normalize or "unit"
+            cfg.normalize = normalize_option(declared or recorded or {"mode": "unit"})
             if declared:
                 self.log(f"normalisation: {cfg.normalize} (as {self.model.name} declares)")
-            elif self.weights_normalize:
+            elif recorded:
                 self.log(f"normalisation: {cfg.normalize} (as {cfg.weights} expects)")
-        mean, std = parse_normalization(cfg.normalize, c)
+        # what evaluation applies, and what the weights record for `archc predict`: a plain
+        # resize to the input size, then this normalisation
+        self.pipeline = P.pipeline({**P.parse_normalize(cfg.normalize), "resize": "exact",
+                                    "crop": min(h, w)})
+        mean, std, bgr = P.statistics(self.pipeline, c)
         aug = choose_augmentation(cfg.augment, h, w, c, cfg.crop_scale, cfg.flip)
         if not self.resuming:
             self.log(f"augmentation: {aug.describe()}")
@@ -591,8 +651,7 @@ class Trainer:
         cfg.crop_scale = None if aug.crop_scale is None else list(aug.crop_scale)
         self.pre_train = Preprocess(h, w, c, tuple(mean.tolist()), tuple(std.tolist()),
                                     crop=aug.crop_scale is not None, flip=aug.flip,
-                                    crop_scale=aug.crop_scale or (1.0, 1.0),
-                                    bgr=cfg.normalize == "caffe" and c == 3)
+                                    crop_scale=aug.crop_scale or (1.0, 1.0), bgr=bgr)
         self.pre_eval = dataclasses.replace(self.pre_train, crop=False, flip=False)
 
     def _setup_variables(self) -> None:
@@ -622,7 +681,11 @@ class Trainer:
         if cfg.freeze:
             frozen_nodes |= select(cfg.freeze, names, "--freeze")
         if cfg.freeze_all_but_head:
-            frozen_nodes |= set(names) - set(self.head)
+            # the head, and every layer the weights file did not initialise (a new or misfit
+            # layer left frozen would stay random)
+            if self.transfer_report is not None:
+                cfg.fresh_layers = list(self.transfer_report["fresh"])   # config.json: for --resume
+            frozen_nodes |= set(names) - set(self.head) - set(cfg.fresh_layers or ())
         self.frozen_nodes = frozen_nodes
         self.trainable = {n: v for n, v in params.items() if n not in frozen_nodes}
         self.frozen = {n: v for n, v in params.items() if n in frozen_nodes}
@@ -650,6 +713,9 @@ class Trainer:
         self.log(f"{g.name}: {n_train:,} trainable parameters"
                  + (f", {n_frozen:,} frozen ({len(self.frozen)} layers)" if n_frozen else "")
                  + f"; batch norm {self.bn_mode}" * bool(self.bn_nodes))
+        if self.frozen:
+            self.log(f"  trains: {summarize_nodes(list(self.trainable), names)}")
+            self.log(f"  frozen: {summarize_nodes(list(self.frozen), names)}")
 
     def _setup_parallel(self) -> None:
         from .parallel import DataParallel
@@ -679,85 +745,23 @@ class Trainer:
             raise TrainError(f"--accumulate {cfg.accumulate} is more than the "
                              f"{self.steps_per_epoch} batches of an epoch")
 
-    def _forward_fn(self, train: bool):
-        import jax
-        model, logits_name = self.model, self.logits
-        dtype = "bfloat16" if self.cfg.bf16 else None     # the graph's mixed-precision policy
-
-        def forward(params, batch_stats, x, rng):
-            variables = {"params": params}
-            if batch_stats:
-                variables["batch_stats"] = batch_stats
-            if train:
-                out, new = model.apply_fn(variables, x, train=True, rngs=rng, outputs=(logits_name,),
-                                          dtype=dtype)
-                stats = new.get("batch_stats", {})
-            else:
-                out = model.apply_fn(variables, x, train=False, outputs=(logits_name,), dtype=dtype)
-                stats = batch_stats
-            return out[logits_name], stats
-
-        if self.cfg.remat:
-            forward = jax.checkpoint(forward, policy=jax.checkpoint_policies.dots_saveable)
-        return forward
-
     def _setup_steps(self) -> None:
-        import jax
-        import jax.numpy as jnp
-        import optax
         cfg = self.cfg
         self.schedule = make_schedule(cfg, self.updates_per_epoch)
         self.tx = make_optimizer(cfg, self.schedule, self.labels, self.groups)
-        k = self.num_outputs
-        smoothing = cfg.label_smoothing
-        train_mode = self.bn_mode == "update"
-        forward_train = self._forward_fn(train_mode)
-        forward_eval = self._forward_fn(False)
-        use_rng = train_mode and self.model.program.has_dropout
-        base_key = jax.random.PRNGKey(cfg.seed + 1)
-        frozen_bn = set(self.frozen_nodes)
-        tx = self.tx
-
-        def train_step(state, frozen, x, y):
-            rng = jax.random.fold_in(base_key, state["step"]) if use_rng else None
-
-            def loss_fn(trainable):
-                logits, stats = forward_train({**frozen, **trainable}, state["batch_stats"], x, rng)
-                labels = jax.nn.one_hot(y, k)
-                if smoothing:
-                    labels = optax.smooth_labels(labels, smoothing)
-                loss = optax.softmax_cross_entropy(logits, labels).mean()
-                return loss, (logits, stats)
-
-            (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["trainable"])
-            updates, opt_state = tx.update(grads, state["opt"], state["trainable"])
-            trainable = optax.apply_updates(state["trainable"], updates)
-            old = state["batch_stats"]
-            stats = {n: (old[n] if n in frozen_bn else stats[n]) for n in old}
-            correct = jnp.sum(jnp.argmax(logits, -1) == y)
-            new_state = {"trainable": trainable, "opt": opt_state, "batch_stats": stats,
-                         "step": state["step"] + 1}
-            return new_state, {"loss": loss, "correct": correct}
-
-        def eval_step(trainable, frozen, batch_stats, x, y, mask):
-            logits, _ = forward_eval({**frozen, **trainable}, batch_stats, x, None)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-            correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
-            return jnp.sum(loss * mask), jnp.sum(correct * mask)
-
+        dtype = "bfloat16" if cfg.bf16 else None       # the graph's mixed-precision policy
         rep = self.dp.replicated
-        self._train_step = jax.jit(train_step, donate_argnums=(0,), out_shardings=(rep, rep))
-        self._eval_step = jax.jit(eval_step, out_shardings=(rep, rep))
+        self._train_step = make_train_step(self.task, self.tx, bn=self.bn_mode, dtype=dtype,
+                                           remat=cfg.remat, seed=cfg.seed, sharding=rep)
+        self._eval_step = make_eval_step(self.task, dtype=dtype, sharding=rep)
 
     def init_state(self) -> dict:
-        import jax.numpy as jnp
-        trainable = {n: {k: jnp.asarray(v) for k, v in leaves.items()} for n, leaves in self.trainable.items()}
-        return {"trainable": trainable, "opt": self.tx.init(trainable),
-                "batch_stats": self.batch_stats, "step": np.int32(0)}
+        return train_state(self.task, self.tx, {"params": {**self.frozen, **self.trainable},
+                                                "batch_stats": self.batch_stats}, frozen=self.frozen)
 
     # ---- checkpoints ----
     def variables_of(self, host_state: dict) -> dict:
-        params = {**self.frozen, **host_state["trainable"]}
+        params = {**host_state.get("frozen", self.frozen), **host_state["trainable"]}
         params = {n: params[n] for n in self.model.graph.nodes if n in params}
         out = {"params": params}
         if host_state["batch_stats"]:
@@ -765,6 +769,7 @@ class Trainer:
         return out
 
     def _metadata(self, epoch: int, extra: dict | None = None) -> dict:
+        from .record import inference_metadata
         cfg = self.cfg
         meta = {"spec": cfg.spec, "classes": json.dumps(self.classes), "epoch": epoch,
                 "normalize": cfg.normalize, "params": json.dumps(cfg.params or {}),
@@ -772,16 +777,18 @@ class Trainer:
                 "logits": self.logits}
         if cfg.classes is not None:
             meta["num_classes"] = cfg.classes
-        # what `archc predict` reads: the model and its preprocessing (plain resize, as here)
-        meta["archc.model"] = self.model.name
-        mode = {"imagenet": "torch", "symmetric": "tf", "raw": "none", "caffe": "caffe"}.get(cfg.normalize)
-        if mode:
-            meta["archc.preprocess"] = json.dumps({"mode": mode, "resize": "exact"}, sort_keys=True)
+        # what `archc predict|evaluate|export` read: the network, its preprocessing, the names
+        params = {**(cfg.params or {}), **({"classes": cfg.classes} if cfg.classes is not None else {})}
+        meta.update(inference_metadata(self.model, spec=cfg.spec, params=params,
+                                       preprocess=self.pipeline, classes=self.classes,
+                                       task="classification"))
         meta.update(extra or {})
         return meta
 
-    def save_state(self, host_state: dict, epoch: int, history: dict) -> None:
-        """The resume point: variables, optimizer state, step, epoch and history, one file."""
+    def save_state(self, host_state: dict, epoch: int, history: dict, position: dict | None = None) -> None:
+        """The resume point: variables, optimizer state, step, epoch and history, one file;
+        ``position``: where in epoch ``epoch + 1`` it was taken (batches done, the epoch's sums
+        so far), None at an epoch's end."""
         import jax
         leaves = jax.tree_util.tree_leaves(host_state["opt"])
         tensors = _flat_variables(self.variables_of(host_state))
@@ -790,9 +797,9 @@ class Trainer:
         tensors["step"] = np.asarray(host_state["step"], np.int64)
         _atomic_safetensors(self.run_dir / STATE_FILE, tensors, self._metadata(epoch, {
             "format": "archc-train-state", "opt_leaves": len(leaves),
-            "history": json.dumps(history)}))
+            "history": json.dumps(history), "position": json.dumps(position)}))
 
-    def load_state(self) -> tuple[dict, int, dict]:
+    def load_state(self) -> tuple[dict, int, dict, dict | None]:
         import jax
         from safetensors import safe_open
         path = self.run_dir / STATE_FILE
@@ -820,10 +827,11 @@ class Trainer:
             elif parts[0] == "batch_stats":
                 stats.setdefault(parts[1], {})[parts[2]] = a
         self.frozen = {n: params[n] for n in self.frozen}
-        state = {"trainable": {n: params[n] for n in self.trainable},
+        state = {"trainable": {n: params[n] for n in self.trainable}, "frozen": self.frozen,
                  "opt": jax.tree_util.tree_unflatten(treedef, opt_leaves),
                  "batch_stats": stats, "step": np.int32(tensors["step"])}
-        return state, int(meta["epoch"]), json.loads(meta["history"])
+        return (state, int(meta["epoch"]), json.loads(meta["history"]),
+                json.loads(meta.get("position") or "null"))
 
     def _write_outputs(self, host_state: dict, epoch: int, history: dict, best: bool) -> None:
         variables = self.variables_of(host_state)
@@ -834,21 +842,29 @@ class Trainer:
             _atomic_safetensors(self.run_dir / "best.safetensors", flat, meta)
         _atomic_json(self.run_dir / "metrics.json", history)
 
+    def _draw_curves(self, history: dict) -> None:
+        """curves.png, rewritten after every epoch (written whole: a temporary file renamed)."""
+        if not history["epoch"]:
+            return
+        try:
+            plot_curves(history, self.run_dir / "curves.png")
+        except ImportError:
+            self.log("curves.png not drawn: matplotlib is not installed")
+
     # ---- running ----
-    def evaluate(self, state) -> tuple[float | None, float | None]:
-        from .parallel import scalar
+    def batches(self, loader, epoch: int = 0, start: int = 0):
+        """A loader's batches as the task's dicts, sharded over the devices, from batch ``start``."""
+        for batch in loader.epoch(epoch, start):
+            yield {"image": self.dp.shard_batch(batch.x), "label": self.dp.shard_batch(batch.y),
+                   "weight": self.dp.shard_batch(batch.mask)}
+
+    def evaluate(self, state) -> dict | None:
+        """The task's validation metrics (runtime/tasks.py: the numbers ``archc evaluate`` gives)."""
+        from .tasks import evaluate
         if self.val_loader is None:
-            return None, None
-        if getattr(self, "_frozen_dev", None) is None:
-            self._frozen_dev = self.dp.replicate(self.frozen)
-        total_loss, total_correct = 0.0, 0.0
-        for batch in self.val_loader.epoch(0):
-            x, y, m = (self.dp.shard_batch(a) for a in batch)
-            loss, correct = self._eval_step(state["trainable"], self._frozen_dev, state["batch_stats"], x, y, m)
-            total_loss += scalar(loss)
-            total_correct += scalar(correct)
-        count = len(self.val_data)
-        return total_loss / count, total_correct / count
+            return None
+        variables = {"params": {**state["frozen"], **state["trainable"]}, "batch_stats": state["batch_stats"]}
+        return evaluate(self.task, variables, self.batches(self.val_loader), eval_step=self._eval_step)
 
     @property
     def writes(self) -> bool:
@@ -857,21 +873,24 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         from .parallel import scalar, to_host
+        from .tasks import add_sums
         cfg = self.cfg
         if self.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         history = {"epoch": [], "train_loss": [], "train_accuracy": [], "val_loss": [],
-                   "val_accuracy": [], "lr": [], "images_per_s": [], "time_s": [],
+                   "val_accuracy": [], "val_top5": [], "lr": [], "images_per_s": [], "time_s": [],
                    "best_epoch": None, "best_val_accuracy": None, "classes": self.classes}
-        start_epoch = 0
+        start_epoch, position = 0, None
         if self.resuming:
-            host_state, start_epoch, history = self.load_state()
-            self.log(f"resuming {self.run_dir} after epoch {start_epoch}")
+            host_state, start_epoch, history, position = self.load_state()
+            self.log(f"resuming {self.run_dir} after epoch {start_epoch}" + (
+                f", batch {position['batch']}" if position else ""))
             if self.writes:
                 _atomic_json(self.run_dir / "config.json", cfg.to_json())  # --epochs may have changed
                 # repair outputs a kill between the state and them may have left stale
-                self._write_outputs(host_state, start_epoch, history,
-                                    best=history.get("best_epoch") == start_epoch)
+                if start_epoch and position is None:
+                    self._write_outputs(host_state, start_epoch, history,
+                                        best=history.get("best_epoch") == start_epoch)
             if start_epoch >= cfg.epochs:
                 self.log(f"{self.run_dir}: all {cfg.epochs} epochs already done")
         else:
@@ -879,45 +898,74 @@ class Trainer:
             if self.writes:
                 _atomic_json(self.run_dir / "config.json", cfg.to_json())
         state = self.dp.replicate(host_state)
-        self._frozen_dev = self.dp.replicate(self.frozen)
         crash_at = int(os.environ.get(CRASH_ENV, "0") or 0)
+        hold_at = int(os.environ.get(HOLD_ENV, "0") or 0)
         step_losses: list = []
         spe = self.steps_per_epoch
+        last_save = time.monotonic()
         for epoch in range(start_epoch, cfg.epochs):
             progress = Progress(epoch + 1, cfg.epochs, spe,
                                 enabled=cfg.progress and self.dp.process_index == 0)
             t0 = time.perf_counter()
-            loss_sum, correct, seen = 0.0, 0, 0
-            for b, batch in enumerate(self.train_loader.epoch(epoch)):
-                x, y = self.dp.shard_batch(batch.x), self.dp.shard_batch(batch.y)
-                state, m = self._train_step(state, self._frozen_dev, x, y)
-                loss = scalar(m["loss"])
-                step = epoch * spe + b + 1
-                step_losses.append(loss)
-                if not math.isfinite(loss):
-                    progress.close("stopped")
-                    where = (f"{self.run_dir / 'last.safetensors'} (epoch {epoch})" if epoch > 0 and
-                             self.run_dir is not None else "none (no epoch finished)")
-                    raise TrainingDiverged(
-                        f"the training loss became {loss} at step {step} (epoch {epoch + 1}, batch "
-                        f"{b + 1}); stopping. Last good checkpoint: {where}. Try a lower --lr, "
-                        f"--warmup or --clip-norm.", step, epoch + 1)
-                loss_sum += loss
-                correct += int(scalar(m["correct"]))
+            # the epoch's running sums: restored from a mid-epoch checkpoint, else from zero
+            first_batch = position["batch"] if position else 0
+            loss_sum = position["loss_sum"] if position else 0.0
+            seen = first_batch * cfg.batch
+            sums = self.dp.replicate({k: np.float32(v) for k, v in position["sums"].items()}) if position else None
+            position, pending = None, []      # device values: fetched once per log interval
+            for b, batch in enumerate(self.batches(self.train_loader, epoch, first_batch), first_batch):
+                state, m = self._train_step(state, batch)
+                pending.append(m["loss"])
+                sums = add_sums(sums, {k: m[k] for k in ("correct", "count")})
                 seen += cfg.batch
+                step = epoch * spe + b + 1
+                save_now = b + 1 < spe and self.writes and (
+                    (cfg.save_every and step % cfg.save_every == 0) or
+                    time.monotonic() - last_save >= cfg.save_every_s)
+                if (len(pending) < cfg.log_every and b + 1 < spe and not save_now
+                        and step not in (crash_at, hold_at)):
+                    continue
+                losses = [float(v) for v in to_host(pending)]       # the host sync
+                first = step - len(losses) + 1
+                pending = []
+                for i, loss in enumerate(losses):
+                    step_losses.append(loss)
+                    if not math.isfinite(loss):
+                        progress.close("stopped")
+                        bad = first + i
+                        where = (f"{self.run_dir / 'last.safetensors'} (epoch {epoch})" if epoch > 0 and
+                                 self.run_dir is not None else "none (no epoch finished)")
+                        raise TrainingDiverged(
+                            f"the training loss became {loss} at step {bad} (epoch {epoch + 1}, batch "
+                            f"{bad - epoch * spe}); stopping. Last good checkpoint: {where}. Try a lower "
+                            f"--lr, --warmup or --clip-norm.", bad, epoch + 1)
+                    loss_sum += loss
+                if save_now:        # a mid-epoch resume point: where we are and the sums so far
+                    self.save_state(to_host(state), epoch, history, {
+                        "batch": b + 1, "loss_sum": loss_sum,
+                        "sums": {k: float(v) for k, v in to_host(sums).items()}})
+                    last_save = time.monotonic()
                 dt = time.perf_counter() - t0
-                progress.update(b + 1, loss_sum / (b + 1), correct / seen, seen / max(dt, 1e-9))
+                progress.update(b + 1, loss_sum / (b + 1), scalar(sums["correct"]) / seen,
+                                (seen - first_batch * cfg.batch) / max(dt, 1e-9))
                 if crash_at and step == crash_at:
                     os._exit(86)
+                if hold_at and step == hold_at:       # testing: wait here to be killed
+                    print(f"holding at step {step}", file=sys.stderr, flush=True)
+                    time.sleep(3600)
             train_time = time.perf_counter() - t0
-            val_loss, val_acc = self.evaluate(state)
+            train_metrics = self.task.summarize(to_host(sums))
+            val = self.evaluate(state)
+            val_loss = None if val is None else val["loss"]
+            val_acc = None if val is None else val["accuracy"]
             dt = time.perf_counter() - t0
             lr = float(self.schedule(max(0, (epoch + 1) * self.updates_per_epoch - 1)))
-            row = {"epoch": epoch + 1, "train_loss": loss_sum / spe, "train_accuracy": correct / seen,
+            row = {"epoch": epoch + 1, "train_loss": loss_sum / spe, "train_accuracy": train_metrics["accuracy"],
                    "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr,
-                   "images_per_s": seen / max(train_time, 1e-9), "time_s": dt}
+                   "images_per_s": (seen - first_batch * cfg.batch) / max(train_time, 1e-9), "time_s": dt}
+            row["val_top5"] = None if val is None else val.get("top5")
             for key, v in row.items():
-                history[key].append(v)
+                history.setdefault(key, []).append(v)
             score = val_acc if val_acc is not None else -row["train_loss"]
             prev = history["best_val_accuracy"] if val_acc is not None else (
                 None if history["best_epoch"] is None else -history["train_loss"][history["best_epoch"] - 1])
@@ -934,14 +982,12 @@ class Trainer:
                 host_state = to_host(state)
                 self.save_state(host_state, epoch + 1, history)      # the commit point
                 self._write_outputs(host_state, epoch + 1, history, improved)
+                last_save = time.monotonic()
+                self._draw_curves(history)
         host_state = to_host(state)
         if self.writes:
             _atomic_json(self.run_dir / "metrics.json", history)
-            if history["epoch"]:
-                try:
-                    plot_curves(history, self.run_dir / "curves.png")
-                except ImportError:
-                    self.log("curves.png not drawn: matplotlib is not installed")
+            self._draw_curves(history)      # a resumed run that had nothing left to do too
         return TrainResult(self.run_dir, history, self.variables_of(host_state), self.classes,
                            step_losses)
 

@@ -1,0 +1,123 @@
+"""``archc evaluate`` and ``archc.evaluate``: a task's metrics of some weights on a data set.
+
+    metrics = archc.evaluate("net.arch", "runs/net/best.safetensors", "shapes/val")
+
+The numbers are the run's validation metrics: the same task (runtime/tasks.py), the same
+evaluation step, the same input pipeline (the one the weights record, runtime/pipeline.py).
+Classification: ``loss``, ``accuracy`` (top-1), ``top5``, ``per_class_accuracy`` and the
+``confusion`` matrix (rows: the true class; columns: the prediction), drawn by
+:func:`plot_confusion`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class EvaluateError(ValueError):
+    """Bad input to evaluate: weights, data or options (CLI: one line, exit status 2)."""
+
+
+def _folder(data) -> Path:
+    """``DIR/val`` (or ``validation``) when there is one, else ``DIR`` (``DIR/<class>/*``)."""
+    root = Path(data)
+    for name in ("val", "validation"):
+        if (root / name).is_dir():
+            return root / name
+    return root
+
+
+def evaluate(model, variables, data, *, batch: int = 32, task: str | None = None, preprocess=None,
+             metadata: dict | None = None) -> dict:
+    """The task's metrics of ``variables`` (a dict, or the path of a weights file whose record
+    says the network, pipeline and class names) on the image folder ``data``. ``model``: a
+    Model, a spec, or None (the network the weights file records)."""
+    from .data import DataError, ImageFolder, Loader
+    from .model import Model
+    from .pipeline import apply
+    from .predict import check_variables, declared_preprocess, preprocess_spec
+    from .record import graph_for_weights, read_record, recorded_classes, recorded_task
+    from .tasks import evaluate as run_evaluation, make_task
+    from .variables_io import load_variables
+    meta = dict(metadata or {})
+    if isinstance(variables, (str, Path)):
+        path = Path(variables)
+        if not path.is_file():
+            raise EvaluateError(f"{path}: no such weights file")
+        meta = {**read_record(path), **meta}
+        try:
+            variables = load_variables(path, as_numpy=True)
+        except Exception as e:      # noqa: BLE001 - safetensors' own errors
+            raise EvaluateError(f"{path}: not a variables file written by archc ({e})") from None
+    if not isinstance(model, Model):
+        model = Model(graph_for_weights(model, meta))
+    check_variables(model, variables)
+    names = recorded_classes(meta)
+    t = make_task(model, task or recorded_task(meta), classes=names)
+    if t.name != "classification":
+        raise EvaluateError(f"{model.name}: evaluating a {t.name} network needs its data reader "
+                            f"(issue {24 if t.name == 'detection' else 25}); not supported yet")
+    if names is None:
+        names = [str(i) for i in range(t.num_classes)]
+    try:
+        folder = ImageFolder.scan(_folder(data), classes=names)
+    except DataError as e:
+        raise EvaluateError(str(e)) from None
+    spec = preprocess_spec(preprocess, meta, declared_preprocess(model), name=model.name)
+    shape = tuple(model.input_shape)
+    loader = Loader(folder, lambda image, rng: apply(image, shape, spec), batch, train=False, prefetch=0)
+    batches = ({"image": b.x, "label": b.y, "weight": b.mask} for b in loader.epoch(0))
+    metrics = run_evaluation(t, variables, batches)
+    return {"task": t.name, "data": str(folder.root), "images": len(folder), "classes": names, **metrics}
+
+
+def plot_confusion(metrics: dict, path) -> Path:
+    """The confusion matrix as a picture: counts in each cell, the rows normalised for the
+    colour (so a rare class reads as well as a common one)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    cm = np.asarray(metrics["confusion"], np.float64)
+    names = metrics.get("classes") or [str(i) for i in range(len(cm))]
+    k = len(cm)
+    side = min(14.0, 2.5 + 0.45 * k)
+    fig = Figure(figsize=(side + 1.5, side), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    rows = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    im = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    if k <= 30:
+        ax.set_xticks(range(k), names, rotation=45, ha="right")
+        ax.set_yticks(range(k), names)
+        for i in range(k):
+            for j in range(k):
+                if cm[i, j]:
+                    ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=8,
+                            color="white" if rows[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"top-1 {metrics['accuracy']:.4f}, {int(cm.sum())} images")
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    tmp.replace(path)
+    return path
+
+
+def render(metrics: dict) -> str:
+    """The metrics as a user reads them."""
+    lines = [f"{metrics['data']}: {metrics['images']} images, {len(metrics['classes'])} classes",
+             f"  loss {metrics['loss']:.4f}  top-1 {metrics['accuracy']:.4f}  top-5 {metrics['top5']:.4f}"]
+    per = metrics.get("per_class_accuracy") or []
+    width = max((len(n) for n in metrics["classes"]), default=4)
+    worst = sorted((a, n) for n, a in zip(metrics["classes"], per) if a is not None)
+    shown = worst if len(worst) <= 20 else worst[:10]
+    if shown:
+        lines.append("  per class" + (" (the 10 worst)" if len(worst) > 20 else "") + ":")
+        lines += [f"    {n:<{width}}  {a:.4f}" for a, n in sorted(shown, key=lambda t: metrics["classes"].index(t[1]))]
+    return "\n".join(lines)
+
+
+__all__ = ["evaluate", "plot_confusion", "render", "EvaluateError"]

@@ -1,0 +1,361 @@
+"""Training tasks: what a batch holds, the losses, the metrics, and what a run records.
+
+One training step (:func:`make_train_step`), one evaluation (:func:`evaluate`) and one loop
+(runtime/train.py) serve every task; a task says only what is particular to it:
+
+=================  ==========================================================================
+``outputs``        the node names the losses read (a classifier's logits)
+``losses``         ``(outputs, batch, rng) -> {name: scalar}``: the training objective is
+                   their sum; jit-traceable
+``metric_sums``    ``(outputs, batch) -> {name: array}``: sums over the batch, added on the
+                   device batch after batch (no host sync per step)
+``summarize``      ``sums -> {name: float | list}`` on the host, once per logging interval
+``score``          the metric the best checkpoint maximises (``score_name``)
+``record``         what the weights record for inference (``archc.task``, class names)
+=================  ==========================================================================
+
+Batches are dicts of arrays, a leading batch axis everywhere:
+
+* classification: ``image`` (B, H, W, C) float32, ``label`` (B,) int32, ``weight`` (B,)
+  float32 (0 for the padding of a last evaluation batch);
+* segmentation: ``image``, ``label`` (B, H, W) int32 class per pixel (255: ignored), ``weight``;
+* detection: ``image``, ``boxes`` (B, N, 4) xyxy, ``labels`` (B, N), ``count`` (B,): per-image
+  target lists padded to N with their lengths, so that shapes stay static under ``jit``; its
+  losses sample (``rng``). Detection's losses and data come with their own issue: choosing it
+  is a clear error for now.
+
+A user's own loop::
+
+    task = Classification(model, classes=["cat", "dog"])
+    step = make_train_step(task, optax.adamw(1e-3))
+    state = train_state(task, optax.adamw(1e-3), model.init(seed=0))
+    for batch in batches:                     # dicts as above
+        state, metrics = step(state, batch)   # metrics: device arrays, summed over the batch
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .logits import logits_node
+
+IGNORE_INDEX = 255
+TASKS = ("classification", "segmentation", "detection")
+
+
+class TaskError(ValueError):
+    """A network or option that no task fits (CLI: one line, exit status 2)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Choosing the task from the network
+# --------------------------------------------------------------------------------------------
+def task_kind(model) -> str:
+    """The task a network's outputs call for: a ``detect(...)`` declaration -> detection; class
+    scores per pixel at the input's resolution -> segmentation; a vector -> classification."""
+    g = model.graph
+    if g.declarations.get("detect") is not None:
+        return "detection"
+    shape = tuple(g.nodes[logits_node(g)].shape)
+    if len(shape) == 1:
+        return "classification"
+    if len(shape) == 3 and tuple(shape[:2]) == tuple(g.input_shape[:2]):
+        return "segmentation"
+    raise TaskError(f"{g.name}: its output {'x'.join(map(str, shape))} is neither class scores (a vector) "
+                    f"nor per-pixel class scores at the input's {g.input_shape[0]}x{g.input_shape[1]}")
+
+
+def make_task(model, kind: str | None = None, *, classes: Sequence[str] | None = None,
+              label_smoothing: float = 0.0) -> "Task":
+    """The task for ``model`` (``kind`` overrides what its outputs call for)."""
+    chosen = kind or task_kind(model)
+    if chosen not in TASKS:
+        raise TaskError(f"--task must be one of {', '.join(TASKS)}, not {chosen!r}")
+    if chosen == "detection":
+        raise TaskError(f"{model.name} is a detector (it declares detect(...)): training and evaluating "
+                        f"detectors is not supported yet (their losses and COCO data are issue 24)")
+    if chosen == "segmentation":
+        return Segmentation(model, classes=list(classes) if classes is not None else None)
+    return Classification(model, classes=list(classes) if classes is not None else None,
+                          label_smoothing=label_smoothing)
+
+
+# --------------------------------------------------------------------------------------------
+# The tasks
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Task:
+    """What is particular to a task (see the module's table). ``model``: an archc Model."""
+
+    model: object
+    classes: list | None = None
+    name: str = field(default="", init=False)
+    score_name: str = field(default="", init=False)
+
+    @property
+    def outputs(self) -> tuple:
+        return (logits_node(self.model.graph),)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model.graph.nodes[self.outputs[0]].shape[-1])
+
+    def losses(self, outputs: Mapping, batch: Mapping, rng=None) -> dict:
+        raise NotImplementedError
+
+    def metric_sums(self, outputs: Mapping, batch: Mapping, *, full: bool = True) -> dict:
+        raise NotImplementedError
+
+    def summarize(self, sums: Mapping) -> dict:
+        raise NotImplementedError
+
+    def score(self, metrics: Mapping) -> float:
+        return float(metrics[self.score_name])
+
+    def record(self) -> dict:
+        return {"task": self.name, "classes": self.classes}
+
+
+def _weights(batch: Mapping, n: int):
+    import jax.numpy as jnp
+    w = batch.get("weight")
+    return jnp.ones((n,), jnp.float32) if w is None else jnp.asarray(w, jnp.float32)
+
+
+@dataclass
+class Classification(Task):
+    """Softmax cross-entropy (``label_smoothing`` in training); loss, top-1, top-5, per-class
+    accuracy and the confusion matrix (rows: the true class, columns: the prediction)."""
+
+    label_smoothing: float = 0.0
+
+    def __post_init__(self):
+        self.name, self.score_name = "classification", "accuracy"
+
+    def losses(self, outputs, batch, rng=None) -> dict:
+        import jax
+        import optax
+        logits = outputs[self.outputs[0]]
+        labels = jax.nn.one_hot(batch["label"], logits.shape[-1])
+        if self.label_smoothing:
+            labels = optax.smooth_labels(labels, self.label_smoothing)
+        return {"cross_entropy": optax.softmax_cross_entropy(logits, labels).mean()}
+
+    def metric_sums(self, outputs, batch, *, full: bool = True) -> dict:
+        import jax.numpy as jnp
+        import optax
+        logits = outputs[self.outputs[0]].astype(jnp.float32)
+        y = batch["label"]
+        w = _weights(batch, y.shape[0])
+        pred = jnp.argmax(logits, -1)
+        sums = {"correct": jnp.sum((pred == y) * w), "count": jnp.sum(w)}
+        if full:
+            sums["loss"] = jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, y) * w)
+            k = min(5, logits.shape[-1])
+            # the true class is in the top k when fewer than k classes score higher (ties: stable order)
+            true = jnp.take_along_axis(logits, y[:, None], -1)
+            rank = jnp.sum(logits > true, -1) + jnp.sum((logits == true) & (jnp.arange(logits.shape[-1]) < y[:, None]), -1)
+            sums["top5"] = jnp.sum((rank < k) * w)
+            n = logits.shape[-1]
+            # integer counts: float32 sums stop counting exactly at 2^24
+            sums["confusion"] = jnp.zeros((n * n,), jnp.int32).at[y * n + pred].add((w > 0).astype(jnp.int32)).reshape(n, n)
+        return sums
+
+    def summarize(self, sums) -> dict:
+        count = max(float(sums["count"]), 1e-12)
+        out = {"accuracy": float(sums["correct"]) / count}
+        if "loss" in sums:
+            out["loss"] = float(sums["loss"]) / count
+        if "top5" in sums:
+            out["top5"] = float(sums["top5"]) / count
+        if "confusion" in sums:
+            cm = np.asarray(sums["confusion"], np.float64)
+            per = cm.sum(1)
+            out["per_class_accuracy"] = [None if per[i] == 0 else float(cm[i, i] / per[i]) for i in range(len(cm))]
+            out["confusion"] = cm.astype(np.int64).tolist()
+        return out
+
+
+@dataclass
+class Segmentation(Task):
+    """Per-pixel cross-entropy, pixels labelled 255 ignored (torchvision's references:
+    ``nn.functional.cross_entropy(out, target, ignore_index=255)``, the mean over the pixels that
+    count); the confusion matrix of the pixels that count, and from it pixel accuracy, per-class
+    IoU and mIoU as torchvision's references compute them (``ConfusionMatrix``: IoU = diag /
+    (row sum + column sum - diag), mIoU their mean)."""
+
+    def __post_init__(self):
+        self.name, self.score_name = "segmentation", "mIoU"
+
+    def losses(self, outputs, batch, rng=None) -> dict:
+        import jax.numpy as jnp
+        import optax
+        logits = outputs[self.outputs[0]].astype(jnp.float32)
+        y = batch["label"]
+        valid = (y != IGNORE_INDEX) & (y >= 0) & (y < logits.shape[-1])
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, y, 0))
+        return {"cross_entropy": jnp.sum(ce * valid) / jnp.maximum(jnp.sum(valid), 1)}
+
+    def metric_sums(self, outputs, batch, *, full: bool = True) -> dict:
+        import jax.numpy as jnp
+        import optax
+        logits = outputs[self.outputs[0]].astype(jnp.float32)
+        y = batch["label"]
+        n = logits.shape[-1]
+        w = _weights(batch, y.shape[0]).reshape((-1,) + (1,) * (y.ndim - 1))
+        # integer counts: float32 sums stop counting exactly at 2^24 pixels
+        valid = (((y != IGNORE_INDEX) & (y >= 0) & (y < n)) & (w > 0)).astype(jnp.int32)
+        safe = jnp.where(valid > 0, y, 0)
+        pred = jnp.argmax(logits, -1)
+        sums = {"pixels": jnp.sum(valid), "confusion": jnp.zeros((n * n,), jnp.int32)
+                .at[(safe * n + pred).ravel()].add(valid.ravel()).reshape(n, n)}
+        if full:
+            sums["loss"] = jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, safe) * valid)
+        return sums
+
+    def summarize(self, sums) -> dict:
+        cm = np.asarray(sums["confusion"], np.float64)
+        diag = np.diag(cm)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = diag / (cm.sum(1) + cm.sum(0) - diag)
+        pixels = max(float(sums["pixels"]), 1e-12)
+        loss = {"loss": float(sums["loss"]) / pixels} if "loss" in sums else {}
+        return {**loss, "pixel_accuracy": float(diag.sum() / max(cm.sum(), 1e-12)),
+                "per_class_iou": [None if np.isnan(v) else float(v) for v in iou],
+                "mIoU": float(np.mean(iou)), "confusion": cm.astype(np.int64).tolist()}
+
+
+# --------------------------------------------------------------------------------------------
+# The step, the state, evaluation, losses for a user
+# --------------------------------------------------------------------------------------------
+def forward_fn(task: Task, *, train: bool, dtype=None, remat: bool = False) -> Callable:
+    """``(params, batch_stats, image, rng) -> (outputs, new batch_stats)``: the network's
+    ``task.outputs``, in training mode (batch statistics, dropout) or not."""
+    import jax
+    model, names = task.model, tuple(task.outputs)
+
+    def forward(params, batch_stats, x, rng):
+        variables = {"params": params}
+        if batch_stats:
+            variables["batch_stats"] = batch_stats
+        if train:
+            out, new = model.apply_fn(variables, x, train=True, rngs=rng, outputs=names, dtype=dtype)
+            return out, new.get("batch_stats", {})
+        return model.apply_fn(variables, x, train=False, outputs=names, dtype=dtype), batch_stats
+
+    if remat:
+        forward = jax.checkpoint(forward, policy=jax.checkpoint_policies.dots_saveable)
+    return forward
+
+
+def train_state(task: Task, optimizer, variables: Mapping, frozen: Sequence[str] = ()) -> dict:
+    """The state :func:`make_train_step` advances: ``trainable`` params (all but the nodes in
+    ``frozen``), ``frozen`` params, the optimizer state, ``batch_stats`` and the ``step``."""
+    import jax
+    import jax.numpy as jnp
+    # copies: the step donates its state, and the caller's variables must outlive it
+    copy = lambda tree: jax.tree_util.tree_map(lambda v: jnp.array(v, copy=True), tree)  # noqa: E731
+    params, frozen = variables.get("params", {}), set(frozen)
+    trainable = copy({n: leaves for n, leaves in params.items() if n not in frozen})
+    return {"trainable": trainable, "frozen": copy({n: params[n] for n in params if n in frozen}),
+            "opt": optimizer.init(trainable), "batch_stats": copy(dict(variables.get("batch_stats", {}))),
+            "step": np.int32(0)}
+
+
+def make_train_step(task: Task, optimizer, *, bn: str = "update", dtype=None, remat: bool = False,
+                    seed: int = 0, loss_fn: Callable | None = None, sharding=None, jit: bool = True):
+    """One optimizer update: ``step(state, batch) -> (state, metrics)``, jitted with the state
+    donated. ``bn``: ``update`` (batch statistics in training mode) or ``frozen`` (inference
+    mode, statistics kept); the statistics of frozen layers are kept either way. ``dtype``:
+    ``"bfloat16"`` computes in bf16 with float32 parameters. ``loss_fn(outputs, batch, rng)``
+    replaces the task's losses (a dict of scalars, or one scalar). ``sharding``: the
+    replicated sharding of a data-parallel mesh (runtime/parallel.py); the batch comes sharded
+    over its batch axis. ``metrics``: the losses, their ``loss`` total and the task's cheap
+    metric sums, as device arrays (add them up; fetch them once per logging interval)."""
+    import jax
+    import optax
+    train_mode = bn == "update"
+    forward = forward_fn(task, train=train_mode, dtype=dtype, remat=remat)
+    use_rng = train_mode and task.model.program.has_dropout
+    base_key = jax.random.PRNGKey(seed + 1)
+    objective = loss_fn or task.losses
+
+    def step(state, batch):
+        rng = jax.random.fold_in(base_key, state["step"])
+        frozen = state["frozen"]
+
+        def loss_of(trainable):
+            outputs, stats = forward({**frozen, **trainable}, state["batch_stats"], batch["image"],
+                                     rng if use_rng else None)
+            parts = objective(outputs, batch, rng)
+            parts = parts if isinstance(parts, Mapping) else {"loss": parts}
+            return sum(parts.values()), (outputs, stats, parts)
+
+        (loss, (outputs, stats, parts)), grads = jax.value_and_grad(loss_of, has_aux=True)(state["trainable"])
+        updates, opt_state = optimizer.update(grads, state["opt"], state["trainable"])
+        trainable = optax.apply_updates(state["trainable"], updates)
+        old = state["batch_stats"]
+        stats = {n: (old[n] if n in frozen else stats.get(n, old[n])) for n in old}
+        metrics = {**task.metric_sums(outputs, batch, full=False), **parts, "loss": loss}
+        return {"trainable": trainable, "frozen": frozen, "opt": opt_state, "batch_stats": stats,
+                "step": state["step"] + 1}, metrics
+
+    if not jit:
+        return step
+    kw = {} if sharding is None else {"out_shardings": (sharding, sharding)}
+    return jax.jit(step, donate_argnums=(0,), **kw)
+
+
+def make_eval_step(task: Task, *, dtype=None, sharding=None):
+    """``eval_step(variables, batch) -> metric sums`` (the task's full metrics), jitted."""
+    import jax
+    forward = forward_fn(task, train=False, dtype=dtype)
+
+    def eval_step(variables, batch):
+        outputs, _ = forward(variables["params"], variables.get("batch_stats", {}), batch["image"], None)
+        return task.metric_sums(outputs, batch, full=True)
+
+    kw = {} if sharding is None else {"out_shardings": sharding}
+    return jax.jit(eval_step, **kw)
+
+
+def add_sums(total: dict | None, sums: Mapping) -> dict:
+    """Metric sums added on the device (no host sync)."""
+    return dict(sums) if total is None else {k: total[k] + v for k, v in sums.items()}
+
+
+def evaluate(task: Task, variables: Mapping, batches, *, dtype=None, eval_step=None, put=None) -> dict:
+    """The task's metrics of ``variables`` over ``batches`` (dicts as in the module's table):
+    sums added on the device, one transfer to the host at the end. ``put`` places each batch
+    array (a data-parallel run shards them)."""
+    from .parallel import to_host
+    eval_step = eval_step or make_eval_step(task, dtype=dtype)
+    total = None
+    for batch in batches:
+        if put is not None:
+            batch = {k: put(v) for k, v in batch.items()}
+        total = add_sums(total, eval_step(variables, batch))
+    if total is None:
+        raise TaskError("nothing to evaluate: the data set is empty")
+    return task.summarize(to_host(total))
+
+
+def losses(model, variables: Mapping, images, targets, *, task: str | Task | None = None,
+           bn: str = "frozen", rng=None) -> dict:
+    """The task's losses of ``model`` with ``variables`` on one batch: ``images`` (B, H, W, C)
+    as the network takes them (preprocessed), ``targets``: class labels (B,) for
+    classification, label maps (B, H, W) for segmentation. ``bn="batch"``: batch statistics
+    (training mode), ``"frozen"``: the stored ones. For a loop of one's own."""
+    import jax.numpy as jnp
+    if not isinstance(task, Task):
+        task = make_task(model, task)
+    forward = forward_fn(task, train=bn == "batch")
+    outputs, _ = forward(variables["params"], variables.get("batch_stats", {}), jnp.asarray(images), rng)
+    return task.losses(outputs, {"image": images, "label": jnp.asarray(targets)}, rng)
+
+
+__all__ = ["Task", "Classification", "Segmentation", "TaskError", "TASKS", "IGNORE_INDEX", "task_kind",
+           "make_task", "make_train_step", "make_eval_step", "train_state", "evaluate", "losses",
+           "add_sums", "forward_fn"]
