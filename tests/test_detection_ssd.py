@@ -106,7 +106,7 @@ def _torch_heads_as_outputs(det, heads):
     return outs
 
 
-@pytest.mark.discrete
+@pytest.mark.isa
 def test_postprocess_on_torchvisions_head_outputs(ssd):
     """The post-processing alone, in float64, on torchvision's own float64 head outputs."""
     det = api.detector_for(ssd["model"])
@@ -129,7 +129,7 @@ def _detect64(ssd, images, **overrides):
         return archc.detect(ssd["model"], ssd["v64"], images, **overrides)
 
 
-@pytest.mark.discrete
+@pytest.mark.isa
 def test_end_to_end_square_and_non_square(ssd, highest_precision):
     ours = _detect64(ssd, ssd["images"])
     assert [len(o["boxes"]) for o in ours] == [len(r["boxes"]) for r in ssd["ref"]] == [200, 200]
@@ -138,7 +138,7 @@ def test_end_to_end_square_and_non_square(ssd, highest_precision):
         assert o["boxes"].dtype == np.float64 and o["names"][0].startswith("class ")
 
 
-@pytest.mark.discrete
+@pytest.mark.isa
 def test_end_to_end_in_float32(ssd, highest_precision):
     """The float32 pipeline (what a user runs) agrees with torchvision's in float32 where float32
     cannot decide a discrete step: each image's best detection (no box above it to suppress it)
@@ -157,7 +157,7 @@ def test_end_to_end_in_float32(ssd, highest_precision):
         assert len(match) == 1, (o["boxes"][0], o["scores"][0], r["boxes"][:3], ts[:3])
 
 
-@pytest.mark.discrete
+@pytest.mark.isa
 def test_overrides_and_rescaling(ssd, highest_precision):
     """A threshold given to detect() acts as torchvision's attribute of the same name."""
     tm = ssd["t64"]

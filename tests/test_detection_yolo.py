@@ -51,7 +51,7 @@ def yolo():
     return archc.load("yolo_v1")
 
 
-@pytest.mark.discrete
+@pytest.mark.isa
 @pytest.mark.parametrize("seed,thresh,nms", [(0, 0.2, 0.4), (1, 0.05, 0.5), (2, 0.3, 0.3)])
 def test_decoding_matches_the_papers(yolo, seed, thresh, nms):
     det = api.detector_for(yolo, score_thresh=thresh, nms_thresh=nms)

@@ -164,7 +164,7 @@ def rpn_proposals_in_float64(s):
     return got, [w.numpy() for w in want]
 
 
-@pytest.mark.discrete
+@pytest.mark.isa
 def test_rpn_filter_proposals_on_torchvision_head_outputs(stages):
     """The same proposals in the same order (measured: equal to ~1e-13 px)."""
     got, want = rpn_proposals_in_float64(stages)
@@ -220,7 +220,7 @@ def postprocess_torchvision_head_outputs(s):
     return got, want
 
 
-@pytest.mark.discrete
+@pytest.mark.isa
 def test_postprocess_detections_on_torchvision_head_outputs(stages):
     got, (boxes, scores, labels) = postprocess_torchvision_head_outputs(stages)
     for i in range(2):
@@ -256,7 +256,7 @@ def _assert_same_detections(got, want, box_tol, score_tol):
         np.testing.assert_allclose(o["scores"], w["scores"].numpy(), rtol=0, atol=score_tol)
 
 
-@pytest.mark.discrete
+@pytest.mark.isa
 def test_detect_end_to_end_in_float64(pair):
     """The end-to-end comparison, made exact: both frameworks in float64, so float noise (~1e-16
     relative) cannot reach the discrete steps (per-level top-k of the RPN logits, thresholds,

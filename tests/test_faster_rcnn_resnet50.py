@@ -127,12 +127,12 @@ def test_box_head_on_torchvision_proposals(stages):
     mobilenet_tests.check_box_head_on_torchvision_proposals(stages, atol=1e-4, rtol=0)
 
 
-@pytest.mark.discrete
+@pytest.mark.isa
 def test_rpn_filter_proposals_on_torchvision_head_outputs(stages):
     mobilenet_tests.test_rpn_filter_proposals_on_torchvision_head_outputs(stages)
 
 
-@pytest.mark.discrete
+@pytest.mark.isa
 def test_postprocess_detections_on_torchvision_head_outputs(stages):
     """RoIHeads.postprocess_detections on torchvision's own box-head outputs and proposals, both
     in float64: the same count, and detections paired one to one by label, box and score.
@@ -175,7 +175,7 @@ def test_coco_layout_with_eps_zero(tmp_path):
         np.testing.assert_allclose(np.asarray(out[mine]), want, rtol=0, atol=1e-4 * max(1, np.abs(want).max()))
 
 
-@pytest.mark.discrete
+@pytest.mark.isa
 def test_detect_end_to_end_in_float64(pair):
     """archc.detect against torchvision's forward, both in float64 (test_faster_rcnn.py's
     comparison: float noise cannot reach the top-k, threshold and NMS decisions): every detection

@@ -130,7 +130,7 @@ def test_backbone_and_rpn_head_match(stages):
     np.testing.assert_allclose(np.asarray(out[det.rpn.boxes[0]]), _nhwc(s["deltas"][0]), rtol=0, atol=2e-6)
 
 
-@pytest.mark.discrete
+@pytest.mark.isa
 def test_filter_proposals_on_torchvision_head_outputs(stages):
     """One level, 6000 boxes before NMS (all of them here: 20·30·9 = 5,400), 300 after; both
     libraries in float64 (test_faster_rcnn.rpn_proposals_in_float64)."""
@@ -153,7 +153,7 @@ def test_box_head_on_torchvision_proposals(stages):
                                atol=2e-6)
 
 
-@pytest.mark.discrete
+@pytest.mark.isa
 def test_postprocess_detections_on_torchvision_head_outputs(stages):
     """In float64 on torchvision's own box-head outputs and proposals; detections paired one to
     one (exactly equal scores are ordered by torch's sort)."""

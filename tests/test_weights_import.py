@@ -353,7 +353,7 @@ def test_torchvision_preprocessing_matches():
     np.testing.assert_allclose(caffe[..., 0], raw[..., 2] - 103.939, atol=1e-4)
 
 
-@pytest.mark.discrete
+@pytest.mark.isa
 def test_import_then_predict_cli(tmp_path):
     torch = pytest.importorskip("torch")
     tv = pytest.importorskip("torchvision")
@@ -402,7 +402,7 @@ def test_import_then_predict_cli(tmp_path):
         assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr, r.stderr
 
 
-@pytest.mark.discrete
+@pytest.mark.isa
 def test_keras_import_then_predict_cli(tmp_path):
     """A Keras EfficientNet keeps Normalization's sample count, a 0-d variable: it must come back
     0-d from the file `archc import --out` writes, or `archc predict` refuses the weights."""
