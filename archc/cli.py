@@ -8,6 +8,7 @@ import sys
 import time
 import warnings
 
+from .compiler.stats import shape_text as fmt_shape
 from .spec.source import ArchError
 
 EXIT_USER = 2
@@ -61,10 +62,6 @@ def _graph(args):
 def _diag(msg, hint=None):
     from .spec.source import Diagnostic
     return Diagnostic(msg, None, hint)
-
-
-def fmt_shape(shape) -> str:
-    return "x".join(str(d) for d in shape)
 
 
 def cmd_check(args) -> int:
@@ -166,41 +163,6 @@ def cmd_lsp(args) -> int:
     return 0
 
 
-def render_table(s: dict, graph) -> str:
-    rows = [(l["name"], l["op"], fmt_shape(l["output_shape"]), f"{l['params']:,}") for l in s["layers"]]
-    heads = ("Layer", "Op", "Output shape", "Param #")
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
-    line = "  ".join
-    out = [f'Model: "{s["name"]}"', "─" * (sum(widths) + 6),
-           line(h.ljust(w) for h, w in zip(heads, widths)), "─" * (sum(widths) + 6)]
-    for r in rows:
-        out.append(line([r[0].ljust(widths[0]), r[1].ljust(widths[1]), r[2].ljust(widths[2]), r[3].rjust(widths[3])]))
-    out.append("─" * (sum(widths) + 6))
-    out += [f"Total params: {s['total_params']:,}", f"Trainable params: {s['trainable_params']:,}",
-            f"Non-trainable params: {s['non_trainable_params']:,}",
-            f"MACs: {s['macs']:,} ({s['macs'] / 1e9:.3f} G)",
-            f"Input: {fmt_shape(s['input_shape'])}   Output: {fmt_shape(s['output_shape'])}"]
-    if len(graph.outputs) > 1:
-        out.append("Outputs: " + ", ".join(f"{o} ({fmt_shape(graph.nodes[o].shape)})" for o in graph.outputs))
-    return "\n".join(out)
-
-
-def render_memory(m: dict) -> str:
-    from .compiler.memory import human
-    opt = m["optimizer"]
-    lines = [f"Memory (float32, estimated): params {human(m['param_bytes'])}, state {human(m['state_bytes'])}, "
-             f"{opt} state {human(m['optimizer_state_bytes'][opt])}",
-             f"  activations per image: inference {human(m['inference_activation_bytes_per_image'])} (peak live), "
-             f"training {human(m['training_activation_bytes_per_image'])} (at the training step's peak)"
-             + (f"; XLA kernel workspace {human(m['workspace_bytes'])}" if m.get("workspace_bytes") else ""),
-             f"  batch {m['batch']}: inference {human(m['inference_bytes'])}, training step {human(m['training_bytes'])}"]
-    if "largest_batch" in m:
-        lb = m["largest_batch"]
-        lines.append(f"  in {human(m['budget_bytes'])}: largest batch {lb['inference']:,} for inference, "
-                     f"{lb['training']:,} for training with {opt}")
-    return "\n".join(lines)
-
-
 def cmd_build(args) -> int:
     g = _graph(args)
     _warn_inexact(g)
@@ -208,7 +170,8 @@ def cmd_build(args) -> int:
         print(g.dumps())
         return 0
     from .compiler import memory
-    from .compiler.stats import summarize
+    from .compiler.memory import render_memory
+    from .compiler.stats import render_table, summarize
     s = summarize(g)
     try:
         budget = memory.parse_bytes(args.memory) if args.memory is not None else None

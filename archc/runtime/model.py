@@ -11,6 +11,7 @@ with ``jax.jit``/``jax.grad``/``jax.vmap`` yourself (``model.apply`` works insid
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from functools import partial
 from math import prod
@@ -34,6 +35,15 @@ def load(spec: str, *, input_shape: tuple | None = None, **params) -> "Model":
 
     graph = build_graph(spec, params or None, tuple(input_shape) if input_shape else None)
     return Model(graph)
+
+
+class Summary(dict):
+    """``Model.summary()``'s data: a dict, shown in one line (the table is already printed, and a
+    notebook would otherwise echo every layer again)."""
+
+    def __repr__(self) -> str:
+        return (f"<summary of {self['name']}: {self['total_params']:,} params, {self['macs']:,} MACs, "
+                f"{len(self['layers'])} layers; a dict: {', '.join(self)}>")
 
 
 class Model:
@@ -71,19 +81,24 @@ class Model:
         from ..compiler.sizes import symbolic_shape
         return symbolic_shape(self.graph, batch)
 
-    def summary(self, batch: int = 1, optimizer: str = "momentum", names=None) -> dict:
-        """Parameter and MAC counts, overall and per node (see ``archc.compiler.stats``), and
+    def summary(self, batch: int = 1, optimizer: str = "momentum", names=None, print_fn=print) -> "Summary":
+        """Print the layer table, totals and memory estimate (as ``archc build`` and Keras's
+        ``model.summary()`` do) through ``print_fn`` (``None``: print nothing), and return the
+        data: parameter and MAC counts, overall and per node (see ``archc.compiler.stats``), and
         ``memory``: the estimate for ``batch`` (``archc.compiler.memory.estimate``).
         ``names``: the report of ``archc.import_weights`` (or a dict node -> name): each layer
         that the checkpoint filled gets its name there as ``source_name`` (Keras's ``conv_dw_1``
         beside archc's ``blocks.0.dwconv1``)."""
-        from ..compiler.memory import estimate
-        s = {**summarize(self.graph), "memory": estimate(self.graph, batch, optimizer)}
+        from ..compiler.memory import estimate, render_memory
+        from ..compiler.stats import render_table
+        s = Summary({**summarize(self.graph), "memory": estimate(self.graph, batch, optimizer)})
         if names is not None:
             names = names.source_names() if hasattr(names, "source_names") else dict(names)
             for layer in s["layers"]:
                 if layer["name"] in names:
                     layer["source_name"] = names[layer["name"]]
+        if print_fn is not None:
+            print_fn(render_table(s, self.graph) + "\n" + render_memory(s["memory"]))
         return s
 
     def __repr__(self) -> str:
@@ -142,30 +157,38 @@ class Model:
             return dict(rngs)
         return {"dropout": rngs}
 
-    def apply_fn(self, variables, x, train: bool = False, rngs=None,
-                 outputs: Sequence[str] | str | None = None, dtype=None):
+    def apply_fn(self, variables, x, train: bool = False, rng=None,
+                 outputs: Sequence[str] | str | None = None, dtype=None, **deprecated):
         """The pure forward function (no internal jit).
 
         Returns the primary output, or a dict name -> array when ``outputs`` names nodes.
         With ``train=True`` returns ``(y, variables)`` where ``variables`` holds the updated
-        ``batch_stats`` (and dropout is active: ``rngs`` is a key or ``{'dropout': key}``).
+        ``batch_stats`` (and dropout is active: ``rng`` is a key or ``{'dropout': key}``; the
+        old name ``rngs=`` still works, with a DeprecationWarning).
         ``dtype='bfloat16'``: mixed precision -- convs and dense layers compute in bf16, BN
         statistics, variables and outputs stay float32 (archc.compiler.lower.COMPUTE_DTYPES).
         """
-        rngs = self._rngs(rngs, train)
+        rngs = self._rngs(_renamed_rng(rng, deprecated), train)
         y, updates = run_graph(self.program, variables, x, train=train, outputs=outputs,
                                rng=rngs.get("dropout"), dtype=dtype)
         if not train:
             return y
         return y, {**variables, "batch_stats": {**variables.get("batch_stats", {}), **updates}}
 
-    def _apply_pure(self, variables, x, rngs, train, outputs, dtype):
-        return self.apply_fn(variables, x, train=train, rngs=rngs, outputs=outputs, dtype=dtype)
+    def _apply_pure(self, variables, x, rng, train, outputs, dtype):
+        return self.apply_fn(variables, x, train=train, rng=rng, outputs=outputs, dtype=dtype)
 
     def apply(self, variables, x, train: bool = False, rng=None,
-              outputs: Sequence[str] | str | None = None, dtype=None):
+              outputs: Sequence[str] | str | None = None, dtype=None, **deprecated):
         """``apply_fn`` compiled with ``jax.jit``, cached per (input shapes, train, outputs,
-        dtype). ``rng``: a PRNG key (or dict of keys) for dropout when ``train=True``."""
+        dtype). ``rng``: a PRNG key (or dict of keys) for dropout when ``train=True``.
+
+        ``x``: float32, NHWC, of the size the model was built for (``model.input_shape``) or
+        another the network runs on with the same variables (a fully convolutional network
+        with a global pool takes any size its layers accept: ``archc check --sizes``); any
+        other size, a channels-first array or integer pixels raise a ValueError that says what
+        the model was built for."""
+        rng = _renamed_rng(rng, deprecated)
         outputs = self.program.check_outputs(outputs)
         self._rngs(rng, train)                         # fail early, outside the trace
         dtype = compute_dtype(dtype)
@@ -195,6 +218,19 @@ class Model:
             return run_graph(self.program, variables, x, outputs=names)[0]
 
         return {k: tuple(v.shape) for k, v in jax.eval_shape(run, variables, x).items()}
+
+
+def _renamed_rng(rng, deprecated: dict):
+    """``rngs=``, apply_fn's old name for ``rng=``: still taken, with a DeprecationWarning."""
+    unknown = set(deprecated) - {"rngs"}
+    if unknown:
+        raise TypeError(f"unexpected keyword argument {sorted(unknown)[0]!r}")
+    if "rngs" not in deprecated:
+        return rng
+    warnings.warn("rngs= is now rng= (the same name as Model.apply's)", DeprecationWarning, stacklevel=3)
+    if rng is not None:
+        raise TypeError("give rng= only (rngs= is its old name)")
+    return deprecated["rngs"]
 
 
 _TRUNC_STD = 0.87962566103423978   # stddev of a standard normal truncated to [-2, 2] (as Flax)

@@ -689,7 +689,7 @@ class Trainer:
             if batch_stats:
                 variables["batch_stats"] = batch_stats
             if train:
-                out, new = model.apply_fn(variables, x, train=True, rngs=rng, outputs=(logits_name,),
+                out, new = model.apply_fn(variables, x, train=True, rng=rng, outputs=(logits_name,),
                                           dtype=dtype)
                 stats = new.get("batch_stats", {})
             else:
