@@ -760,7 +760,8 @@ class _Version(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         from . import __version__
-        parser.exit(message=f"archc {__version__}\n")
+        print(f"archc {__version__}")
+        parser.exit()
 
 
 def main(argv=None) -> int:
