@@ -396,7 +396,9 @@ def _misspelt_keyword(text: str, line: int, file: str) -> Diagnostic | None:
     """`blok basic(c) = …`: a line that fails to parse and begins with a word close to a
     statement keyword, followed by a name, most likely misspells that keyword."""
     lines = text.splitlines()
-    m = re.match(r"(\s*)([A-Za-z_]\w*)\s+[A-Za-z_\"]", lines[line - 1]) if 0 < line <= len(lines) else None
+    # the shapes of the statements: `word NAME(…) =`, `word NAME =`, `word NAME:`, `word "file"`, `word 32x32x3`
+    m = (re.match(r'(\s*)([A-Za-z_]\w*)\s+(?:[A-Za-z_]\w*\s*(?:\(.*?\))?\s*[=:]|"|\d+x)', lines[line - 1])
+         if 0 < line <= len(lines) else None)
     if m is None or m.group(2) in statement_keywords():
         return None
     hint = suggest(m.group(2), statement_keywords())
