@@ -736,7 +736,9 @@ def _check_input(prog: Program, name: str, value) -> None:
                          + ("; it looks like NCHW: x.transpose(0, 2, 3, 1)" if nchw else ""))
     if len(shape) == 3 and name == prog.inputs[0]:
         for axis, what in enumerate(("height", "width")):
-            n = int(value.shape[1 + axis])
+            n = value.shape[1 + axis]
+            if not isinstance(n, int):     # symbolic (jax.export at every size Model.symbolic_shape allows)
+                continue
             if n != shape[axis] and (axis, n) not in prog._sizes:
                 prog._sizes[(axis, n)] = _other_size(graph, prog, axis, n)
             refused = prog._sizes.get((axis, n)) if n != shape[axis] else None
