@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["load", "Model", "save_variables", "load_variables", "train", "Trainer", "TrainConfig",
+__all__ = ["__version__", "load", "Model", "save_variables", "load_variables", "train", "Trainer", "TrainConfig",
            "import_weights", "predict", "detect", "export", "load_exported", "evaluate", "losses",
            "make_train_step", "train_state", "make_task"]
 
@@ -37,7 +37,19 @@ _LAZY = {
 }
 
 
+def _installed_version() -> str:
+    """The version pip installed (pyproject.toml's); a source tree that is not installed says so."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("archc")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
 def __getattr__(name: str):
+    if name == "__version__":           # lazily: importlib.metadata costs an import for every command
+        globals()[name] = _installed_version()
+        return globals()[name]
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'archc' has no attribute {name!r}")
@@ -47,4 +59,4 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+    return sorted(list(globals()) + list(_LAZY) + ["__version__"])

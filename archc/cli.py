@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
 import time
 import warnings
 
+from .compiler.stats import shape_text as fmt_shape
 from .spec.source import ArchError
 
 EXIT_USER = 2
@@ -57,7 +57,8 @@ def _graph(args):
             raise ArchError([_diag("--expr needs --input HxWxC")])
         return build_graph(text=args.expr, filename="<expr>", params=params, input_shape=args.input)
     if args.spec is None:
-        raise ArchError([_diag("give a spec (a built-in name or an .arch file) or --expr TEXT")])
+        alternative = " or --expr TEXT" if args.cmd == "check" else ""
+        raise ArchError([_diag(f"give a spec (a built-in name or an .arch file){alternative}")])
     return build_graph(args.spec, params=params, input_shape=args.input)
 
 
@@ -66,11 +67,22 @@ def _diag(msg, hint=None):
     return Diagnostic(msg, None, hint)
 
 
-def fmt_shape(shape) -> str:
-    return "x".join(str(d) for d in shape)
-
-
 def cmd_check(args) -> int:
+    """archc check SPEC… (each in turn; exit 2 if any fails) or --expr TEXT."""
+    if args.expr is not None and args.specs:
+        raise ArchError([_diag("give --expr TEXT or specs, not both")])
+    failed, given = False, args.input
+    for spec in args.specs or [None]:
+        args.spec, args.input = spec, given
+        try:
+            _check_one(args)
+        except ArchError as e:
+            print(e.render(), file=sys.stderr)
+            failed = True
+    return EXIT_USER if failed else 0
+
+
+def _check_one(args) -> None:
     letters = {}
     if args.input is not None and any(isinstance(d, str) for d in args.input):
         letters = {a: d for a, d in enumerate(args.input) if isinstance(d, str)}
@@ -84,17 +96,16 @@ def cmd_check(args) -> int:
         from .compiler import sizes
         rep = sizes.report(g, None if g.size_reads else (lambda shape: None))
         print(sizes.symbolic_text(g, letters, rep))
-        return 0
+        return
     if args.expr is not None:
         print(fmt_shape(g.output_shape))
         _warn_inexact(g)
-        return 0
+        return
     from .compiler.stats import summarize
     s = summarize(g)
     print(f"{g.name}: {fmt_shape(g.input_shape)} -> {fmt_shape(g.output_shape)}, "
           f"{len(g.nodes)} nodes, {s['total_params']:,} params, {s['macs']:,} MACs: ok")
     _warn_inexact(g)
-    return 0
 
 
 def _warn_inexact(g) -> None:
@@ -149,47 +160,15 @@ def cmd_graph(args) -> int:
 
 
 def cmd_lsp(args) -> int:
-    if importlib.util.find_spec("pygls") is None:
-        print("error: archc lsp needs pygls\n  = help: pip install 'archc[lsp]'", file=sys.stderr)
-        return EXIT_USER
+    """The language server over stdio; with --check FILE…, the diagnostics it would publish."""
+    if args.check:
+        from .lsp.server import check_file
+        shown = [line for path in args.check for line in check_file(path)]
+        print("\n".join(shown) if shown else f"{', '.join(args.check)}: no diagnostics")
+        return EXIT_USER if any(": error: " in line for line in shown) else 0
     from .lsp.server import main as serve
     serve()
     return 0
-
-
-def render_table(s: dict, graph) -> str:
-    rows = [(l["name"], l["op"], fmt_shape(l["output_shape"]), f"{l['params']:,}") for l in s["layers"]]
-    heads = ("Layer", "Op", "Output shape", "Param #")
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
-    line = "  ".join
-    out = [f'Model: "{s["name"]}"', "─" * (sum(widths) + 6),
-           line(h.ljust(w) for h, w in zip(heads, widths)), "─" * (sum(widths) + 6)]
-    for r in rows:
-        out.append(line([r[0].ljust(widths[0]), r[1].ljust(widths[1]), r[2].ljust(widths[2]), r[3].rjust(widths[3])]))
-    out.append("─" * (sum(widths) + 6))
-    out += [f"Total params: {s['total_params']:,}", f"Trainable params: {s['trainable_params']:,}",
-            f"Non-trainable params: {s['non_trainable_params']:,}",
-            f"MACs: {s['macs']:,} ({s['macs'] / 1e9:.3f} G)",
-            f"Input: {fmt_shape(s['input_shape'])}   Output: {fmt_shape(s['output_shape'])}"]
-    if len(graph.outputs) > 1:
-        out.append("Outputs: " + ", ".join(f"{o} ({fmt_shape(graph.nodes[o].shape)})" for o in graph.outputs))
-    return "\n".join(out)
-
-
-def render_memory(m: dict) -> str:
-    from .compiler.memory import human
-    opt = m["optimizer"]
-    lines = [f"Memory (float32, estimated): params {human(m['param_bytes'])}, state {human(m['state_bytes'])}, "
-             f"{opt} state {human(m['optimizer_state_bytes'][opt])}",
-             f"  activations per image: inference {human(m['inference_activation_bytes_per_image'])} (peak live), "
-             f"training {human(m['training_activation_bytes_per_image'])} (at the training step's peak)"
-             + (f"; XLA kernel workspace {human(m['workspace_bytes'])}" if m.get("workspace_bytes") else ""),
-             f"  batch {m['batch']}: inference {human(m['inference_bytes'])}, training step {human(m['training_bytes'])}"]
-    if "largest_batch" in m:
-        lb = m["largest_batch"]
-        lines.append(f"  in {human(m['budget_bytes'])}: largest batch {lb['inference']:,} for inference, "
-                     f"{lb['training']:,} for training with {opt}")
-    return "\n".join(lines)
 
 
 def cmd_build(args) -> int:
@@ -199,7 +178,8 @@ def cmd_build(args) -> int:
         print(g.dumps())
         return 0
     from .compiler import memory
-    from .compiler.stats import summarize
+    from .compiler.memory import render_memory
+    from .compiler.stats import render_table, summarize
     s = summarize(g)
     try:
         budget = memory.parse_bytes(args.memory) if args.memory is not None else None
@@ -281,18 +261,48 @@ def cmd_bench(args) -> int:
 
 
 def cmd_list(args) -> int:
-    """The built-ins and the checkpoint sources each imports from (the mapping files' `models`)."""
+    """The built-ins matching PATTERN (and --task): task, input, parameters, and the checkpoint
+    sources each imports from (the mapping files' `models`)."""
+    from fnmatch import fnmatchcase
+
     from .compiler import library
+    from .compiler.build import build_graph
+    from .compiler.stats import summarize
     from .runtime.weights import builtin_sources
-    rows = [(name, builtin_sources(name)) for name in library.names()]
+    pattern = args.pattern.lower() if args.pattern else None
+    names = [n for n in library.names() if pattern is None or
+             (fnmatchcase(n, pattern) if any(c in pattern for c in "*?[") else pattern in n)]
+    rows = []
+    for name in names:
+        g = build_graph(name)
+        row = {"name": name, "task": task_of(g), "input": fmt_shape(g.input_shape),
+               "params": summarize(g)["total_params"], "sources": builtin_sources(name)}
+        if args.task is None or row["task"] == args.task:
+            rows.append(row)
     if args.json:
-        print(json.dumps([{"name": name, "sources": sources} for name, sources in rows], indent=1))
+        print(json.dumps(rows, indent=1))
         return 0
-    width = max(len(name) for name, _ in rows)
-    print(f"{'architecture':<{width}}  imports weights from")
-    for name, sources in rows:
-        print(f"{name:<{width}}  {', '.join(sources) or '-'}")
+    if not rows:
+        print(f"no built-in architecture matches {args.pattern or ''!r}"
+              + (f" with --task {args.task}" if args.task else ""), file=sys.stderr)
+        return EXIT_USER
+    table = [("architecture", "task", "input", "params", "imports weights from")] + [
+        (r["name"], r["task"], r["input"], f"{r['params']:,}", ", ".join(r["sources"]) or "-") for r in rows]
+    widths = [max(len(t[i]) for t in table) for i in range(4)]
+    for t in table:
+        print(f"{t[0]:<{widths[0]}}  {t[1]:<{widths[1]}}  {t[2]:>{widths[2]}}  {t[3]:>{widths[3]}}  {t[4]}")
     return 0
+
+
+TASKS = ("classification", "detection", "dense")
+
+
+def task_of(graph) -> str:
+    """What a network's output is for: boxes (it declares its detection), a map per pixel (a
+    spatial output, as U-Net's), or class scores."""
+    if "detect" in graph.declarations:
+        return "detection"
+    return "dense" if len(graph.output_shape) == 3 else "classification"
 
 
 def cmd_train(args) -> int:
@@ -375,8 +385,10 @@ def _train(args, report: bool = True) -> int:
                 raise TrainError(f"--resume continues a run with its own options (its "
                                  f"config.json); only --epochs, --workers, --prefetch and "
                                  f"--quiet may be given (got {', '.join(given) or 'SPEC/--data'})")
-            train(resume=args.resume, **{k: opts[k] for k in ("epochs", "workers", "prefetch", "progress")
-                                          if k in opts})
+            result = train(resume=args.resume, **{k: opts[k] for k in ("epochs", "workers", "prefetch", "progress")
+                                                   if k in opts})
+            if report:
+                _print_run_summary(args.resume, result.metrics)
             return 0
         if args.extract_features is not None:
             node = args.extract_features or None
@@ -391,12 +403,8 @@ def _train(args, report: bool = True) -> int:
         if not args.out:
             raise TrainError("give the run directory: --out RUN_DIR")
         result = train(args.spec, args.data, args.out, **opts)
-        m = result.metrics
-        if m["epoch"] and report:
-            best = m["best_val_accuracy"]
-            print(f"{args.out}: {m['epoch'][-1]} epochs, train_loss {m['train_loss'][-1]:.4f}"
-                  + (f", val_accuracy {m['val_accuracy'][-1]:.4f} (best {best:.4f} at epoch "
-                     f"{m['best_epoch']})" if best is not None else ""))
+        if report:
+            _print_run_summary(args.out, result.metrics)
         return 0
     except (TrainError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -405,9 +413,19 @@ def _train(args, report: bool = True) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
-        print("\ninterrupted; continue from the last complete epoch with archc train --resume "
-              "RUN_DIR", file=sys.stderr)
+        print(f"\ninterrupted; continue from the last complete epoch with archc train --resume "
+              f"{args.resume or args.out}", file=sys.stderr)
         return 130
+
+
+def _print_run_summary(run_dir: str, m: dict) -> None:
+    """The last line of a run, fresh or resumed: epochs, last loss, validation accuracy."""
+    if not m["epoch"]:
+        return
+    best = m["best_val_accuracy"]
+    print(f"{run_dir}: {m['epoch'][-1]} epochs, train_loss {m['train_loss'][-1]:.4f}"
+          + (f", val_accuracy {m['val_accuracy'][-1]:.4f} (best {best:.4f} at epoch "
+             f"{m['best_epoch']})" if best is not None else ""))
 
 
 def _lr_mult(text: str) -> tuple:
@@ -598,14 +616,25 @@ def cmd_import(args) -> int:
     return 0
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
 def _weights_and_images(args, command: str) -> tuple | None:
-    """--weights FILE IMAGE…: argparse gives the images after --weights to it; the first is the
-    file. None (after saying so) when no image is given."""
-    images = list(args.images) + list(args.weights[1:])
-    if not images:
-        print(f"error: no images given: archc {command} SPEC --weights FILE IMAGE...", file=sys.stderr)
+    """(weights, images), or None (after saying so) when no image is given, or when the network
+    was left out and its place taken by the first image."""
+    usage = f"archc {command} SPEC --weights FILE IMAGE..."
+    if args.spec is not None and args.spec.lower().endswith(IMAGE_SUFFIXES):
+        from .runtime.record import read_record
+        meta = read_record(args.weights)
+        if not (meta.get("archc.arch") or meta.get("archc.spec")):
+            print(f"error: {args.spec} is an image; give the network first: {usage}", file=sys.stderr)
+            return None
+        # weights from `archc train` record their network: the spec may be left out
+        args.images, args.spec = [args.spec, *args.images], None
+    if not args.images:
+        print(f"error: no images given: {usage}", file=sys.stderr)
         return None
-    return args.weights[0], images
+    return args.weights, list(args.images)
 
 
 def _model_for_weights(args, weights):
@@ -762,25 +791,62 @@ def cmd_export(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER
     source = args.weights or f"random weights (seed {args.seed})"
-    print(f"{model.name} -> {path} ({args.format or path.suffix[1:]}, {path.stat().st_size / 2**20:.1f} MiB, "
+    from .compiler.memory import human
+    print(f"{model.name} -> {path} ({args.format or path.suffix[1:]}, {human(path.stat().st_size)}, "
           f"batch {args.batch}; {source})")
     return 0
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser: its options and operands in any order (``parse_intermixed_args``:
+    ``predict resnet18 --weights W --top 1 cat.jpg``), and a usage error, unknown arguments
+    included, shows this command's usage rather than the top level's."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing:       # the two passes of parse_known_intermixed_args
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            namespace, extras = self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
+class _Version(argparse.Action):
+    """--version: the installed version, looked up only when asked for."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help="print archc's version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from . import __version__
+        print(f"archc {__version__}")
+        parser.exit()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="archc", description="Compile .arch network specs to JAX/Flax.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p.add_argument("--version", action=_Version)
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_CommandParser)
 
-    def common(sp, expr=False):
-        sp.add_argument("spec", nargs="?", help="a built-in name (densenet121) or a path to an .arch file")
+    def common(sp, expr=False, several=False):
+        if several:
+            sp.add_argument("specs", nargs="*", metavar="SPEC", help="built-in names or .arch files, checked in turn")
+        else:
+            sp.add_argument("spec", nargs="?", help="a built-in name (densenet121) or a path to an .arch file")
         sp.add_argument("--param", action="append", type=_param, metavar="KEY=VALUE",
                         help="override a family parameter, e.g. classes=10")
         sp.add_argument("--input", type=_shape, metavar="HxWxC", help="input shape, e.g. 224x224x3")
         if expr:
             sp.add_argument("--expr", metavar="TEXT", help="check a one-line network instead of a file")
 
-    sp = sub.add_parser("check", help="parse and shape-check a spec (no JAX)")
-    common(sp, expr=True)
+    sp = sub.add_parser("check", help="parse and shape-check specs (no JAX)")
+    common(sp, expr=True, several=True)
     sp.add_argument("--sizes", action="store_true",
                     help="derive the input heights and widths the spec accepts, and those on which it is exact")
     sp.add_argument("--json", action="store_true", help="with --sizes: print the answer as JSON")
@@ -839,8 +905,11 @@ def main(argv=None) -> int:
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(func=cmd_export, expr=None)
 
-    sp = sub.add_parser("list", help="list the built-in architectures and the checkpoint sources each imports from")
-    sp.add_argument("--json", action="store_true", help="[{name, sources}] as JSON")
+    sp = sub.add_parser("list", help="list the built-in architectures: task, input, parameters, checkpoint sources")
+    sp.add_argument("pattern", nargs="?", metavar="PATTERN",
+                    help="only the names containing PATTERN (or matching it, with * ? [ ]), e.g. resnet or 'efficientnet_b?'")
+    sp.add_argument("--task", choices=TASKS, help="only the networks for this task")
+    sp.add_argument("--json", action="store_true", help="[{name, task, input, params, sources}] as JSON")
     sp.set_defaults(func=cmd_list)
 
     sp = sub.add_parser("import", help="import a pretrained checkpoint (torchvision, timm, Keras) into archc variables")
@@ -861,10 +930,7 @@ def main(argv=None) -> int:
     sp = sub.add_parser("predict", help="classify images with imported weights")
     common(sp)
     sp.add_argument("images", nargs="*", metavar="IMAGE", help="PNG/JPEG files")
-    # `--weights FILE IMAGE...`: the images may follow the weights file (argparse cannot split
-    # one positional list around an option)
-    sp.add_argument("--weights", required=True, nargs="+", metavar=("FILE", "IMAGE"),
-                    help="variables written by `archc import`, then the images")
+    sp.add_argument("--weights", required=True, metavar="FILE", help="variables written by `archc import`")
     sp.add_argument("--top", type=int, default=5)
     sp.add_argument("--preprocess", choices=["torch", "inception", "tf", "caffe", "none", "unit"],
                     help="override the preprocessing the network declares (its .arch file's preprocess(...)) "
@@ -888,8 +954,7 @@ def main(argv=None) -> int:
     sp = sub.add_parser("detect", help="detect objects in images with imported weights; draws the boxes")
     common(sp)
     sp.add_argument("images", nargs="*", metavar="IMAGE", help="PNG/JPEG files")
-    sp.add_argument("--weights", required=True, nargs="+", metavar=("FILE", "IMAGE"),
-                    help="variables written by `archc import`, then the images")
+    sp.add_argument("--weights", required=True, metavar="FILE", help="variables written by `archc import`")
     sp.add_argument("--out", metavar="DIR", help="write IMAGE.png (the boxes drawn) and IMAGE.json per image")
     sp.add_argument("--score-thresh", type=float, help="keep detections scoring above this (default: the network's)")
     sp.add_argument("--max-detections", type=int, help="keep at most this many per image (default: the network's)")
@@ -905,6 +970,8 @@ def main(argv=None) -> int:
     sp.set_defaults(func=cmd_graph, expr=None)
 
     sp = sub.add_parser("lsp", help="the language server, over stdio (for editors)")
+    sp.add_argument("--check", nargs="+", metavar="FILE",
+                    help="print the diagnostics an editor would show for these files, and exit")
     sp.set_defaults(func=cmd_lsp)
 
     args = p.parse_args(argv)
@@ -915,6 +982,21 @@ def main(argv=None) -> int:
         return EXIT_USER
     except BrokenPipeError:
         return 0
+    except ModuleNotFoundError as e:
+        if (e.name or "archc").partition(".")[0] == "archc":
+            raise
+        print(f"error: archc {args.cmd} needs the Python package {_pip_name(e.name)}, which is not "
+              f"installed here: pip install {_pip_name(e.name)}", file=sys.stderr)
+        return EXIT_USER
+
+
+# import name -> the package that provides it, where they differ
+_DISTRIBUTIONS = {"PIL": "pillow", "lsprotocol": "pygls", "skimage": "scikit-image", "sklearn": "scikit-learn"}
+
+
+def _pip_name(module: str) -> str:
+    top = module.partition(".")[0]
+    return _DISTRIBUTIONS.get(top, top)
 
 
 def console() -> None:

@@ -261,7 +261,7 @@ def worker_train(framework: str, runs: int, net: str = "resnet50"):
         def step(params, stats, opt, x, y):
             def loss_fn(p):
                 logits, nv = model.apply_fn({"params": p, "batch_stats": stats}, x, train=True,
-                                            rngs=rng_key if model.program.has_dropout else None,
+                                            rng=rng_key if model.program.has_dropout else None,
                                             dtype="bfloat16" if bf16 else None)
                 return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), nv["batch_stats"]
             (loss, stats2), g = jax.value_and_grad(loss_fn, has_aux=True)(params)

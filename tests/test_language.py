@@ -205,12 +205,34 @@ def test_emit_ir_json():
     assert conv["op"] == "conv" and conv["shape"] == [28, 28, 128] and conv["span"]["line"] > 0
 
 
+def _list_rows(*args) -> dict:
+    r = subprocess.run([sys.executable, "-m", "archc", "list", *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    head, *rows = r.stdout.splitlines()
+    assert head.split()[:4] == ["architecture", "task", "input", "params"]
+    return {line.split()[0]: line.split(None, 4)[1:] for line in rows}
+
+
 def test_list_command():
-    r = subprocess.run([sys.executable, "-m", "archc", "list"], capture_output=True, text=True, timeout=60)
-    assert "densenet121" in r.stdout.split() and "resnet50" in r.stdout.split()
-    lines = {line.split()[0]: line.split(None, 1)[1] for line in r.stdout.splitlines()[1:]}
-    assert lines["convnext_tiny"] == "torchvision, timm" and lines["legacy_senet154"] == "timm"
-    assert lines["lenet5"] == "-"
+    """`archc list`: task, input, parameters (all variables, as `archc build`'s Total params) and
+    the checkpoint sources of every built-in."""
+    lines = _list_rows()
+    assert "densenet121" in lines and "resnet50" in lines
+    assert lines["convnext_tiny"][3] == "torchvision, timm" and lines["legacy_senet154"][3] == "timm"
+    assert lines["lenet5"] == ["classification", "32x32x1", "61,706", "-"]      # LeCun et al. 1998's count
+    assert lines["ssd300_vgg16"][:2] == ["detection", "300x300x3"]
+    assert lines["unet"][:2] == ["dense", "572x572x1"]
+
+
+def test_list_filters_by_name_and_task():
+    """`archc list resnet` (a substring), `archc list 'efficientnet_b?'` (a glob) and `--task`."""
+    assert all("resnet" in name for name in _list_rows("resnet")) and "resnet50" in _list_rows("resnet")
+    assert set(_list_rows("efficientnet_b?")) == {f"efficientnet_b{i}" for i in range(8)}
+    detectors = _list_rows("--task", "detection")
+    assert {"ssd300_vgg16", "yolo_v1", "fasterrcnn_resnet50_fpn"} <= set(detectors)
+    assert all(row[0] == "detection" for row in detectors.values())
+    r = subprocess.run([sys.executable, "-m", "archc", "list", "nosuchnet"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "no built-in architecture matches 'nosuchnet'" in r.stderr
 
 
 def test_list_json_sources_are_the_mappings():

@@ -37,7 +37,7 @@ def xla_temp_bytes(graph, batch: int) -> tuple:
 
     def step(params, opt, rest, x, y):
         def loss(p):
-            out, new = model.apply_fn({"params": p, **rest}, x, train=True, rngs=jax.random.PRNGKey(0))
+            out, new = model.apply_fn({"params": p, **rest}, x, train=True, rng=jax.random.PRNGKey(0))
             return optax.softmax_cross_entropy_with_integer_labels(out, y).mean(), new
         (value, new), grads = jax.value_and_grad(loss, has_aux=True)(params)
         updates, opt = tx.update(grads, opt, params)

@@ -204,5 +204,42 @@ class Preprocess:
         return cls(**v)
 
 
+# ---------------------------------------------------------------------------------------------
+# init: how Model.init draws the variables
+# ---------------------------------------------------------------------------------------------
+# name -> (base distribution, the variance it scales to) of a conv or dense kernel; fan_in and
+# fan_out count as torch and Keras do (receptive field x input or output channels)
+KERNEL_INITS = {
+    "lecun_normal": "truncated normal, variance 1/fan_in (Flax's default; archc's without init(...))",
+    "he_normal": "truncated normal, variance 2/fan_in (jax.nn.initializers.he_normal, Keras's HeNormal)",
+    "he_normal_fan_out": "normal, variance 2/fan_out (torch's kaiming_normal_(mode='fan_out', "
+                         "nonlinearity='relu'): torchvision's ResNet, VGG, MobileNet convs)",
+    "glorot_uniform": "uniform, variance 2/(fan_in + fan_out) (Keras's default)",
+    "torch_default": "uniform in ±1/sqrt(fan_in) (torch's own default for nn.Conv2d and nn.Linear)",
+}
+
+
+@declaration("init")
+@dataclass(frozen=True)
+class Init:
+    """How ``Model.init`` draws a network's variables: ``conv`` the kernels of convolutions
+    (transposed and depthwise included), ``dense`` those of dense layers, each one of
+    KERNEL_INITS; ``zero_init_residual`` starts the scale of each batch norm that ends a
+    residual branch (the last operand of an add: residual<…>'s body) at 0, so that each
+    residual block begins as the identity (torchvision's ``zero_init_residual=True``).
+    Biases and BN shifts start at 0, BN scales at 1."""
+    conv: str = "lecun_normal"
+    dense: str = "lecun_normal"
+    zero_init_residual: bool = False
+
+    @classmethod
+    def bind(cls, v: dict, ctx: DeclarationContext) -> "Init":
+        ctx.choice("conv", v["conv"], tuple(KERNEL_INITS))
+        ctx.choice("dense", v["dense"], tuple(KERNEL_INITS))
+        if not isinstance(v["zero_init_residual"], bool):
+            ctx.fail("zero_init_residual", f"init(): 'zero_init_residual' is true or false, not {v['zero_init_residual']!r}")
+        return cls(**v)
+
+
 for _m in _KIND_MODULES:
     importlib.import_module(_m)

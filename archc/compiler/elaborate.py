@@ -202,6 +202,12 @@ def _log(x, base=math.e):
     return math.log(x, base)
 
 
+def counted(prefix: str, n: int) -> str:
+    """The n-th node or block instance named after ``prefix``: relu3, but relu6_1 (a prefix
+    that ends in a digit takes a separator, so that the counter reads as one)."""
+    return f"{prefix}_{n}" if prefix[-1:].isdigit() else f"{prefix}{n}"
+
+
 def _unique(xs):
     # first occurrences in order (RegNet's stage widths); by equality, so lists of lists work too
     out = []
@@ -280,7 +286,7 @@ class Builder:
         counters = self.scope.counters
         while True:
             counters[prefix] = counters.get(prefix, 0) + 1
-            name = self._join(f"{prefix}{counters[prefix]}")
+            name = self._join(counted(prefix, counters[prefix]))
             if name not in self.g.nodes and name not in self.used_scopes:
                 return name
 

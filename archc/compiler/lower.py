@@ -55,7 +55,7 @@ class Program:
     """
 
     __slots__ = ("graph", "order", "inputs", "primary", "has_dropout", "variable_specs", "_with_variables",
-                 "_needed", "_scopes")
+                 "_needed", "_scopes", "_sizes")
 
     def __init__(self, graph: Graph):
         for node in graph:
@@ -70,6 +70,7 @@ class Program:
         self._with_variables = frozenset(v.node for v in self.variable_specs)
         self._needed: dict = {}
         self._scopes: dict | None = None
+        self._sizes: dict = {}
 
     @property
     def scopes(self) -> dict[str, str]:
@@ -717,6 +718,56 @@ def compute_dtype(dtype):
     return COMPUTE_DTYPES[name]
 
 
+def _check_input(prog: Program, name: str, value) -> None:
+    """An input the model can take: floating point, batched, channels last, and (an image) of a
+    height and width the network runs on with the variables it was built with. The error says
+    what the model was built for."""
+    graph, shape = prog.graph, tuple(prog.graph.nodes[name].shape)
+    built = (f"{graph.name} was built for float32 inputs of shape (batch, {', '.join(map(str, shape))})"
+             + (" (NHWC)" if len(shape) == 3 else "") + (f" at {name!r}" if len(prog.inputs) > 1 else ""))
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        raise ValueError(f"{built}; got {value.dtype} values. Pixels need the network's preprocessing "
+                         f"first: archc.predict(model, variables, images) applies its preprocess(...) "
+                         f"to uint8 images, or convert yourself (x.astype('float32') / 255, then "
+                         f"normalise as the weights expect)")
+    if value.ndim != len(shape) + 1 or value.shape[-1] != shape[-1]:
+        nchw = len(shape) == 3 and value.ndim == 4 and value.shape[1] == shape[-1]
+        raise ValueError(f"{built}; got an array of shape {tuple(value.shape)}"
+                         + ("; it looks like NCHW: x.transpose(0, 2, 3, 1)" if nchw else ""))
+    if len(shape) == 3 and name == prog.inputs[0]:
+        for axis, what in enumerate(("height", "width")):
+            n = value.shape[1 + axis]
+            if not isinstance(n, int):     # symbolic (jax.export at every size Model.symbolic_shape allows)
+                continue
+            if n != shape[axis] and (axis, n) not in prog._sizes:
+                prog._sizes[(axis, n)] = _other_size(graph, prog, axis, n)
+            refused = prog._sizes.get((axis, n)) if n != shape[axis] else None
+            if refused:
+                raise ValueError(f"{built}; got {tuple(value.shape)}: {what} {n} {refused}")
+
+
+def _other_size(graph, prog: Program, axis: int, n: int) -> str | None:
+    """None where the network, with the variables it was built with, runs on extent ``n`` of a
+    spatial axis (the size analysis of ``archc check --sizes``: every layer accepts it, and no
+    layer's variables change with it, as a dense layer after a flatten would); else why not."""
+    from . import sizes
+    hint = f" (archc check {graph.name} --sizes; or build it there: archc.load(..., input_shape=(H, W, C)))"
+    try:
+        p = sizes.plan(graph, axis)
+        at, declared = sizes.follow(p, n, keep=True), sizes.follow(p, p.declared, keep=True)
+    except sizes.CannotDerive as e:
+        return f"is not the one it was built for, and the size analysis cannot say whether it runs there ({e})"
+    if not at.valid:
+        near = sizes.nearest(lambda m: sizes.follow(p, m).valid, n, 4 * max(64, n))
+        return (f"does not go through {at.failed or at.unknown}"
+                + (f"; the nearest it accepts: {', '.join(map(str, near))}" if near else "") + hint)
+    for step in p.steps:
+        if step.name in prog._with_variables and any(
+                at.extents[i] != declared.extents[i] and at.extents[i] <= 0 for i in step.inputs):
+            return f"changes the input of {step.name}, whose variables were made for {p.declared}" + hint
+    return None
+
+
 def _bind_inputs(prog: Program, x, needed=None) -> tuple[dict, bool]:
     nodes = prog.graph.nodes
     if len(prog.inputs) == 1 and not isinstance(x, (dict, list, tuple)):
@@ -738,9 +789,7 @@ def _bind_inputs(prog: Program, x, needed=None) -> tuple[dict, bool]:
         shape = tuple(nodes[name].shape)
         if value.ndim == len(shape):
             value, unbatched = value[None], True
-        if value.ndim != len(shape) + 1 or value.shape[-1] != shape[-1]:
-            raise ValueError(f"input {name!r} expects (batch, {', '.join(map(str, shape))}), "
-                             f"got an array of shape {tuple(value.shape)}")
+        _check_input(prog, name, value)
         env[name] = value
     return env, unbatched
 

@@ -373,3 +373,19 @@ def human(n: int) -> str:
         if n >= size:
             return f"{n / size:.2f} {unit}"
     return f"{n} B"
+
+
+def render_memory(m: dict) -> str:
+    """The memory lines of `archc build`: the estimate `estimate` (and `largest_batch`) made."""
+    opt = m["optimizer"]
+    lines = [f"Memory (float32, estimated): params {human(m['param_bytes'])}, state {human(m['state_bytes'])}, "
+             f"{opt} state {human(m['optimizer_state_bytes'][opt])}",
+             f"  activations per image: inference {human(m['inference_activation_bytes_per_image'])} (peak live), "
+             f"training {human(m['training_activation_bytes_per_image'])} (at the training step's peak)"
+             + (f"; XLA kernel workspace {human(m['workspace_bytes'])}" if m.get("workspace_bytes") else ""),
+             f"  batch {m['batch']}: inference {human(m['inference_bytes'])}, training step {human(m['training_bytes'])}"]
+    if "largest_batch" in m:
+        lb = m["largest_batch"]
+        lines.append(f"  in {human(m['budget_bytes'])}: largest batch {lb['inference']:,} for inference, "
+                     f"{lb['training']:,} for training with {opt}")
+    return "\n".join(lines)

@@ -28,3 +28,27 @@ def summarize(graph: Graph) -> dict:
         "macs": macs,
         "layers": layers,
     }
+
+
+def shape_text(shape) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def render_table(s: dict, graph) -> str:
+    """The layer table and totals of `archc build` (and `Model.summary()`), as Keras prints it."""
+    rows = [(l["name"], l["op"], shape_text(l["output_shape"]), f"{l['params']:,}") for l in s["layers"]]
+    heads = ("Layer", "Op", "Output shape", "Param #")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
+    line = "  ".join
+    out = [f'Model: "{s["name"]}"', "─" * (sum(widths) + 6),
+           line(h.ljust(w) for h, w in zip(heads, widths)), "─" * (sum(widths) + 6)]
+    for r in rows:
+        out.append(line([r[0].ljust(widths[0]), r[1].ljust(widths[1]), r[2].ljust(widths[2]), r[3].rjust(widths[3])]))
+    out.append("─" * (sum(widths) + 6))
+    out += [f"Total params: {s['total_params']:,}", f"Trainable params: {s['trainable_params']:,}",
+            f"Non-trainable params: {s['non_trainable_params']:,}",
+            f"MACs: {s['macs']:,} ({s['macs'] / 1e9:.3f} G)",
+            f"Input: {shape_text(s['input_shape'])}   Output: {shape_text(s['output_shape'])}"]
+    if len(graph.outputs) > 1:
+        out.append("Outputs: " + ", ".join(f"{o} ({shape_text(graph.nodes[o].shape)})" for o in graph.outputs))
+    return "\n".join(out)

@@ -161,6 +161,7 @@ class Analysis:
     graph: Graph | None = None
     applied: dict = field(default_factory=dict)
     sources: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)     # Diagnostic, what `archc check` warns of
 
     @property
     def root(self) -> FileIndex | None:
@@ -374,7 +375,17 @@ def analyze(text: str, path: Path | None, overlay: dict | None = None) -> Analys
     except RecursionError:
         result.diagnostics = [Diagnostic("the spec nests too deeply to elaborate", None)]
     result.graph, result.applied = el.b.g, el.applied
+    if not result.diagnostics and _has_network(module):
+        result.warnings = size_warnings(result.graph)
     return result
+
+
+def size_warnings(graph: Graph) -> list:
+    """`archc check`'s warnings (a declared input on which a floor drops rows), at the input."""
+    from ..compiler.sizes import inexact_warnings
+    lines = inexact_warnings(graph) if graph.inputs else []
+    at = graph.nodes[graph.inputs[0]].span if lines else None
+    return [Diagnostic(line, at) for line in lines]
 
 
 def _has_network(module: Module) -> bool:

@@ -60,12 +60,39 @@ def _analyze(ls: LanguageServer, uri: str) -> an.Analysis:
     a = an.analyze(doc.source, _path(uri), overlay)
     if a.files or uri not in _analyses:
         _analyses[uri] = a
-    ls.text_document_publish_diagnostics(T.PublishDiagnosticsParams(uri, [_diagnostic(a, d, uri) for d in a.diagnostics],
-                                                                    doc.version))
+    ls.text_document_publish_diagnostics(T.PublishDiagnosticsParams(uri, _diagnostics(a, uri), doc.version))
     return a
 
 
-def _diagnostic(a: an.Analysis, d, uri: str) -> T.Diagnostic:
+def _diagnostics(a: an.Analysis, uri: str) -> list:
+    """What the editor shows for a document: its errors, then its warnings."""
+    return ([_diagnostic(a, d, uri) for d in a.diagnostics]
+            + [_diagnostic(a, d, uri, T.DiagnosticSeverity.Warning) for d in a.warnings])
+
+
+def check_file(path: str) -> list:
+    """`archc lsp --check FILE`: the diagnostics the server would publish for FILE opened in an
+    editor, one `FILE:LINE:COL: severity: message` line each (positions 1-based)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        return [f"{path}: error: cannot read it: {getattr(e, 'strerror', None) or e}"]
+    uri = from_fs_path(str(p.resolve()))
+    out = []
+    for d in _diagnostics(an.analyze(text, p, {}), uri):
+        severity = "error" if d.severity == T.DiagnosticSeverity.Error else "warning"
+        start = d.range.start
+        lines = d.message.splitlines()
+        out.append(f"{path}:{start.line + 1}:{start.character + 1}: {severity}: {lines[0]}")
+        out += [f"  {line}" for line in lines[1:]]
+        for r in d.related_information or ():
+            out.append(f"  related: {to_fs_path(r.location.uri)}:{r.location.range.start.line + 1}:"
+                       f"{r.location.range.start.character + 1}: {r.message}")
+    return out
+
+
+def _diagnostic(a: an.Analysis, d, uri: str, severity=T.DiagnosticSeverity.Error) -> T.Diagnostic:
     message = d.message + (f"\nhelp: {d.hint}" if d.hint else "")
     related = []
     for text, span in d.notes:
@@ -83,7 +110,7 @@ def _diagnostic(a: an.Analysis, d, uri: str) -> T.Diagnostic:
             loc = _location(a, d.span, uri)
             if loc is not None:
                 related.insert(0, T.DiagnosticRelatedInformation(loc, "the error"))
-    return T.Diagnostic(rng, message, T.DiagnosticSeverity.Error, source="archc", related_information=related or None)
+    return T.Diagnostic(rng, message, severity, source="archc", related_information=related or None)
 
 
 def _latest(ls: LanguageServer, uri: str) -> an.Analysis:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..compiler.onnx import DEFAULT_OPSET, ExportError
+from .variables_io import use_umask
 
 FORMATS = {"onnx": ".onnx", "stablehlo": ".stablehlo", "flax": ".py"}
 _PROGRAM = "__stablehlo__"
@@ -98,6 +99,7 @@ def write_whole(path: Path, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        use_umask(tmp)
         os.replace(tmp, path)
     except OSError as e:
         if tmp is not None and os.path.exists(tmp):

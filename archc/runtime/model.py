@@ -11,6 +11,7 @@ with ``jax.jit``/``jax.grad``/``jax.vmap`` yourself (``model.apply`` works insid
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from functools import partial
 from math import prod
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..compiler.declarations import Init
 from ..compiler.ir import Graph
 from ..compiler.lower import Program, compute_dtype, run_graph, variables_tree
 from ..compiler.stats import summarize
@@ -34,6 +36,15 @@ def load(spec: str, *, input_shape: tuple | None = None, **params) -> "Model":
 
     graph = build_graph(spec, params or None, tuple(input_shape) if input_shape else None)
     return Model(graph)
+
+
+class Summary(dict):
+    """``Model.summary()``'s data: a dict, shown in one line (the table is already printed, and a
+    notebook would otherwise echo every layer again)."""
+
+    def __repr__(self) -> str:
+        return (f"<summary of {self['name']}: {self['total_params']:,} params, {self['macs']:,} MACs, "
+                f"{len(self['layers'])} layers; a dict: {', '.join(self)}>")
 
 
 class Model:
@@ -71,19 +82,24 @@ class Model:
         from ..compiler.sizes import symbolic_shape
         return symbolic_shape(self.graph, batch)
 
-    def summary(self, batch: int = 1, optimizer: str = "momentum", names=None) -> dict:
-        """Parameter and MAC counts, overall and per node (see ``archc.compiler.stats``), and
+    def summary(self, batch: int = 1, optimizer: str = "momentum", names=None, print_fn=print) -> "Summary":
+        """Print the layer table, totals and memory estimate (as ``archc build`` and Keras's
+        ``model.summary()`` do) through ``print_fn`` (``None``: print nothing), and return the
+        data: parameter and MAC counts, overall and per node (see ``archc.compiler.stats``), and
         ``memory``: the estimate for ``batch`` (``archc.compiler.memory.estimate``).
         ``names``: the report of ``archc.import_weights`` (or a dict node -> name): each layer
         that the checkpoint filled gets its name there as ``source_name`` (Keras's ``conv_dw_1``
         beside archc's ``blocks.0.dwconv1``)."""
-        from ..compiler.memory import estimate
-        s = {**summarize(self.graph), "memory": estimate(self.graph, batch, optimizer)}
+        from ..compiler.memory import estimate, render_memory
+        from ..compiler.stats import render_table
+        s = Summary({**summarize(self.graph), "memory": estimate(self.graph, batch, optimizer)})
         if names is not None:
             names = names.source_names() if hasattr(names, "source_names") else dict(names)
             for layer in s["layers"]:
                 if layer["name"] in names:
                     layer["source_name"] = names[layer["name"]]
+        if print_fn is not None:
+            print_fn(render_table(s, self.graph) + "\n" + render_memory(s["memory"]))
         return s
 
     def __repr__(self) -> str:
@@ -99,37 +115,57 @@ class Model:
         return GraphModule(self.program)
 
     # ---- variables ----
-    def init(self, seed: int | jax.Array = 0) -> dict:
+    def init(self, seed: int | jax.Array = 0, **how) -> dict:
         """Fresh variables ``{'params': {node: {...}}, 'batch_stats': {node: {...}}}``.
 
-        Flax's default initialisers: kernels LeCun-normal (truncated normal, variance
-        1/fan_in), biases and BatchNorm shifts/means 0, scales/variances 1. The same seed (an
-        int, or a PRNG key) gives bit-identical variables.
+        Kernels as the network's ``init(conv=…, dense=…, zero_init_residual=…)`` declaration
+        says (docs/language.md; without it, Flax's default: LeCun-normal, a normal truncated to
+        ±2σ with variance 1/fan_in), biases and BatchNorm shifts/means 0, scales/variances 1;
+        keyword arguments override the declaration (``model.init(0, conv="he_normal_fan_out",
+        zero_init_residual=True)``: torchvision's ResNet init). The same seed (an int, or a PRNG
+        key) gives bit-identical variables.
 
-        All kernels come from one jitted draw of truncated normals, split and scaled per
-        kernel: XLA:CPU compiles a threefry call in ~0.5 s, so Linen's one-draw-per-parameter
-        init (``model.module.init``, equally valid, different numbers) takes ~20 s to compile
-        for ResNet-50 where this takes ~1 s. The splitting happens on the host, except under a
-        JAX transformation (``jax.eval_shape(model.init)``, ``jax.jit``), where it is traced.
+        All kernels come from one jitted draw, split and scaled per kernel: XLA:CPU compiles a
+        threefry call in ~0.5 s, so Linen's one-draw-per-parameter init (``model.module.init``,
+        equally valid, different numbers) takes ~20 s to compile for ResNet-50 where this takes
+        ~1 s. The splitting happens on the host, except under a JAX transformation
+        (``jax.eval_shape(model.init)``, ``jax.jit``), where it is traced.
         """
         key = seed if isinstance(seed, jax.Array) else jax.random.PRNGKey(int(seed))
-        n_random = sum(prod(v.shape) for v in self.variable_specs if v.init == "lecun_normal")
-        flat = _truncated_normal(key, _bucket(n_random)) if n_random else None
-        if not isinstance(flat, jax.core.Tracer):
-            flat = np.asarray(flat) if n_random else None
-        offset = 0
+        how = self._init_declaration(how)
+        kinds = {n.name: how.dense if n.op == "dense" else how.conv for n in self.graph}
+        drawn = [v for v in self.variable_specs if v.init == "lecun_normal"]
+        # one draw per base distribution the network's kernels use (one, unless conv and dense differ)
+        flats, offsets = {}, {}
+        for base in dict.fromkeys(_KERNEL_DRAW[kinds[v.node]][0] for v in drawn):
+            n = sum(prod(v.shape) for v in drawn if _KERNEL_DRAW[kinds[v.node]][0] == base)
+            key, sub = jax.random.split(key) if len(flats) else (key, key)
+            flat = _draw(sub, _bucket(n), base)
+            flats[base], offsets[base] = flat if isinstance(flat, jax.core.Tracer) else np.asarray(flat), 0
+        zeroed = _residual_branch_ends(self.graph) if how.zero_init_residual else set()
 
         def value(v):
-            nonlocal offset
             if v.init == "lecun_normal":
+                base, scale = _KERNEL_DRAW[kinds[v.node]]
                 n = prod(v.shape)
-                std = np.float32(np.sqrt(1.0 / v.fan_in)) / np.float32(_TRUNC_STD)
-                offset += n
-                return jnp.asarray(flat[offset - n:offset].reshape(v.shape) * std)
+                offsets[base] += n
+                receptive = prod(v.shape[:-2])
+                fan_out = receptive * n // v.fan_in
+                flat = flats[base][offsets[base] - n:offsets[base]]
+                return jnp.asarray(flat.reshape(v.shape) * np.float32(scale(v.fan_in, fan_out)))
+            if v.leaf == "scale" and v.node in zeroed:
+                return jnp.zeros(v.shape, jnp.float32)
             fill = {"zeros": 0.0, "ones": 1.0}.get(v.init, v.value)
             return jnp.asarray(np.full(v.shape, fill, np.float32))
 
         return variables_tree(self.variable_specs, value)
+
+    def _init_declaration(self, overrides: dict) -> Init:
+        from dataclasses import asdict
+
+        from ..compiler.declarations import bind_values
+        declared = self.graph.declarations.get("init") or Init()
+        return bind_values("init", {**asdict(declared), **overrides}) if overrides else declared
 
     # ---- running ----
     def _rngs(self, rngs, train: bool):
@@ -142,30 +178,38 @@ class Model:
             return dict(rngs)
         return {"dropout": rngs}
 
-    def apply_fn(self, variables, x, train: bool = False, rngs=None,
-                 outputs: Sequence[str] | str | None = None, dtype=None):
+    def apply_fn(self, variables, x, train: bool = False, rng=None,
+                 outputs: Sequence[str] | str | None = None, dtype=None, **deprecated):
         """The pure forward function (no internal jit).
 
         Returns the primary output, or a dict name -> array when ``outputs`` names nodes.
         With ``train=True`` returns ``(y, variables)`` where ``variables`` holds the updated
-        ``batch_stats`` (and dropout is active: ``rngs`` is a key or ``{'dropout': key}``).
+        ``batch_stats`` (and dropout is active: ``rng`` is a key or ``{'dropout': key}``; the
+        old name ``rngs=`` still works, with a DeprecationWarning).
         ``dtype='bfloat16'``: mixed precision -- convs and dense layers compute in bf16, BN
         statistics, variables and outputs stay float32 (archc.compiler.lower.COMPUTE_DTYPES).
         """
-        rngs = self._rngs(rngs, train)
+        rngs = self._rngs(_renamed_rng(rng, deprecated), train)
         y, updates = run_graph(self.program, variables, x, train=train, outputs=outputs,
                                rng=rngs.get("dropout"), dtype=dtype)
         if not train:
             return y
         return y, {**variables, "batch_stats": {**variables.get("batch_stats", {}), **updates}}
 
-    def _apply_pure(self, variables, x, rngs, train, outputs, dtype):
-        return self.apply_fn(variables, x, train=train, rngs=rngs, outputs=outputs, dtype=dtype)
+    def _apply_pure(self, variables, x, rng, train, outputs, dtype):
+        return self.apply_fn(variables, x, train=train, rng=rng, outputs=outputs, dtype=dtype)
 
     def apply(self, variables, x, train: bool = False, rng=None,
-              outputs: Sequence[str] | str | None = None, dtype=None):
+              outputs: Sequence[str] | str | None = None, dtype=None, **deprecated):
         """``apply_fn`` compiled with ``jax.jit``, cached per (input shapes, train, outputs,
-        dtype). ``rng``: a PRNG key (or dict of keys) for dropout when ``train=True``."""
+        dtype). ``rng``: a PRNG key (or dict of keys) for dropout when ``train=True``.
+
+        ``x``: float32, NHWC, of the size the model was built for (``model.input_shape``) or
+        another the network runs on with the same variables (a fully convolutional network
+        with a global pool takes any size its layers accept: ``archc check --sizes``); any
+        other size, a channels-first array or integer pixels raise a ValueError that says what
+        the model was built for."""
+        rng = _renamed_rng(rng, deprecated)
         outputs = self.program.check_outputs(outputs)
         self._rngs(rng, train)                         # fail early, outside the trace
         dtype = compute_dtype(dtype)
@@ -197,7 +241,43 @@ class Model:
         return {k: tuple(v.shape) for k, v in jax.eval_shape(run, variables, x).items()}
 
 
+def _renamed_rng(rng, deprecated: dict):
+    """``rngs=``, apply_fn's old name for ``rng=``: still taken, with a DeprecationWarning."""
+    unknown = set(deprecated) - {"rngs"}
+    if unknown:
+        raise TypeError(f"unexpected keyword argument {sorted(unknown)[0]!r}")
+    if "rngs" not in deprecated:
+        return rng
+    warnings.warn("rngs= is now rng= (the same name as Model.apply's)", DeprecationWarning, stacklevel=3)
+    if rng is not None:
+        raise TypeError("give rng= only (rngs= is its old name)")
+    return deprecated["rngs"]
+
+
 _TRUNC_STD = 0.87962566103423978   # stddev of a standard normal truncated to [-2, 2] (as Flax)
+
+# declarations.KERNEL_INITS name -> (base draw, the factor on it for (fan_in, fan_out))
+_KERNEL_DRAW = {
+    "lecun_normal": ("truncated_normal", lambda fi, fo: np.float32(np.sqrt(1.0 / fi)) / np.float32(_TRUNC_STD)),
+    "he_normal": ("truncated_normal", lambda fi, fo: np.float32(np.sqrt(2.0 / fi)) / np.float32(_TRUNC_STD)),
+    "he_normal_fan_out": ("normal", lambda fi, fo: np.sqrt(2.0 / fo)),
+    "glorot_uniform": ("uniform", lambda fi, fo: np.sqrt(6.0 / (fi + fo))),
+    "torch_default": ("uniform", lambda fi, fo: np.sqrt(1.0 / fi)),
+}
+
+
+def _residual_branch_ends(graph: Graph) -> set:
+    """The batch norms that end a residual branch: the last operand of a two-operand add (the
+    body of residual<…>, which adds it to the shortcut), through a residual scale."""
+    out = set()
+    for node in graph:
+        if node.op == "add" and len(node.inputs) == 2:
+            end = graph.nodes[node.inputs[-1]]
+            if end.op == "scale":
+                end = graph.nodes[end.inputs[0]]
+            if end.op == "bn" and end.name != graph.nodes[node.inputs[0]].name:
+                out.add(end.name)
+    return out
 
 
 def _bucket(n: int) -> int:
@@ -207,6 +287,10 @@ def _bucket(n: int) -> int:
     return -(-n // step) * step
 
 
-@partial(jax.jit, static_argnums=1)
-def _truncated_normal(key, n: int):
-    return jax.random.truncated_normal(key, -2.0, 2.0, (n,), jnp.float32)
+@partial(jax.jit, static_argnums=(1, 2))
+def _draw(key, n: int, base: str):
+    if base == "truncated_normal":
+        return jax.random.truncated_normal(key, -2.0, 2.0, (n,), jnp.float32)
+    if base == "normal":
+        return jax.random.normal(key, (n,), jnp.float32)
+    return jax.random.uniform(key, (n,), jnp.float32, -1.0, 1.0)

@@ -241,7 +241,7 @@ def forward_fn(task: Task, *, train: bool, dtype=None, remat: bool = False) -> C
         if batch_stats:
             variables["batch_stats"] = batch_stats
         if train:
-            out, new = model.apply_fn(variables, x, train=True, rngs=rng, outputs=names, dtype=dtype)
+            out, new = model.apply_fn(variables, x, train=True, rng=rng, outputs=names, dtype=dtype)
             return out, new.get("batch_stats", {})
         return model.apply_fn(variables, x, train=False, outputs=names, dtype=dtype), batch_stats
 

@@ -4,6 +4,7 @@ The round trip is bit-identical: arrays are written with their dtype and bytes u
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import numpy as np
@@ -53,6 +54,15 @@ def save_variables(variables: Mapping, path: str, metadata: dict[str, str] | Non
 
     flat = {k: c_contiguous(v) for k, v in flatten_variables(variables).items()}
     save_file(flat, str(path), metadata={"format": "archc", **(metadata or {})})
+    use_umask(path)
+
+
+def use_umask(path) -> None:
+    """Give a file archc wrote the permissions of any new file, 0666 less the umask: writers that
+    go through a private temporary file (``mkstemp``, safetensors) leave it 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def load_variables(path: str, as_numpy: bool = False) -> dict:

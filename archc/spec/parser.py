@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 import unicodedata
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import lark
 from lark import Token, Transformer
 
 from . import ast as A
-from .source import ArchError, Diagnostic, Span
+from .source import ArchError, Diagnostic, Span, suggest
 
 GRAMMAR = Path(__file__).with_name("arch.lark")
 # The LALR table Lark computes from GRAMMAR, shipped as JSON: computing it costs 0.15-0.3 s of
@@ -385,6 +386,28 @@ def _describe(tok_type: str) -> str:
     return f"'{tok_type.lower()}'" if tok_type.isupper() else tok_type
 
 
+@functools.lru_cache(maxsize=1)
+def statement_keywords() -> frozenset:
+    """The words that begin a statement (block, param, let, …), read from the grammar."""
+    return frozenset(re.findall(r'^\w+(?:_stmt|_def)\s*:\s*"([a-z]+)"', GRAMMAR.read_text(), re.MULTILINE))
+
+
+def _misspelt_keyword(text: str, line: int, file: str) -> Diagnostic | None:
+    """`blok basic(c) = …`: a line that fails to parse and begins with a word close to a
+    statement keyword, followed by a name, most likely misspells that keyword."""
+    lines = text.splitlines()
+    # the shapes of the statements: `word NAME(…) =`, `word NAME =`, `word NAME:`, `word "file"`, `word 32x32x3`
+    m = (re.match(r'(\s*)([A-Za-z_]\w*)\s+(?:[A-Za-z_]\w*\s*(?:\(.*?\))?\s*[=:]|"|\d+x)', lines[line - 1])
+         if 0 < line <= len(lines) else None)
+    if m is None or m.group(2) in statement_keywords():
+        return None
+    hint = suggest(m.group(2), statement_keywords())
+    if hint is None:
+        return None
+    col = len(m.group(1)) + 1
+    return Diagnostic(f"unknown statement {m.group(2)!r}", Span(file, line, col, line, col + len(m.group(2))), hint)
+
+
 def _syntax_diagnostic(e: lark.exceptions.UnexpectedInput, text: str, file: str) -> Diagnostic:
     line = getattr(e, "line", 1) or 1
     col = getattr(e, "column", 1) or 1
@@ -397,6 +420,9 @@ def _syntax_diagnostic(e: lark.exceptions.UnexpectedInput, text: str, file: str)
             hint = f"numbers are written with the digits 0-9: {ch!r} is {unicodedata.name(ch, 'a digit').lower()}"
         return Diagnostic(f"unexpected character {ch!r}", Span(file, line, col, line, col + 1), hint)
     if isinstance(e, lark.exceptions.UnexpectedToken):
+        misspelt = _misspelt_keyword(text, line, file)
+        if misspelt is not None:
+            return misspelt
         tok = e.token
         expected = sorted({_describe(t) for t in e.expected if not t.startswith("__")} )
         what = "end of file" if tok.type == "$END" else f"{str(tok)!r}" if tok.type != "_NL" else "a line break"
