@@ -8,7 +8,7 @@ It holds no computation of its own: its ``__call__`` gathers the variables and c
 ``run_graph``, the one function ``Model.apply`` and the Linen ``GraphModule`` call too. Each
 parameterised node is an attribute named after its IR node, a dict of its leaves as
 ``nnx.Param`` (kernel, bias, BN's scale) and ``nnx.BatchStat`` (BN's mean, var), so that
-``nnx.state(net, nnx.Param).to_pure_dict()`` is archc's ``variables['params']`` and
+``nnx.to_pure_dict(nnx.state(net, nnx.Param))`` is archc's ``variables['params']`` and
 ``bridge.to_linen`` gives the Linen wrapper's variables. As ``nnx.BatchNorm`` and
 ``nnx.Dropout``, the module starts in training mode: ``.eval()`` / ``.train()`` (or
 ``nnx.view(net, use_running_average=..., deterministic=...)``) switch BN and dropout together.
@@ -131,7 +131,7 @@ def nnx_variables(net_or_state) -> dict:
     state = net_or_state if isinstance(net_or_state, nnx.State) else nnx.state(net_or_state)
     out = {}
     for collection, kind in _KIND.items():
-        part = nnx.filter_state(state, kind).to_pure_dict()
+        part = nnx.to_pure_dict(nnx.filter_state(state, kind))
         if part:
             out[collection] = part
     return out
