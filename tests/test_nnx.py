@@ -256,7 +256,9 @@ SHARDED = textwrap.dedent("""
         out[kind] = {
             "leaves": len(pairs),
             "bit_identical": all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in pairs),
-            "same_sharding": all(a.sharding.is_equivalent_to(b.sharding, a.ndim) for a, b in pairs),
+            # each restored array sharded as its variable's annotation says
+            "annotated": all(b.sharding.is_equivalent_to(want, b.ndim) for b, want in
+                             zip(jax.tree.leaves(nnx.state(again)), jax.tree.leaves(nnx.get_named_sharding(nnx.state(again), mesh)))),
             "sharded_leaves": sum(not b.sharding.is_fully_replicated for _, b in pairs),
             "input_sharding": str(y.sharding.spec),
             "same_output": bool(np.array_equal(np.asarray(nnx.jit(lambda n, x: n(x))(again, x)),
@@ -278,7 +280,7 @@ def test_sharded_orbax_round_trip_on_two_devices(tmp_path):
     assert r["devices"] == 2
     for kind in ("replicated", "split"):
         assert r[kind]["leaves"] == len(Model(build_graph("resnet18", {"classes": 10}, (32, 32, 3))).variable_specs)
-        assert r[kind]["bit_identical"] and r[kind]["same_sharding"] and r[kind]["same_output"], kind
+        assert r[kind]["bit_identical"] and r[kind]["annotated"] and r[kind]["same_output"], kind
     assert r["replicated"]["sharded_leaves"] == 0
     assert r["split"]["sharded_leaves"] == 20               # ResNet-18's 20 conv kernels
 
@@ -304,7 +306,9 @@ STANDALONE = textwrap.dedent("""
     spec.loader.exec_module(module)
     cls = next(v for v in vars(module).values() if isinstance(v, type) and v.__module__ == "generated"
                and issubclass(v, nnx.Module))
-    shapes = jax.tree.map(lambda a: list(a.shape), nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: cls(rngs=nnx.Rngs(0))))))
+    abstract = nnx.eval_shape(lambda: cls(rngs=nnx.Rngs(0)))
+    shapes = {c: jax.tree.map(lambda a: list(a.shape), nnx.to_pure_dict(nnx.state(abstract, kind)))
+              for c, kind in (("params", nnx.Param), ("batch_stats", nnx.BatchStat))}
     arrays = dict(np.load(data))
     variables = {}
     for key, a in arrays.items():
@@ -339,11 +343,13 @@ def _run_standalone(model: Model, variables, xs: list, tmp_path: Path, source: s
 
 # ResNet-50, EfficientNet-B0 and a whole Faster R-CNN (backbone, FPN, RPN head and the box head
 # on given proposals: the graph archc runs in its two phases), at small sizes that they accept
-NNX_EXPORTS = [("resnet50", (64, 64, 3), {}), ("efficientnet_b0", (64, 64, 3), {}),
-               ("fasterrcnn_mobilenet_v3_large_320_fpn", None, {"proposals": 24})]
+# (about a minute each on 2 busy cores: ResNet-50 in the default tier, the others slow)
+NNX_EXPORTS = [("resnet50", (64, 64, 3), {}),
+               pytest.param("efficientnet_b0", (64, 64, 3), {}, marks=pytest.mark.slow),
+               pytest.param("fasterrcnn_mobilenet_v3_large_320_fpn", None, {"proposals": 24}, marks=pytest.mark.slow)]
 
 
-@pytest.mark.parametrize("name, shape, params", NNX_EXPORTS, ids=[n for n, _, _ in NNX_EXPORTS])
+@pytest.mark.parametrize("name, shape, params", NNX_EXPORTS, ids=["resnet50", "efficientnet_b0", "fasterrcnn_mobilenet_320"])
 def test_nnx_source_runs_standalone_and_equals_archc(name, shape, params, tmp_path, highest_precision):
     model = archc.load(name, input_shape=shape, **params)
     variables = randomised(model)
@@ -362,7 +368,7 @@ def test_nnx_source_runs_standalone_and_equals_archc(name, shape, params, tmp_pa
     errors = {o: close(got[o], want[o]) for o in outputs}
     print(name, max(errors.values()), file=sys.stderr)
     assert max(errors.values()) <= TOLERANCE, errors
-    assert shapes == jax.tree.map(lambda a: list(a.shape), variables)     # its own init: archc's shapes
+    assert {c: t for c, t in shapes.items() if t} == jax.tree.map(lambda a: list(a.shape), variables)  # its own init
 
 
 def test_cli_export_nnx(tmp_path, capsys):

@@ -328,7 +328,8 @@ def check_convertible(graph: Graph) -> None:
 
 class NodeLine(NamedTuple):
     """One IR node of the generated module: its comment, its variables (``_declaration``),
-    the node whose variables it uses, and the assignment computing it."""
+    the node whose variables it uses (itself, the node it shares them with, or None), and the
+    assignment computing it."""
     node: Node
     comment: str
     declaration: str | None
@@ -339,14 +340,16 @@ class NodeLine(NamedTuple):
 def node_lines(graph: Graph, ids: dict, e: SourceEmitter) -> list:
     """The network as one ``NodeLine`` per non-input node, in graph order."""
     check_convertible(graph)
-    lines = []
+    lines, declared = [], set()
     for node in graph:
         if node.op == "input":
             continue
         e.ins = [graph.nodes[i].shape for i in node.inputs]
         where = f"  ({node.span.file.rsplit('/', 1)[-1]}:{node.span.line})" if node.span else ""
         declaration = _declaration(node, e.ins)
-        owner = node.shares or (node.name if declaration else None)
+        if declaration:
+            declared.add(node.name)
+        owner = node.shares if node.shares in declared else (node.name if declaration else None)
         lines.append(NodeLine(node, f"# {node.name}: {node.op} -> {'x'.join(map(str, node.shape))}{where}", declaration,
                               owner, f"{ids[node.name]} = {FLAX_RULES[node.op](node, [ids[i] for i in node.inputs], e)}"))
     return lines

@@ -44,7 +44,7 @@ _METHODS = '''
         return {leaf: variable[...] for leaf, variable in getattr(self, node).items()}
 
     def load_variables(self, variables):
-        """Set every variable from archc's {'params': {node: {leaf: array}}, 'batch_stats': ...}."""
+        """Set every variable from {'params': {node: {leaf: array}}, 'batch_stats': ...}."""
         for collection in variables.values():
             for node, leaves in collection.items():
                 for leaf, value in leaves.items():
