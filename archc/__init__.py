@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 
 __all__ = ["load", "Model", "save_variables", "load_variables", "train", "Trainer", "TrainConfig",
-           "import_weights", "predict", "detect", "export", "load_exported"]
+           "import_weights", "predict", "detect", "export", "load_exported", "nnx_variables", "load_nnx_variables"]
 
 _LAZY = {
     "load": "archc.runtime.model",
@@ -28,6 +28,8 @@ _LAZY = {
     "detect": "archc.detection.api",
     "export": "archc.runtime.export",
     "load_exported": "archc.runtime.export",
+    "nnx_variables": "archc.runtime.nnx_module",
+    "load_nnx_variables": "archc.runtime.nnx_module",
 }
 
 
