@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     model = archc.load("resnet18", input_shape=(args.size, args.size, 3))
-    variables = model.init(0)
+    variables = jax.tree.map(np.asarray, model.init(0))   # host copies: the archc step donates its own
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch, args.size, args.size, 3)).astype(np.float32)
     y = rng.integers(0, 1000, args.batch)

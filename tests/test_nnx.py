@@ -156,6 +156,8 @@ def test_dropout_from_rngs_and_eval_is_deterministic():
     np.testing.assert_allclose(net(x, rngs=key), model.apply(variables, x, train=True, rng=key)[0], rtol=1e-6, atol=1e-6)
     net.eval()
     np.testing.assert_array_equal(np.asarray(net(x)), np.asarray(net(x)))
+    with pytest.raises(ValueError, match="dropout layers need a random stream"):
+        model.to_nnx(variables, rngs=nnx.Rngs(params=0))
     view = nnx.view(net, use_running_average=False)
     with pytest.raises(ValueError, match="together"):
         view(x)

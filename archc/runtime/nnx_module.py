@@ -36,7 +36,7 @@ class GraphNNX(nnx.Module):
         specs = model.variable_specs
         _check_names(model, {s.node for s in specs})
         if variables is None:
-            variables = model.init(rngs.params())
+            variables = model.init(_stream(rngs, "params", model)())
         else:
             check_variables(model, variables)
         self.model = nnx.static(model)
@@ -44,7 +44,7 @@ class GraphNNX(nnx.Module):
         self.dtype = None if dtype is None else jnp.dtype(dtype).name
         self.use_running_average = False
         self.deterministic = False
-        self.rngs = rngs.dropout.fork() if model.program.has_dropout else nnx.data(None)
+        self.rngs = _stream(rngs, "dropout", model).fork() if model.program.has_dropout else nnx.data(None)
         nodes: dict = {}
         eager = mesh is not None or _mesh_active()
         for s in specs:
@@ -97,6 +97,15 @@ def _dropout_key(rngs):
     raise TypeError(f"dropout needs a key, an nnx.Rngs or an nnx.RngStream, not {type(rngs).__name__}")
 
 
+def _stream(rngs: nnx.Rngs, name: str, model) -> nnx.RngStream:
+    try:
+        return rngs[name]
+    except KeyError:
+        why = "its initialiser" if name == "params" else "its dropout layers"
+        raise ValueError(f"{model.name}: {why} need a random stream: give rngs a {name!r} or 'default' "
+                         f"stream (nnx.Rngs(0))") from None
+
+
 def _mesh_active() -> bool:
     return not jax.sharding.get_abstract_mesh().empty
 
@@ -111,14 +120,12 @@ def _check_names(model, nodes) -> None:
 
 def check_variables(model, variables: Mapping) -> None:
     """Every variable ``model`` reads is in ``variables`` with its shape (ValueError otherwise)."""
-    for s in model.variable_specs:
-        leaf = variables.get(s.collection, {}).get(s.node, {}).get(s.leaf)
-        if leaf is None:
-            raise ValueError(f"the variables have no {s.collection}/{s.node}/{s.leaf}: were they made "
-                             f"for another network than {model.name!r}?")
-        if tuple(jnp.shape(leaf)) != tuple(s.shape):
-            raise ValueError(f"{s.collection}/{s.node}/{s.leaf} has shape {tuple(jnp.shape(leaf))}; "
-                             f"{model.name!r} needs {tuple(s.shape)}")
+    from ..compiler.onnx import ExportError
+    from .export import check_variables as check
+    try:
+        check(model, variables)
+    except ExportError as e:
+        raise ValueError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------------
