@@ -61,36 +61,30 @@ def assert_trees_close(got, want):
         assert close(a, b) <= TOLERANCE, jax.tree_util.keystr(path)
 
 
-def cheaply_compiled(fn, *args):
-    """``jax.jit(fn)(*args)``, compiled without XLA's expensive LLVM passes: the same values (to
-    float rounding), a fraction of the compile time, which is what the sweep pays."""
-    return jax.jit(fn).lower(*args).compile({"xla_backend_optimization_level": 0,
-                                             "xla_llvm_disable_expensive_passes": True})(*args)
-
-
 @pytest.mark.parametrize("name", [pytest.param(n, marks=() if rep else pytest.mark.slow) for n, rep in _classifiers()])
 def test_builtin_classifier_nnx_equals_apply(name, highest_precision):
     """One train-mode step (batch statistics, BN's running statistics updated, dropout on a
-    key), then eval mode on the statistics it left: the NNX module (merged from its state inside
-    jit, as jax.jit users run it) against model.apply_fn; one compiled program each."""
+    key), then eval mode on the statistics it left: the NNX module made from archc's variables
+    against model.apply_fn. Both in one program, compiled without XLA's expensive passes (what
+    the sweep pays is tracing and compiling): where the two compute the same function from the
+    same arrays XLA may share their work, where they differ the outputs do."""
     model = archc.load(name, input_shape=smallest_input(name))
     variables = randomised(model)
     x = np.random.default_rng(0).standard_normal((2,) + model.input_shape).astype(np.float32)
     key = jax.random.PRNGKey(3)
-    graphdef, state = nnx.split(model.to_nnx(variables))
 
-    def nnx_run(state, x, key):
-        net = nnx.merge(graphdef, state)
+    def both(variables, x, key):
+        net = model.to_nnx(variables)
         net.train()
         y_train = net(x, rngs=key)
         net.eval()
-        return y_train, nnx_variables(net), net(x)
+        got = (y_train, nnx_variables(net), net(x))
+        w_train, updated = model.apply_fn(variables, x, train=True, rngs=key)
+        return got, (w_train, updated, model.apply_fn(updated, x))
 
-    def archc_run(variables, x, key):
-        y_train, updated = model.apply_fn(variables, x, train=True, rngs=key)
-        return y_train, updated, model.apply_fn(updated, x)
-
-    got, want = cheaply_compiled(nnx_run, state, x, key), cheaply_compiled(archc_run, variables, x, key)
+    compiled = jax.jit(both).lower(variables, x, key).compile({"xla_backend_optimization_level": 0,
+                                                               "xla_llvm_disable_expensive_passes": True})
+    got, want = compiled(variables, x, key)
     assert close(got[0], want[0]) <= TOLERANCE                                        # train mode
     assert_trees_close(got[1], {c: t for c, t in want[1].items() if t})              # BN updates
     assert close(got[2], want[2]) <= TOLERANCE                                        # eval after the step
