@@ -14,7 +14,7 @@ import importlib
 
 __all__ = ["__version__", "load", "Model", "save_variables", "load_variables", "train", "Trainer", "TrainConfig",
            "import_weights", "predict", "detect", "export", "load_exported", "evaluate", "losses",
-           "make_train_step", "train_state", "make_task"]
+           "make_train_step", "train_state", "make_task", "nnx_variables", "load_nnx_variables"]
 
 _LAZY = {
     "load": "archc.runtime.model",
@@ -34,6 +34,8 @@ _LAZY = {
     "make_train_step": "archc.runtime.tasks",
     "train_state": "archc.runtime.tasks",
     "make_task": "archc.runtime.tasks",
+    "nnx_variables": "archc.runtime.nnx_module",
+    "load_nnx_variables": "archc.runtime.nnx_module",
 }
 
 

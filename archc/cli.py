@@ -769,7 +769,7 @@ def _batch(text: str):
 
 
 def cmd_export(args) -> int:
-    """archc export SPEC --weights FILE --format onnx|stablehlo|flax --out PATH: see docs/export.md."""
+    """archc export SPEC --weights FILE --format onnx|stablehlo|flax|nnx --out PATH: see docs/export.md."""
     from .compiler.onnx import ExportError
     from .runtime.export import export
     from .runtime.record import RecordError
@@ -891,11 +891,12 @@ def main(argv=None) -> int:
     sp.add_argument("--diff", action="store_true", help="write nothing; print a unified diff of the changes")
     sp.set_defaults(func=cmd_fmt)
 
-    sp = sub.add_parser("export", help="export a network with its weights to ONNX, StableHLO or Flax source")
+    sp = sub.add_parser("export", help="export a network with its weights to ONNX, StableHLO or Flax (Linen, NNX) source")
     common(sp)
     sp.add_argument("--weights", metavar="FILE", help="variables (.safetensors from archc import/train/build --out); "
                                                       "without it, random weights from --seed")
-    sp.add_argument("--format", choices=["onnx", "stablehlo", "flax"], help="default: from the suffix of --out")
+    sp.add_argument("--format", choices=["onnx", "stablehlo", "flax", "nnx"],
+                    help="default: from the suffix of --out (.py: flax, the Linen module)")
     sp.add_argument("--out", required=True, metavar="PATH", help="the file to write (.onnx, .stablehlo, .py)")
     sp.add_argument("--batch", type=_batch, default="dynamic", metavar="dynamic|N",
                     help="a symbolic batch dimension (default) or a fixed one")

@@ -13,6 +13,7 @@ import builtins
 import inspect
 import keyword
 import re
+from typing import NamedTuple
 
 from . import flax_ops
 from .ir import Graph, Node
@@ -280,13 +281,13 @@ _DECLARE = '''
 '''
 
 _INITIALISERS = '''
-INITIALISERS = {"lecun_normal": nn.initializers.lecun_normal(), "zeros": nn.initializers.zeros_init(),
-                "ones": nn.initializers.ones_init()}
+INITIALISERS = {"lecun_normal": jax.nn.initializers.lecun_normal(), "zeros": jax.nn.initializers.zeros,
+                "ones": jax.nn.initializers.ones}
 '''
 
 
-def _identifiers(graph: Graph) -> dict[str, str]:
-    taken = set(_HELPERS) | set(dir(builtins)) | {"jax", "jnp", "np", "nn", "lax", "v", "x", "self", "INITIALISERS"}
+def identifiers(graph: Graph) -> dict[str, str]:
+    taken = set(_HELPERS) | set(dir(builtins)) | {"jax", "jnp", "np", "nn", "lax", "v", "x", "self", "INITIALISERS", "nnx", "rngs"}
     names = {graph.inputs[0]: "x"} if len(graph.inputs) == 1 else {}
     for node in graph:
         if node.name in names:
@@ -302,11 +303,12 @@ def _identifiers(graph: Graph) -> dict[str, str]:
     return names
 
 
-def _class_name(graph: Graph) -> str:
+def class_name(graph: Graph) -> str:
     return "".join(p[:1].upper() + p[1:] for p in re.split(r"\W|_", graph.name) if p) or "Network"
 
 
 def _declaration(node: Node, in_shapes) -> str | None:
+    """``params=[(leaf, shape, initialiser)...], batch_stats=[...]`` for a node with variables."""
     specs = node_variables(node, in_shapes)
     if not specs:
         return None
@@ -314,8 +316,7 @@ def _declaration(node: Node, in_shapes) -> str | None:
     for s in specs:
         how = s.init if s.init != "constant" else s.value
         groups.setdefault(s.collection, []).append(f"({s.leaf!r}, {tuple(s.shape)!r}, {how!r})")
-    args = ", ".join(f"{col}=[{', '.join(items)}]" for col, items in groups.items())
-    return f"v = self.declare({node.name!r}, {args})"
+    return ", ".join(f"{col}=[{', '.join(items)}]" for col, items in groups.items())
 
 
 def check_convertible(graph: Graph) -> None:
@@ -325,38 +326,70 @@ def check_convertible(graph: Graph) -> None:
         raise ExportError(f"op {missing[0].op!r} has no Flax source rule (node {missing[0].name!r})")
 
 
-def to_flax_source(graph: Graph) -> str:
-    """The source of a module defining ``class <Name>(nn.Module)`` for the graph."""
+class NodeLine(NamedTuple):
+    """One IR node of the generated module: its comment, its variables (``_declaration``),
+    the node whose variables it uses (itself, the node it shares them with, or None), and the
+    assignment computing it."""
+    node: Node
+    comment: str
+    declaration: str | None
+    owner: str | None
+    assignment: str
+
+
+def node_lines(graph: Graph, ids: dict, e: SourceEmitter) -> list:
+    """The network as one ``NodeLine`` per non-input node, in graph order."""
     check_convertible(graph)
-    ids, e = _identifiers(graph), SourceEmitter()
-    body = []
-    owners = {n.shares for n in graph if n.shares}
+    lines, declared = [], set()
     for node in graph:
         if node.op == "input":
             continue
-        in_shapes = [graph.nodes[i].shape for i in node.inputs]
-        e.ins = in_shapes
+        e.ins = [graph.nodes[i].shape for i in node.inputs]
         where = f"  ({node.span.file.rsplit('/', 1)[-1]}:{node.span.line})" if node.span else ""
-        body.append(f"        # {node.name}: {node.op} -> {'x'.join(map(str, node.shape))}{where}")
-        declaration = _declaration(node, in_shapes)
+        declaration = _declaration(node, e.ins)
         if declaration:
-            body.append(f"        {declaration}")
-        if node.name in owners:
-            body.append(f"        {ids[node.name]}_v = v")
-        elif node.shares:                      # the same variables as an earlier node
-            body.append(f"        v = {ids[node.shares]}_v")
-        body.append(f"        {ids[node.name]} = {FLAX_RULES[node.op](node, [ids[i] for i in node.inputs], e)}")
+            declared.add(node.name)
+        owner = node.shares if node.shares in declared else (node.name if declaration else None)
+        lines.append(NodeLine(node, f"# {node.name}: {node.op} -> {'x'.join(map(str, node.shape))}{where}", declaration,
+                              owner, f"{ids[node.name]} = {FLAX_RULES[node.op](node, [ids[i] for i in node.inputs], e)}"))
+    return lines
+
+
+def return_line(graph: Graph, ids: dict) -> str:
     if len(graph.outputs) == 1:
-        body.append(f"        return {ids[graph.outputs[0]]}")
-    else:
-        body.append("        return {" + ", ".join(f"{o!r}: {ids[o]}" for o in graph.outputs) + "}")
-    args = ", ".join(ids[n] for n in graph.inputs)
-    cls = _class_name(graph)
+        return f"return {ids[graph.outputs[0]]}"
+    return "return {" + ", ".join(f"{o!r}: {ids[o]}" for o in graph.outputs) + "}"
+
+
+def module_parts(graph: Graph, header: str, e: SourceEmitter) -> list:
+    """The header (formatted with name, origin, cls, shape), the initialisers and the copied
+    ``flax_ops`` functions: what both the Linen and the NNX module start with."""
     origin = next((f" from {n.span.file.rsplit('/', 1)[-1]}" for n in graph if n.span), "")
     shape = ", ".join(f"(N, {', '.join(map(str, graph.nodes[n].shape))})" for n in graph.inputs)
-    parts = [_HEADER.format(name=graph.name, origin=origin, cls=cls, shape=shape), _INITIALISERS]
-    parts += ["\n\n" + inspect.getsource(getattr(flax_ops, fn)) for fn in e.used]
-    parts.append(f"\n\nclass {cls}(nn.Module):\n"
+    parts = [header.format(name=graph.name, origin=origin, cls=class_name(graph), shape=shape), _INITIALISERS]
+    return parts + ["\n\n" + inspect.getsource(getattr(flax_ops, fn)) for fn in e.used]
+
+
+def to_flax_source(graph: Graph) -> str:
+    """The source of a module defining ``class <Name>(nn.Module)`` for the graph."""
+    ids, e = identifiers(graph), SourceEmitter()
+    body = []
+    lines = node_lines(graph, ids, e)
+    owners = {n.shares for n in graph if n.shares}
+    for line in lines:
+        name = line.node.name
+        body.append(f"        {line.comment}")
+        if line.declaration:
+            body.append(f"        v = self.declare({name!r}, {line.declaration})")
+        if name in owners:
+            body.append(f"        {ids[name]}_v = v")
+        elif line.node.shares:                 # the same variables as an earlier node
+            body.append(f"        v = {ids[line.node.shares]}_v")
+        body.append(f"        {line.assignment}")
+    body.append(f"        {return_line(graph, ids)}")
+    args = ", ".join(ids[n] for n in graph.inputs)
+    parts = module_parts(graph, _HEADER, e)
+    parts.append(f"\n\nclass {class_name(graph)}(nn.Module):\n"
                  f'    """{graph.name}: {len(graph.nodes)} nodes, one assignment each."""\n\n'
                  f"    @nn.compact\n    def __call__(self, {args}):\n" + "\n".join(body) + "\n")
     parts.append(_DECLARE.format())

@@ -1,14 +1,15 @@
-"""``archc.export`` / ``archc export``: a model and its variables -> ONNX, StableHLO or Flax source.
+"""``archc.export`` / ``archc export``: a model and its variables -> ONNX, StableHLO or Flax (Linen or NNX) source.
 
     archc.export(model, variables, "resnet50.onnx")                      # format from the suffix
     archc.export(model, variables, "resnet50.stablehlo", batch=8)
     source = archc.export(model, variables, format="flax")               # no path: the artifact
+    source = archc.export(model, variables, format="nnx")                # the NNX module's source
     run = archc.load_exported("resnet50.stablehlo"); y = run(x)
 
 ONNX: ``compiler/onnx.py`` (NCHW by default, ``layout="nhwc"`` keeps archc's interface).
 StableHLO: ``jax.export`` of the inference function with a symbolic batch, serialized together
 with the variables in one safetensors file (the program is a uint8 tensor, the interface JSON
-metadata). Flax: ``compiler/flax_source.py``. A file is written whole or not at all.
+metadata). Flax: ``compiler/flax_source.py`` (Linen), ``compiler/nnx_source.py`` (NNX). A file is written whole or not at all.
 """
 from __future__ import annotations
 
@@ -22,18 +23,18 @@ import numpy as np
 from ..compiler.onnx import DEFAULT_OPSET, ExportError
 from .variables_io import use_umask
 
-FORMATS = {"onnx": ".onnx", "stablehlo": ".stablehlo", "flax": ".py"}
+FORMATS = {"onnx": ".onnx", "stablehlo": ".stablehlo", "flax": ".py", "nnx": ".py"}   # .py alone: flax
 _PROGRAM = "__stablehlo__"
 _VARIABLES = "variables/"
 
 
 def export(model, variables, path=None, *, format: str | None = None, batch="dynamic",
            layout: str | None = None, opset: int | None = None):
-    """Export ``model`` with ``variables``. ``format``: 'onnx', 'stablehlo' or 'flax' (default:
+    """Export ``model`` with ``variables``. ``format``: 'onnx', 'stablehlo', 'flax' or 'nnx' (default:
     from the suffix of ``path``); ``batch``: 'dynamic' or an int; ``layout`` (ONNX): 'nchw'
     (default) or 'nhwc'; ``opset`` (ONNX, default 17). With ``path`` the file is written (whole,
     or not at all) and its Path returned; without, the artifact: an ``onnx.ModelProto``, the
-    StableHLO file's bytes, or the Flax module's source."""
+    StableHLO file's bytes, or the Flax (Linen / NNX) module's source."""
     format = format or _format_of(path)
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}: use one of {', '.join(FORMATS)}")
@@ -52,9 +53,13 @@ def export(model, variables, path=None, *, format: str | None = None, batch="dyn
         data = artifact.SerializeToString() if path is not None else None
     elif format == "stablehlo":
         artifact = data = _stablehlo(model, variables, batch)
-    else:
+    elif format == "flax":
         from ..compiler.flax_source import to_flax_source
         artifact = to_flax_source(model.graph)
+        data = artifact.encode()
+    else:
+        from ..compiler.nnx_source import to_nnx_source
+        artifact = to_nnx_source(model.graph)
         data = artifact.encode()
     if path is None:
         return artifact
@@ -80,7 +85,7 @@ def _format_of(path) -> str:
     for name, ext in FORMATS.items():
         if suffix == ext:
             return name
-    raise ExportError("give the format (onnx, stablehlo or flax)" + (f": {path} has no known suffix" if path else ""))
+    raise ExportError("give the format (onnx, stablehlo, flax or nnx)" + (f": {path} has no known suffix" if path else ""))
 
 
 def _numpy(variables) -> dict:

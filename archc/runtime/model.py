@@ -114,6 +114,19 @@ class Model:
         from ..compiler.linen import GraphModule
         return GraphModule(self.program)
 
+    def to_nnx(self, variables=None, *, rngs=None, dtype=None, partition=None, mesh=None):
+        """The same network as a Flax NNX module (archc.runtime.nnx_module.GraphNNX), computing
+        through the same lowering. ``variables``: archc's (``init``, ``load_variables``,
+        ``import_weights``); None: ``init`` with a key from ``rngs.params`` (``rngs`` default
+        ``nnx.Rngs(0)``, whose ``dropout`` stream also drives dropout). Each node's leaves are
+        ``nnx.Param`` / ``nnx.BatchStat`` under its IR name; as ``nnx.BatchNorm`` it starts in
+        training mode (``.eval()`` for inference). ``dtype='bfloat16'``: the mixed-precision
+        policy of ``apply``. ``partition(spec) -> axis names`` annotates each variable's sharding
+        (default: replicated, the data-parallel layout); with ``mesh`` (or under
+        ``jax.set_mesh``) the variables are placed on it. See docs/flax.md."""
+        from .nnx_module import GraphNNX
+        return GraphNNX(self, variables, rngs=rngs, dtype=dtype, partition=partition, mesh=mesh)
+
     # ---- variables ----
     def init(self, seed: int | jax.Array = 0, **how) -> dict:
         """Fresh variables ``{'params': {node: {...}}, 'batch_stats': {node: {...}}}``.
