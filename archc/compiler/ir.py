@@ -52,6 +52,7 @@ class Graph:
     # Choices the front end made from the input size that the nodes do not keep (compiler/sizes.py):
     size_reads: list = field(default_factory=list)    # spans where a value from hin/win decided a layer
     size_choices: dict = field(default_factory=dict)  # residual add -> span: identity shortcut (sizes kept)
+    parts: dict = field(default_factory=dict)   # scope path -> PartInfo: networks used as parts
 
     def __iter__(self):
         return iter(self.nodes.values())
