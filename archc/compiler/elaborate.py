@@ -1037,7 +1037,7 @@ class Elaborator:
         n = 0
         for it in seq.items:
             try:
-                v = self.value(it, env.child(i=0))
+                v = self._as_layer(self.value(it, env.child(i=0)), it, env)
             except _Fail:
                 return 0
             n += _units(v)
