@@ -525,6 +525,7 @@ def match_weights(model, checkpoint, *, source: str | None = None, rules=None,
             bound_nodes.add(d)
 
     # convert and check
+    first_conv = next((n for n in node_order if graph.nodes[n].op == "conv"), None)  # takes the image
     assignments: dict = {}
     filled: set = set()
     unconsumed: list = []
@@ -547,6 +548,10 @@ def match_weights(model, checkpoint, *, source: str | None = None, rules=None,
                 report.cast.append((key, str(value.dtype)))
                 value = value.astype(np.float32)
             fitted = _fit(value, spec.shape)
+            if fitted is None and node_name == first_conv and target == "kernel":
+                fitted, how = adapt_input_conv(value, spec.shape)
+                if fitted is not None:
+                    report.adapted.append((key, tuple(arr.shape), var_path, tuple(spec.shape), how))
             filled.add((node_name, target))
             if fitted is None:
                 report.mismatched.append((key, tuple(arr.shape), tuple(value.shape), var_path, tuple(spec.shape)))
@@ -596,6 +601,22 @@ def match_weights(model, checkpoint, *, source: str | None = None, rules=None,
         near = near_cache[node_name]
         report.missing.append((f"{spec.collection}/{node_name}/{leaf}", tuple(spec.shape), near))
     return report, assignments, rules
+
+
+def adapt_input_conv(kernel: np.ndarray, shape: tuple):
+    """A first convolution's HWIO kernel made for 3 input channels, adapted to the model's
+    (``shape``) as timm's ``adapt_input_conv`` does: summed over the channels for 1; for more,
+    repeated and scaled by 3/C, so a grey or 4-channel image of the same content gives the same
+    response. Returns (kernel, what was done), or (None, None) when the shapes differ otherwise."""
+    have, want = tuple(kernel.shape), tuple(shape)
+    if len(have) != 4 or len(want) != 4 or have[2] != 3 or have[:2] + have[3:] != want[:2] + want[3:]:
+        return None, None
+    cin = want[2]
+    if cin == 1:
+        return kernel.sum(axis=2, keepdims=True), "summed over its 3 input channels (timm's adapt_input_conv)"
+    repeated = np.tile(kernel, (1, 1, -(-cin // 3), 1))[:, :, :cin, :] * np.float32(3 / cin)
+    return repeated.astype(kernel.dtype), (f"repeated to {cin} input channels and scaled by 3/{cin} "
+                                           "(timm's adapt_input_conv)")
 
 
 @dataclass(frozen=True)
