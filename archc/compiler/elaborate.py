@@ -267,6 +267,7 @@ class Scope:
     counters: dict = field(default_factory=dict)
     stage: bool = False       # number block instances 0, 1, 2 … (a named stage of the program)
     inline_single: bool = False
+    unit: bool = False        # one numbered instance of a stage (its output is kept: @part.stage.N)
 
 
 class Builder:
@@ -277,6 +278,7 @@ class Builder:
         self.target: tuple | None = None  # shape a projection shortcut must produce
         self.target_node: str | None = None   # the node that has it (the residual body's output)
         self.call_stack: list[tuple[str, Span]] = []
+        self.unit_outputs: dict = {}      # path of a stage's numbered unit -> its output
 
     # ---- naming ----
     @property
@@ -314,6 +316,7 @@ class Builder:
             idx = sc.counters.get("#", 0)
             sc.counters["#"] = idx + 1
             self.push(str(idx), span)
+            self.scope.unit = True
             return True
         if blockname in COMBINATORS:
             return False
@@ -322,8 +325,11 @@ class Builder:
         self.scopes.append(Scope(name))
         return True
 
-    def pop(self) -> None:
-        self.scopes.pop()
+    def pop(self, out: str | None = None) -> None:
+        """Close a scope; `out`: the output of the unit it held, when it succeeded."""
+        sc = self.scopes.pop()
+        if sc.unit and out is not None:
+            self.unit_outputs[sc.path] = out
 
     # ---- nodes ----
     def add(self, op: str, inputs: list, attrs: dict, span: Span, prefix: str | None = None,
@@ -726,6 +732,7 @@ class Elaborator:
         self.b.target = self.b.target_node = None
         caller = self.frames[-1]
         self.frames.append(Frame({}, t))
+        out = None
         try:
             out = self.run_statements(blk.body, t, env, in_block=True)
             caller.prev = t
@@ -739,7 +746,7 @@ class Elaborator:
             self.b.target, self.b.target_node = saved_target
             self.b.call_stack.pop()
             if opened:
-                self.b.pop()
+                self.b.pop(out)
         return out
 
     def apply_part(self, layer: PartLayer, t: str) -> str:
@@ -757,9 +764,15 @@ class Elaborator:
         self.b.target = self.b.target_node = None
         frame = Frame({}, t)
         self.frames.append(frame)
+        out = None
         try:
             out = self.run_part(module, params, t, layer)
-            self.b.g.parts[self.b.scope.path] = PartInfo(part.name, layer.until, _stages_after(module, layer.until))
+            path = self.b.scope.path
+            self.b.g.parts[path] = PartInfo(part.name, layer.until, _stages_after(module, layer.until))
+            # its stages' numbered units too: @body.blocks.12 (a detector's FPN reads mid-stage)
+            lead = path + "." if path else ""
+            frame.tensors.update({p[len(lead):]: n for p, n in self.b.unit_outputs.items()
+                                  if p.startswith(lead) and p[len(lead):].split(".")[0] in frame.tensors})
         except _Fail as f:
             self.at_call_site(f.diag, layer.span, f"network '{part.name}'")
             raise
@@ -768,7 +781,7 @@ class Elaborator:
             self.b.target, self.b.target_node = saved_target
             self.b.call_stack.pop()
             if opened:
-                self.b.pop()
+                self.b.pop(out)
         self.exports.append(frame.tensors)
         return out
 
@@ -946,38 +959,44 @@ class Elaborator:
         if body is None:
             fail(f"{v.kind} needs a body: {v.kind}<layers>", v.span)
         opened = self.b.push_unit(v.kind, v.span)
+        out = None
         try:
-            y = self.apply(body, t, v.span)
-            if v.kind == "dense":
-                return self.b.add("concat", [t, y], ConcatAttrs(), v.span, "concat")
-            sx, sy = self.b.shape(t), self.b.shape(y)
-            shortcut = a["shortcut"]
-            if shortcut is None and sx != sy:
-                # the default 'conv1 bn' means what conv and bn mean where residual was written
-                shortcut = a["proj"] if a["proj"] is not None else _default_projection(v.env or Env(), v.span)
-            if shortcut is not None:
-                self.b.push("shortcut", v.span, exact=False)
-                saved = self.b.target, self.b.target_node
-                self.b.target, self.b.target_node = sy, y
-                try:
-                    s = self.apply(shortcut, t, v.span)
-                finally:
-                    self.b.target, self.b.target_node = saved
-                    self.b.pop()
-            else:
-                s = t
-            factor = _number(a["scale"], "scale", v.span)
-            if factor != 1:
-                y = self.b.add("scale", [y], ScaleAttrs(float(factor)), v.span, "scale")
-            out = self.b.add("add", [s, y], NoAttrs(), v.span, "add")
-            if a["shortcut"] is None and s == t:
-                # an identity shortcut because the body kept the size here: at another input
-                # size the body may not, and a projection would appear (compiler/sizes.py)
-                self.b.g.size_choices[out] = v.span
+            out = self._combine(v, a, body, t)
             return out
         finally:
             if opened:
+                self.b.pop(out)
+
+    def _combine(self, v: OpLayer, a: dict, body, t: str) -> str:
+        """The nodes of residual<…> / dense<…> on `t`, in the combinator's scope."""
+        y = self.apply(body, t, v.span)
+        if v.kind == "dense":
+            return self.b.add("concat", [t, y], ConcatAttrs(), v.span, "concat")
+        sx, sy = self.b.shape(t), self.b.shape(y)
+        shortcut = a["shortcut"]
+        if shortcut is None and sx != sy:
+            # the default 'conv1 bn' means what conv and bn mean where residual was written
+            shortcut = a["proj"] if a["proj"] is not None else _default_projection(v.env or Env(), v.span)
+        if shortcut is not None:
+            self.b.push("shortcut", v.span, exact=False)
+            saved = self.b.target, self.b.target_node
+            self.b.target, self.b.target_node = sy, y
+            try:
+                s = self.apply(shortcut, t, v.span)
+            finally:
+                self.b.target, self.b.target_node = saved
                 self.b.pop()
+        else:
+            s = t
+        factor = _number(a["scale"], "scale", v.span)
+        if factor != 1:
+            y = self.b.add("scale", [y], ScaleAttrs(float(factor)), v.span, "scale")
+        out = self.b.add("add", [s, y], NoAttrs(), v.span, "add")
+        if a["shortcut"] is None and s == t:
+            # an identity shortcut because the body kept the size here: at another input
+            # size the body may not, and a projection would appear (compiler/sizes.py)
+            self.b.g.size_choices[out] = v.span
+        return out
 
     # ---- statements ----
     def run_statements(self, stmts, t: str | None, env: Env, in_block: bool) -> str | None:
@@ -1110,6 +1129,8 @@ class Elaborator:
             raise ArchError(diags)
         if not g.outputs:
             g.outputs = [t]
+        if "detect_input" in g.declarations and "preprocess" in self.inherited:
+            del g.declarations["preprocess"]    # a detector's input pipeline is its own, not its backbone's
         return g
 
     @staticmethod

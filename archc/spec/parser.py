@@ -233,8 +233,8 @@ class _ToAst(Transformer):
         return A.Name(self._s(items), str(items[0]))
 
     def ref(self, items):
-        # @trunk.layer2: a stage of a network used as a part
-        return A.Ref(self._s(items), ".".join(str(t) for t in items if t.type == "NAME"))
+        # @trunk.layer2, @body.blocks.12: a stage of a network used as a part, a unit of one
+        return A.Ref(self._s(items), ".".join(str(t) for t in items if t.type in ("NAME", "INT")))
 
     def int_(self, items):
         return A.Const(self._s(items), int(items[0]))
