@@ -125,3 +125,19 @@ def test_from_the_cli(tmp_path):
     r = run_cli("check", str(f))
     assert r.returncode == 2 and "net.arch:2:23: error: network 'resnet18' has no stage 'layer9'" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_stages_numbered_units_are_tensors_of_the_caller():
+    g = build_graph(text="input 64x64x3\nbody: mobilenet_v3_large(until=blocks, bn_eps=1e-5)\n"
+                         "mid: @body.blocks.12 conv1(8)\n", filename="net.arch")
+    assert g["mid.conv1"].inputs == ("body.blocks.12.bn3",) and g["body.blocks.12.bn3"].shape[-1] == 160
+    assert g["body.stem.bn1"].attrs.eps == 1e-5
+
+
+def test_the_detectors_backbones_are_parts():
+    g = build_graph("fasterrcnn_resnet50_fpn", {"bn_eps": 0}, input_shape=(256, 256, 3))
+    assert g.parts["body"].network == "resnet50" and g.parts["body"].dropped == ("head",)
+    assert g["inner0.conv1"].inputs == (g.aliases["body.layer1"],) and g["body.layer3.5.bn3"].attrs.eps == 0
+    assert "preprocess" not in g.declarations          # a detector's input pipeline is its own
+    g = build_graph("fasterrcnn_mobilenet_v3_large_320_fpn")
+    assert g.parts["body"].network == "mobilenet_v3_large" and g["inner0.conv1"].inputs == ("body.blocks.12.bn3",)
