@@ -77,7 +77,7 @@ class Graph:
             "aliases": self.aliases,
             "declarations": {k: _declaration_json(d) for k, d in self.declarations.items()},
             "nodes": [n.to_json() for n in self.nodes.values()],
-        }
+        } | ({"parts": {k: _jsonable(vars(p)) for k, p in self.parts.items()}} if self.parts else {})
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=1)
