@@ -120,3 +120,20 @@ def test_train_with_the_imported_trunk_frozen(reference, tmp_path):
                                   before["params"]["trunk.layer4.1.conv2"]["kernel"])      # frozen
     assert not np.array_equal(after["params"]["lat4.conv1"]["kernel"], before["params"]["lat4.conv1"]["kernel"])
     json.loads((run / "metrics.json").read_text())
+
+
+def test_weights_backbone_is_prefix_body(tmp_path):
+    """torchvision's weights_backbone: an ImageNet MobileNetV3-Large checkpoint into the FPN
+    detector's part `body`, with the classifier's mapping (the same tensors in the same order)."""
+    import archc
+    torch.manual_seed(0)
+    backbone = torchvision.models.mobilenet_v3_large(weights=None)
+    path = tmp_path / "mv3.pth"
+    torch.save(backbone.state_dict(), path)
+    det = archc.load("fasterrcnn_mobilenet_v3_large_320_fpn")
+    variables, report = archc.import_weights(det, str(path), source="torchvision", prefix="body")
+    assert report.ok and len(report.loaded) == 262
+    assert sorted({why for _, why in report.ignored}) == ["cut off by until= (stage classifier)", "num_batches_tracked"]
+    assert all(not v.split("/")[1].startswith("body.") for v, _ in report.new) and report.new
+    np.testing.assert_array_equal(np.asarray(variables["params"]["body.stem.conv1"]["kernel"]),
+                                  backbone.features[0][0].weight.detach().numpy().transpose(2, 3, 1, 0))
