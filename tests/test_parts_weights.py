@@ -57,6 +57,9 @@ def test_prefix_import_gives_torchvisions_features(reference, tmp_path):
     assert "part trunk (resnet18 until layer4)" in r.stdout
     assert "2 cut off by until= (stage head)" in r.stdout          # fc.weight, fc.bias
     assert "variables outside the part are new" in r.stdout and "params/lat4.conv1/kernel" in r.stdout
+    r = run_cli(["import", spec, ckpt, "--prefix", "trnk"])
+    assert r.returncode == 2 and "net has no part 'trnk'; did you mean 'trunk'?" in r.stderr
+    assert "Traceback" not in r.stderr
 
     net = archc.load(str(spec))
     variables = load_variables(str(out))
