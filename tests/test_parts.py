@@ -141,3 +141,8 @@ def test_the_detectors_backbones_are_parts():
     assert "preprocess" not in g.declarations          # a detector's input pipeline is its own
     g = build_graph("fasterrcnn_mobilenet_v3_large_320_fpn")
     assert g.parts["body"].network == "mobilenet_v3_large" and g["inner0.conv1"].inputs == ("body.blocks.12.bn3",)
+
+
+def test_a_part_outside_a_stage_is_named_after_its_network():
+    g = build_graph(text="input 64x64x3\nresnet18(until=layer1) conv1(4)\n", filename="net.arch")
+    assert "resnet18_1.layer1.1.relu2" in g.nodes and g.parts["resnet18_1"].until == "layer1"

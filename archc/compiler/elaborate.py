@@ -758,7 +758,7 @@ class Elaborator:
             fail(f"network '{part.name}' contains itself too deeply", layer.span)
         params = {**{a.name: a.value for a in _preset(module, part.preset)},
                   **{k: Override(v, k, repr(_plain(v))) for k, v in layer.kwargs.items()}}
-        opened = self.b.push_unit(part.name, layer.span)
+        opened = self.b.push_unit(_unit_name(part.name), layer.span)
         self.b.call_stack.append((part.name, layer.span))
         saved_target = self.b.target, self.b.target_node
         self.b.target = self.b.target_node = None
@@ -1549,6 +1549,13 @@ class PartInfo:
     network: str
     until: str | None = None
     dropped: tuple = ()
+
+
+def _unit_name(network: str) -> str:
+    """The scope of a part outside a labelled stage: 'resnet18_1', 'keras_resnet50_1' (node names
+    hold no '/', and a counter after a digit would read as one number)."""
+    name = "".join(c if c.isalnum() or c == "_" else "_" for c in network)
+    return name + "_" if name[-1:].isdigit() else name
 
 
 def _stages(module: Module) -> list:
