@@ -588,7 +588,7 @@ def cmd_import(args) -> int:
 
     def plan(model):
         return match_weights(model, args.checkpoint, source=args.source, rules=args.map,
-                             skip=args.skip or (), allow_missing=args.allow_missing or ())
+                             skip=args.skip or (), allow_missing=args.allow_missing or (), prefix=args.prefix)
     report, assignments, rules = plan(model)
     inferred = classes_in_checkpoint(model, report)
     note = None
@@ -923,7 +923,9 @@ def main(argv=None) -> int:
     sp.add_argument("--skip", action="append", metavar="PATTERN", help="ignore checkpoint tensors matching this glob (e.g. 'fc.*')")
     sp.add_argument("--allow-missing", action="append", metavar="PATTERN",
                     help="model variables matching this glob may stay at their init (a new head: 'head.*')")
-    sp.add_argument("--seed", type=int, default=0, help="init seed for --allow-missing variables")
+    sp.add_argument("--prefix", metavar="LABEL", help="import into the part of this label (trunk: resnet18(until=layer4)) "
+                    "with its network's mapping; the rest of the model is new")
+    sp.add_argument("--seed", type=int, default=0, help="init seed for --allow-missing and new variables")
     sp.add_argument("--limit", type=int, default=10, help="entries shown per section of a failed report")
     sp.add_argument("--json", action="store_true", help="print the report as JSON")
     sp.set_defaults(func=cmd_import, expr=None)

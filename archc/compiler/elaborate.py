@@ -23,7 +23,7 @@ from .ops import NoAttrs, ShapeError, fmt
 from .ops.elementwise import ScaleAttrs
 from .ops.conv import inferred_stride, projection_fix
 from .ops.layout import ConcatAttrs, CropAttrs, InputAttrs
-from .resolve import Module, Unresolved
+from .resolve import Module, Part, Unresolved
 
 MAX_NODES = 100_000   # the largest built-in has ~3,000; generous for generated networks
 MAX_REPEAT = 100_000
@@ -107,6 +107,16 @@ class Block(Layer):
     params: tuple             # ParamDecl
     body: tuple               # statements
     env: "Env"                # lexical environment (its module)
+    span: Span
+
+
+@dataclass
+class PartLayer(Layer):
+    """A network used like a block: `trunk: resnet18(until=layer4)`. Its family parameters are
+    bound where it is applied, its stages up to `until` (all, head included, when None) kept."""
+    part: Part
+    kwargs: dict              # family parameter -> value
+    until: str | None
     span: Span
 
 
@@ -263,6 +273,7 @@ class Scope:
     counters: dict = field(default_factory=dict)
     stage: bool = False       # number block instances 0, 1, 2 … (a named stage of the program)
     inline_single: bool = False
+    unit: bool = False        # one numbered instance of a stage (its output is kept: @part.stage.N)
 
 
 class Builder:
@@ -273,6 +284,7 @@ class Builder:
         self.target: tuple | None = None  # shape a projection shortcut must produce
         self.target_node: str | None = None   # the node that has it (the residual body's output)
         self.call_stack: list[tuple[str, Span]] = []
+        self.unit_outputs: dict = {}      # path of a stage's numbered unit -> its output
 
     # ---- naming ----
     @property
@@ -310,6 +322,7 @@ class Builder:
             idx = sc.counters.get("#", 0)
             sc.counters["#"] = idx + 1
             self.push(str(idx), span)
+            self.scope.unit = True
             return True
         if blockname in COMBINATORS:
             return False
@@ -318,8 +331,11 @@ class Builder:
         self.scopes.append(Scope(name))
         return True
 
-    def pop(self) -> None:
-        self.scopes.pop()
+    def pop(self, out: str | None = None) -> None:
+        """Close a scope; `out`: the output of the unit it held, when it succeeded."""
+        sc = self.scopes.pop()
+        if sc.unit and out is not None:
+            self.unit_outputs[sc.path] = out
 
     # ---- nodes ----
     def add(self, op: str, inputs: list, attrs: dict, span: Span, prefix: str | None = None,
@@ -349,6 +365,8 @@ class Elaborator:
         self.frames: list[Frame] = []
         self.module_envs: dict[Module, Env] = {}   # what each imported module defines
         self.home: set | None = None   # the user's files (run_program): errors are reported there
+        self.exports: list = []        # the named tensors of each part applied, for @label.stage
+        self.inherited: set = set()    # declarations a part brought, which the user's file may replace
 
     # ---- value evaluation ----
     def value(self, e, env: Env):
@@ -484,6 +502,8 @@ class Elaborator:
         found, v = env.lookup(name)
         if isinstance(v, _Failed):
             raise _Fail(None, kind="shape")    # already reported; later layers' shapes are unknown
+        if isinstance(v, Unresolved):
+            fail(v.message, span, v.hint)
         if found:
             return v
         entry = SPELLINGS.get(name)
@@ -514,6 +534,8 @@ class Elaborator:
             except (TypeError, ValueError, OverflowError) as ex:
                 fail(f"{e.func}(): {ex}", e.span)
         target = self.resolve(e.func, e.func_span, env)
+        if isinstance(target, Part):
+            return self.part_call(target, e, env)
         args, kwargs = [], {}
         for a in e.args:
             if a.name is None:
@@ -549,6 +571,33 @@ class Elaborator:
             layer.env = self.bind_block(layer)
             return layer
         fail(f"'{e.func}' is {_kind(target)}, not something to call", e.func_span)
+
+    def part_call(self, part: Part, e: A.Call, env: Env) -> PartLayer:
+        """`resnet18(until=layer4, classes=10)`: keyword arguments only, each a family parameter
+        of the network, and `until=` one of its stages (a name, not evaluated)."""
+        declared = [st.name for st in part.module.stmts if isinstance(st, A.Param)]
+        stages = _stages(part.module)
+        if e.body is not None:
+            fail(f"network '{e.func}' takes no <body>", e.body.span)
+        kwargs, until = {}, None
+        for a in e.args:
+            if a.name is None:
+                fail(f"network '{e.func}' takes keyword arguments only", a.span,
+                     f"its parameters: until, {', '.join(declared)}" if declared else "e.g. until=STAGE")
+            if a.name in kwargs or (a.name == "until" and until is not None):
+                fail(f"argument '{a.name}' given twice", a.span)
+            if a.name == "until":
+                until = a.value.id if isinstance(a.value, A.Name) else self.value(a.value, env)
+                if until not in stages:
+                    fail(f"network '{e.func}' has no stage {until!r}", a.value.span,
+                         f"its stages: {', '.join(stages)}")
+            elif a.name not in declared:
+                hint = _suggest(a.name, declared + ["until"])
+                fail(f"network '{e.func}' has no parameter '{a.name}'", a.span,
+                     hint or f"its parameters: until, {', '.join(declared)}")
+            else:
+                kwargs[a.name] = self.value(a.value, env)
+        return PartLayer(part, kwargs, until, e.span)
 
     def apply_function(self, f: Function, args, kwargs, span):
         env = self.bind_params(f.name, f.params, f.env, args, kwargs, span, "function")
@@ -626,11 +675,17 @@ class Elaborator:
         return self._apply_items(seq.items, t, env)
 
     def _apply_items(self, items, t: str, env: Env) -> str:
-        values = [(self.value(it, env), it) for it in items]
+        values = [(self._as_layer(self.value(it, env), it, env), it) for it in items]
         for k, (v, it) in enumerate(values):
             nxt = values[k + 1][0] if k + 1 < len(values) else None
             t = self.apply(v, t, it.span, next_is_bn=isinstance(nxt, OpLayer) and nxt.kind == "bn")
         return t
+
+    def _as_layer(self, v, item, env: Env):
+        """A "file.arch" written in a sequence is that network, whole."""
+        if isinstance(v, str) and v.endswith(".arch"):
+            return self.resolve(v, item.span, env)
+        return v
 
     def apply(self, v, t: str, span: Span, next_is_bn: bool = False) -> str:
         if isinstance(v, OpLayer):
@@ -647,6 +702,10 @@ class Elaborator:
             return self.lookup_tensor(v.name, v.span, v.frame)
         if isinstance(v, Block):
             return self.apply_block(BlockLayer(v, (), {}, None, span), t)
+        if isinstance(v, PartLayer):
+            return self.apply_part(v, t)
+        if isinstance(v, Part):
+            return self.apply_part(PartLayer(v, {}, None, span), t)
         if isinstance(v, list):
             # A chain a>b>c applied as layers: each element in turn.
             for x in v:
@@ -679,6 +738,7 @@ class Elaborator:
         self.b.target = self.b.target_node = None
         caller = self.frames[-1]
         self.frames.append(Frame({}, t))
+        out = None
         try:
             out = self.run_statements(blk.body, t, env, in_block=True)
             caller.prev = t
@@ -692,8 +752,80 @@ class Elaborator:
             self.b.target, self.b.target_node = saved_target
             self.b.call_stack.pop()
             if opened:
-                self.b.pop()
+                self.b.pop(out)
         return out
+
+    def apply_part(self, layer: PartLayer, t: str) -> str:
+        """Elaborate a network in place of a block: its nodes under the current scope (the
+        stage's label), its input the tensor `t`, its stages up to `until`; its named tensors
+        are exported for `@label.stage` and its declarations (preprocess) come along."""
+        part, module = layer.part, layer.part.module
+        if len(self.b.call_stack) > 100:
+            fail(f"network '{part.name}' contains itself too deeply", layer.span)
+        params = {**{a.name: a.value for a in _preset(module, part.preset)},
+                  **{k: Override(v, k, repr(_plain(v))) for k, v in layer.kwargs.items()}}
+        opened = self.b.push_unit(_unit_name(part.name), layer.span)
+        self.b.call_stack.append((part.name, layer.span))
+        saved_target = self.b.target, self.b.target_node
+        self.b.target = self.b.target_node = None
+        frame = Frame({}, t)
+        self.frames.append(frame)
+        out = None
+        try:
+            out = self.run_part(module, params, t, layer)
+            path = self.b.scope.path
+            self.b.g.parts[path] = PartInfo(part.name, layer.until, _stages_after(module, layer.until))
+            # its stages' numbered units too: @body.blocks.12 (a detector's FPN reads mid-stage)
+            lead = path + "." if path else ""
+            frame.tensors.update({p[len(lead):]: n for p, n in self.b.unit_outputs.items()
+                                  if p.startswith(lead) and p[len(lead):].split(".")[0] in frame.tensors})
+        except _Fail as f:
+            self.at_call_site(f.diag, layer.span, f"network '{part.name}'")
+            raise
+        finally:
+            self.frames.pop()
+            self.b.target, self.b.target_node = saved_target
+            self.b.call_stack.pop()
+            if opened:
+                self.b.pop(out)
+        self.exports.append(frame.tensors)
+        return out
+
+    def run_part(self, module: Module, params: dict, t: str, layer: PartLayer) -> str:
+        """A part's statements, as run_program runs a file's, from the tensor `t`."""
+        env = Env(self.base_env(module), {})
+        frame, out, done = self.frames[-1], None, False
+        for st in module.stmts:
+            if isinstance(st, _DEFINITIONS):
+                self.define(st, module, env, params)
+            elif isinstance(st, A.Input):
+                if self.input_name(st, env) is not None:
+                    fail(f"network '{layer.part.name}' has a further input ({st.span.file}:{st.span.line}); "
+                         "a network with several inputs cannot be a part", layer.span)
+                self.check_part_input(self.input_shape(st, env), t, layer, env)
+                frame.tensors["input"] = t
+            elif (decl := self._declaration_call(st, env)) is not None:
+                if layer.until is None or decl.func == "preprocess":   # the others may name cut-off tensors
+                    self.declare(decl, env, inherited=True)
+            elif isinstance(st, (A.SeqStmt, A.Labelled)) and not done:
+                t = self.run_statements([st], t, env, in_block=False)
+                if isinstance(st, A.Labelled) and st.name == layer.until:
+                    out, done = frame.tensors[st.name], True
+            elif isinstance(st, A.Output) and not done:
+                if st.when is None or self._truth(self.value(st.when, env), st.when.span):
+                    out = self.lookup_tensor(st.names[0], st.spans[0])
+        return out if out is not None else t
+
+    def check_part_input(self, declared: tuple, t: str, layer: PartLayer, env: Env) -> None:
+        """A part takes any size its layers accept, but the channels its first layer was made
+        for: a mismatch is the user's to fix with in_chans=."""
+        have = self.b.shape(t)
+        if len(declared) != len(have) or (len(have) == 3 and declared[-1] != have[-1]):
+            name = layer.part.name
+            chans = "in_chans" in {st.name for st in layer.part.module.stmts if isinstance(st, A.Param)}
+            fail(f"network '{name}' takes {fmt(declared) if len(declared) != 3 else f'{declared[-1]} channels'}, "
+                 f"the tensor here is {fmt(have)}", layer.span,
+                 f"give it in_chans={have[-1]}" if chans and len(have) == 3 and len(declared) == 3 else None)
 
     def at_call_site(self, diag: Diagnostic | None, site: Span, what: str) -> bool:
         """Move an error raised inside a library or prelude definition to the user's call of
@@ -833,38 +965,44 @@ class Elaborator:
         if body is None:
             fail(f"{v.kind} needs a body: {v.kind}<layers>", v.span)
         opened = self.b.push_unit(v.kind, v.span)
+        out = None
         try:
-            y = self.apply(body, t, v.span)
-            if v.kind == "dense":
-                return self.b.add("concat", [t, y], ConcatAttrs(), v.span, "concat")
-            sx, sy = self.b.shape(t), self.b.shape(y)
-            shortcut = a["shortcut"]
-            if shortcut is None and sx != sy:
-                # the default 'conv1 bn' means what conv and bn mean where residual was written
-                shortcut = a["proj"] if a["proj"] is not None else _default_projection(v.env or Env(), v.span)
-            if shortcut is not None:
-                self.b.push("shortcut", v.span, exact=False)
-                saved = self.b.target, self.b.target_node
-                self.b.target, self.b.target_node = sy, y
-                try:
-                    s = self.apply(shortcut, t, v.span)
-                finally:
-                    self.b.target, self.b.target_node = saved
-                    self.b.pop()
-            else:
-                s = t
-            factor = _number(a["scale"], "scale", v.span)
-            if factor != 1:
-                y = self.b.add("scale", [y], ScaleAttrs(float(factor)), v.span, "scale")
-            out = self.b.add("add", [s, y], NoAttrs(), v.span, "add")
-            if a["shortcut"] is None and s == t:
-                # an identity shortcut because the body kept the size here: at another input
-                # size the body may not, and a projection would appear (compiler/sizes.py)
-                self.b.g.size_choices[out] = v.span
+            out = self._combine(v, a, body, t)
             return out
         finally:
             if opened:
+                self.b.pop(out)
+
+    def _combine(self, v: OpLayer, a: dict, body, t: str) -> str:
+        """The nodes of residual<…> / dense<…> on `t`, in the combinator's scope."""
+        y = self.apply(body, t, v.span)
+        if v.kind == "dense":
+            return self.b.add("concat", [t, y], ConcatAttrs(), v.span, "concat")
+        sx, sy = self.b.shape(t), self.b.shape(y)
+        shortcut = a["shortcut"]
+        if shortcut is None and sx != sy:
+            # the default 'conv1 bn' means what conv and bn mean where residual was written
+            shortcut = a["proj"] if a["proj"] is not None else _default_projection(v.env or Env(), v.span)
+        if shortcut is not None:
+            self.b.push("shortcut", v.span, exact=False)
+            saved = self.b.target, self.b.target_node
+            self.b.target, self.b.target_node = sy, y
+            try:
+                s = self.apply(shortcut, t, v.span)
+            finally:
+                self.b.target, self.b.target_node = saved
                 self.b.pop()
+        else:
+            s = t
+        factor = _number(a["scale"], "scale", v.span)
+        if factor != 1:
+            y = self.b.add("scale", [y], ScaleAttrs(float(factor)), v.span, "scale")
+        out = self.b.add("add", [s, y], NoAttrs(), v.span, "add")
+        if a["shortcut"] is None and s == t:
+            # an identity shortcut because the body kept the size here: at another input
+            # size the body may not, and a projection would appear (compiler/sizes.py)
+            self.b.g.size_choices[out] = v.span
+        return out
 
     # ---- statements ----
     def run_statements(self, stmts, t: str | None, env: Env, in_block: bool) -> str | None:
@@ -887,13 +1025,17 @@ class Elaborator:
                     self.b.push(st.name, st.span, stage=not in_block)
                     if not in_block:
                         self.b.scope.inline_single = self._count_units(seq, senv) == 1
+                    mark = len(self.exports)
                     try:
                         out = self.apply_seq(seq, t, senv)
+                        exported = {f"{st.name}.{k}": v for ex in self.exports[mark:] for k, v in ex.items()}
                     finally:
                         self.b.pop()
+                        del self.exports[mark:]
                     if st.name in frame.tensors:
                         fail(f"tensor '{st.name}' is defined twice", st.span)
                     frame.tensors[st.name] = out
+                    frame.tensors.update(exported)
                     if not in_block:
                         self.b.g.aliases[self.b._join(st.name)] = out
                     if not st.side:
@@ -920,7 +1062,7 @@ class Elaborator:
         n = 0
         for it in seq.items:
             try:
-                v = self.value(it, env.child(i=0))
+                v = self._as_layer(self.value(it, env.child(i=0)), it, env)
             except _Fail:
                 return 0
             n += _units(v)
@@ -937,7 +1079,7 @@ class Elaborator:
         collected, after `diagnostics` (those found before elaborating), and raised together."""
         g = self.b.g
         self.home = {m.display for m in module.closure() if m is module or not library.contains(m.directory)}
-        env = Env(self.module_env(module.prelude), {})
+        env = Env(self.base_env(module), {})
         self.frames.append(Frame({}, None))
         diags = list(diagnostics)
         t = None
@@ -993,6 +1135,8 @@ class Elaborator:
             raise ArchError(diags)
         if not g.outputs:
             g.outputs = [t]
+        if "detect_input" in g.declarations and "preprocess" in self.inherited:
+            del g.declarations["preprocess"]    # a detector's input pipeline is its own, not its backbone's
         return g
 
     @staticmethod
@@ -1005,12 +1149,19 @@ class Elaborator:
             return call
         return None
 
-    def declare(self, call: A.Call, env: Env) -> None:
+    def declare(self, call: A.Call, env: Env, inherited: bool = False) -> None:
         """Evaluate a declaration's keyword arguments and store the bound, validated result in
-        ``graph.declarations`` (compiler/declarations)."""
+        ``graph.declarations`` (compiler/declarations). One a part brings (`inherited`) gives way
+        to any other: the first part's, and the user's file's own wherever it is written."""
         kind, g = call.func, self.b.g
-        if kind in g.declarations:
+        if kind in g.declarations and (inherited or kind in self.inherited):
+            if inherited:
+                return
+            self.inherited.discard(kind)
+        elif kind in g.declarations:
             fail(f"'{kind}(…)' is declared twice", call.span, "keep one; presets and parameters choose its values")
+        elif inherited:
+            self.inherited.add(kind)
         sig = declarations.DECLARATIONS[kind].signature
         values, spans = {}, {}
         for a in call.args:
@@ -1035,7 +1186,7 @@ class Elaborator:
         defaults), elaborated once per file; its own network, if any, is not the importer's."""
         if module in self.module_envs:
             return self.module_envs[module]
-        env = Env(self.module_env(module.prelude) if module.prelude is not None else None, {})
+        env = Env(self.base_env(module), {})
         self.frames.append(Frame({}, None))
         diags = []
         try:
@@ -1054,6 +1205,17 @@ class Elaborator:
             raise ArchError(diags)
         self.module_envs[module] = env
         return env
+
+    def base_env(self, module: Module) -> Env | None:
+        """What a file sees before its own definitions: the prelude's, and under them the
+        networks it uses as parts. Scope decides clashes: the file's own definitions and
+        imports, then ops and prelude blocks, win over a built-in network of the same name."""
+        prelude = self.module_env(module.prelude) if module.prelude is not None else None
+        parts = {k: v for k, v in module.parts.items()
+                 if k not in SPELLINGS and k not in FUNCTIONS and not declarations.is_declaration(k)}
+        if not parts:
+            return prelude
+        return Env(Env(None, parts), prelude.vars if prelude is not None else {})
 
     def define(self, st, module: Module, env: Env, params: dict) -> None:
         """Bind one top-level definition of `module` in env: an import, a param, a let or a block."""
@@ -1214,7 +1376,7 @@ def _plain(v):
 
 
 def _units(v) -> int:
-    if isinstance(v, (BlockLayer, Block)):
+    if isinstance(v, (BlockLayer, Block, PartLayer, Part)):
         return 1
     if isinstance(v, OpLayer) and v.kind in COMBINATORS:
         return 1
@@ -1384,3 +1546,34 @@ def _default_projection(env: Env, span: Span) -> Thunk:
     environment where residual was written, and written (for its nodes and errors) where the
     residual is."""
     return Thunk(A.Seq(span, (A.Name(span, "conv1"), A.Name(span, "bn"))), env, span)
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    """Where a network was used as a part (graph.parts, by its scope's path): its model name
+    (for its weight mapping), `until` and the stages cut off after it."""
+    network: str
+    until: str | None = None
+    dropped: tuple = ()
+
+
+def _unit_name(network: str) -> str:
+    """The scope of a part outside a labelled stage: 'resnet18_1', 'keras_resnet50_1' (node names
+    hold no '/', and a counter after a digit would read as one number)."""
+    name = "".join(c if c.isalnum() or c == "_" else "_" for c in network)
+    return name + "_" if name[-1:].isdigit() else name
+
+
+def _stages(module: Module) -> list:
+    """A network's named stages, in order."""
+    return [st.name for st in module.stmts if isinstance(st, A.Labelled)]
+
+
+def _stages_after(module: Module, until: str | None) -> tuple:
+    stages = _stages(module)
+    return () if until is None else tuple(stages[stages.index(until) + 1:])
+
+
+def _preset(module: Module, preset: str | None) -> tuple:
+    """The (named) arguments of a file's preset; () for none."""
+    return next((st.values for st in module.stmts if isinstance(st, A.Preset) and st.name == preset), ())

@@ -76,7 +76,7 @@ def fold_batchnorm(graph: Graph, variables: dict) -> tuple[Graph, dict]:
     folded = Graph(graph.name, nodes, list(graph.inputs), [redirect.get(o, o) for o in graph.outputs],
                    dict(graph.params), {k: redirect.get(v, v) for k, v in graph.aliases.items()}, graph.sources,
                    {k: redirect_tensors(d, redirect) for k, d in graph.declarations.items()},
-                   list(graph.size_reads), dict(graph.size_choices))
+                   list(graph.size_reads), dict(graph.size_choices), dict(graph.parts))
     verify(folded)
     out = dict(variables)
     out["params"] = params

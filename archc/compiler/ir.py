@@ -52,6 +52,7 @@ class Graph:
     # Choices the front end made from the input size that the nodes do not keep (compiler/sizes.py):
     size_reads: list = field(default_factory=list)    # spans where a value from hin/win decided a layer
     size_choices: dict = field(default_factory=dict)  # residual add -> span: identity shortcut (sizes kept)
+    parts: dict = field(default_factory=dict)   # scope path -> PartInfo: networks used as parts
 
     def __iter__(self):
         return iter(self.nodes.values())
@@ -76,7 +77,7 @@ class Graph:
             "aliases": self.aliases,
             "declarations": {k: _declaration_json(d) for k, d in self.declarations.items()},
             "nodes": [n.to_json() for n in self.nodes.values()],
-        }
+        } | ({"parts": {k: _jsonable(vars(p)) for k, p in self.parts.items()}} if self.parts else {})
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=1)

@@ -35,6 +35,8 @@ class Module:
     name: str                 # the network's name: the preset asked for, else the file's stem
     preset: str | None = None
     imports: dict = field(default_factory=dict)   # import path as written -> Module | Unresolved
+    # networks it may use as parts: a built-in's name or "file.arch" -> Part | Unresolved
+    parts: dict = field(default_factory=dict)
     prelude: Module | None = None                 # implicitly imported by every other module
 
     def closure(self) -> list:
@@ -45,12 +47,25 @@ class Module:
             if id(m) not in seen:
                 seen[id(m)] = m
                 todo += [x for x in m.imports.values() if isinstance(x, Module)]
+                todo += [x.module for x in m.parts.values() if isinstance(x, Part)]
                 todo += [m.prelude] if m.prelude is not None else []
         return list(seen.values())
 
     def sources(self) -> dict:
         """display name -> text of every file in the closure, for rendering diagnostics."""
         return {m.display: m.text for m in self.closure()}
+
+
+@dataclass(frozen=True)
+class Part:
+    """A network a file may use like a block: its file's module and the preset that names it."""
+    module: Module
+    preset: str | None
+
+    @property
+    def name(self) -> str:
+        """Its name as a model: the preset ('resnet18') or the file's stem."""
+        return self.preset or self.module.name
 
 
 def locate(spec: str) -> tuple[Path, str | None]:
@@ -101,6 +116,7 @@ class Resolver:
         module = Module(display, text, directory, parse(text, display), name, preset)
         module.prelude = self._prelude()
         self._resolve_imports(module)
+        self._resolve_parts(module)
         return module
 
     def _prelude(self) -> Module:
@@ -115,6 +131,22 @@ class Resolver:
         for st in module.stmts:
             if isinstance(st, A.Import) and st.path not in module.imports:
                 module.imports[st.path] = self._import(st.path, module.directory)
+
+    def _resolve_parts(self, module: Module) -> None:
+        """The networks the file may use as parts: each "file.arch" it calls or writes in a
+        sequence, and each built-in's name it uses that the file does not define itself (the
+        elaborator decides, by scope, which uses are parts)."""
+        defined = _top_level_names(module.stmts)
+        for name, is_path in _mentioned(module.stmts):
+            if name in module.parts or name in defined:
+                continue
+            if is_path:
+                found = self._import(name, module.directory)
+                module.parts[name] = Part(found, None) if isinstance(found, Module) else found
+            elif (entry := library.lookup(name)) is not None:
+                path, preset = entry
+                found = self._import(path.relative_to(library.LIBRARY).as_posix(), library.LIBRARY)
+                module.parts[name] = Part(found, preset) if isinstance(found, Module) else found
 
     def _import(self, path: str, directory: Path) -> Module | Unresolved:
         found = next((c for c in (directory / path, library.LIBRARY / path) if c.is_file()), None)
@@ -132,3 +164,41 @@ class Resolver:
             finally:
                 self.loading.pop()
         return self.modules[key]
+
+
+def _top_level_names(stmts) -> set:
+    """What a file defines at its top level (its definitions shadow built-in networks)."""
+    out = set()
+    for st in stmts:
+        if isinstance(st, (A.Let, A.BlockDef, A.Param)):
+            out.add(st.name)
+        elif isinstance(st, A.Import) and st.names:
+            out.update(st.names)
+    return out
+
+
+def _mentioned(node) -> list:
+    """(name, is_path) for every name a file uses and every "….arch" string it calls or writes,
+    in order: the candidates for parts."""
+    out = []
+
+    def walk(x):
+        if isinstance(x, (list, tuple)):
+            for y in x:
+                walk(y)
+        elif isinstance(x, A.Name):
+            out.append((x.id, False))
+        elif isinstance(x, A.Call):
+            out.append((x.func, x.func.endswith(".arch")))
+            walk(x.args)
+            walk(x.body)
+        elif isinstance(x, A.Const):
+            if isinstance(x.value, str) and x.value.endswith(".arch"):
+                out.append((x.value, True))
+        elif isinstance(x, (A.Import, A.Preset)) or x is None or not hasattr(x, "__dataclass_fields__"):
+            return
+        else:
+            for f in x.__dataclass_fields__:
+                walk(getattr(x, f))
+    walk(node)
+    return out

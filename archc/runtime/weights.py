@@ -238,6 +238,9 @@ class Report:
     unexpected: list = field(default_factory=list)   # (key, shape, nearest model names)
     mismatched: list = field(default_factory=list)   # (key, src shape, converted shape, var path, var shape)
     allowed_missing: list = field(default_factory=list)   # (var path, shape): kept from init
+    new: list = field(default_factory=list)          # (var path, shape): outside the part imported into (init)
+    part: str | None = None                          # the prefix imported under, with its network
+    adapted: list = field(default_factory=list)      # (key, src shape, var path, shape, how): input channels
     errors: list = field(default_factory=list)       # rule problems
     cast: list = field(default_factory=list)          # (key, dtype) converted to float32
 
@@ -271,11 +274,15 @@ class Report:
             "mismatched": [{"key": k, "shape": list(s), "converted": list(c), "variable": v, "expected": list(e)}
                            for k, s, c, v, e in self.mismatched],
             "allowed_missing": [{"variable": v, "shape": list(s)} for v, s in self.allowed_missing],
+            "new": [{"variable": v, "shape": list(s)} for v, s in self.new],
+            "adapted": [{"key": k, "shape": list(s), "variable": v, "expected": list(e), "how": h}
+                        for k, s, v, e, h in self.adapted],
             "errors": list(self.errors),
         }
 
     def render(self, limit: int = 10) -> str:
-        head = f"{self.checkpoint} -> {self.model}" + (f" (from {self.source})" if self.source else "")
+        head = (f"{self.checkpoint} -> {self.model}" + (f", part {self.part}" if self.part else "")
+                + (f" (from {self.source})" if self.source else ""))
         lines = []
         ign = {}
         for _, why in self.ignored:
@@ -290,6 +297,13 @@ class Report:
                 lines += [f"    {v} {_fmt(s)}" for v, s in self.allowed_missing[:limit]]
                 if len(self.allowed_missing) > limit:
                     lines.append(f"    … and {len(self.allowed_missing) - limit} more")
+            for key, shape, var, want, how in self.adapted:
+                lines.append(f"  {key} {_fmt(shape)} adapted to {var} {_fmt(want)}: {how}")
+            if self.new:
+                lines.append(f"  {len(self.new)} variables outside the part are new (initialised):")
+                lines += [f"    {v} {_fmt(s)}" for v, s in self.new[:limit]]
+                if len(self.new) > limit:
+                    lines.append(f"    … and {len(self.new) - limit} more")
             if self.cast:
                 lines.append(f"  {len(self.cast)} tensors converted to float32 (from {sorted(set(d for _, d in self.cast))})")
             return "\n".join(lines)
@@ -409,9 +423,15 @@ def _any_match(patterns, *names) -> bool:
 
 def match_weights(model, checkpoint, *, source: str | None = None, rules=None,
                   skip: Sequence[str] = (), allow_missing: Sequence[str] = (),
-                  use_torch: bool | None = None):
+                  use_torch: bool | None = None, prefix: str | None = None, cut: Sequence[str] = ()):
     """Plan the import without raising on misfit: ``(report, assignments, rules)`` where
-    assignments maps (collection, node, leaf) -> float32 array."""
+    assignments maps (collection, node, leaf) -> float32 array. ``prefix``: import into the part
+    of that label (``trunk: resnet18(until=layer4)``) with its network's mapping, strictly for
+    the part; the model's other variables are reported as new. ``cut``: stages of the network
+    cut off by ``until=``, whose checkpoint tensors are ignored."""
+    if prefix is not None:
+        return _match_part(model, checkpoint, prefix, source=source, rules=rules, skip=skip,
+                           allow_missing=allow_missing, use_torch=use_torch)
     ckpt = read_checkpoint(checkpoint, use_torch=use_torch)
     graph = model.graph
     if rules is None:
@@ -505,6 +525,7 @@ def match_weights(model, checkpoint, *, source: str | None = None, rules=None,
             bound_nodes.add(d)
 
     # convert and check
+    first_conv = next((n for n in node_order if graph.nodes[n].op == "conv"), None)  # takes the image
     assignments: dict = {}
     filled: set = set()
     unconsumed: list = []
@@ -527,6 +548,10 @@ def match_weights(model, checkpoint, *, source: str | None = None, rules=None,
                 report.cast.append((key, str(value.dtype)))
                 value = value.astype(np.float32)
             fitted = _fit(value, spec.shape)
+            if fitted is None and node_name == first_conv and target == "kernel":
+                fitted, how = adapt_input_conv(value, spec.shape)
+                if fitted is not None:
+                    report.adapted.append((key, tuple(arr.shape), var_path, tuple(spec.shape), how))
             filled.add((node_name, target))
             if fitted is None:
                 report.mismatched.append((key, tuple(arr.shape), tuple(value.shape), var_path, tuple(spec.shape)))
@@ -548,6 +573,12 @@ def match_weights(model, checkpoint, *, source: str | None = None, rules=None,
                 unfilled.append((node_name, leaf, spec))
     free_mods = sorted({k.rpartition(".")[0] or k for k in unconsumed})
     free_nodes = sorted({n for n, _, _ in unfilled})
+    for key in list(unconsumed):
+        mod = key.rpartition(".")[0] or key
+        stage = pending_targets.get(mod, named.get(mod, mod)).split(".")[0]
+        if stage in cut:
+            unconsumed.remove(key)
+            report.ignored.append((key, f"cut off by until= (stage {stage})"))
     for key in unconsumed:
         mod = key.rpartition(".")[0] or key
         near = []
@@ -570,6 +601,65 @@ def match_weights(model, checkpoint, *, source: str | None = None, rules=None,
         near = near_cache[node_name]
         report.missing.append((f"{spec.collection}/{node_name}/{leaf}", tuple(spec.shape), near))
     return report, assignments, rules
+
+
+def adapt_input_conv(kernel: np.ndarray, shape: tuple):
+    """A first convolution's HWIO kernel made for 3 input channels, adapted to the model's
+    (``shape``) as timm's ``adapt_input_conv`` does: summed over the channels for 1; for more,
+    repeated and scaled by 3/C, so a grey or 4-channel image of the same content gives the same
+    response. Returns (kernel, what was done), or (None, None) when the shapes differ otherwise."""
+    have, want = tuple(kernel.shape), tuple(shape)
+    if len(have) != 4 or len(want) != 4 or have[2] != 3 or have[:2] + have[3:] != want[:2] + want[3:]:
+        return None, None
+    cin = want[2]
+    if cin == 1:
+        return kernel.sum(axis=2, keepdims=True), "summed over its 3 input channels (timm's adapt_input_conv)"
+    repeated = np.tile(kernel, (1, 1, -(-cin // 3), 1))[:, :, :cin, :] * np.float32(3 / cin)
+    return repeated.astype(kernel.dtype), (f"repeated to {cin} input channels and scaled by 3/{cin} "
+                                           "(timm's adapt_input_conv)")
+
+
+@dataclass(frozen=True)
+class _PartView:
+    """One part of a model as a model of its own: its nodes and variables named as in its
+    network (``trunk.layer1.0.conv1`` is ``layer1.0.conv1``), for that network's mapping."""
+    name: str
+    graph: object
+    variable_specs: tuple
+
+
+def _part_view(model, prefix: str):
+    from types import SimpleNamespace
+    parts = model.graph.parts
+    if prefix not in parts:
+        have = ", ".join(parts) or "none (label a network used like a block, e.g. 'trunk: resnet18(until=layer4)')"
+        near = difflib.get_close_matches(prefix, list(parts), n=1)
+        raise WeightsError(f"{model.name} has no part {prefix!r}" + (f"; did you mean {near[0]!r}?" if near else "")
+                           + f" (its parts: {have})")
+    lead = prefix + "."
+    nodes = {n[len(lead):]: node for n, node in model.graph.nodes.items() if n.startswith(lead)}
+    specs = tuple(v._replace(node=v.node[len(lead):]) for v in model.variable_specs if v.node.startswith(lead))
+    return _PartView(parts[prefix].network, SimpleNamespace(nodes=nodes, params={}), specs), parts[prefix]
+
+
+def _match_part(model, checkpoint, prefix: str, *, allow_missing: Sequence[str] = (), **kw):
+    view, info = _part_view(model, prefix)
+    lead = prefix + "."
+    within = [p[len(lead):] if p.startswith(lead) else p for p in allow_missing]
+    report, assignments, rules = match_weights(view, checkpoint, allow_missing=within, cut=info.dropped, **kw)
+
+    def under(path):        # collection/node/leaf of the view -> of the model
+        collection, rest = path.split("/", 1)
+        return f"{collection}/{lead}{rest}"
+    report.model, report.part = model.name, f"{prefix} ({info.network}" + (f" until {info.until})" if info.until else ")")
+    report.loaded = [(k, s, under(v), t) for k, s, v, t in report.loaded]
+    report.mismatched = [(k, s, c, under(v), t) for k, s, c, v, t in report.mismatched]
+    report.missing = [(under(v), s, n) for v, s, n in report.missing]
+    report.allowed_missing = [(under(v), s) for v, s in report.allowed_missing]
+    report.adapted = [(k, s, under(v), t, h) for k, s, v, t, h in report.adapted]
+    report.new = [(f"{v.collection}/{v.node}/{v.leaf}", tuple(v.shape)) for v in model.variable_specs
+                  if not v.node.startswith(lead)]
+    return report, {(c, lead + n, leaf): a for (c, n, leaf), a in assignments.items()}, rules
 
 
 def class_count_from_shapes(model, pairs) -> int | None:
@@ -597,14 +687,14 @@ def class_count_from_shapes(model, pairs) -> int | None:
 def classes_in_checkpoint(model, report: "Report") -> int | None:
     """The class count a failed import's shape mismatches point at (``class_count_from_shapes``);
     None when anything else is wrong too (missing or unexpected tensors, rule errors)."""
-    if report.ok or report.missing or report.unexpected or report.errors:
-        return None
+    if report.ok or report.missing or report.unexpected or report.errors or report.part:
+        return None     # (a part's count is its network's, not the model's `classes`)
     return class_count_from_shapes(model, [(conv, want) for _, _, conv, _, want in report.mismatched])
 
 
 def import_weights(model, checkpoint, *, source: str | None = None, rules=None,
                    skip: Sequence[str] = (), allow_missing: Sequence[str] = (), seed: int = 0,
-                   use_torch: bool | None = None):
+                   use_torch: bool | None = None, prefix: str | None = None):
     """Import a pretrained checkpoint into ``model``'s variables.
 
     ``checkpoint``: a path (PyTorch .pth/.pt/.bin, .safetensors, Keras .weights.h5/.h5, .npz) or a
@@ -612,12 +702,15 @@ def import_weights(model, checkpoint, *, source: str | None = None, rules=None,
     the model; inferred for Keras files). ``rules``: your own rules (TOML path or mapping) instead.
     ``skip``: checkpoint names (glob) to ignore; ``allow_missing``: model variables (glob on the
     node name or ``collection/node/leaf``) that may stay at their init (seed ``seed``).
+    ``prefix``: the label of a part (``trunk: resnet18(until=layer4)``): the checkpoint is its
+    network's, mapped under the prefix and strict for the part; every other variable is new
+    (init, seed ``seed``) and listed in the report.
 
     Returns ``(variables, report)``. Raises :class:`WeightsError` (with ``.report``) if the
     checkpoint does not fit, :class:`CheckpointError` if it cannot be read; nothing is loaded then.
     """
     report, assignments, _ = match_weights(model, checkpoint, source=source, rules=rules, skip=skip,
-                                           allow_missing=allow_missing, use_torch=use_torch)
+                                           allow_missing=allow_missing, use_torch=use_torch, prefix=prefix)
     if not report.ok:
         k = classes_in_checkpoint(model, report)
         hint = (f"\nthe checkpoint has {k} classes: load the network with archc.load({model.name!r}, "
@@ -629,7 +722,7 @@ def import_weights(model, checkpoint, *, source: str | None = None, rules=None,
 def _assemble(model, assignments: Mapping, report: Report, seed: int) -> dict:
     import jax.numpy as jnp
     from ..compiler.lower import variables_tree
-    base = model.init(seed=seed) if report.allowed_missing else None
+    base = model.init(seed=seed) if report.allowed_missing or report.new else None
 
     def value(v):
         got = assignments.get((v.collection, v.node, v.leaf))

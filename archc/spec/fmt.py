@@ -247,11 +247,11 @@ def _break_long(lines: list[_Line]) -> bool:
 def _space(a: _Tok, b: _Tok) -> str:
     if b.type in ("COMMA", "SEMICOLON", "COLON", "RPAR", "RSQB") or b.role == "close":
         return ""
-    if a.type in ("LPAR", "LSQB", "AT") or a.role in ("body", "unary", "chain"):
+    if a.type in ("LPAR", "LSQB", "AT", "DOT") or b.type == "DOT" or a.role in ("body", "unary", "chain"):
         return ""
     if b.role in ("body", "chain", "index"):
         return ""
-    if b.type == "LPAR" and a.type in ("FNAME", "INPUT_CALL"):
+    if b.type == "LPAR" and a.type in ("FNAME", "INPUT_CALL", "PATH_CALL"):
         return ""
     if "tight" in (a.role, b.role):
         return ""

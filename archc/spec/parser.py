@@ -234,7 +234,8 @@ class _ToAst(Transformer):
         return A.Name(self._s(items), str(items[0]))
 
     def ref(self, items):
-        return A.Ref(self._s(items), str(items[-1]))
+        # @trunk.layer2, @body.blocks.12: a stage of a network used as a part, a unit of one
+        return A.Ref(self._s(items), ".".join(str(t) for t in items if t.type in ("NAME", "INT")))
 
     def int_(self, items):
         return A.Const(self._s(items), int(items[0]))
@@ -265,7 +266,8 @@ class _ToAst(Transformer):
                 body = it
             elif isinstance(it, list):
                 args = tuple(it)
-        return A.Call(self._s(items), str(name_tok), self._s([name_tok]), args, body)
+        func = str(name_tok)[1:-1] if name_tok.type == "PATH_CALL" else str(name_tok)
+        return A.Call(self._s(items), func, self._s([name_tok]), args, body)
 
     def args(self, items):
         return [it if isinstance(it, A.Arg) else A.Arg(None, it, it.span) for it in items]
@@ -377,6 +379,7 @@ _TOKEN_NAMES = {
     "SHAPE": "a shape such as 224x224x3", "REPEAT": "a repetition such as x2", "AT": "'@'", "SLASH": "'/'",
     "COMP_OP": "a comparison", "ADD_OP": "'+' or '-'", "MUL_OP": "'*', '/', '//' or '%'", "MINUS": "'-'",
     "__ANON_0": "'**'", "$END": "the end of the file", "IF": "'if'", "ELSE": "'else'", "FNAME": "a name", "INPUT_CALL": "'input'",
+    "DOT": "'.'", "PATH_CALL": "a file name in quotes",
 }
 
 
