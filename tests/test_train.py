@@ -15,6 +15,7 @@ from archc.compiler.build import build_graph
 from archc.runtime import data as D
 from archc.runtime import train as T
 from archc.runtime.model import Model
+from archc.runtime.run_state import read_latest
 
 
 def quiet(_msg):
@@ -56,9 +57,9 @@ def test_lenet5_digits_cli(tmp_path, capsys):
     assert m["val_accuracy"][-1] >= 0.97
     assert m["train_loss"][-1] < m["train_loss"][0]
     assert "epoch 20/20" in err and "img/s" in err
-    for name in ("best.safetensors", "last.safetensors", "train_state.safetensors",
-                 "config.json", "curves.png"):
+    for name in ("best.safetensors", "last.safetensors", "config.json", "curves.png"):
         assert (run / name).is_file(), name
+    assert read_latest(run)[2] == {"epoch": 20, "batch": 0}      # orbax's resume point: the end
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in run.iterdir() if ".tmp" in p.name]
     # the last checkpoint is an ordinary archc variables file and reproduces val accuracy
@@ -121,7 +122,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     assert "Traceback" not in err
     assert "at step" in err and "(epoch 2" in err and "last.safetensors (epoch 1)" in err
     assert metadata(run / "last.safetensors")["epoch"] == "1"
-    assert metadata(run / "train_state.safetensors")["epoch"] == "1"
+    assert read_latest(run)[2] == {"epoch": 1, "batch": 0}        # the resume point: epoch 1's end
     assert all(np.isfinite(v).all() for v in load_flat(run / "last.safetensors").values())
     assert len(json.loads((run / "metrics.json").read_text())["epoch"]) == 1
 

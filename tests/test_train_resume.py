@@ -17,6 +17,22 @@ def _flat(path):
     return load_file(str(path))
 
 
+def _same_checkpoint(a, b):
+    """The latest orbax checkpoints of two runs: same step, position and history, and
+    bit-identical state (variables, optimizer state)."""
+    import jax
+
+    from archc.runtime.run_state import read_latest
+    (sa, ta, da, pa), (sb, tb, db, pb) = read_latest(a), read_latest(b)
+    assert (sa, da) == (sb, db)
+    for key in ("epoch", "train_loss", "val_loss", "lr"):
+        assert pa["history"][key] == pb["history"][key], key
+    la, lb = jax.tree_util.tree_leaves_with_path(ta), jax.tree_util.tree_leaves_with_path(tb)
+    assert [p for p, _ in la] == [p for p, _ in lb] and la
+    for (path, x), (_, y) in zip(la, lb):
+        assert x.dtype == y.dtype and x.tobytes() == y.tobytes(), path
+
+
 def test_kill_and_resume_matches_uninterrupted(tmp_path):
     data = write_random(tmp_path / "data", classes=3, per_class=12, mode="L")
     # 36 images, 20% held out -> 30 train (per class: 12 - 2), batch 8 -> 3 steps per epoch
@@ -42,7 +58,8 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
     for key in ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
                 "best_epoch", "best_val_accuracy"):
         assert a[key] == b[key], key
-    for name in ("last.safetensors", "best.safetensors", "train_state.safetensors"):
+    _same_checkpoint(tmp_path / "full", run)
+    for name in ("last.safetensors", "best.safetensors"):
         fa, fb = _flat(tmp_path / "full" / name), _flat(run / name)
         assert fa.keys() == fb.keys()
         for k in fa:
