@@ -233,6 +233,10 @@ def test_loader_deterministic_order_and_augmentation(tmp_path):
     assert not np.array_equal(epoch(a, 0)[0][0], epoch(a, 1)[0][0])   # new order/crops per epoch
     rest = list(a.epoch(1, start=2))                                    # resuming inside an epoch
     assert len(rest) == 3 and np.array_equal(rest[0].x, epoch(a, 1)[2][0])
+    it = b.iterator(1)                 # grain's checkpointable iterator, reading ahead on threads:
+    next(it), next(it)                 # its state is what was consumed, not what was read
+    restored = list(a.iterator(1, it.get_state()))
+    assert len(restored) == 3 and all(np.array_equal(r.x, q.x) for r, q in zip(restored, rest))
     # evaluation: in order, last batch padded and masked
     ev = list(D.Loader(data, pre, 8, train=False).epoch(0))
     assert [b.mask.sum() for b in ev] == [8, 8, 4]

@@ -9,6 +9,7 @@ import json
 
 from train_helpers import run_cli, write_random
 
+from archc.runtime.run_state import read_latest
 from archc.runtime.train import CRASH_ENV
 
 
@@ -22,7 +23,6 @@ def _same_checkpoint(a, b):
     bit-identical state (variables, optimizer state)."""
     import jax
 
-    from archc.runtime.run_state import read_latest
     (sa, ta, da, pa), (sb, tb, db, pb) = read_latest(a), read_latest(b)
     assert (sa, da) == (sb, db)
     for key in ("epoch", "train_loss", "val_loss", "lr"):
@@ -48,6 +48,8 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
     m = json.loads((run / "metrics.json").read_text())
     assert m["epoch"] == [1]                                    # only the complete epoch
     assert (run / "curves.png").is_file()                      # drawn after every epoch
+    step, _, position, _ = read_latest(run)                    # orbax's: step 4 = epoch 2, batch 1
+    assert (step, position["epoch"], position["batch"]) == (4, 1, 1) and position["iterator"]   # grain's state
 
     resumed = run_cli(["train", "--resume", run, "--quiet"])
     assert resumed.returncode == 0, resumed.stderr

@@ -41,6 +41,8 @@ OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 SCHEDULES = ("constant", "step", "cosine")
 BN_MODES = ("auto", "update", "frozen")
 DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-3, "rmsprop": 0.045}
+# where the data iterator stands inside an epoch: batches done, grain's iterator state
+DATA_POSITION = ("batch", "iterator")
 
 # Testing hooks: os._exit right after this global step (simulates a killed process); wait
 # after this step (its checkpoint, if due, written) until killed.
@@ -794,17 +796,18 @@ class Trainer:
         finally:
             mngr.close()
         self.frozen = state["frozen"]
-        position = None if not data["batch"] else {"batch": data["batch"], **progress["running"]}
+        position = None if not data["batch"] else {**data, **progress["running"]}
         return state, int(data["epoch"]), progress["history"], position
 
     def save_state(self, mngr, host_state: dict, epoch: int, history: dict, position: dict | None = None,
                    score: float | None = None) -> None:
         """Start saving the resume point (orbax finishes it in the background): after ``epoch``
         epochs and, inside the next one, ``position`` (as ``load_state`` returns it)."""
-        batch = position["batch"] if position else 0
-        running = {k: v for k, v in (position or {}).items() if k != "batch"}
-        run_state.save(mngr, epoch * self.steps_per_epoch + batch, host_state,
-                       {"epoch": epoch, "batch": batch}, {"history": history, "running": running}, score)
+        position = position or {"batch": 0}
+        data = {"epoch": epoch, **{k: position[k] for k in DATA_POSITION if k in position}}
+        running = {k: v for k, v in position.items() if k not in DATA_POSITION}
+        run_state.save(mngr, epoch * self.steps_per_epoch + data["batch"], host_state, data,
+                       {"history": history, "running": running}, score)
 
     def _write_outputs(self, host_state: dict, epoch: int, history: dict, best: bool) -> None:
         variables = self.variables_of(host_state)
@@ -824,11 +827,14 @@ class Trainer:
             self.log("curves.png not drawn: matplotlib is not installed")
 
     # ---- running ----
-    def batches(self, loader, epoch: int = 0, start: int = 0):
-        """A loader's batches as the task's dicts, sharded over the devices, from batch ``start``."""
-        for batch in loader.epoch(epoch, start):
-            yield {"image": self.dp.shard_batch(batch.x), "label": self.dp.shard_batch(batch.y),
-                   "weight": self.dp.shard_batch(batch.mask)}
+    def on_devices(self, batch) -> dict:
+        """A loader's batch as the task's dict, sharded over the devices."""
+        return {"image": self.dp.shard_batch(batch.x), "label": self.dp.shard_batch(batch.y),
+                "weight": self.dp.shard_batch(batch.mask)}
+
+    def batches(self, loader, epoch: int = 0):
+        """A loader's batches of ``epoch`` as the task's dicts, sharded over the devices."""
+        return map(self.on_devices, loader.epoch(epoch))
 
     def evaluate(self, state) -> dict | None:
         """The task's validation metrics (runtime/tasks.py: the numbers ``archc evaluate`` gives)."""
@@ -894,8 +900,10 @@ class Trainer:
             loss_sum = position["loss_sum"] if position else 0.0
             seen = first_batch * cfg.batch
             sums = self.dp.replicate({k: np.float32(v) for k, v in position["sums"].items()}) if position else None
+            # grain's checkpointable iterator: where the checkpoint left it inside an epoch
+            data = self.train_loader.iterator(epoch, position["iterator"] if position else None)
             position, pending = None, []      # device values: fetched once per log interval
-            for b, batch in enumerate(self.batches(self.train_loader, epoch, first_batch), first_batch):
+            for b, batch in enumerate(map(self.on_devices, data), first_batch):
                 state, m = self._train_step(state, batch)
                 pending.append(m["loss"])
                 sums = add_sums(sums, {k: m[k] for k in ("correct", "count")})
@@ -924,7 +932,7 @@ class Trainer:
                     loss_sum += loss
                 if save_now:        # a mid-epoch resume point: where we are and the sums so far
                     self.save_state(mngr, to_host(state), epoch, history, {
-                        "batch": b + 1, "loss_sum": loss_sum,
+                        "batch": b + 1, "iterator": data.get_state(), "loss_sum": loss_sum,
                         "sums": {k: float(v) for k, v in to_host(sums).items()}})
                     last_save = time.monotonic()
                 dt = time.perf_counter() - t0
