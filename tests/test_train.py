@@ -195,6 +195,13 @@ def test_existing_run_needs_resume(tmp_path, capsys):
     # resuming a finished run is a no-op that succeeds
     assert cli("--resume", run) == 0
     _user_error(capsys, "--resume", run, "--lr", 0.1, expect="only --epochs")
+    # a run of an archc before orbax's checkpoints: refused, not restarted over its weights
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.json").write_text((run / "config.json").read_text())
+    (old / "train_state.safetensors").write_bytes(b"")
+    _user_error(capsys, "--resume", old, expect="written by an earlier archc")
+    assert not (old / "last.safetensors").exists()
 
 
 # --------------------------------------------------------------------------------------------

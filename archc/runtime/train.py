@@ -41,6 +41,8 @@ OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 SCHEDULES = ("constant", "step", "cosine")
 BN_MODES = ("auto", "update", "frozen")
 DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-3, "rmsprop": 0.045}
+# the resume point of runs written before orbax kept it
+LEGACY_STATE = "train_state.safetensors"
 # where the data iterator stands inside an epoch: batches done, grain's iterator state
 DATA_POSITION = ("batch", "iterator")
 
@@ -549,6 +551,11 @@ class Trainer:
         if self.run_dir is None:
             return
         started = run_state.has_checkpoint(self.run_dir)
+        if (self.run_dir / LEGACY_STATE).is_file() and not started:
+            # its resume point is not orbax's: restarting it would overwrite its weights
+            raise TrainError(f"{self.run_dir} was written by an earlier archc (its resume point is "
+                             f"{LEGACY_STATE}, which this version does not read); start a new run with "
+                             f"--weights {self.run_dir / 'last.safetensors'} and another --out")
         if self.resuming:
             if not started:
                 # killed before its first checkpoint: start it again, from its config.json
