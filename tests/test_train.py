@@ -15,6 +15,7 @@ from archc.compiler.build import build_graph
 from archc.runtime import data as D
 from archc.runtime import train as T
 from archc.runtime.model import Model
+from archc.runtime.run_state import read_latest
 
 
 def quiet(_msg):
@@ -56,9 +57,9 @@ def test_lenet5_digits_cli(tmp_path, capsys):
     assert m["val_accuracy"][-1] >= 0.97
     assert m["train_loss"][-1] < m["train_loss"][0]
     assert "epoch 20/20" in err and "img/s" in err
-    for name in ("best.safetensors", "last.safetensors", "train_state.safetensors",
-                 "config.json", "curves.png"):
+    for name in ("best.safetensors", "last.safetensors", "config.json", "curves.png"):
         assert (run / name).is_file(), name
+    assert read_latest(run)[2] == {"epoch": 20, "batch": 0}      # orbax's resume point: the end
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in run.iterdir() if ".tmp" in p.name]
     # the last checkpoint is an ordinary archc variables file and reproduces val accuracy
@@ -121,7 +122,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     assert "Traceback" not in err
     assert "at step" in err and "(epoch 2" in err and "last.safetensors (epoch 1)" in err
     assert metadata(run / "last.safetensors")["epoch"] == "1"
-    assert metadata(run / "train_state.safetensors")["epoch"] == "1"
+    assert read_latest(run)[2] == {"epoch": 1, "batch": 0}        # the resume point: epoch 1's end
     assert all(np.isfinite(v).all() for v in load_flat(run / "last.safetensors").values())
     assert len(json.loads((run / "metrics.json").read_text())["epoch"]) == 1
 
@@ -194,6 +195,13 @@ def test_existing_run_needs_resume(tmp_path, capsys):
     # resuming a finished run is a no-op that succeeds
     assert cli("--resume", run) == 0
     _user_error(capsys, "--resume", run, "--lr", 0.1, expect="only --epochs")
+    # a run of an archc before orbax's checkpoints: refused, not restarted over its weights
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.json").write_text((run / "config.json").read_text())
+    (old / "train_state.safetensors").write_bytes(b"")
+    _user_error(capsys, "--resume", old, expect="written by an earlier archc")
+    assert not (old / "last.safetensors").exists()
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,6 +240,10 @@ def test_loader_deterministic_order_and_augmentation(tmp_path):
     assert not np.array_equal(epoch(a, 0)[0][0], epoch(a, 1)[0][0])   # new order/crops per epoch
     rest = list(a.epoch(1, start=2))                                    # resuming inside an epoch
     assert len(rest) == 3 and np.array_equal(rest[0].x, epoch(a, 1)[2][0])
+    it = b.iterator(1)                 # grain's checkpointable iterator, reading ahead on threads:
+    next(it), next(it)                 # its state is what was consumed, not what was read
+    restored = list(a.iterator(1, it.get_state()))
+    assert len(restored) == 3 and all(np.array_equal(r.x, q.x) for r, q in zip(restored, rest))
     # evaluation: in order, last batch padded and masked
     ev = list(D.Loader(data, pre, 8, train=False).epoch(0))
     assert [b.mask.sum() for b in ev] == [8, 8, 4]

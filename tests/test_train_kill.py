@@ -15,6 +15,7 @@ import pytest
 
 from train_helpers import ROOT, run_cli, write_random
 
+from archc.runtime.run_state import has_checkpoint
 from archc.runtime.train import HOLD_ENV
 
 PER_EPOCH = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_top5", "lr")
@@ -49,7 +50,7 @@ def test_sigkill_at_three_moments_and_resume(tmp_path):
 
     run = tmp_path / "run"
     err = _kill_at(["train", *args, "--out", run], 1)                 # before any checkpoint
-    assert not (run / "train_state.safetensors").exists(), err
+    assert not has_checkpoint(run), err
     err = _kill_at(["train", "--resume", run, "--quiet"], 5)          # epoch 2, after step 4's checkpoint
     assert "no checkpoint yet" in err
     err = _kill_at(["train", "--resume", run, "--quiet"], 8)          # epoch 3, at step 8's checkpoint

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_helpers import ROOT, write_random  # noqa: E402
 
 from archc.runtime.parallel import EXIT_PEER  # noqa: E402
+from archc.runtime.run_state import read_latest  # noqa: E402
 from archc.runtime.train import CRASH_ENV  # noqa: E402
 
 TIMEOUT_S = 300          # per run; a hang fails the test instead of the suite
@@ -138,11 +139,15 @@ def test_two_processes_match_one_and_survive_a_death(tmp_path):
     b, c = metrics(two), metrics(run)
     for key in ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "best_epoch"):
         assert b[key] == c[key], key
-    for name in ("last.safetensors", "train_state.safetensors"):
-        fb, fc = tensors(two / name), tensors(run / name)
-        assert fb.keys() == fc.keys()
-        for k in fb:
-            assert fb[k].tobytes() == fc[k].tobytes(), (name, k)
+    fb, fc = tensors(two / "last.safetensors"), tensors(run / "last.safetensors")
+    assert fb.keys() == fc.keys()
+    for k in fb:
+        assert fb[k].tobytes() == fc[k].tobytes(), k
+    import jax
+    (sb, tb, db, _), (sc, tc, dc, _) = read_latest(two), read_latest(run)     # orbax's resume point
+    assert (sb, db) == (sc, dc)
+    for x, y in zip(jax.tree_util.tree_leaves(tb), jax.tree_util.tree_leaves(tc), strict=True):
+        assert x.tobytes() == y.tobytes()
 
 
 class FakeStore:

@@ -9,12 +9,28 @@ import json
 
 from train_helpers import run_cli, write_random
 
+from archc.runtime.run_state import read_latest
 from archc.runtime.train import CRASH_ENV
 
 
 def _flat(path):
     from safetensors.numpy import load_file
     return load_file(str(path))
+
+
+def _same_checkpoint(a, b):
+    """The latest orbax checkpoints of two runs: same step, position and history, and
+    bit-identical state (variables, optimizer state)."""
+    import jax
+
+    (sa, ta, da, pa), (sb, tb, db, pb) = read_latest(a), read_latest(b)
+    assert (sa, da) == (sb, db)
+    for key in ("epoch", "train_loss", "val_loss", "lr"):
+        assert pa["history"][key] == pb["history"][key], key
+    la, lb = jax.tree_util.tree_leaves_with_path(ta), jax.tree_util.tree_leaves_with_path(tb)
+    assert [p for p, _ in la] == [p for p, _ in lb] and la
+    for (path, x), (_, y) in zip(la, lb):
+        assert x.dtype == y.dtype and x.tobytes() == y.tobytes(), path
 
 
 def test_kill_and_resume_matches_uninterrupted(tmp_path):
@@ -32,6 +48,8 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
     m = json.loads((run / "metrics.json").read_text())
     assert m["epoch"] == [1]                                    # only the complete epoch
     assert (run / "curves.png").is_file()                      # drawn after every epoch
+    step, _, position, _ = read_latest(run)                    # orbax's: step 4 = epoch 2, batch 1
+    assert (step, position["epoch"], position["batch"]) == (4, 1, 1) and position["iterator"]   # grain's state
 
     resumed = run_cli(["train", "--resume", run, "--quiet"])
     assert resumed.returncode == 0, resumed.stderr
@@ -42,7 +60,8 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
     for key in ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
                 "best_epoch", "best_val_accuracy"):
         assert a[key] == b[key], key
-    for name in ("last.safetensors", "best.safetensors", "train_state.safetensors"):
+    _same_checkpoint(tmp_path / "full", run)
+    for name in ("last.safetensors", "best.safetensors"):
         fa, fb = _flat(tmp_path / "full" / name), _flat(run / name)
         assert fa.keys() == fb.keys()
         for k in fa:

@@ -5,8 +5,8 @@ Layout (class = sub-folder name, classes sorted by name)::
     DIR/train/<class>/*.png|jpg|...      DIR/val/<class>/*          # explicit split
     DIR/<class>/*                                                   # split by a fraction
 
-Images are decoded with Pillow one batch at a time (a dataset larger than memory works), on
-``workers`` threads, optionally ``prefetch`` batches ahead on a background thread. Everything
+Images are decoded with Pillow as they are needed (a dataset larger than memory works) by a
+grain pipeline, on ``workers`` threads, ``prefetch`` batches ahead. Everything
 random is a pure function of ``(seed, epoch, sample index)``: the shuffle order of an epoch and
 the crop/flip of a sample are the same in every run, every process and after ``--resume``,
 whatever the thread scheduling.
@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import io
 import os
-import queue
-import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -355,12 +352,14 @@ class Batch(NamedTuple):
 
 
 class Loader:
-    """Batches of a dataset, decoded on demand.
+    """Batches of a dataset, decoded on demand by a grain pipeline.
 
     ``train=True``: shuffled per epoch by ``(seed, epoch)``, augmented, incomplete last batch
     dropped (one compiled shape). ``train=False``: in order, no augmentation, the last batch
     padded to full size with ``mask`` 0. ``shard=(index, count)``: this process's slice of every
-    global batch (multi-host data parallelism); ``batch`` is the global batch size.
+    global batch (multi-host data parallelism: ``(jax.process_index(), jax.process_count())``);
+    ``batch`` is the global batch size. ``workers``: grain's reading threads (0: one when
+    ``prefetch``, else none: decoding on the consuming thread); ``prefetch``: batches read ahead.
     """
 
     def __init__(self, data, preprocess: Preprocess, batch: int, *, train: bool, seed: int = 0,
@@ -373,6 +372,7 @@ class Loader:
             raise DataError(f"batch size must be positive, got {batch}")
         if self.batch % shard[1]:
             raise DataError(f"batch {batch} does not split over {shard[1]} processes")
+        self.per_process = self.batch // shard[1]
 
     def __len__(self) -> int:
         n = len(self.data)
@@ -384,76 +384,47 @@ class Loader:
             return np.arange(n)
         return np.random.default_rng([self.seed, int(epoch)]).permutation(n)
 
+    def _local(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """This process's samples of ``epoch`` in reading order, and their masks: its slice of
+        every global batch (the last evaluation batch padded with masked repeats)."""
+        order, size = self.order(epoch), len(self) * self.batch
+        mask = (np.arange(size) < len(order)).astype(np.float32)
+        ids = np.concatenate([order, np.full(max(0, size - len(order)), order[-1])])[:size]
+        lo = self.shard[0] * self.per_process
+        pick = lambda a: a.reshape(len(self), self.batch)[:, lo:lo + self.per_process].ravel()  # noqa: E731
+        return pick(ids), pick(mask)
+
     def _sample(self, epoch: int, i: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, int(epoch), int(i), 1]) if self.train else None
         return self.preprocess(self.data.read(int(i)), rng)
 
-    def _make(self, epoch: int, ids: np.ndarray, pool) -> Batch:
-        real = len(ids)
-        if real < self.batch:                               # evaluation: pad the last batch
-            ids = np.concatenate([ids, np.full(self.batch - real, ids[0])])
-        mask = (np.arange(self.batch) < real).astype(np.float32)
-        per = self.batch // self.shard[1]
-        lo = self.shard[0] * per
-        ids, mask = ids[lo:lo + per], mask[lo:lo + per]
-        if pool is not None:
-            xs = list(pool.map(lambda i: self._sample(epoch, i), ids))
-        else:
-            xs = [self._sample(epoch, i) for i in ids]
-        labels = self.data.labels[ids]
-        return Batch(np.stack(xs), labels.astype(np.int32), mask)
+    def dataset(self, epoch: int, start: int = 0):
+        """``epoch``'s batches from batch ``start`` as a grain ``IterDataset`` (samples read on
+        grain's threads)."""
+        import grain
+        ids, mask = self._local(epoch)
+        labels = self.data.labels
+
+        def example(k: int) -> Batch:
+            i = int(ids[k])
+            return Batch(self._sample(epoch, i), np.int32(labels[i]), np.float32(mask[k]))
+
+        # --workers 0 with a prefetch: one reading thread, as decoding ahead of the step needs
+        threads = self.workers or (1 if self.prefetch > 0 else 0)
+        options = grain.ReadOptions(num_threads=threads,
+                                    prefetch_buffer_size=max(self.prefetch, 1) if threads else 0)
+        # a thread reads a whole batch (random access): fewer hand-offs than one per sample
+        return (grain.MapDataset.range(len(ids)).map(example).batch(self.per_process)[start:]
+                .to_iter_dataset(options))
+
+    def iterator(self, epoch: int, state: dict | None = None):
+        """A checkpointable iterator over ``epoch``'s batches (``get_state()``/``set_state()``),
+        from ``state`` when given."""
+        it = iter(self.dataset(epoch))
+        if state is not None:
+            it.set_state(state)
+        return it
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """The batches of ``epoch`` (0-based), from batch number ``start``."""
-        order = self.order(epoch)
-        chunks = [order[b * self.batch:(b + 1) * self.batch] for b in range(start, len(self))]
-        pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
-        try:
-            if self.prefetch <= 0:
-                for ids in chunks:
-                    yield self._make(epoch, ids, pool)
-            else:
-                yield from _background((self._make(epoch, ids, pool) for ids in chunks),
-                                       self.prefetch)
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _background(gen: Iterator, depth: int) -> Iterator:
-    """Run ``gen`` on a daemon thread, ``depth`` items ahead; re-raise its errors here."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def work():
-        try:
-            for item in gen:
-                if not put(("item", item)):
-                    return
-            put(("done", None))
-        except BaseException as e:   # noqa: BLE001 - forwarded to the consumer
-            put(("error", e))
-
-    t = threading.Thread(target=work, daemon=True, name="archc-prefetch")
-    t.start()
-    try:
-        while True:
-            kind, item = q.get()
-            if kind == "item":
-                yield item
-            elif kind == "error":
-                raise item
-            else:
-                return
-    finally:
-        stop.set()
-        t.join(timeout=5)
+        return iter(self.dataset(epoch, start))

@@ -7,10 +7,11 @@
     result = archc.train(resume="runs/lenet")          # after a crash: same data order, same result
 
 A run directory holds ``config.json`` (every option: what ``--resume`` reads),
-``train_state.safetensors`` (variables, optimizer state, epoch, history: the resume point),
-``last.safetensors`` and ``best.safetensors`` (variables only, readable by
-``archc.load_variables``), ``metrics.json`` and ``curves.png``. Every file is written to a
-temporary name and renamed, so a killed run leaves the previous complete epoch intact.
+``checkpoints/`` (orbax-checkpoint: variables, optimizer state, the data iterator's position,
+history: the resume point; runtime/run_state.py), ``last.safetensors`` and
+``best.safetensors`` (variables only, readable by ``archc.load_variables``), ``metrics.json``
+and ``curves.png``. Checkpoints are written by orbax to a temporary folder and renamed, the
+other files to a temporary name and renamed, so a killed run leaves nothing half-written.
 
 See docs/training.md.
 """
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from . import pipeline as P
+from . import run_state
 from .data import (AUGMENTATIONS, BAD_DATA, ArrayData, DataError, Loader, Preprocess,
                    check_images, choose_augmentation, find_splits)
 from .logits import logits_node
@@ -39,7 +41,10 @@ OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 SCHEDULES = ("constant", "step", "cosine")
 BN_MODES = ("auto", "update", "frozen")
 DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-3, "rmsprop": 0.045}
-STATE_FILE = "train_state.safetensors"
+# the resume point of runs written before orbax kept it
+LEGACY_STATE = "train_state.safetensors"
+# where the data iterator stands inside an epoch: batches done, grain's iterator state
+DATA_POSITION = ("batch", "iterator")
 
 # Testing hooks: os._exit right after this global step (simulates a killed process); wait
 # after this step (its checkpoint, if due, written) until killed.
@@ -437,30 +442,24 @@ def make_optimizer(cfg: TrainConfig, schedule, labels: dict | None, groups: dict
 # --------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def _replace(path: Path, data: bytes) -> None:
+    """Write ``data`` under a temporary name, then rename: a reader (or a kill) never meets a
+    half-written file. (The resume point itself is orbax's, atomic on its own.)"""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    tmp.write_bytes(data)
     os.replace(tmp, path)
 
 
-def _atomic_json(path: Path, obj) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
+def _write_json(path: Path, obj) -> None:
+    _replace(path, (json.dumps(obj, indent=1) + "\n").encode())
 
 
-def _atomic_safetensors(path: Path, tensors: dict, metadata: dict) -> None:
+def _write_weights(path: Path, variables: Mapping, metadata: dict) -> None:
     from safetensors.numpy import save
 
-    from .variables_io import c_contiguous
-    flat = {k: c_contiguous(v) for k, v in tensors.items()}
-    _atomic_write_bytes(path, save(flat, metadata={k: str(v) for k, v in metadata.items()}))
-
-
-def _flat_variables(variables: Mapping) -> dict:
-    from .variables_io import flatten_variables
-    return flatten_variables(variables)
+    from .variables_io import c_contiguous, flatten_variables
+    flat = {k: c_contiguous(v) for k, v in flatten_variables(variables).items()}
+    _replace(path, save(flat, metadata={k: str(v) for k, v in metadata.items()}))
 
 
 def plot_curves(metrics: dict, path: Path) -> None:
@@ -551,13 +550,18 @@ class Trainer:
     def _check_run_dir(self) -> None:
         if self.run_dir is None:
             return
-        state = self.run_dir / STATE_FILE
+        started = run_state.has_checkpoint(self.run_dir)
+        if (self.run_dir / LEGACY_STATE).is_file() and not started:
+            # its resume point is not orbax's: restarting it would overwrite its weights
+            raise TrainError(f"{self.run_dir} was written by an earlier archc (its resume point is "
+                             f"{LEGACY_STATE}, which this version does not read); start a new run with "
+                             f"--weights {self.run_dir / 'last.safetensors'} and another --out")
         if self.resuming:
-            if not state.is_file():
+            if not started:
                 # killed before its first checkpoint: start it again, from its config.json
                 self.log(f"{self.run_dir} has no checkpoint yet: starting the run again")
                 self.resuming = False
-        elif state.exists():
+        elif started:
             raise TrainError(f"{self.run_dir} already holds a training run; continue it with "
                              f"--resume {self.run_dir}, or choose another --out")
         if self.run_dir.exists() and not self.run_dir.is_dir():
@@ -785,62 +789,40 @@ class Trainer:
         meta.update(extra or {})
         return meta
 
-    def save_state(self, host_state: dict, epoch: int, history: dict, position: dict | None = None) -> None:
-        """The resume point: variables, optimizer state, step, epoch and history, one file;
-        ``position``: where in epoch ``epoch + 1`` it was taken (batches done, the epoch's sums
-        so far), None at an epoch's end."""
-        import jax
-        leaves = jax.tree_util.tree_leaves(host_state["opt"])
-        tensors = _flat_variables(self.variables_of(host_state))
-        for i, leaf in enumerate(leaves):
-            tensors[f"opt/{i:05d}"] = np.asarray(leaf)
-        tensors["step"] = np.asarray(host_state["step"], np.int64)
-        _atomic_safetensors(self.run_dir / STATE_FILE, tensors, self._metadata(epoch, {
-            "format": "archc-train-state", "opt_leaves": len(leaves),
-            "history": json.dumps(history), "position": json.dumps(position)}))
-
     def load_state(self) -> tuple[dict, int, dict, dict | None]:
+        """The latest checkpoint: ``(state, epochs done, history, position)``; ``position``:
+        where inside the next epoch it was taken (batches done, the epoch's sums so far), None
+        at an epoch's end."""
         import jax
-        from safetensors import safe_open
-        path = self.run_dir / STATE_FILE
-        with safe_open(str(path), "numpy") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        if meta.get("format") != "archc-train-state":
-            raise TrainError(f"{path} is not an archc training state")
-        template = self.init_state()
-        tleaves, treedef = jax.tree_util.tree_flatten(template["opt"])
-        n = int(meta["opt_leaves"])
-        if n != len(tleaves):
-            raise TrainError(f"{path}: optimizer state does not match this configuration")
-        opt_leaves = []
-        for i, t in enumerate(tleaves):
-            a = tensors[f"opt/{i:05d}"]
-            if a.shape != tuple(np.shape(t)):
-                raise TrainError(f"{path}: optimizer state does not match this configuration")
-            opt_leaves.append(a.astype(np.asarray(t).dtype))
-        params, stats = {}, {}
-        for key, a in tensors.items():
-            parts = key.split("/")
-            if parts[0] == "params":
-                params.setdefault(parts[1], {})[parts[2]] = a
-            elif parts[0] == "batch_stats":
-                stats.setdefault(parts[1], {})[parts[2]] = a
-        self.frozen = {n: params[n] for n in self.frozen}
-        state = {"trainable": {n: params[n] for n in self.trainable}, "frozen": self.frozen,
-                 "opt": jax.tree_util.tree_unflatten(treedef, opt_leaves),
-                 "batch_stats": stats, "step": np.int32(tensors["step"])}
-        return (state, int(meta["epoch"]), json.loads(meta["history"]),
-                json.loads(meta.get("position") or "null"))
+        mngr = run_state.manager(self.run_dir, writes=False, process=jax.process_index())
+        try:
+            state, data, progress = run_state.restore(mngr, self.init_state())
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            raise TrainError(f"{run_state.checkpoints_of(self.run_dir)}: the checkpoint does not match "
+                             f"this configuration ({e})") from None
+        finally:
+            mngr.close()
+        self.frozen = state["frozen"]
+        position = None if not data["batch"] else {**data, **progress["running"]}
+        return state, int(data["epoch"]), progress["history"], position
+
+    def save_state(self, mngr, host_state: dict, epoch: int, history: dict, position: dict | None = None,
+                   score: float | None = None) -> None:
+        """Start saving the resume point (orbax finishes it in the background): after ``epoch``
+        epochs and, inside the next one, ``position`` (as ``load_state`` returns it)."""
+        position = position or {"batch": 0}
+        data = {"epoch": epoch, **{k: position[k] for k in DATA_POSITION if k in position}}
+        running = {k: v for k, v in position.items() if k not in DATA_POSITION}
+        run_state.save(mngr, epoch * self.steps_per_epoch + data["batch"], host_state, data,
+                       {"history": history, "running": running}, score)
 
     def _write_outputs(self, host_state: dict, epoch: int, history: dict, best: bool) -> None:
         variables = self.variables_of(host_state)
-        flat = _flat_variables(variables)
         meta = self._metadata(epoch, {"format": "archc"})
-        _atomic_safetensors(self.run_dir / "last.safetensors", flat, meta)
+        _write_weights(self.run_dir / "last.safetensors", variables, meta)
         if best:
-            _atomic_safetensors(self.run_dir / "best.safetensors", flat, meta)
-        _atomic_json(self.run_dir / "metrics.json", history)
+            _write_weights(self.run_dir / "best.safetensors", variables, meta)
+        _write_json(self.run_dir / "metrics.json", history)
 
     def _draw_curves(self, history: dict) -> None:
         """curves.png, rewritten after every epoch (written whole: a temporary file renamed)."""
@@ -852,11 +834,14 @@ class Trainer:
             self.log("curves.png not drawn: matplotlib is not installed")
 
     # ---- running ----
-    def batches(self, loader, epoch: int = 0, start: int = 0):
-        """A loader's batches as the task's dicts, sharded over the devices, from batch ``start``."""
-        for batch in loader.epoch(epoch, start):
-            yield {"image": self.dp.shard_batch(batch.x), "label": self.dp.shard_batch(batch.y),
-                   "weight": self.dp.shard_batch(batch.mask)}
+    def on_devices(self, batch) -> dict:
+        """A loader's batch as the task's dict, sharded over the devices."""
+        return {"image": self.dp.shard_batch(batch.x), "label": self.dp.shard_batch(batch.y),
+                "weight": self.dp.shard_batch(batch.mask)}
+
+    def batches(self, loader, epoch: int = 0):
+        """A loader's batches of ``epoch`` as the task's dicts, sharded over the devices."""
+        return map(self.on_devices, loader.epoch(epoch))
 
     def evaluate(self, state) -> dict | None:
         """The task's validation metrics (runtime/tasks.py: the numbers ``archc evaluate`` gives)."""
@@ -872,8 +857,6 @@ class Trainer:
         return self.run_dir is not None and self.dp.process_index == 0
 
     def fit(self) -> TrainResult:
-        from .parallel import scalar, to_host
-        from .tasks import add_sums
         cfg = self.cfg
         if self.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -886,8 +869,8 @@ class Trainer:
             self.log(f"resuming {self.run_dir} after epoch {start_epoch}" + (
                 f", batch {position['batch']}" if position else ""))
             if self.writes:
-                _atomic_json(self.run_dir / "config.json", cfg.to_json())  # --epochs may have changed
-                # repair outputs a kill between the state and them may have left stale
+                _write_json(self.run_dir / "config.json", cfg.to_json())  # --epochs may have changed
+                # repair outputs a kill between the checkpoint and them may have left stale
                 if start_epoch and position is None:
                     self._write_outputs(host_state, start_epoch, history,
                                         best=history.get("best_epoch") == start_epoch)
@@ -896,7 +879,19 @@ class Trainer:
         else:
             host_state = self.init_state()
             if self.writes:
-                _atomic_json(self.run_dir / "config.json", cfg.to_json())
+                _write_json(self.run_dir / "config.json", cfg.to_json())
+        mngr = run_state.manager(self.run_dir) if self.writes else None
+        try:
+            return self._loop(mngr, host_state, start_epoch, history, position)
+        finally:
+            if mngr is not None:
+                mngr.wait_until_finished()        # the last checkpoint complete before returning
+                mngr.close()
+
+    def _loop(self, mngr, host_state, start_epoch: int, history: dict, position) -> TrainResult:
+        from .parallel import scalar, to_host
+        from .tasks import add_sums
+        cfg = self.cfg
         state = self.dp.replicate(host_state)
         crash_at = int(os.environ.get(CRASH_ENV, "0") or 0)
         hold_at = int(os.environ.get(HOLD_ENV, "0") or 0)
@@ -912,8 +907,10 @@ class Trainer:
             loss_sum = position["loss_sum"] if position else 0.0
             seen = first_batch * cfg.batch
             sums = self.dp.replicate({k: np.float32(v) for k, v in position["sums"].items()}) if position else None
+            # grain's checkpointable iterator: where the checkpoint left it inside an epoch
+            data = self.train_loader.iterator(epoch, position["iterator"] if position else None)
             position, pending = None, []      # device values: fetched once per log interval
-            for b, batch in enumerate(self.batches(self.train_loader, epoch, first_batch), first_batch):
+            for b, batch in enumerate(map(self.on_devices, data), first_batch):
                 state, m = self._train_step(state, batch)
                 pending.append(m["loss"])
                 sums = add_sums(sums, {k: m[k] for k in ("correct", "count")})
@@ -941,13 +938,15 @@ class Trainer:
                             f"--lr, --warmup or --clip-norm.", bad, epoch + 1)
                     loss_sum += loss
                 if save_now:        # a mid-epoch resume point: where we are and the sums so far
-                    self.save_state(to_host(state), epoch, history, {
-                        "batch": b + 1, "loss_sum": loss_sum,
+                    self.save_state(mngr, to_host(state), epoch, history, {
+                        "batch": b + 1, "iterator": data.get_state(), "loss_sum": loss_sum,
                         "sums": {k: float(v) for k, v in to_host(sums).items()}})
                     last_save = time.monotonic()
                 dt = time.perf_counter() - t0
                 progress.update(b + 1, loss_sum / (b + 1), scalar(sums["correct"]) / seen,
                                 (seen - first_batch * cfg.batch) / max(dt, 1e-9))
+                if step in (crash_at, hold_at) and mngr is not None:
+                    mngr.wait_until_finished()        # testing: its checkpoint on disk first
                 if crash_at and step == crash_at:
                     os._exit(86)
                 if hold_at and step == hold_at:       # testing: wait here to be killed
@@ -980,13 +979,13 @@ class Trainer:
             progress.close(text)
             if self.writes:
                 host_state = to_host(state)
-                self.save_state(host_state, epoch + 1, history)      # the commit point
+                self.save_state(mngr, host_state, epoch + 1, history, score=score)   # the commit point
                 self._write_outputs(host_state, epoch + 1, history, improved)
                 last_save = time.monotonic()
                 self._draw_curves(history)
         host_state = to_host(state)
         if self.writes:
-            _atomic_json(self.run_dir / "metrics.json", history)
+            _write_json(self.run_dir / "metrics.json", history)
             self._draw_curves(history)      # a resumed run that had nothing left to do too
         return TrainResult(self.run_dir, history, self.variables_of(host_state), self.classes,
                            step_losses)
@@ -1032,7 +1031,7 @@ class Trainer:
             for name, (f, y) in result.items():
                 np.save(out / f"{name}_features.npy", f)
                 np.save(out / f"{name}_labels.npy", y)
-            _atomic_json(out / "features.json", {"node": node, "classes": self.classes,
+            _write_json(out / "features.json", {"node": node, "classes": self.classes,
                                                  "dim": int(next(iter(result.values()))[0].shape[1])})
         return result
 
