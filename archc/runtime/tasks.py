@@ -75,7 +75,7 @@ def make_task(model, kind: str | None = None, *, classes: Sequence[str] | None =
         raise TaskError(f"--task must be one of {', '.join(TASKS)}, not {chosen!r}")
     if chosen == "detection":
         raise TaskError(f"{model.name} is a detector (it declares detect(...)): training and evaluating "
-                        f"detectors is not supported yet (their losses and COCO data are issue 24)")
+                        f"detectors is not supported yet: archc trains classifiers today")
     if chosen == "segmentation":
         return Segmentation(model, classes=list(classes) if classes is not None else None)
     return Classification(model, classes=list(classes) if classes is not None else None,

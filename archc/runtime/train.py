@@ -607,7 +607,7 @@ class Trainer:
             raise TrainError(str(e)) from None
         if self.task.name != "classification":
             raise TrainError(f"{g.name}: a {self.task.name} network; archc train reads image folders of "
-                             f"classes only so far (mask folders come with issue 25); its task, losses "
+                             f"classes only so far (image/mask folders are not read yet); its task, losses "
                              f"and metrics are archc.runtime.tasks.{type(self.task).__name__} for a loop "
                              f"of your own (docs/training.md)")
         self.logits = self.task.outputs[0]
