@@ -86,6 +86,7 @@ def test_the_cli_says_so(torch_checkpoint, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow     # ~65 s on 2 busy cores (Keras builds MobileNet twice)
 def test_keras_source_adapted_the_same_way(tmp_path):
     keras = pytest.importorskip("keras")
     import archc

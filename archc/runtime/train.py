@@ -857,6 +857,21 @@ class Trainer:
         return self.run_dir is not None and self.dp.process_index == 0
 
     def fit(self) -> TrainResult:
+        # Ctrl-C: a SIGINT sets a flag that the loop turns into KeyboardInterrupt between steps, in
+        # the main thread (the default handler's exception was lost inside the data pipeline's
+        # iterator: the run went on)
+        import signal
+        import threading
+        self._interrupted = []
+        if threading.current_thread() is not threading.main_thread():
+            return self._fit()
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: self._interrupted.append(signum))
+        try:
+            return self._fit()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _fit(self) -> TrainResult:
         cfg = self.cfg
         if self.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -911,6 +926,8 @@ class Trainer:
             data = self.train_loader.iterator(epoch, position["iterator"] if position else None)
             position, pending = None, []      # device values: fetched once per log interval
             for b, batch in enumerate(map(self.on_devices, data), first_batch):
+                if self._interrupted:
+                    raise KeyboardInterrupt
                 state, m = self._train_step(state, batch)
                 pending.append(m["loss"])
                 sums = add_sums(sums, {k: m[k] for k in ("correct", "count")})
