@@ -627,9 +627,9 @@ def _weights_and_images(args, command: str) -> tuple | None:
         from .runtime.record import read_record
         meta = read_record(args.weights)
         if not (meta.get("archc.arch") or meta.get("archc.spec")):
-            recorded = (f", and {args.weights} does not record its network (only weights from archc train "
-                        f"do)" if args.weights and os.path.isfile(args.weights) else "")
-            print(f"error: {args.spec} is an image{recorded}; give the network first: {usage}", file=sys.stderr)
+            recorded = (f" ({args.weights} does not record its network: only weights from archc train do)"
+                        if args.weights and os.path.isfile(args.weights) else "")
+            print(f"error: {args.spec} is an image; give the network first: {usage}{recorded}", file=sys.stderr)
             return None
         # weights from `archc train` record their network: the spec may be left out
         args.images, args.spec = [args.spec, *args.images], None
