@@ -6,17 +6,10 @@ import io
 import re
 from pathlib import Path
 
-from train_helpers import write_shapes
+from train_helpers import SMALL_NET, write_shapes
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "training.md"
-NET = """param classes = 10
-input 32x32x3
-conv3(16) bn relu maxpool2
-conv3(32) bn relu maxpool2
-conv3(64) bn relu
-gap
-head: fc(classes)
-"""
+NET = SMALL_NET
 
 
 def test_the_documented_user_loop_runs_and_learns(tmp_path, monkeypatch):

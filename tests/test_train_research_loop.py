@@ -8,18 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from train_helpers import run_cli, write_shapes
+from train_helpers import SMALL_NET, run_cli, write_shapes
 
 # No preprocess(...) declaration: training normalises to [0, 1] ("unit"), which inference must
 # apply too (it used to fall back to ImageNet statistics and a 256/224 resize-crop).
-NET = """param classes = 10
-input 32x32x3
-conv3(16) bn relu maxpool2
-conv3(32) bn relu maxpool2
-conv3(64) bn relu
-gap
-head: fc(classes)
-"""
+NET = SMALL_NET
 KINDS = ("circle", "square", "triangle")
 
 

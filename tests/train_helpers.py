@@ -31,6 +31,17 @@ def write_digits(root: Path, val_fraction: float = 0.2) -> Path:
     return root
 
 
+# A small user network without a preprocess(...) declaration (the research-loop and docs tests)
+SMALL_NET = """param classes = 10
+input 32x32x3
+conv3(16) bn relu maxpool2
+conv3(32) bn relu maxpool2
+conv3(64) bn relu
+gap
+head: fc(classes)
+"""
+
+
 SHAPES = ("circle", "square", "triangle", "cross", "bars")
 OTHER_SHAPES = ("ring", "diamond", "hbar", "vbar")
 

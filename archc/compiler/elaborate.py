@@ -10,6 +10,8 @@ while expanding, which is why expansion and shape inference share this walk; lat
 """
 from __future__ import annotations
 
+import contextlib
+
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -732,28 +734,37 @@ class Elaborator:
             fail(f"block '{blk.name}' calls itself too deeply", layer.span, "blocks cannot be recursive")
         h, w, c = _hwc(self.b.shape(t))
         env = (layer.env or self.bind_block(layer)).child(cin=c, hin=SizeInt(h), win=SizeInt(w))
-        opened = self.b.push_unit(blk.name, layer.span)
-        self.b.call_stack.append((blk.name, layer.span))
+        caller = self.frames[-1]
+        with self._entered(blk.name, blk.name, layer.span, Frame({}, t)) as result:
+            try:
+                result[0] = self.run_statements(blk.body, t, env, in_block=True)
+                caller.prev = t
+            except _Fail as f:
+                if (not self.at_call_site(f.diag, layer.span, f"block '{blk.name}'")
+                        and f.diag is not None and len(f.diag.notes) < 4):
+                    f.diag.notes.append((f"in block '{blk.name}' called here", layer.span))
+                raise
+        return result[0]
+
+    @contextlib.contextmanager
+    def _entered(self, unit: str, call: str, span, frame: "Frame"):
+        """A block or network part being elaborated: its unit (the nodes' name scope), its
+        call-stack entry and frame, the builder's target cleared inside and restored after.
+        The body sets ``result[0]`` to the unit's output."""
+        opened = self.b.push_unit(unit, span)
+        self.b.call_stack.append((call, span))
         saved_target = self.b.target, self.b.target_node
         self.b.target = self.b.target_node = None
-        caller = self.frames[-1]
-        self.frames.append(Frame({}, t))
-        out = None
+        self.frames.append(frame)
+        result = [None]
         try:
-            out = self.run_statements(blk.body, t, env, in_block=True)
-            caller.prev = t
-        except _Fail as f:
-            if (not self.at_call_site(f.diag, layer.span, f"block '{blk.name}'")
-                    and f.diag is not None and len(f.diag.notes) < 4):
-                f.diag.notes.append((f"in block '{blk.name}' called here", layer.span))
-            raise
+            yield result
         finally:
             self.frames.pop()
             self.b.target, self.b.target_node = saved_target
             self.b.call_stack.pop()
             if opened:
-                self.b.pop(out)
-        return out
+                self.b.pop(result[0])
 
     def apply_part(self, layer: PartLayer, t: str) -> str:
         """Elaborate a network in place of a block: its nodes under the current scope (the
@@ -764,32 +775,21 @@ class Elaborator:
             fail(f"network '{part.name}' contains itself too deeply", layer.span)
         params = {**{a.name: a.value for a in _preset(module, part.preset)},
                   **{k: Override(v, k, repr(_plain(v))) for k, v in layer.kwargs.items()}}
-        opened = self.b.push_unit(_unit_name(part.name), layer.span)
-        self.b.call_stack.append((part.name, layer.span))
-        saved_target = self.b.target, self.b.target_node
-        self.b.target = self.b.target_node = None
         frame = Frame({}, t)
-        self.frames.append(frame)
-        out = None
-        try:
-            out = self.run_part(module, params, t, layer)
-            path = self.b.scope.path
-            self.b.g.parts[path] = PartInfo(part.name, layer.until, _stages_after(module, layer.until))
-            # its stages' numbered units too: @body.blocks.12 (a detector's FPN reads mid-stage)
-            lead = path + "." if path else ""
-            frame.tensors.update({p[len(lead):]: n for p, n in self.b.unit_outputs.items()
-                                  if p.startswith(lead) and p[len(lead):].split(".")[0] in frame.tensors})
-        except _Fail as f:
-            self.at_call_site(f.diag, layer.span, f"network '{part.name}'")
-            raise
-        finally:
-            self.frames.pop()
-            self.b.target, self.b.target_node = saved_target
-            self.b.call_stack.pop()
-            if opened:
-                self.b.pop(out)
+        with self._entered(_unit_name(part.name), part.name, layer.span, frame) as result:
+            try:
+                result[0] = self.run_part(module, params, t, layer)
+                path = self.b.scope.path
+                self.b.g.parts[path] = PartInfo(part.name, layer.until, _stages_after(module, layer.until))
+                # its stages' numbered units too: @body.blocks.12 (a detector's FPN reads mid-stage)
+                lead = path + "." if path else ""
+                frame.tensors.update({p[len(lead):]: n for p, n in self.b.unit_outputs.items()
+                                      if p.startswith(lead) and p[len(lead):].split(".")[0] in frame.tensors})
+            except _Fail as f:
+                self.at_call_site(f.diag, layer.span, f"network '{part.name}'")
+                raise
         self.exports.append(frame.tensors)
-        return out
+        return result[0]
 
     def run_part(self, module: Module, params: dict, t: str, layer: PartLayer) -> str:
         """A part's statements, as run_program runs a file's, from the tensor `t`."""
