@@ -747,8 +747,19 @@ def cmd_evaluate(args) -> int:
         if args.spec is None and not Path(args.weights).is_file():
             raise RecordError(f"{args.weights}: no such weights file")
         model = Model(graph_for_weights(args.spec, read_record(args.weights), dict(args.param or []), args.input))
+    detection = {k: v for k, v in (("results_path", args.detections), ("pr_plot", args.pr),
+                                   ("score_thresh", args.score_thresh)) if v is not None}
     metrics = evaluate(model, args.weights, args.data, batch=args.batch, task=args.task,
-                       preprocess=args.preprocess)
+                       preprocess=args.preprocess, detection=detection)
+    if metrics.get("task") == "detection":
+        from .detection.evaluate import render as render_detection
+        extra = [f"  {what} -> {metrics[k]}" for k, what in (("pr_png", "precision-recall"),
+                                                              ("results_json", "detections (COCO results)")) if k in metrics]
+        print(json.dumps(metrics, indent=1) if args.json else "\n".join([render_detection(metrics), *extra]))
+        return 0
+    if detection:
+        print("error: --detections, --pr and --score-thresh are for detectors", file=sys.stderr)
+        return EXIT_USER
     if args.confusion:
         metrics["confusion_png"] = str(plot_confusion(metrics, args.confusion))
     if args.json:
@@ -946,13 +957,19 @@ def main(argv=None) -> int:
     sp = sub.add_parser("evaluate", help="a task's metrics of some weights on a data set (loss, top-1, top-5, per class)")
     common(sp)
     sp.add_argument("--weights", required=True, metavar="FILE", help="variables written by `archc train` or `archc import`")
-    sp.add_argument("--data", required=True, metavar="DIR", help="DIR/<class>/* (or DIR/val/<class>/*)")
+    sp.add_argument("--data", required=True, metavar="DIR", help="DIR/<class>/* (or DIR/val/<class>/*); "
+                    "detectors: a COCO JSON file or a Pascal VOC folder (its val split)")
     sp.add_argument("--batch", type=int, default=32)
     sp.add_argument("--task", choices=["classification", "segmentation", "detection"],
                     help="override the task the weights record (or the network's outputs call for)")
     sp.add_argument("--preprocess", choices=["torch", "inception", "tf", "caffe", "none", "unit"],
                     help="override the preprocessing the weights record")
     sp.add_argument("--confusion", metavar="FILE.png", help="draw the confusion matrix")
+    sp.add_argument("--detections", metavar="FILE.json", help="detectors: write the detections pycocotools "
+                    "evaluated (COCO's results format)")
+    sp.add_argument("--pr", metavar="FILE.png", help="detectors: draw the precision-recall curves")
+    sp.add_argument("--score-thresh", type=float, help="detectors: keep detections scoring above this "
+                    "(default: the network's)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_evaluate, expr=None)
 

@@ -29,10 +29,12 @@ def _folder(data) -> Path:
 
 
 def evaluate(model, variables, data, *, batch: int = 32, task: str | None = None, preprocess=None,
-             metadata: dict | None = None) -> dict:
+             metadata: dict | None = None, detection: dict | None = None) -> dict:
     """The task's metrics of ``variables`` (a dict, or the path of a weights file whose record
-    says the network, pipeline and class names) on the image folder ``data``. ``model``: a
-    Model, a spec, or None (the network the weights file records)."""
+    says the network, pipeline and class names) on ``data``: an image folder, or for a detector
+    a COCO JSON file or VOC folder (``detection``: evaluate_detector's options, results_path,
+    pr_plot, score_thresh…). ``model``: a Model, a spec, or None (the network the weights file
+    records)."""
     from .data import DataError, ImageFolder, Loader
     from .model import Model
     from .pipeline import apply
@@ -54,10 +56,12 @@ def evaluate(model, variables, data, *, batch: int = 32, task: str | None = None
         model = Model(graph_for_weights(model, meta))
     check_variables(model, variables)
     names = recorded_classes(meta)
+    from .tasks import task_kind
+    if (task or recorded_task(meta) or task_kind(model)) == "detection":
+        return _evaluate_detector(model, variables, data, meta, batch=batch, **(detection or {}))
     t = make_task(model, task or recorded_task(meta), classes=names)
     if t.name != "classification":
-        raise EvaluateError(f"{model.name}: evaluating a {t.name} network needs its data reader "
-                            f"(issue {24 if t.name == 'detection' else 25}); not supported yet")
+        raise EvaluateError(f"{model.name}: evaluating a {t.name} network needs its data reader; not supported yet")
     if names is None:
         names = [str(i) for i in range(t.num_classes)]
     try:
@@ -70,6 +74,16 @@ def evaluate(model, variables, data, *, batch: int = 32, task: str | None = None
     batches = ({"image": b.x, "label": b.y, "weight": b.mask} for b in loader.epoch(0))
     metrics = run_evaluation(t, variables, batches)
     return {"task": t.name, "data": str(folder.root), "images": len(folder), "classes": names, **metrics}
+
+
+def _evaluate_detector(model, variables, data, meta, *, batch: int, split: str = "val", on_bad: str = "stop",
+                       **options) -> dict:
+    """COCO AP with pycocotools (archc/detection/evaluate.py)."""
+    from ..detection.data import load_detection_data
+    from ..detection.evaluate import evaluate_detector
+    from .record import recorded_category_ids
+    data = load_detection_data(data, split=split, on_bad=on_bad)
+    return evaluate_detector(model, variables, data, batch=batch, category_ids=recorded_category_ids(meta), **options)
 
 
 def plot_confusion(metrics: dict, path) -> Path:

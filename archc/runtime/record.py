@@ -13,6 +13,7 @@
 ``archc.preprocess``   JSON: the input pipeline (runtime/pipeline.py), e.g. ``{"mode": "unit", …}``
 ``archc.classes``      JSON: the class names, in output order
 ``archc.task``         classification | segmentation | detection
+``archc.category_ids`` JSON: a detector's COCO category id of each label 1..K (its data's)
 =====================  =====================================================================
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ class RecordError(ValueError):
 
 
 def inference_metadata(model, *, spec: str | None, params: dict | None, preprocess: dict | None,
-                       classes: list | None, task: str | None) -> dict:
+                       classes: list | None, task: str | None, category_ids: list | None = None) -> dict:
     """The ``archc.*`` entries for weights of ``model`` (see the module's table)."""
     meta = {"archc.model": model.name, "archc.params": json.dumps(dict(params or {}), sort_keys=True),
             "archc.input_shape": json.dumps([int(d) for d in model.input_shape])}
@@ -43,6 +44,8 @@ def inference_metadata(model, *, spec: str | None, params: dict | None, preproce
         meta["archc.classes"] = json.dumps([str(c) for c in classes])
     if task is not None:
         meta["archc.task"] = task
+    if category_ids is not None:
+        meta["archc.category_ids"] = json.dumps([int(c) for c in category_ids])
     return meta
 
 
@@ -70,6 +73,12 @@ def recorded_params(meta: dict | None) -> dict:
         if meta and meta.get("num_classes"):
             params = {**params, "classes": int(meta["num_classes"])}
     return dict(params) if isinstance(params, dict) else {}
+
+
+def recorded_category_ids(meta: dict | None) -> list | None:
+    """A detector's category id of each label 1..K (``archc.category_ids``), or None."""
+    ids = _json(meta, "archc.category_ids")
+    return [int(i) for i in ids] if isinstance(ids, list) else None
 
 
 def recorded_task(meta: dict | None) -> str | None:
@@ -126,5 +135,6 @@ def graph_for_weights(spec: str | None, meta: dict, params: dict | None = None,
                       "an .arch file) before --weights")
 
 
-__all__ = ["inference_metadata", "recorded_classes", "recorded_params", "recorded_task", "read_record",
+__all__ = ["inference_metadata", "recorded_classes", "recorded_params", "recorded_task", "recorded_category_ids",
+           "read_record",
            "graph_for_weights", "RecordError"]
