@@ -157,18 +157,20 @@ def resize_to(x, size, method, axes=(1, 2)):
     """``x`` resized on ``axes`` (height, width) to ``size`` as F.interpolate(size=…,
     align_corners=False) does: "nearest" (legacy, floor) or "bilinear" (along the width, then
     the height, as torch's separable CPU kernel). The indices are computed from the static
-    shapes, so the result is a gather (nearest) or two weighted gathers (bilinear)."""
+    shapes, so the result is a gather (nearest) or two weighted gathers (bilinear). A NumPy
+    ``x`` is resized in NumPy (the detection data loader's threads: no XLA compile per image size)."""
+    take = np.take if isinstance(x, np.ndarray) else jnp.take
     for axis, n_out in reversed(tuple(zip(axes, size))):
         n_in = x.shape[axis]
         if n_in == n_out:
             continue            # src == dst: torch's kernels copy
         if method == "nearest":
-            x = jnp.take(x, nearest_index(n_in, n_out), axis=axis)
+            x = take(x, nearest_index(n_in, n_out), axis=axis)
             continue
         i0, i1, w0, w1 = linear_taps(n_in, n_out, x.dtype)
         shape = [1] * x.ndim
         shape[axis] = n_out
-        x = jnp.take(x, i0, axis=axis) * w0.reshape(shape) + jnp.take(x, i1, axis=axis) * w1.reshape(shape)
+        x = take(x, i0, axis=axis) * w0.reshape(shape) + take(x, i1, axis=axis) * w1.reshape(shape)
     return x
 
 

@@ -11,6 +11,7 @@ import math
 from typing import Sequence
 
 import jax.numpy as jnp
+import numpy as np
 
 from ..compiler.flax_ops import linear_taps, resize_to
 from .declare import DetectInput
@@ -43,9 +44,11 @@ def resize_bilinear(image, size: tuple[int, int]):
 
 
 def normalize(image, mean, std):
-    """(image - mean) / std per channel, in the image's dtype (a division, as torch does)."""
+    """(image - mean) / std per channel, in the image's dtype (a division, as torch does); a
+    NumPy image in NumPy."""
     dt = image.dtype
-    return (image - jnp.asarray(mean, dt)) / jnp.asarray(std, dt)
+    xp = np if isinstance(image, np.ndarray) else jnp
+    return (image - xp.asarray(mean, dt)) / xp.asarray(std, dt)
 
 
 def padded_size(sizes: Sequence[tuple[int, int]], size_divisible: int) -> tuple[int, int]:
@@ -74,15 +77,33 @@ def transform(images: Sequence, spec: TransformSpec):
     return batch, sizes
 
 
+def training_example(image: np.ndarray, boxes: np.ndarray, spec: TransformSpec, canvas: tuple[int, int]):
+    """One training image as the detector's transform sees it, in NumPy: normalised, resized
+    by its rule (``resized_size``), zero-padded at the bottom and right to ``canvas`` (h, w);
+    its ``boxes`` (N, 4) scaled with it (``rescale_boxes``). Returns (image (h, w, C) float32,
+    boxes (N, 4) float32, the resized size (h, w))."""
+    h, w = image.shape[:2]
+    size = resized_size(h, w, spec)
+    if size[0] > canvas[0] or size[1] > canvas[1]:
+        raise ValueError(f"a {w}x{h} image resizes to {size[1]}x{size[0]}, larger than the network's "
+                         f"{canvas[1]}x{canvas[0]} input: raise its res")
+    x = resize_bilinear(normalize(np.asarray(image, np.float32), spec.mean, spec.std), size)
+    out = np.zeros((*canvas, x.shape[-1]), np.float32)
+    out[:size[0], :size[1]] = x
+    b = rescale_boxes(np.asarray(boxes, np.float32).reshape(-1, 4), (h, w), size).astype(np.float32)
+    return out, b, size
+
+
 def rescale_boxes(boxes, from_size, to_size):
     """resize_boxes: (…, 4) boxes in an image of ``from_size`` (h, w) to ``to_size``, with the
     float32 ratios to / from (x by the width ratio, y by the height ratio). Sizes may be arrays
     (…, 2) for a batch."""
-    f = jnp.asarray(from_size, jnp.float32)
-    t = jnp.asarray(to_size, jnp.float32)
+    xp = np if isinstance(boxes, np.ndarray) else jnp
+    f = xp.asarray(from_size, xp.float32)
+    t = xp.asarray(to_size, xp.float32)
     ratio = t / f                                     # (…, 2): (h, w)
     rh, rw = ratio[..., 0:1], ratio[..., 1:2]
-    scale = jnp.concatenate([rw, rh, rw, rh], -1)
+    scale = xp.concatenate([rw, rh, rw, rh], -1)
     if scale.ndim == boxes.ndim - 1:
         scale = scale[..., None, :]
     return boxes * scale
