@@ -186,7 +186,7 @@ def test_voc_unknown_class_named(tmp_path):
 
 # -- per-example dicts: the detector's own transform, as torchvision's in train mode ----------
 from archc.detection.augment import recipe  # noqa: E402
-from archc.detection.data import DetectionExamples, collate  # noqa: E402
+from archc.detection.data import DetectionTransform, collate, most_boxes  # noqa: E402
 from archc.detection.declare import DetectInput  # noqa: E402
 
 SSD_INPUT = DetectInput(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), size_divisible=1, fixed_size=(64, 64))
@@ -199,19 +199,19 @@ def test_examples_equal_torchvision_transform(tmp_path, spec, canvas, size):
     from torchvision.models.detection.transform import GeneralizedRCNNTransform
     path = write_shapes(tmp_path, "t", images=4, seed=1, size=size, empty_fraction=0.3)
     data = read_coco(path)
-    ex = DetectionExamples(data, spec, canvas)
+    ex = DetectionTransform(spec, canvas, most_boxes(data))
     tv = GeneralizedRCNNTransform(spec.min_size, spec.max_size, list(spec.mean), list(spec.std),
                                   size_divisible=spec.size_divisible,
                                   fixed_size=tuple(reversed(spec.fixed_size)) if spec.fixed_size else None)
     tv.train()
-    batch = collate([ex.example(i) for i in range(len(data))])
+    batch = collate([ex(data.example(i)) for i in range(len(data))])
     assert batch["image"].shape == (4, *canvas, 3) and batch["boxes"].shape == (4, ex.max_boxes, 4)
     for i in range(len(data)):
         t = data.targets(i)
         image = torch.from_numpy(data.read(i).astype(np.float32) / 255).permute(2, 0, 1)
         il, (tt,) = tv([image], [{"boxes": torch.from_numpy(t["boxes"]), "labels": torch.from_numpy(t["labels"])}])
         h, w = il.image_sizes[0]
-        assert tuple(batch["image_size"][i]) == (h, w)
+        assert tuple(batch["size"][i]) == (h, w)
         np.testing.assert_allclose(batch["image"][i, :h, :w], il.tensors[0, :, :h, :w].permute(1, 2, 0).numpy(),
                                    rtol=0, atol=1e-5)
         assert not batch["image"][i, h:].any() and not batch["image"][i, :, w:].any()
@@ -224,10 +224,10 @@ def test_examples_equal_torchvision_transform(tmp_path, spec, canvas, size):
 
 def test_examples_augmented_stay_in_the_image(tmp_path):
     data = read_coco(write_shapes(tmp_path, "t", images=6, seed=2))
-    ex = DetectionExamples(data, SSD_INPUT, (64, 64), augment=recipe("ssd"))
+    ex = DetectionTransform(SSD_INPUT, (64, 64), most_boxes(data), augment=recipe("ssd"))
     for i in range(len(data)):
         for seed in range(5):
-            e = ex.example(i, np.random.default_rng(seed))
+            e = ex(data.example(i), np.random.default_rng(seed))
             b = e["boxes"][:e["count"]]
             assert (b >= 0).all() and (b <= 64).all() and (b[:, 2:] > b[:, :2]).all()
             assert e["image"].shape == (64, 64, 3)

@@ -65,6 +65,16 @@ class DetectionData:
         labels = np.array([self.label_of(a["category_id"]) for a in anns], np.int32)
         return {"boxes": boxes, "labels": labels}
 
+    @property
+    def classes(self) -> list[str]:
+        """The category names, label 1 first (the data-set interface of runtime/tasks.py)."""
+        return self.names
+
+    def example(self, i: int) -> dict:
+        """Image ``i`` for training: ``{"image": (H, W, 3) uint8, "boxes", "labels", "path"}``
+        (``iscrowd`` boxes left out)."""
+        return {"image": self.read(i), **self.targets(i), "path": self.examples[i]["path"]}
+
     def read(self, i: int) -> np.ndarray:
         """Image ``i`` as (H, W, 3) uint8 RGB."""
         return read_image(self.examples[i]["path"])

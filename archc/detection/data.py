@@ -3,6 +3,7 @@
 trains on (the network's own input transform, boxes moved with the image, padded to a count)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,47 +26,48 @@ def load_detection_data(path, *, split: str = "train", on_bad: str = "stop", log
                     "(Annotations/, JPEGImages/, ImageSets/Main/)")
 
 
-class DetectionExamples:
-    """Per-example dicts of fixed shape for training a detector on ``data``::
+def most_boxes(data: DetectionData) -> int:
+    """The most (non-crowd) boxes of any image of ``data``, at least 1: the N of the batch."""
+    return max([1] + [len(data.targets(i)["boxes"]) for i in range(len(data))])
+
+
+@dataclass(frozen=True)
+class DetectionTransform:
+    """One example (``DetectionData.example``: ``{"image": (H, W, 3) uint8, "boxes", "labels"}``)
+    as fixed-shape arrays::
 
         {"image": (H, W, 3) float32, the detector's transform of the (augmented) image, padded
-                  to the network's input H x W,
+                  to the network's input H x W (``canvas``),
          "boxes": (N, 4) float32 xyxy in those pixels, "labels": (N,) int32 (1..K; 0 pads),
-         "count": () int32, the real boxes first, "image_size": (2,) int32, the resized image
-                  (unpadded) as torchvision's image_sizes}
+         "count": () int32, the real boxes first, "size": (2,) int32, the resized image
+                  (unpadded), torchvision's image_sizes}
 
-    N is ``max_boxes`` (default: the most boxes of any image; augmentation only drops boxes).
-    ``augment``: a Compose from archc/detection/augment.py, applied (with the Generator given
-    to ``example``) to the image in [0, 1] before the transform, as torchvision's references
-    apply theirs before the model's. ``iscrowd`` boxes are left out."""
+    ``augment``: a Compose from archc/detection/augment.py, applied (with the Generator given)
+    to the image in [0, 1] before the detector's transform, as torchvision's references apply
+    theirs before the model's; without ``rng`` (evaluation) nothing is augmented."""
+    spec: object                    # the network's DetectInput
+    canvas: tuple
+    max_boxes: int
+    augment: object = None
 
-    def __init__(self, data: DetectionData, spec, canvas: tuple[int, int], *, augment=None,
-                 max_boxes: int | None = None):
-        self.data, self.spec, self.canvas, self.augment = data, spec, tuple(canvas), augment
-        most = max((len(data.targets(i)["boxes"]) for i in range(len(data))), default=0)
-        self.max_boxes = max(1, most if max_boxes is None else max_boxes)
-        if max_boxes is not None and most > max_boxes:
-            raise DataError(f"{data.source}: an image has {most} boxes, more than max_boxes={max_boxes}")
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def example(self, i: int, rng=None) -> dict:
+    def __call__(self, example: dict, rng=None) -> dict:
         from .transforms import training_example
-        t = self.data.targets(i)
-        sample = {"image": self.data.read(i).astype(np.float32) / np.float32(255), **t}
+        sample = {"image": np.asarray(example["image"], np.float32) / np.float32(255),
+                  "boxes": example["boxes"], "labels": example["labels"]}
         if self.augment is not None and rng is not None:
             sample = self.augment(sample, rng)
         try:
             image, boxes, size = training_example(sample["image"], sample["boxes"], self.spec, self.canvas)
         except ValueError as e:
-            raise DataError(f"{self.data.examples[i]['path']}: {e}") from None
+            raise DataError(f"{example.get('path', 'an image')}: {e}") from None
         n = len(boxes)
+        if n > self.max_boxes:
+            raise DataError(f"{example.get('path', 'an image')}: {n} boxes, more than the {self.max_boxes} a batch holds")
         padded = np.zeros((self.max_boxes, 4), np.float32)
         labels = np.zeros(self.max_boxes, np.int32)
         padded[:n], labels[:n] = boxes, sample["labels"]
         return {"image": image, "boxes": padded, "labels": labels, "count": np.int32(n),
-                "image_size": np.asarray(size, np.int32)}
+                "size": np.asarray(size, np.int32)}
 
 
 def collate(examples: list[dict]) -> dict:
