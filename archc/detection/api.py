@@ -350,17 +350,30 @@ def _weights_classes(model, variables) -> int | None:
     return class_count_from_shapes(model, pairs)
 
 
-def detect(model, variables, images, **thresholds) -> list[dict]:
+def _recorded_names(path) -> tuple | None:
+    """The label names a detector's weights file records (``archc train``: its data's category
+    names, label 1 first), with the background at 0."""
+    from ..runtime.record import read_record, recorded_classes, recorded_task
+    meta = read_record(path)
+    names = recorded_classes(meta)
+    return ("__background__", *names) if names and recorded_task(meta) == "detection" else None
+
+
+def detect(model, variables, images, *, names: Sequence[str] | None = None, **thresholds) -> list[dict]:
     """Detect objects. ``images``: paths, PIL images, or (H, W, 3) arrays (uint8, or floats in
     [0, 1]), one or a list; ``variables``: a variables dict or a file written by ``archc
     import``; ``thresholds`` override the network's ``detect(...)`` settings for this call.
     Returns per image ``{"boxes": (N, 4) float32 xyxy in the image's pixels, "scores": (N,),
-    "labels": (N,) int, "names": [N class names]}``, by descending score. Under
+    "labels": (N,) int, "names": [N class names]}``, by descending score. ``names``: the name
+    of each label (0: the background); default: those the weights file records (``archc
+    train``), else the network's ``detect(names=…)``. Under
     ``jax.enable_x64(True)``, float64 images and variables run the pipeline in float64 (boxes and
     scores float64 too)."""
     from ..runtime.predict import PredictError, check_variables
     if isinstance(variables, (str, Path)):
         from ..runtime.variables_io import load_variables
+        if names is None and Path(variables).is_file():
+            names = _recorded_names(variables)
         if not Path(variables).is_file():
             raise DetectError(f"{variables}: no such weights file")
         if Path(variables).suffix.lower() in (".pth", ".pt", ".bin", ".h5", ".npz"):
@@ -379,6 +392,7 @@ def detect(model, variables, images, **thresholds) -> list[dict]:
                 "with the checkpoint's (archc.load(…, classes=N), --param classes=N)")
         raise DetectError(f"{e}; {hint}") from None
     det = detector_for(model, **thresholds)
+    names = tuple(names) if names is not None else det.names
     ims = _images(images)
     out = jax.device_get(detect_padded(det, variables, ims))
     results = []
@@ -388,7 +402,7 @@ def detect(model, variables, images, **thresholds) -> list[dict]:
         wide = np.float64 if out.boxes.dtype == np.float64 else np.float32
         results.append({"boxes": np.asarray(out.boxes[i, :n], wide),
                         "scores": np.asarray(out.scores[i, :n], wide), "labels": labels,
-                        "names": [det.names[c] if c < len(det.names) else f"class {c}" for c in labels]})
+                        "names": [names[c] if c < len(names) else f"class {c}" for c in labels]})
     return results
 
 
