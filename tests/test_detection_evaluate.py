@@ -149,3 +149,19 @@ def test_cli_evaluate_wrong_class_count(setup, tmp_path):
     r = run_cli("evaluate", other, "--weights", w, "--data", setup["val"])
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "the network has 5 classes" in r.stderr and "3 categories" in r.stderr and "classes=4" in r.stderr
+
+
+def test_category_map_rules(setup):
+    from types import SimpleNamespace
+    data = read_coco(setup["val"])                                   # ids 3, 7, 11
+    ssd = lambda c, names="none": SimpleNamespace(classes=c, decl=SimpleNamespace(names=names))  # noqa: E731
+    assert E.category_map(ssd(4), data) == ([3, 7, 11], "labels 1..K in the order of the data's category ids")
+    assert E.category_map(ssd(4), data, [11, 3, 7])[0] == [11, 3, 7]          # as archc train recorded
+    ids, how = E.category_map(ssd(91, "coco"), data)                           # torchvision's COCO labels
+    assert ids == list(range(1, 91)) and "category ids" in how
+    yolo = SimpleNamespace(grid=SimpleNamespace(classes=3), decl=SimpleNamespace(names="none"))
+    assert E.category_map(yolo, data)[0] == [3, 7, 11]                          # no background output
+    with pytest.raises(E.DetectionEvalError, match="trained on category ids \\[5\\]"):
+        E.category_map(ssd(4), data, [3, 5, 7])
+    with pytest.raises(E.DetectionEvalError, match="the network has 20 classes"):
+        E.category_map(ssd(21, "voc"), data)
