@@ -1,0 +1,51 @@
+"""Fine-tuning rules from the network's backbone(...) declaration: the stages torchvision's
+trainable_backbone_layers freezes, and bad declarations located in the file."""
+import pytest
+
+import archc
+from archc.detection.finetune import FinetuneError, backbone_frozen
+from archc.runtime.train import param_nodes
+from archc.spec.source import ArchError
+
+NET = """\
+param classes = 4
+param trainable_backbone_layers = 2
+input 64x64x3
+body: conv3(8, s=2) bn relu conv3(8) bn relu conv3(16, s=2) bn relu conv3(16, s=2) bn relu
+branch cls1: @body conv3(4 * classes)
+branch box1: @body conv3(4 * 4)
+output cls1, box1
+detect_input(mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], fixed_size=[64, 64], size_divisible=1)
+default_boxes(aspect_ratios=[[2]], steps=[8])
+detect(kind="ssd", scores=[@cls1], boxes=[@box1], box_weights=[10, 10, 5, 5])
+backbone(stages=STAGES, trainable=trainable_backbone_layers)
+"""
+
+
+def _net(tmp_path, stages='["body.conv1", "body.conv2", "body.conv3"]', **params):
+    p = tmp_path / "net.arch"
+    p.write_text(NET.replace("STAGES", stages))
+    return archc.load(str(p), **params)
+
+
+def test_trainable_stages_as_torchvision(tmp_path):
+    # torchvision: the last N stages train, everything of the backbone before them is frozen
+    m = _net(tmp_path)
+    nodes = param_nodes(m)
+    assert backbone_frozen(m, nodes) == ["body.conv1", "body.bn1"]
+    assert backbone_frozen(m, nodes, 3) == []
+    assert backbone_frozen(m, nodes, 1) == ["body.conv1", "body.bn1", "body.conv2", "body.bn2"]
+    assert backbone_frozen(m, nodes, 0) == [n for n in nodes if n.startswith("body.")]
+    assert backbone_frozen(_net(tmp_path, trainable_backbone_layers=0), nodes)[-1] == "body.bn4"
+
+
+def test_bad_backbone_declarations(tmp_path):
+    with pytest.raises(ArchError, match=r"net.arch:11:\d+: .*'trainable' must be in \[0, 3\]"):
+        _net(tmp_path, trainable_backbone_layers=4)
+    with pytest.raises(ArchError, match="stages are layers of one part"):
+        _net(tmp_path, stages='["body.conv1", "cls1.conv1"]')
+    with pytest.raises(ArchError, match="'stages' is a list of layer names"):
+        _net(tmp_path, stages="[1, 2]")
+    m = _net(tmp_path, stages='["body.conv1", "body.convX"]')
+    with pytest.raises(FinetuneError, match="stage 'body.convX' has no layer with weights"):
+        backbone_frozen(m, param_nodes(m))
