@@ -1,4 +1,4 @@
-"""Detection data: the synthetic shapes set (archc.testing.shapes), COCO JSON and Pascal VOC
+"""Detection data: the synthetic shapes set (archc.testing.detection_shapes), COCO JSON and Pascal VOC
 folders read into boxes and contiguous labels, and bad data reported naming the file and the
 annotation id (stop, or skip the image)."""
 import json
@@ -12,7 +12,7 @@ from archc.detection.coco import read_coco
 from archc.detection.data import load_detection_data
 from archc.detection.voc import read_voc
 from archc.runtime.data import DataError
-from archc.testing.shapes import shapes_coco, write_shapes
+from archc.testing.detection_shapes import shapes_coco, write_shapes
 
 
 @pytest.fixture(scope="module")

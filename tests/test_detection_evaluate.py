@@ -16,7 +16,7 @@ import archc
 from archc.detection import evaluate as E
 from archc.detection.coco import read_coco
 from archc.runtime.variables_io import save_variables
-from archc.testing.shapes import write_shapes
+from archc.testing.detection_shapes import write_shapes
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,7 +1,7 @@
 """A synthetic detection data set: coloured circles, squares and triangles on a noisy
 background, several per image, some images empty, written as COCO JSON (docs/detection.md).
 
-    from archc.testing.shapes import write_shapes
+    from archc.testing.detection_shapes import write_shapes
     train = write_shapes("shapes", "train", images=200, seed=0)     # shapes/train.json, shapes/images/
     val = write_shapes("shapes", "val", images=50, seed=1)
 
