@@ -19,8 +19,8 @@ class EvaluateError(ValueError):
     """Bad input to evaluate: weights, data or options (CLI: one line, exit status 2)."""
 
 
-def _folder(data) -> Path:
-    """``DIR/val`` (or ``validation``) when there is one, else ``DIR`` (``DIR/<class>/*``)."""
+def eval_folder(data) -> Path:
+    """``DIR/val`` (or ``validation``) when there is one, else ``DIR``."""
     root = Path(data)
     for name in ("val", "validation"):
         if (root / name).is_dir():
@@ -35,12 +35,11 @@ def evaluate(model, variables, data, *, batch: int = 32, task: str | None = None
     a COCO JSON file or VOC folder (``detection``: evaluate_detector's options, results_path,
     pr_plot, score_thresh…). ``model``: a Model, a spec, or None (the network the weights file
     records)."""
-    from .data import DataError, ImageFolder, Loader
+    from .data import DataError, Loader
     from .model import Model
-    from .pipeline import apply
     from .predict import check_variables, declared_preprocess, preprocess_spec
     from .record import graph_for_weights, read_record, recorded_classes, recorded_task
-    from .tasks import evaluate as run_evaluation, make_task
+    from .tasks import TaskError, evaluate as run_evaluation, make_task
     from .variables_io import load_variables
     meta = dict(metadata or {})
     if isinstance(variables, (str, Path)):
@@ -58,22 +57,22 @@ def evaluate(model, variables, data, *, batch: int = 32, task: str | None = None
     names = recorded_classes(meta)
     from .tasks import task_kind
     if (task or recorded_task(meta) or task_kind(model)) == "detection":
+        # COCO AP over the whole set (pycocotools), not sums of batches
         return _evaluate_detector(model, variables, data, meta, batch=batch, **(detection or {}))
-    t = make_task(model, task or recorded_task(meta), classes=names)
-    if t.name != "classification":
-        raise EvaluateError(f"{model.name}: evaluating a {t.name} network needs its data reader; not supported yet")
-    if names is None:
-        names = [str(i) for i in range(t.num_classes)]
     try:
-        folder = ImageFolder.scan(_folder(data), classes=names)
-    except DataError as e:
+        t = make_task(model, task or recorded_task(meta), classes=names)
+        if names is None:
+            t.classes = names = [str(i) for i in range(t.num_classes)]
+        # the task's evaluation set and transform: what its training validated on
+        dataset = t.read_eval_data(data)
+        dataset = t.check_data(dataset, "stop")
+        spec = preprocess_spec(preprocess, meta, declared_preprocess(model), name=model.name)
+        transform = t.transform(tuple(model.input_shape), spec)
+    except (DataError, TaskError) as e:
         raise EvaluateError(str(e)) from None
-    spec = preprocess_spec(preprocess, meta, declared_preprocess(model), name=model.name)
-    shape = tuple(model.input_shape)
-    loader = Loader(folder, lambda image, rng: apply(image, shape, spec), batch, train=False, prefetch=0)
-    batches = ({"image": b.x, "label": b.y, "weight": b.mask} for b in loader.epoch(0))
-    metrics = run_evaluation(t, variables, batches)
-    return {"task": t.name, "data": str(folder.root), "images": len(folder), "classes": names, **metrics}
+    loader = Loader(dataset, transform, batch, train=False, prefetch=0)
+    metrics = run_evaluation(t, variables, loader.epoch(0))
+    return {"task": t.name, "data": str(dataset.root), "images": len(dataset), "classes": names, **metrics}
 
 
 def _evaluate_detector(model, variables, data, meta, *, batch: int, split: str = "val", on_bad: str = "stop",
