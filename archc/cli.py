@@ -371,7 +371,7 @@ def _train(args, report: bool = True) -> int:
             "clip_norm", "accumulate", "bf16", "remat", "seed", "classes", "weights",
             "weights_from", "freeze", "freeze_all_but_head", "bn", "val_split", "normalize",
             "augment", "flip", "crop_scale", "workers", "prefetch", "devices", "task", "log_every",
-            "save_every", "save_every_s", "on_bad_data")
+            "save_every", "save_every_s", "on_bad_data", "val")
     opts = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     opts["params"] = dict(args.param or [])
     opts["input_shape"] = list(args.input) if args.input else None
@@ -458,7 +458,9 @@ def _add_train_parser(sub, common) -> None:
     sp = sub.add_parser("train", help="train or fine-tune a network on an image folder")
     common(sp)
     a = sp.add_argument
-    a("--data", metavar="DIR", help="image folder: DIR/train/<class>/*.png (+ DIR/val/...) or DIR/<class>/*")
+    a("--data", metavar="DIR", help="image folder: DIR/train/<class>/*.png (+ DIR/val/...) or DIR/<class>/*; "
+                                    "a detector: a COCO JSON file or a Pascal VOC folder")
+    a("--val", metavar="FILE", help="a separate validation set: a detector's COCO JSON (val.json)")
     a("--out", metavar="RUN_DIR", help="run directory: checkpoints, metrics.json, curves.png")
     a("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint (an epoch's end, or --save-every's)")
     a("--epochs", type=int)
@@ -489,8 +491,9 @@ def _add_train_parser(sub, common) -> None:
     a("--val-split", type=float, metavar="FRACTION")
     a("--normalize", metavar="NAME|MEAN/STD", help="unit (default), symmetric, imagenet, raw or m1,m2,m3/s1,s2,s3")
     a("--augment", choices=AUGMENTATIONS,
-      help="training augmentation: auto (default: crop strength and flip from the input size), "
-           "imagenet (crop to 8-100%% of the area and flip, at any size) or none")
+      help="training augmentation: auto (default: crop strength and flip from the input size; a "
+           "detector: hflip), imagenet (crop to 8-100%% of the area and flip, at any size), none; "
+           "detectors: hflip, ssd (photometric distort, zoom-out, IoU crop, flip)")
     a("--no-augment", dest="augment", action="store_const", const="none", help="--augment none")
     a("--flip", dest="flip", action="store_true", default=None, help="random horizontal flips")
     a("--no-flip", dest="flip", action="store_false", default=None)

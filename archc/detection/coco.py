@@ -35,7 +35,8 @@ class DetectionData:
     categories: list
     examples: list
     annotations: dict = field(default_factory=dict)
-    skipped: list = field(default_factory=list)     # (file, id, why) of what on_bad="skip" left out
+    skipped: list = field(default_factory=list)     # (file, id, why) of the problems found
+    skipped_images: int = 0                         # the images left out for them
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -83,7 +84,8 @@ class DetectionData:
         ex = [self.examples[i] for i in indices]
         keep = {e["id"] for e in ex}
         return DetectionData(self.source, self.categories, ex,
-                             {k: v for k, v in self.annotations.items() if k in keep}, list(self.skipped))
+                             {k: v for k, v in self.annotations.items() if k in keep}, list(self.skipped),
+                             self.skipped_images)
 
     def ground_truth(self) -> dict:
         """The COCO dict of these images and their annotations (ids as the source gives them),
@@ -217,20 +219,30 @@ def from_coco_dict(d: dict, source: str, root: Path, *, on_bad: str = "stop", lo
             bad_images.add(iid)
             continue
         annotations.setdefault(iid, []).append(a)
-    if problems:
-        shown = "; ".join(f"{f}: {what}: {why}" for f, what, why in problems[:5])
-        more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
-        n = len(problems)
-        if on_bad == "stop":
-            raise DataError(f"{source}: {n} problem{'s' * (n > 1)} in the data ({shown}{more}); fix "
-                            f"{'them' if n > 1 else 'it'}, or pass --on-bad-data skip to leave those images out")
-        if log is not None:
-            log(f"{source}: skipping {len(bad_images)} image{'s' * (len(bad_images) != 1)} with problems: {shown}{more}")
-        examples = [e for e in examples if e["id"] not in bad_images]
-        annotations = {k: v for k, v in annotations.items() if k not in bad_images}
+    examples = [e for e in examples if e["id"] not in bad_images]
+    annotations = {k: v for k, v in annotations.items() if k not in bad_images}
+    data = DetectionData(source, [dict(c) for c in cats], examples, annotations, problems, len(bad_images))
+    check_problems(data, on_bad, log)
     if not examples:
         raise DataError(f"{source}: no images" + (" left after skipping the bad ones" if problems else ""))
-    return DetectionData(source, [dict(c) for c in cats], examples, annotations, problems)
+    return data
+
+
+def check_problems(data: DetectionData, on_bad: str = "stop", log=None) -> DetectionData:
+    """What reading found wrong in ``data`` (its ``skipped``: the images are already left out):
+    ``stop`` raises a DataError naming the files and ids; ``skip`` reports them through ``log``."""
+    problems = data.skipped
+    if not problems:
+        return data
+    shown = "; ".join(f"{f}: {what}: {why}" for f, what, why in problems[:5])
+    more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+    n, k = len(problems), data.skipped_images
+    if on_bad == "stop":
+        raise DataError(f"{data.source}: {n} problem{'s' * (n > 1)} in the data ({shown}{more}); fix "
+                        f"{'them' if n > 1 else 'it'}, or pass --on-bad-data skip to leave those images out")
+    if log is not None:
+        log(f"{data.source}: skipping {k} image{'s' * (k != 1)} with problems: {shown}{more}")
+    return data
 
 
 def read_coco(path, *, on_bad: str = "stop", log=None, check_images: bool = True) -> DetectionData:
@@ -258,5 +270,5 @@ def coco_results(data: DetectionData, detections: list[dict], category_ids: list
     return out
 
 
-__all__ = ["DetectionData", "read_coco", "from_coco_dict", "coco_results", "box_problem", "read_image",
+__all__ = ["DetectionData", "read_coco", "from_coco_dict", "check_problems", "coco_results", "box_problem", "read_image",
            "xywh_to_xyxy"]

@@ -248,7 +248,7 @@ MAX_CROP_LO = 0.8
 # Natural photos are colour and (in the datasets people train on) at least this large; digits,
 # text, CIFAR-sized thumbnails and grey scans are not flipped unless asked.
 FLIP_MIN_SIDE = 128
-AUGMENTATIONS = ("auto", "imagenet", "none")
+AUGMENTATIONS = ("auto", "imagenet", "none", "hflip", "ssd")     # hflip, ssd: a detector's (detection/augment.py)
 
 
 @dataclass(frozen=True)
@@ -274,8 +274,9 @@ def choose_augmentation(recipe: str, height: int, width: int, channels: int,
     ImageNet's 8 % (at 224 px and more) and ``MAX_CROP_LO`` (at 64 px and less); the flip only
     for colour inputs of ``FLIP_MIN_SIDE`` px or more. ``'imagenet'``: 8-100 % and a flip, at
     any size. ``'none'``: neither. ``crop_scale`` and ``flip``, when given, override the recipe."""
-    if recipe not in AUGMENTATIONS:
-        raise DataError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {recipe!r}")
+    if recipe not in ("auto", "imagenet", "none"):
+        raise DataError(f"augmentation must be one of auto, imagenet, none, got {recipe!r}"
+                        + (" (hflip and ssd are detection recipes)" if recipe in AUGMENTATIONS else ""))
     side = min(height, width)
     if recipe == "none":
         return Augmentation(None, False, "--augment none")

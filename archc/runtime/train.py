@@ -118,6 +118,8 @@ class TrainConfig:
     save_every: int = 0                   # also checkpoint every N steps (0: at epoch ends only)...
     save_every_s: float = 600.0           # ...and when this many seconds passed since the last
     on_bad_data: str = "stop"             # an unreadable image: stop (naming them) | skip
+    val: str | None = None                # a separate validation set (a detector's val.json)
+    given: list | None = None             # the options the user set (the rest: a task's recipe)
 
     def __post_init__(self):
         if isinstance(self.augment, bool):         # augment=False, and the configs of older runs
@@ -507,7 +509,8 @@ class Progress:
     def update(self, done: int, loss: float, score: float, ips: float) -> None:
         """``score``: the task's training score so far (classification: top-1, ``acc``)."""
         if self.bar is not None:
-            self.bar.set_postfix_str(f"loss {loss:.4f}  {self.label} {score:.4f}  {ips:,.0f} img/s", refresh=False)
+            shown = "" if score is None else f"  {self.label} {score:.4f}"     # a detector: AP on validation only
+            self.bar.set_postfix_str(f"loss {loss:.4f}{shown}  {ips:,.0f} img/s", refresh=False)
             self.bar.update(done - self.bar.n)
 
     def close(self, text: str) -> None:
@@ -590,6 +593,11 @@ class Trainer:
             except TaskError as e:
                 raise TrainError(str(e)) from None
             val_data = val_data if val_data is not None else split_val
+        if cfg.val and val_data is None:
+            try:
+                val_data = task.read_eval_data(cfg.val)
+            except TaskError as e:
+                raise TrainError(str(e)) from None
         train_data = task.check_data(train_data, cfg.on_bad_data, self.log)
         val_data = None if val_data is None else task.check_data(val_data, cfg.on_bad_data, self.log)
         if len(train_data) == 0:
@@ -629,12 +637,15 @@ class Trainer:
         self.logits = self.task.outputs[0]
         self.num_outputs = self.task.num_classes
         k = len(self.classes)
+        if self.task.name == "detection" and k + 1 != self.num_outputs:
+            raise TrainError(f"the data has {k} categories but {g.name} has {self.num_outputs - 1} classes (and the "
+                             f"background): pass --param classes={k + 1}")
         if k > self.num_outputs or (cfg.classes is not None and k != self.num_outputs):
             hint = (f"pass --classes {k} for a new {k}-way head" if "classes" in g.params
                     else f"{g.name} has no 'classes' parameter: edit its final layer")
             raise TrainError(f"the data has {k} classes but {g.name} outputs {self.num_outputs}; {hint}")
-        self.head = head_nodes(model)
         self.param_nodes = param_nodes(model)
+        self.head = self.task.head_nodes(self.param_nodes) if hasattr(self.task, "head_nodes") else head_nodes(model)
         self.bn_nodes = [n.name for n in g if n.op == "bn"]
         h, w, c = g.input_shape
         if cfg.normalize is not None:               # a bad value fails before any work
@@ -701,6 +712,16 @@ class Trainer:
         names = [n for n in self.param_nodes if n in params]
         if cfg.freeze:
             frozen_nodes |= select(cfg.freeze, names, "--freeze")
+        backbone = self.model.graph.declarations.get("backbone")
+        if cfg.weights and backbone is not None:
+            # a pretrained backbone: torchvision's trainable_backbone_layers (detection/finetune.py)
+            from ..detection.finetune import FinetuneError, backbone_frozen
+            try:
+                frozen_nodes |= set(backbone_frozen(self.model, names))
+            except FinetuneError as e:
+                raise TrainError(str(e)) from None
+            self.log(f"backbone: the last {backbone.trainable} of its {len(backbone.stages)} stages train "
+                     f"(trainable_backbone_layers)" + ("; batch norm frozen" if backbone.frozen_bn else ""))
         if cfg.freeze_all_but_head:
             # the head, and every layer the weights file did not initialise (a new or misfit
             # layer left frozen would stay random)
@@ -716,6 +737,8 @@ class Trainer:
         bn = cfg.bn
         if bn == "auto":
             bn = "frozen" if self.bn_nodes and all(n in frozen_nodes for n in self.bn_nodes) else "update"
+            if cfg.weights and backbone is not None and backbone.frozen_bn:
+                bn = "frozen"           # torchvision's FrozenBatchNorm2d under a pretrained backbone
         self.bn_mode = bn
         # per-group learning rates
         self.groups = {"base": 1.0}
@@ -768,6 +791,13 @@ class Trainer:
 
     def _setup_steps(self) -> None:
         cfg = self.cfg
+        if self.task.name == "detection" and not self.resuming:
+            from ..detection.recipe import detection_recipe
+            settings, line = detection_recipe(cfg.batch, cfg.epochs, self.updates_per_epoch, cfg.given or ())
+            for k, v in settings.items():
+                setattr(cfg, k, v)
+            if line:
+                self.log(line)
         self.schedule = make_schedule(cfg, self.updates_per_epoch)
         self.tx = make_optimizer(cfg, self.schedule, self.labels, self.groups)
         dtype = "bfloat16" if cfg.bf16 else None       # the graph's mixed-precision policy
@@ -803,7 +833,7 @@ class Trainer:
         record = self.task.record()
         meta.update(inference_metadata(self.model, spec=cfg.spec, params=params,
                                        preprocess=self.pipeline, classes=record["classes"],
-                                       task=record["task"]))
+                                       task=record["task"], category_ids=record.get("category_ids")))
         meta.update(extra or {})
         return meta
 
@@ -866,7 +896,10 @@ class Trainer:
         if self.val_loader is None:
             return None
         variables = {"params": {**state["frozen"], **state["trainable"]}, "batch_stats": state["batch_stats"]}
-        return evaluate(self.task, variables, self.batches(self.val_loader), eval_step=self._eval_step)
+        metrics = evaluate(self.task, variables, self.batches(self.val_loader), eval_step=self._eval_step)
+        if hasattr(self.task, "validate"):      # a metric over the whole set (a detector's COCO AP)
+            metrics.update(self.task.validate(variables, self.val_data))
+        return metrics
 
     @property
     def writes(self) -> bool:
@@ -986,7 +1019,7 @@ class Trainer:
                         "sums": {k: np.asarray(v).tolist() for k, v in to_host(sums).items()}})
                     last_save = time.monotonic()
                 dt = time.perf_counter() - t0
-                progress.update(b + 1, loss_sum / (b + 1), task.summarize(to_host(sums))[score_name],
+                progress.update(b + 1, loss_sum / (b + 1), task.summarize(to_host(sums)).get(score_name),
                                 (seen - first_batch * cfg.batch) / max(dt, 1e-9))
                 if step in (crash_at, hold_at) and mngr is not None:
                     mngr.wait_until_finished()        # testing: its checkpoint on disk first
@@ -1017,9 +1050,10 @@ class Trainer:
                 history["best_epoch"] = epoch + 1
                 history[best_key] = val_score
             label = task.score_label
-            text = f"loss {row['train_loss']:.4f}  {label} {train_metrics[score_name]:.4f}"
+            text = f"loss {row['train_loss']:.4f}" + (f"  {label} {train_metrics[score_name]:.4f}"
+                                                      if score_name in train_metrics else "")
             if val_score is not None:
-                text += f"  val_loss {val['loss']:.4f}  val_{label} {val_score:.4f}"
+                text += (f"  val_loss {val['loss']:.4f}" if "loss" in val else "") + f"  val_{label} {val_score:.4f}"
             text += f"  {row['images_per_s']:,.0f} img/s  {dt:.1f}s" + ("  *" if improved and val_score is not None else "")
             progress.close(text)
             if self.writes:
@@ -1121,6 +1155,9 @@ def train(spec: str | None = None, data: str | None = None, out: str | None = No
         raise TypeError(f"train() got unknown options: {', '.join(unknown)}")
     cfg = TrainConfig(spec=spec, data=None if data is None else str(data),
                       out=None if out is None else str(out), **options)
+    if cfg.given is None:
+        cfg.given = sorted(k for k in options if k not in ("progress", "params", "input_shape", "lr_mult")
+                           or options[k])
     return Trainer(cfg, train_data=train_data, val_data=val_data, log=log).fit()
 
 
