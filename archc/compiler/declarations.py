@@ -25,7 +25,7 @@ from typing import Any, Callable
 DECLARATIONS: dict = {}   # kind -> DeclarationDef
 
 # Modules that register further kinds; imported once, at the end of this module.
-_KIND_MODULES: tuple = ("archc.detection.declare", "archc.detection.rcnn_declare")
+_KIND_MODULES: tuple = ("archc.detection.declare", "archc.detection.rcnn_declare", "archc.detection.finetune")
 
 
 @dataclass(frozen=True)
