@@ -37,11 +37,18 @@ class DetectionDataMixin:
     """read_data / read_eval_data / check_data / augmentation / transform / validate for a
     detector (see runtime/tasks.py's data table)."""
 
-    score_name, score_label = "AP", "AP"
-    train_sums: tuple = ("images",)
-    train_metrics: tuple = ()
-    val_metrics: tuple = ("loss",) + METRICS
-    max_boxes: int = 1
+    def init_data_side(self) -> None:
+        """The task's metric names (runtime/tasks.py's Task fields), set after its __init__."""
+        self.score_name = self.score_label = "AP"
+        self.train_sums, self.train_metrics = ("images",), ()
+        self.val_metrics = ("loss",) + METRICS
+        self.max_boxes, self.category_ids = 1, None
+
+    def head_nodes(self, param_nodes) -> list[str]:
+        """The predictor: the layers of the heads detect(...) names (re-initialised for a new
+        class count, trained under --freeze-all-but-head)."""
+        heads = tuple(self.detector.decl.scores) + tuple(self.detector.decl.boxes)
+        return [p for p in param_nodes if any(p == h or p.startswith(h + ".") for h in heads)]
 
     def read_data(self, root, *, val_split=None, seed=0):
         """``--data``: a COCO JSON file (the validation set comes with ``--val``), or a VOC folder
@@ -71,7 +78,7 @@ class DetectionDataMixin:
         from .data import most_boxes
         check_problems(data, on_bad, log)
         self.max_boxes = max(self.max_boxes, most_boxes(data))
-        first = getattr(self, "category_ids", None)
+        first = self.category_ids
         if first is None:                       # the training set's, checked first
             self.category_ids = list(data.category_ids)
         elif list(data.category_ids) != first:
@@ -81,7 +88,7 @@ class DetectionDataMixin:
 
     def record(self) -> dict:
         """What the weights record: the task, the category names and their COCO ids."""
-        return {"task": self.name, "classes": self.classes, "category_ids": getattr(self, "category_ids", None)}
+        return {"task": self.name, "classes": self.classes, "category_ids": self.category_ids}
 
     def augmentation(self, recipe, shape, crop_scale=None, flip=None):
         from .augment import RECIPES
@@ -107,7 +114,7 @@ class DetectionDataMixin:
         evaluate`` gives)."""
         from .evaluate import evaluate_detector
         import jax
-        m = evaluate_detector(self.model, jax.device_get(variables), data, category_ids=getattr(self, "category_ids", None))
+        m = evaluate_detector(self.model, jax.device_get(variables), data, category_ids=self.category_ids)
         return {k: m[k] for k in METRICS}
 
 
