@@ -35,15 +35,18 @@ def test_trainable_stages_as_torchvision(tmp_path):
     assert backbone_frozen(m, nodes) == ["body.conv1", "body.bn1"]
     assert backbone_frozen(m, nodes, 3) == []
     assert backbone_frozen(m, nodes, 1) == ["body.conv1", "body.bn1", "body.conv2", "body.bn2"]
-    assert backbone_frozen(m, nodes, 0) == [n for n in nodes if n.startswith("body.")]
-    assert backbone_frozen(_net(tmp_path, trainable_backbone_layers=0), nodes)[-1] == "body.bn4"
+    # 0: the whole backbone, through its last stage's layers, or up to `end`
+    assert backbone_frozen(m, nodes, 0) == ["body.conv1", "body.bn1", "body.conv2", "body.bn2", "body.conv3"]
+    m = _net(tmp_path, stages='["body.conv1", "body.conv2", "body.conv3"], end="cls1"', trainable_backbone_layers=0)
+    assert backbone_frozen(m, nodes) == [n for n in nodes if n.startswith("body.")]
 
 
 def test_bad_backbone_declarations(tmp_path):
     with pytest.raises(ArchError, match=r"net.arch:11:\d+: .*'trainable' must be in \[0, 3\]"):
         _net(tmp_path, trainable_backbone_layers=4)
-    with pytest.raises(ArchError, match="stages are layers of one part"):
-        _net(tmp_path, stages='["body.conv1", "cls1.conv1"]')
+    m = _net(tmp_path, stages='["body.conv2", "body.conv1"]')
+    with pytest.raises(FinetuneError, match="listed in the network's order"):
+        backbone_frozen(m, param_nodes(m))
     with pytest.raises(ArchError, match="'stages' is a list of layer names"):
         _net(tmp_path, stages="[1, 2]")
     m = _net(tmp_path, stages='["body.conv1", "body.convX"]')
