@@ -52,3 +52,32 @@ def test_bad_backbone_declarations(tmp_path):
     m = _net(tmp_path, stages='["body.conv1", "body.convX"]')
     with pytest.raises(FinetuneError, match="stage 'body.convX' has no layer with weights"):
         backbone_frozen(m, param_nodes(m))
+
+
+def _frozen_count(model, nodes) -> int:
+    import numpy as np
+    chosen = set(nodes)
+    return sum(int(np.prod(v.shape)) for v in model.variable_specs if v.collection == "params" and v.node in chosen)
+
+
+@pytest.mark.parametrize("name,trainable", [("fasterrcnn_resnet50_fpn", 3), ("fasterrcnn_resnet50_fpn", 0),
+                                            ("fasterrcnn_mobilenet_v3_large_320_fpn", 3),
+                                            ("fasterrcnn_mobilenet_v3_large_320_fpn", 1), ("ssd300_vgg16", 4),
+                                            ("ssd300_vgg16", 0)])
+def test_builtin_backbones_freeze_what_torchvision_freezes(name, trainable):
+    """The parameters torchvision's extractors leave with requires_grad=False, counted, against
+    the built-in's backbone(...) declaration at the same trainable_backbone_layers."""
+    import torchvision
+    from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _resnet_fpn_extractor
+    from torchvision.models.detection.ssd import _vgg_extractor
+    if name.startswith("fasterrcnn_resnet50"):
+        tv = _resnet_fpn_extractor(torchvision.models.resnet50(weights=None), trainable)
+    elif name.startswith("fasterrcnn_mobilenet"):
+        tv = _mobilenet_extractor(torchvision.models.mobilenet_v3_large(weights=None), True, trainable)
+    else:
+        tv = _vgg_extractor(torchvision.models.vgg16(weights=None), False, trainable)
+    expected = sum(p.numel() for p in tv.parameters() if not p.requires_grad)
+    m = archc.load(name, trainable_backbone_layers=trainable)
+    assert m.graph.declarations.get("backbone").trainable == trainable
+    frozen = backbone_frozen(m, param_nodes(m))
+    assert _frozen_count(m, frozen) == expected > 0
