@@ -159,3 +159,28 @@ def test_bad_data_named(shapes, tmp_path):
     r = run_cli("train", d / "ssd.arch", "--data", val, "--out", tmp_path / "c", "--epochs", "1", "--param", "classes=6")
     assert r.returncode == 2 and "the data has 3 categories but ssd has 5 classes" in r.stderr
     assert "--param classes=4" in r.stderr
+
+
+@pytest.mark.slow
+def test_faster_rcnn_from_imagenet_backbone(tmp_path):
+    """torchvision's weights_backbone: a classifier's checkpoint imported into the part `body`
+    of fasterrcnn_mobilenet_v3_large_320_fpn, then trained: the backbone's first 3 stages frozen
+    (trainable_backbone_layers=3) with frozen BN, as torchvision does under a pretrained backbone."""
+    import torch
+    import torchvision
+    torch.manual_seed(0)
+    torch.save(torchvision.models.mobilenet_v3_large(weights=None).state_dict(), tmp_path / "mnv3.pth")
+    train = write_shapes(tmp_path, "train", images=4, seed=0)
+    val = write_shapes(tmp_path, "val", images=2, seed=1)
+    body = tmp_path / "body.safetensors"
+    r = run_cli("import", "fasterrcnn_mobilenet_v3_large_320_fpn", tmp_path / "mnv3.pth", "--from", "torchvision",
+                "--prefix", "body", "--param", "classes=4", "--out", body)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("train", "fasterrcnn_mobilenet_v3_large_320_fpn", "--param", "classes=4", "--weights", body,
+                "--data", train, "--val", val, "--out", tmp_path / "run", "--epochs", "1", "--batch", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    assert "backbone: the last 3 of its 6 stages train (trainable_backbone_layers); batch norm frozen" in out
+    assert "frozen: body.stem.conv1, body.stem.bn1, body.blocks.0" in out and "; batch norm frozen" in out
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["val_AP"][0] is not None and m["train_loss"][0] > 0

@@ -622,13 +622,15 @@ class Trainer:
         self.model = model = load(cfg.spec, input_shape=tuple(cfg.input_shape) if cfg.input_shape else None,
                                   **params)
         g = model.graph
-        if len(g.inputs) != 1 or len(g.input_shape) != 3:
-            raise TrainError(f"{g.name}: training needs one image input (HxWxC), "
-                             f"the network has {len(g.inputs)} inputs")
         try:
             self.task = make_task(model, cfg.task, label_smoothing=cfg.label_smoothing)
         except TaskError as e:
             raise TrainError(str(e)) from None
+        # a two-stage detector's second input (its RoIs) is fed by its task's forward
+        images = 1 + (self.task.name == "detection" and "rpn" in g.declarations)
+        if len(g.inputs) != images or len(g.input_shape) != 3:
+            raise TrainError(f"{g.name}: training needs one image input (HxWxC), "
+                             f"the network has {len(g.inputs)} inputs")
 
     def _setup_head(self) -> None:
         """The data's classes against the network's outputs; the head, the trainable nodes."""
