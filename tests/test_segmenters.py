@@ -1,0 +1,130 @@
+"""torchvision's segmenters (fcn.arch, deeplabv3.arch, lraspp.arch) against torchvision itself.
+
+Each network is torchvision's with random weights (weights=None, weights_backbone=None, seed 0) and
+randomised BN statistics and affine parameters, in eval mode; its state_dict is imported by the
+built-in mapping as a user does (`archc.import_weights(..., source="torchvision")`, and once by
+`archc import` on the command line: the documented path), and the outputs `out` (and `aux`) on a non-square input
+whose sides are not multiples of the output stride (so every bilinear resize has a non-integer
+factor, as in torchvision's forward) must equal torchvision's within 1e-4 of their largest
+magnitude. The counts (with and without the aux head) and the MACs of torchvision's table are
+torchvision's own, computed here. The ResNet-101 pair is the slow tier."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import archc
+from archc.compiler.build import build_graph
+from archc.compiler.stats import summarize
+
+torch = pytest.importorskip("torch")
+S = pytest.importorskip("torchvision.models.segmentation")
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = ("fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101",
+         "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large")
+HAS_AUX = {n: not n.startswith("lraspp") for n in NAMES}
+H, W = 197, 263     # neither a multiple of 8 nor of 16: torchvision's resizes at non-integer factors
+
+
+def _torchvision(name: str, aux: bool):
+    torch.manual_seed(0)
+    model = getattr(S, name)(weights=None, weights_backbone=None, **({"aux_loss": True} if aux else {}))
+    g = torch.Generator().manual_seed(1)
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.normal_(0, 0.1, generator=g)
+            mod.running_var.uniform_(0.5, 2.0, generator=g)
+            mod.weight.data.uniform_(0.5, 1.5, generator=g)
+            mod.bias.data.normal_(0, 0.1, generator=g)
+    return model.eval()
+
+
+def _counts(model) -> tuple[int, int]:
+    return (sum(p.numel() for p in model.parameters()),
+            sum(b.numel() for k, b in model.named_buffers() if k.endswith(("running_mean", "running_var"))))
+
+
+def _load(name: str, aux: bool):
+    return archc.load(name, aux=aux) if HAS_AUX[name] else archc.load(name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_counts_are_torchvisions(name):
+    for aux in (False, True) if HAS_AUX[name] else (False,):
+        with torch.device("meta"):
+            tm = getattr(S, name)(weights=None, weights_backbone=None, **({"aux_loss": True} if aux else {}))
+        graph = build_graph(name, params={"aux": aux} if HAS_AUX[name] else None)
+        s = summarize(graph)
+        assert (s["trainable_params"], s["non_trainable_params"]) == _counts(tm), (name, aux)
+        want = ["out", "aux"] if aux else ["out"]
+        assert graph.outputs == [graph.aliases[k] for k in want]
+        assert s["input_shape"] == [520, 520, 3] and s["output_shape"] == [520, 520, 21]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_macs_are_torchvisions_table(name):
+    """torchvision's `_ops` (GMACs of the COCO-with-VOC-labels model, aux head included, at 520x520)."""
+    from torchvision.models import get_model_weights
+    (weights,) = list(get_model_weights(name))      # COCO_WITH_VOC_LABELS_V1 (DEFAULT is its alias)
+    s = summarize(build_graph(name, params={"aux": True} if HAS_AUX[name] else None))
+    assert s["macs"] / 1e9 == pytest.approx(weights.meta["_ops"], abs=5e-4)   # the table's 3 decimals
+
+
+# (name, aux, imported by the CLI)
+PARITY = [
+    pytest.param("lraspp_mobilenet_v3_large", False, True, id="lraspp_mobilenet_v3_large-cli"),
+    pytest.param("deeplabv3_mobilenet_v3_large", True, False, id="deeplabv3_mobilenet_v3_large-aux"),
+    pytest.param("fcn_resnet50", True, False, id="fcn_resnet50-aux"),
+    pytest.param("deeplabv3_resnet50", False, False, id="deeplabv3_resnet50"),
+    pytest.param("fcn_resnet101", False, False, id="fcn_resnet101", marks=pytest.mark.slow),
+    pytest.param("deeplabv3_resnet101", True, False, id="deeplabv3_resnet101-aux", marks=pytest.mark.slow),
+]
+
+
+def _relative_error(got, want) -> float:
+    return float(np.abs(np.asarray(got) - want).max() / np.abs(want).max())
+
+
+def _import_cli(name: str, aux: bool, ckpt: Path, out: Path) -> str:
+    """`archc import NAME ckpt.pth --from torchvision [--param aux=true] --out W`: its report."""
+    r = subprocess.run([sys.executable, "-m", "archc", "import", name, str(ckpt), "--from", "torchvision",
+                        *(["--param", "aux=true"] if aux else []), "--out", str(out)],
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+@pytest.mark.usefixtures("highest_precision")
+@pytest.mark.parametrize("name,aux,cli", PARITY)
+def test_outputs_match_torchvision(name, aux, cli, tmp_path):
+    from archc.runtime.variables_io import load_variables
+    tm = _torchvision(name, aux)
+    ckpt = tmp_path / "model.pth"
+    torch.save(tm.state_dict(), ckpt)
+    model = _load(name, aux)
+    if cli:
+        report = _import_cli(name, aux, ckpt, tmp_path / "w.safetensors")
+        variables = load_variables(tmp_path / "w.safetensors")
+    else:
+        variables, report = archc.import_weights(model, ckpt, source="torchvision")
+    n = sum(1 for k in tm.state_dict() if not k.endswith("num_batches_tracked"))
+    assert f"{n} tensors -> {n} variables" in str(report)
+
+    x = np.random.default_rng(2).standard_normal((1, H, W, 3)).astype(np.float32)
+    with torch.no_grad():
+        ref = tm(torch.from_numpy(x).permute(0, 3, 1, 2))
+    names = ("out", "aux") if aux else ("out",)
+    assert set(ref) == set(names)
+    got = model.apply(variables, x, outputs=names)
+    for k in names:
+        want = ref[k].permute(0, 2, 3, 1).numpy()
+        assert got[k].shape == want.shape == (1, H, W, 21)
+        err = _relative_error(got[k], want)
+        print(f"{name} {k}: max relative error {err:.2e}")
+        assert err <= 1e-4, f"{name} {k}: {err:.2e}"
