@@ -78,8 +78,8 @@ def test_macs_are_torchvisions_table(name):
 
 # (name, aux, imported by the CLI)
 PARITY = [
-    pytest.param("lraspp_mobilenet_v3_large", False, True, id="lraspp_mobilenet_v3_large-cli"),
-    pytest.param("deeplabv3_mobilenet_v3_large", True, False, id="deeplabv3_mobilenet_v3_large-aux"),
+    pytest.param("lraspp_mobilenet_v3_large", False, False, id="lraspp_mobilenet_v3_large"),
+    pytest.param("deeplabv3_mobilenet_v3_large", True, True, id="deeplabv3_mobilenet_v3_large-aux-cli"),
     pytest.param("fcn_resnet50", True, False, id="fcn_resnet50-aux"),
     pytest.param("deeplabv3_resnet50", False, False, id="deeplabv3_resnet50"),
     pytest.param("fcn_resnet101", False, False, id="fcn_resnet101", marks=pytest.mark.slow),
@@ -92,11 +92,12 @@ def _relative_error(got, want) -> float:
 
 
 def _import_cli(name: str, aux: bool, ckpt: Path, out: Path) -> str:
-    """`archc import NAME ckpt.pth --from torchvision [--param aux=true] --out W`: its report."""
+    """`archc import NAME ckpt.pth --from torchvision --out W`: its report. A checkpoint with the
+    aux head (as torchvision's COCO ones) goes into the network with aux=true, and says so."""
     r = subprocess.run([sys.executable, "-m", "archc", "import", name, str(ckpt), "--from", "torchvision",
-                        *(["--param", "aux=true"] if aux else []), "--out", str(out)],
-                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                        "--out", str(out)], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stdout + r.stderr
+    assert ("note: aux=true: the checkpoint has the aux head" in r.stdout) == aux, r.stdout
     return r.stdout
 
 
@@ -128,3 +129,18 @@ def test_outputs_match_torchvision(name, aux, cli, tmp_path):
         err = _relative_error(got[k], want)
         print(f"{name} {k}: max relative error {err:.2e}")
         assert err <= 1e-4, f"{name} {k}: {err:.2e}"
+
+
+def test_aux_checkpoint_into_network_without_aux_says_so(tmp_path):
+    """A checkpoint with the aux head (torchvision's COCO layout) into archc.load(name) (aux off):
+    a WeightsError naming the aux tensors and the fix, nothing loaded; with the hint followed it fits."""
+    from archc.runtime.weights import WeightsError
+    name = "deeplabv3_mobilenet_v3_large"
+    ckpt = tmp_path / "model.pth"
+    torch.save(_torchvision(name, aux=True).state_dict(), ckpt)
+    with pytest.raises(WeightsError) as e:
+        archc.import_weights(archc.load(name), ckpt, source="torchvision")
+    assert "aux_classifier.4.weight" in str(e.value)
+    assert f"archc.load({name!r}, aux=True)" in str(e.value)
+    _, report = archc.import_weights(archc.load(name, aux=True), ckpt, source="torchvision")
+    assert report.ok
