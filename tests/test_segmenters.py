@@ -32,17 +32,21 @@ HAS_AUX = {n: not n.startswith("lraspp") for n in NAMES}
 H, W = 197, 263     # neither a multiple of 8 nor of 16: torchvision's resizes at non-integer factors
 
 
-def _torchvision(name: str, aux: bool):
-    torch.manual_seed(0)
-    model = getattr(S, name)(weights=None, weights_backbone=None, **({"aux_loss": True} if aux else {}))
-    g = torch.Generator().manual_seed(1)
+def _randomised_bn(model, seed=1):
+    g = torch.Generator().manual_seed(seed)
     for mod in model.modules():
         if isinstance(mod, torch.nn.BatchNorm2d):
             mod.running_mean.normal_(0, 0.1, generator=g)
             mod.running_var.uniform_(0.5, 2.0, generator=g)
             mod.weight.data.uniform_(0.5, 1.5, generator=g)
             mod.bias.data.normal_(0, 0.1, generator=g)
-    return model.eval()
+    return model
+
+
+def _torchvision(name: str, aux: bool):
+    torch.manual_seed(0)
+    model = getattr(S, name)(weights=None, weights_backbone=None, **({"aux_loss": True} if aux else {}))
+    return _randomised_bn(model).eval()
 
 
 def _counts(model) -> tuple[int, int]:
@@ -144,3 +148,28 @@ def test_aux_checkpoint_into_network_without_aux_says_so(tmp_path):
     assert f"archc.load({name!r}, aux=True)" in str(e.value)
     _, report = archc.import_weights(archc.load(name, aux=True), ckpt, source="torchvision")
     assert report.ok
+
+
+@pytest.mark.usefixtures("highest_precision")
+def test_classifier_checkpoint_into_the_backbone_part(tmp_path):
+    """torchvision's weights_backbone is --prefix body: MobileNetV3-Large's ImageNet-layout
+    checkpoint imported into lraspp's part `body` (dilated) gives the features torchvision's
+    backbone computes from the same checkpoint (its IntermediateLayerGetter's low and high)."""
+    from torchvision.models import mobilenet_v3_large
+    torch.manual_seed(0)
+    classifier = _randomised_bn(mobilenet_v3_large(weights=None))
+    ckpt = tmp_path / "mobilenet_v3_large.pth"
+    torch.save(classifier.state_dict(), ckpt)
+    tm = S.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None)
+    tm.backbone.load_state_dict({k.removeprefix("features."): v for k, v in classifier.state_dict().items()
+                                 if k.startswith("features.")})
+    tm.eval()
+    model = archc.load("lraspp_mobilenet_v3_large")
+    variables, report = archc.import_weights(model, ckpt, source="torchvision", prefix="body")
+    assert "cut off by until= (stage classifier)" in str(report)
+    x = np.random.default_rng(4).standard_normal((1, 150, 190, 3)).astype(np.float32)
+    with torch.no_grad():
+        ref = tm.backbone(torch.from_numpy(x).permute(0, 3, 1, 2))
+    got = model.apply(variables, x, outputs=("body", "body.blocks.3"))
+    for mine, theirs in (("body", "high"), ("body.blocks.3", "low")):
+        assert _relative_error(got[mine], ref[theirs].permute(0, 2, 3, 1).numpy()) <= 1e-4, mine
