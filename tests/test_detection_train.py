@@ -184,3 +184,29 @@ def test_faster_rcnn_from_imagenet_backbone(tmp_path):
     assert "frozen: body.stem.conv1, body.stem.bn1, body.blocks.0" in out and "; batch norm frozen" in out
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["val_AP"][0] is not None and m["train_loss"][0] > 0
+
+
+@pytest.mark.slow
+def test_torchvision_detector_onto_new_classes(tmp_path):
+    """An imported torchvision SSD300 (COCO's 91 classes, random weights) fine-tuned onto the 3
+    shapes: the class heads re-initialised and reported, every other tensor loaded."""
+    import torch
+    import torchvision
+    torch.manual_seed(0)
+    tv = torchvision.models.detection.ssd300_vgg16(weights=None, weights_backbone=None, num_classes=91)
+    torch.save(tv.state_dict(), tmp_path / "ssd91.pth")
+    w = tmp_path / "ssd91.safetensors"
+    r = run_cli("import", "ssd300_vgg16", tmp_path / "ssd91.pth", "--from", "torchvision", "--param", "classes=91",
+                "--out", w)
+    assert r.returncode == 0, r.stderr
+    train = write_shapes(tmp_path, "train", images=4, seed=0)
+    r = run_cli("train", "ssd300_vgg16", "--param", "classes=4", "--weights", w, "--data", train,
+                "--out", tmp_path / "run", "--epochs", "1", "--batch", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    line = next(x for x in out.splitlines() if x.startswith("weights:"))
+    n = sum(1 for k in tv.state_dict() if "num_batches" not in k)
+    heads = [f"cls{i}.conv1/{leaf}" for i in range(1, 7) for leaf in ("kernel", "bias")]
+    assert f"weights: {n - len(heads)} tensors loaded" in line, line
+    assert "new: cls1.conv1/kernel (3, 3, 512, 364) -> (3, 3, 512, 16)" in line, line
+    assert "backbone: the last 4 of its 5 stages train" in out
