@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..compiler.declarations import DeclarationContext, declaration
-from .declare import training_settings
 
 
 @declaration("rpn")
@@ -44,6 +43,7 @@ class RPN:
 
     @classmethod
     def bind(cls, v: dict, ctx: DeclarationContext) -> "RPN":
+        from .declare import training_settings      # here: declare.py loads this module as it loads
         scores = tuple(ctx.tensor("scores", t) for t in (v["scores"] if isinstance(v["scores"], list) else [v["scores"]]))
         boxes = tuple(ctx.tensor("boxes", t) for t in (v["boxes"] if isinstance(v["boxes"], list) else [v["boxes"]]))
         if len(scores) != len(boxes):

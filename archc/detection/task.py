@@ -109,8 +109,10 @@ def _targets(targets, n_images: int, classes: int) -> list:
     return out
 
 
-def detection_losses(task: Detection, variables, images, targets, *, bn: str = "frozen", rng=None) -> dict:
-    """``archc.losses`` for a detector (see runtime/tasks.py's ``losses``)."""
+def detection_batch(task: Detection, images, targets) -> dict:
+    """The task's batch (runtime/tasks.py) from torchvision's inputs: ``images`` (H, W, 3) in
+    [0, 1] through the network's input transform, each image's ``targets`` ``{"boxes": (N, 4)
+    xyxy in its pixels, "labels": (N,)}`` scaled with it and padded to the batch's largest N."""
     import jax.numpy as jnp
     from .api import _images
     from .transforms import rescale_boxes, transform
@@ -118,16 +120,19 @@ def detection_losses(task: Detection, variables, images, targets, *, bn: str = "
     tg = _targets(list(targets), len(ims), task.num_classes)
     batch, sizes = transform([jnp.asarray(im) for im in ims], task.detector.transform_spec)
     n = max(1, max(len(lab) for _, lab in tg))
-    dtype = batch.dtype
-    boxes = np.zeros((len(ims), n, 4), dtype)
+    boxes = np.zeros((len(ims), n, 4), batch.dtype)
     labels = np.zeros((len(ims), n), np.int32)
     for i, ((b, lab), im, size) in enumerate(zip(tg, ims, sizes)):
         if len(lab):
-            boxes[i, :len(lab)] = np.asarray(rescale_boxes(jnp.asarray(b, dtype), im.shape[:2], size))
+            boxes[i, :len(lab)] = np.asarray(rescale_boxes(jnp.asarray(b, batch.dtype), im.shape[:2], size))
             labels[i, :len(lab)] = lab
-    data = {"image": batch, "boxes": jnp.asarray(boxes), "labels": jnp.asarray(labels),
+    return {"image": batch, "boxes": jnp.asarray(boxes), "labels": jnp.asarray(labels),
             "count": jnp.asarray([len(lab) for _, lab in tg], jnp.int32), "size": jnp.asarray(sizes, jnp.int32)}
-    return _loss_fn(task, bn == "batch")(variables, data, rng)
+
+
+def detection_losses(task: Detection, variables, images, targets, *, bn: str = "frozen", rng=None) -> dict:
+    """``archc.losses`` for a detector (see runtime/tasks.py's ``losses``)."""
+    return _loss_fn(task, bn == "batch")(variables, detection_batch(task, images, targets), rng)
 
 
 @functools.lru_cache(maxsize=16)
