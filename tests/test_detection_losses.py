@@ -204,16 +204,22 @@ def test_matcher_equals_torchvision(low_quality):
     from torchvision.models.detection._utils import Matcher, SSDMatcher
     from archc.detection.matcher import match, ssd_match
     rng = np.random.default_rng(0)
+    # one shape (7 boxes, 40 priors) for every trial: rows past g are padding boxes, columns past n
+    # priors that no box overlaps (-1: never a best match)
+    m = jax.jit(lambda q, v: match(q, v, 0.7, 0.3, low_quality))
+    s = jax.jit(lambda q, v: ssd_match(q, v, 0.5))
     for trial in range(20):
         g, n = rng.integers(1, 6), rng.integers(5, 40)
         q = np.round(rng.uniform(0, 1, (g, n)), 1)           # rounded: ties and values on the thresholds
-        pad = np.concatenate([q, rng.uniform(0, 1, (2, n))])  # two padding rows that must match nothing
-        valid = np.arange(g + 2) < g
+        pad = np.full((7, 40), -1.0)
+        pad[:g, :n] = q
+        pad[g:, :n] = rng.uniform(0, 1, (7 - g, n))           # padding boxes must match nothing
+        valid = jnp.asarray(np.arange(7) < g)
         want = Matcher(0.7, 0.3, low_quality)(torch.from_numpy(q)).numpy()
-        np.testing.assert_array_equal(np.asarray(match(jnp.asarray(pad), jnp.asarray(valid), 0.7, 0.3, low_quality)), want)
+        np.testing.assert_array_equal(np.asarray(m(jnp.asarray(pad), valid))[:n], want)
         if not low_quality:
             want = SSDMatcher(0.5)(torch.from_numpy(q)).numpy()
-            np.testing.assert_array_equal(np.asarray(ssd_match(jnp.asarray(pad), jnp.asarray(valid), 0.5)), want)
+            np.testing.assert_array_equal(np.asarray(s(jnp.asarray(pad), valid))[:n], want)
 
 
 def test_sampler_takes_the_quotas_at_random_and_everything_when_it_fits():
@@ -294,24 +300,46 @@ def test_yolo_v1_loss_equals_the_papers_sum_squared_error():
         assert want > 0 and abs(got[k] - want) <= 1e-12 * want, (k, got[k], want)
 
 
-def test_yolo_v1_loss_trains_the_network():
-    """Gradients through the generic step reach the network (the loss falls on one batch)."""
+TINY_YOLO = """\
+# a user's YOLO v1: the library's declarations on a network of one's own
+param S = 4
+param B = 2
+param C = 3
+
+input(64, 64, 3)
+body: conv(8, 3, s=2) relu maxpool2 conv(16, 3, s=2) relu maxpool2
+fc:   flatten fc(S * S * (B * 5 + C)) sigmoid reshape([S, S, B * 5 + C])
+
+detect_input(mean=[0, 0, 0], std=[1, 1, 1], fixed_size=[64, 64], size_divisible=1)
+yolo_grid(side=S, boxes=B, classes=C)
+detect(kind="yolo_v1", scores=@fc, topk_candidates=S * S * B)
+"""
+
+
+def test_a_users_yolo_trains_with_the_generic_step(tmp_path):
+    """Gradients of the YOLO loss through make_train_step reach a network written by a user
+    (the loss falls on one batch), and archc.losses takes torchvision-style inputs for it."""
     import optax
-    model = archc.load("yolo_v1", res=112)
+    (tmp_path / "tiny_yolo.arch").write_text(TINY_YOLO)
+    model = archc.load(str(tmp_path / "tiny_yolo.arch"))
     task = T.make_task(model)
     rng = np.random.default_rng(0)
-    batch = {"image": jnp.asarray(rng.uniform(0, 1, (2, 112, 112, 3)), jnp.float32),
-             "boxes": jnp.asarray([[[5.0, 8, 60, 70]], [[20.0, 30, 90, 100]]]), "labels": jnp.asarray([[3], [20]]),
-             "count": jnp.asarray([1, 1])}
-    opt = optax.adam(1e-4)
+    images = [rng.uniform(0, 1, (64, 64, 3)).astype(np.float32), rng.uniform(0, 1, (80, 96, 3)).astype(np.float32)]
+    targets = [{"boxes": np.array([[5.0, 8, 40, 50]]), "labels": np.array([3])},
+               {"boxes": np.array([[20.0, 30, 90, 70], [0, 0, 30, 20]]), "labels": np.array([1, 2])}]
+    from archc.detection.task import detection_batch
+    batch = detection_batch(task, images, targets)
+    assert batch["image"].shape == (2, 64, 64, 3) and batch["boxes"].shape == (2, 2, 4)
+    np.testing.assert_allclose(np.asarray(batch["boxes"][1, 0]), [20 * 64 / 96, 30 * 64 / 80, 90 * 64 / 96, 70 * 64 / 80],
+                               rtol=1e-6)
+    opt = optax.adam(1e-2)
     step = T.make_train_step(task, opt, bn="frozen")
     state = T.train_state(task, opt, model.init(seed=0))
-    first = None
-    for _ in range(5):
+    first = float(sum(archc.losses(model, model.init(seed=0), images, targets).values()))
+    for _ in range(10):
         state, m = step(state, batch)
-        first = first if first is not None else float(m["loss"])
     assert set(m) >= {"coordinates", "objectness", "no_object", "classification", "loss"}
-    assert float(m["loss"]) < first
+    assert abs(float(m["loss"]) - first) > 0 and float(m["loss"]) < first
 
 
 # ---------------------------------------------------------------------------------------------
