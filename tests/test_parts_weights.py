@@ -140,3 +140,42 @@ def test_weights_backbone_is_prefix_body(tmp_path):
     assert all(not v.split("/")[1].startswith("body.") for v, _ in report.new) and report.new
     np.testing.assert_array_equal(np.asarray(variables["params"]["body.stem.conv1"]["kernel"]),
                                   backbone.features[0][0].weight.detach().numpy().transpose(2, 3, 1, 0))
+
+
+def test_ssd_weights_backbone_is_prefix_body(tmp_path):
+    """torchvision's ssd300_vgg16(weights_backbone=…) from the CLI: ImageNet VGG-16 classifier
+    weights (random here) imported under --prefix body land where torchvision's _vgg_extractor
+    puts them: each backbone variable equals the one a torchvision SSD300 whose backbone is
+    _vgg_extractor(that vgg16) gives through the whole-model mapping (itself checked end to end
+    by tests/test_detection_ssd.py), and conv4_3 / conv5_1 equal the extractor's own layers."""
+    import copy
+
+    import archc
+    from archc.runtime.variables_io import load_variables
+    from torchvision.models.detection import ssd as tv_ssd
+    torch.manual_seed(0)
+    vgg = torchvision.models.vgg16(weights=None)
+    ckpt = tmp_path / "vgg16.pth"
+    torch.save(vgg.state_dict(), ckpt)
+    out = tmp_path / "w.safetensors"
+    r = run_cli(["import", "ssd300_vgg16", ckpt, "--from", "torchvision", "--prefix", "body",
+                 "--param", "classes=5", "--out", out])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "part body (vgg16 until features)" in r.stdout and "6 cut off by until= (stage classifier)" in r.stdout
+    ours = load_variables(str(out), as_numpy=True)["params"]
+
+    tm = torchvision.models.detection.ssd300_vgg16(weights=None, weights_backbone=None, num_classes=5)
+    tm.backbone = tv_ssd._vgg_extractor(copy.deepcopy(vgg), False, 5)      # what weights_backbone builds
+    whole = tmp_path / "ssd.pth"
+    torch.save(tm.state_dict(), whole)
+    placed, report = archc.import_weights(archc.load("ssd300_vgg16", classes=5), str(whole), source="torchvision")
+    assert report.ok
+    body = sorted(n for n in ours if n.startswith("body."))
+    assert len(body) == 13 and body == sorted(n for n in placed["params"] if n.startswith("body."))
+    for n in body:
+        for leaf in ("kernel", "bias"):
+            np.testing.assert_array_equal(ours[n][leaf], np.asarray(placed["params"][n][leaf]), err_msg=n)
+    as_hwio = lambda conv: conv.weight.detach().numpy().transpose(2, 3, 1, 0)  # noqa: E731
+    np.testing.assert_array_equal(ours["body.features.3.conv3"]["kernel"], as_hwio(tm.backbone.features[-2]))  # conv4_3
+    np.testing.assert_array_equal(ours["body.features.4.conv1"]["kernel"], as_hwio(tm.backbone.extra[0][1]))   # conv5_1
+    assert not np.array_equal(ours["fc7.conv1"]["kernel"], np.asarray(placed["params"]["fc7.conv1"]["kernel"]))  # new, not VGG's
