@@ -125,6 +125,32 @@ def test_train_with_the_imported_trunk_frozen(reference, tmp_path):
     json.loads((run / "metrics.json").read_text())
 
 
+def test_train_from_a_torchvision_checkpoint_into_a_part(reference, tmp_path):
+    """`archc train --weights CKPT --from torchvision --prefix trunk`: the trunk starts from the
+    same variables as `archc import --prefix trunk` gives (kept by --freeze); bad input is one line."""
+    import archc
+    from archc.runtime.variables_io import load_variables
+    _, ckpt = reference
+    spec = fpn_file(tmp_path)
+    data = write_random(tmp_path / "data", classes=3, per_class=4, size=(SIZE, SIZE), mode="RGB", layout="split")
+    run = tmp_path / "run"
+    r = run_cli(["train", spec, "--data", data, "--out", run, "--epochs", "1", "--batch", "4", "--weights", ckpt,
+                 "--from", "torchvision", "--prefix", "trunk", "--freeze", "trunk.*", "--no-augment"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "weights: 100 tensors loaded" in r.stdout + r.stderr
+    imported, _ = archc.import_weights(archc.load(spec), str(ckpt), source="torchvision", prefix="trunk")
+    after = load_variables(str(sorted(run.glob("*.safetensors"))[-1]), as_numpy=True)
+    trunk = [(c, n) for c in ("params", "batch_stats") for n in imported[c] if n.startswith("trunk.")]
+    assert len(trunk) == 60                             # 20 convs, 20 BNs with their statistics
+    for c, n in trunk:
+        for leaf, v in imported[c][n].items():
+            np.testing.assert_array_equal(after[c][n][leaf], np.asarray(v), err_msg=f"{c}/{n}/{leaf}")
+    for args, message in ((["--prefix", "trunk"], "--prefix maps a torchvision, timm or Keras checkpoint into a part"),
+                          (["--from", "torchvision", "--prefix", "trnk"], "has no part 'trnk'; did you mean 'trunk'?")):
+        r = run_cli(["train", spec, "--data", data, "--out", tmp_path / "bad", "--epochs", "1", "--weights", ckpt, *args])
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_weights_backbone_is_prefix_body(tmp_path):
     """torchvision's weights_backbone: an ImageNet MobileNetV3-Large checkpoint into the FPN
     detector's part `body`, with the classifier's mapping (the same tensors in the same order)."""
