@@ -9,6 +9,8 @@ that the BN statistics and scales would go untested and the scores nearly tie. T
 therefore re-drawn with a fixed seed: conv kernels He-normal, biases and every BN variable
 (scale, shift, running mean and variance) random, so each layer's contribution shows in the
 outputs. 5 classes, so that detections survive SSDlite's 0.001 score threshold in number."""
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ from archc.detection import api
 from archc.detection.transforms import transform
 from archc.runtime.weights import import_weights
 from test_detection_ssd import assert_same_detections
+from train_helpers import run_cli
 
 NAME = "ssdlite320_mobilenet_v3_large"
 CLASSES = 5
@@ -77,7 +80,7 @@ def ssdlite(tmp_path_factory):
     finally:
         del t64.postprocess_detections
     v64 = jax.tree.map(lambda a: np.asarray(a, np.float64), variables)
-    return dict(model=model, variables=variables, v64=v64, images=images, ref=ref, **seen)
+    return dict(model=model, variables=variables, v64=v64, images=images, ref=ref, path=path, **seen)
 
 
 @pytest.mark.parametrize("classes", [91, CLASSES])
@@ -109,3 +112,22 @@ def test_end_to_end_square_and_non_square(ssdlite, highest_precision):
     for o, r in zip(ours, ssdlite["ref"]):
         worst_box, worst_score = assert_same_detections(o, r)
         assert o["boxes"].dtype == np.float64 and o["names"][0].startswith("class ")
+
+
+def test_cli_import_and_detect(ssdlite, tmp_path):
+    """As a user runs it: torchvision's checkpoint through `archc import` (the class count taken
+    from the checkpoint), then `archc detect` on a PNG: the detections archc.detect gives."""
+    from PIL import Image
+    out = tmp_path / "w.safetensors"
+    r = run_cli(["import", NAME, ssdlite["path"], "--from", "torchvision", "--out", out])
+    assert r.returncode == 0 and "classes=5" in r.stdout, r.stdout + r.stderr
+    photo = tmp_path / "photo.png"
+    pixels = (ssdlite["images"][1] * 255).round().astype(np.uint8)
+    Image.fromarray(pixels).save(photo)
+    r = run_cli(["detect", NAME, "--param", "classes=5", "--weights", out, photo, "--json"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    dets = json.loads(r.stdout)[0]["detections"]
+    ours = archc.detect(archc.load(NAME, classes=CLASSES), str(out), pixels)[0]
+    assert len(dets) == len(ours["scores"]) == 300
+    np.testing.assert_allclose([d["score"] for d in dets], ours["scores"], rtol=0, atol=1e-4)
+    assert all(0 <= d["box"][0] <= d["box"][2] <= 400 and 0 <= d["box"][1] <= d["box"][3] <= 240 for d in dets)
