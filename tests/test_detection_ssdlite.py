@@ -114,6 +114,7 @@ def test_end_to_end_square_and_non_square(ssdlite, highest_precision):
         assert o["boxes"].dtype == np.float64 and o["names"][0].startswith("class ")
 
 
+@pytest.mark.slow          # two CLI processes: ~70 s on 2 busy cores; the API path above is the default tier's
 def test_cli_import_and_detect(ssdlite, tmp_path):
     """As a user runs it: torchvision's checkpoint through `archc import` (the class count taken
     from the checkpoint), then `archc detect` on a PNG: the detections archc.detect gives."""
