@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..runtime.tasks import Task, TaskError, _weights, forward_fn
+from ..runtime.tasks import Task, TaskError, forward_fn
 
 LOSSES = {"ssd": "archc.detection.ssd_loss:SSDLoss", "faster_rcnn": "archc.detection.rcnn_loss:FasterRCNNLoss",
           "yolo_v1": "archc.detection.yolo_loss:YoloV1Loss"}
@@ -33,18 +33,23 @@ def loss_for(detector):
 @dataclass(eq=False)
 class Detection(Task):
     """Losses with torchvision's keys (their sum is the objective). Metrics: the losses' means
-    over the evaluated images (the best checkpoint by the lowest total)."""
+    over the batches (a mean of batch means), and ``negative_loss`` (minus their sum), which the
+    training loop's best checkpoint maximises until COCO AP takes its place."""
     __hash__ = object.__hash__      # a cache key (its jitted loss), by identity
     __eq__ = object.__eq__
 
     def __post_init__(self):
         from .api import DetectError, detector_for
-        self.name, self.score_name = "detection", "loss"
+        self.name, self.score_name, self.score_label = "detection", "negative_loss", "-loss"
         try:
             self.detector = detector_for(self.model)
         except DetectError as e:
             raise TaskError(str(e)) from None
         self.loss = loss_for(self.detector)
+        keys = tuple(importlib.import_module(LOSSES[self.detector.kind].split(":")[0]).KEYS)
+        self.train_sums = ("batches",) + keys + ("loss",)       # make_train_step's metrics
+        self.train_metrics = keys + ("negative_loss",)
+        self.val_metrics = ("loss",) + keys + ("negative_loss",)
 
     @property
     def outputs(self) -> tuple:
@@ -65,21 +70,19 @@ class Detection(Task):
 
     def metric_sums(self, outputs, batch, *, full: bool = True) -> dict:
         import jax.numpy as jnp
-        n = batch["image"].shape[0]
-        sums = {"images": jnp.sum(_weights(batch, n))}
-        if full:       # the batch's losses (means over it) weighted by its images
-            sums.update({k: v * sums["images"] for k, v in self.losses(outputs, batch).items()})
+        sums = {"batches": jnp.ones((), jnp.float32)}
+        if full:
+            parts = self.losses(outputs, batch)
+            sums.update(parts, loss=sum(parts.values()))
         return sums
 
     def summarize(self, sums) -> dict:
-        n = max(float(sums["images"]), 1e-12)
-        out = {k: float(v) / n for k, v in sums.items() if k != "images"}
+        n = max(float(sums["batches"]), 1e-12)
+        out = {k: float(v) / n for k, v in sums.items() if k != "batches"}
         if out:
-            out["loss"] = sum(out.values())
+            out["loss"] = out.get("loss", sum(out.values()))
+            out["negative_loss"] = -out["loss"]
         return out
-
-    def score(self, metrics) -> float:
-        return -float(metrics["loss"])
 
     def record(self) -> dict:
         return {"task": self.name, "classes": self.classes}
