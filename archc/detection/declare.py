@@ -33,6 +33,17 @@ def _nested(ctx: DeclarationContext, name: str, v, levels: int | None = None) ->
     return tuple(ctx.numbers(name, x) for x in v)
 
 
+def training_settings(ctx: DeclarationContext, v: dict) -> dict:
+    """The matching and sampling settings (``detect``'s and ``rpn``'s), checked."""
+    fg = float(ctx.number("fg_iou_thresh", v["fg_iou_thresh"], low=0, high=1))
+    bg = float(ctx.number("bg_iou_thresh", v["bg_iou_thresh"], low=0, high=1))
+    if bg > fg:
+        ctx.fail("bg_iou_thresh", f"{ctx.kind}(): 'bg_iou_thresh' ({bg}) must not exceed 'fg_iou_thresh' ({fg})")
+    return {"fg_iou_thresh": fg, "bg_iou_thresh": bg,
+            "batch_size_per_image": ctx.number("batch_size_per_image", v["batch_size_per_image"], low=1, integer=True),
+            "positive_fraction": float(ctx.number("positive_fraction", v["positive_fraction"], low=0, high=1))}
+
+
 def _tensors(ctx: DeclarationContext, name: str, v) -> tuple:
     v = v if isinstance(v, (list, tuple)) else [v]
     return tuple(ctx.tensor(name, t) for t in v)
@@ -127,7 +138,13 @@ class Detect:
     coder. Per class, candidates scoring more than ``score_thresh`` (the best
     ``topk_candidates``) go through NMS at ``nms_thresh`` (suppressing at IoU strictly above it);
     the best ``detections_per_img`` remain. Boxes with a side under ``min_size`` are dropped.
-    ``names``: the class names (coco: the 91-index COCO list, voc: the 21 VOC classes)."""
+    ``names``: the class names (coco: the 91-index COCO list, voc: the 21 VOC classes).
+
+    Training (archc/detection/ssd_loss.py, rcnn_loss.py): a prior (SSD's default box, Faster
+    R-CNN's proposal) with IoU ≥ ``fg_iou_thresh`` with a ground-truth box is foreground, below
+    ``bg_iou_thresh`` background, between ignored; Faster R-CNN samples ``batch_size_per_image``
+    proposals per image, at most ``positive_fraction`` of them foreground; SSD keeps
+    (1 - ``positive_fraction``) / ``positive_fraction`` hard negatives per foreground box."""
     kind: str
     scores: tuple
     boxes: tuple = ()
@@ -139,6 +156,10 @@ class Detect:
     detections_per_img: int = 100
     min_size: float = 0.0
     names: str = "none"
+    fg_iou_thresh: float = 0.5
+    bg_iou_thresh: float = 0.5
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
 
     @classmethod
     def bind(cls, v: dict, ctx: DeclarationContext) -> "Detect":
@@ -157,7 +178,7 @@ class Detect:
                    ctx.number("topk_candidates", v["topk_candidates"], low=1, integer=True),
                    ctx.number("detections_per_img", v["detections_per_img"], low=1, integer=True),
                    float(ctx.number("min_size", v["min_size"], low=0)),
-                   ctx.choice("names", v["names"], CLASS_NAMES))
+                   ctx.choice("names", v["names"], CLASS_NAMES), **training_settings(ctx, v))
 
     def tensors(self) -> tuple:
         return self.scores + self.boxes
@@ -173,15 +194,22 @@ class Detect:
 class YoloGrid:
     """YOLO v1's output layout: an ``side``×``side`` grid, each cell holding ``boxes`` boxes
     (x, y, w, h, confidence: x, y the centre's offset in the cell, w, h relative to the image,
-    predicted as their square roots when ``sqrt``) followed by ``classes`` class probabilities."""
+    predicted as their square roots when ``sqrt``) followed by ``classes`` class probabilities.
+    Training (archc/detection/yolo_loss.py): the paper's sum-squared error with the coordinate
+    terms weighted ``lambda_coord`` and the confidence of predictors without an object
+    ``lambda_noobj``."""
     side: int = 7
     boxes: int = 2
     classes: int = 20
     sqrt: bool = True
+    lambda_coord: float = 5.0
+    lambda_noobj: float = 0.5
 
     @classmethod
     def bind(cls, v: dict, ctx: DeclarationContext) -> "YoloGrid":
         if not isinstance(v["sqrt"], bool):
             ctx.fail("sqrt", f"yolo_grid(): 'sqrt' is true or false, not {v['sqrt']!r}")
         return cls(ctx.number("side", v["side"], low=1, integer=True), ctx.number("boxes", v["boxes"], low=1, integer=True),
-                   ctx.number("classes", v["classes"], low=1, integer=True), v["sqrt"])
+                   ctx.number("classes", v["classes"], low=1, integer=True), v["sqrt"],
+                   float(ctx.number("lambda_coord", v["lambda_coord"], low=0)),
+                   float(ctx.number("lambda_noobj", v["lambda_noobj"], low=0)))

@@ -58,9 +58,11 @@ class FasterRCNNDetector(Detector):
         return tuple(frontier), tuple(self.decl.scores) + tuple(self.decl.boxes)
 
     # ---- phase one: proposals ----------------------------------------------------------------
-    def propose(self, outputs, image_sizes, input_size):
-        """RPN head outputs (by node name) -> proposals (B, R, 4) in input pixels, valid (B, R)."""
+    def propose(self, outputs, image_sizes, input_size, pre_nms_top_n=None, post_nms_top_n=None):
+        """RPN head outputs (by node name) -> proposals (B, R, 4) in input pixels, valid (B, R).
+        The top-n default to the inference ones (training passes its own)."""
         r = self.rpn
+        pre_nms_top_n = pre_nms_top_n or r.pre_nms_top_n
         logits = [o.reshape(o.shape[0], -1) for o in (outputs[n] for n in r.scores)]     # (B, H·W·A)
         codes = [o.reshape(o.shape[0], -1, 4) for o in (outputs[n] for n in r.boxes)]
         grids = [tuple(outputs[n].shape[1:3]) for n in r.scores]
@@ -69,7 +71,7 @@ class FasterRCNNDetector(Detector):
         levels, top_logits, top_boxes = [], [], []
         for k, (lg, cd) in enumerate(zip(logits, codes)):
             n = lg.shape[1]
-            kk = min(r.pre_nms_top_n, n)
+            kk = min(pre_nms_top_n, n)
             best, idx = jax.lax.top_k(lg, kk)                       # on the raw logits, per level
             boxes = B.decode(jnp.take_along_axis(cd, idx[..., None], 1),
                              jnp.asarray(anchors[starts[k]:starts[k + 1]])[idx], r.box_weights)
@@ -79,14 +81,14 @@ class FasterRCNNDetector(Detector):
         scores = jax.nn.sigmoid(jnp.concatenate(top_logits, 1))
         boxes = jnp.concatenate(top_boxes, 1)
         levels = jnp.asarray(np.concatenate(levels))
-        return jax.vmap(functools.partial(self._filter, levels))(boxes, scores, image_sizes)
+        return jax.vmap(functools.partial(self._filter, levels, post_nms_top_n or self.R))(boxes, scores, image_sizes)
 
-    def _filter(self, levels, boxes, scores, size):
+    def _filter(self, levels, post_nms_top_n, boxes, scores, size):
         r = self.rpn
         boxes = B.clip(boxes, size[0], size[1])
         valid = B.remove_small(boxes, jnp.ones(scores.shape, bool), r.min_size) & (scores >= scores.dtype.type(r.score_thresh))
-        idx, count = B.batched_nms(boxes, scores, levels, valid, r.nms_thresh, self.R)
-        ok = jnp.arange(self.R) < count
+        idx, count = B.batched_nms(boxes, scores, levels, valid, r.nms_thresh, post_nms_top_n)
+        ok = jnp.arange(post_nms_top_n) < count
         return jnp.where(ok[:, None], boxes[idx], 0.0), ok
 
     # ---- phase two: detections ---------------------------------------------------------------

@@ -12,6 +12,8 @@ One training step (:func:`make_train_step`), one evaluation (:func:`evaluate`) a
 ``summarize``      ``sums -> {name: float | list}`` on the host, once per logging interval
 ``score``          the metric the best checkpoint maximises (``score_name``)
 ``record``         what the weights record for inference (``archc.task``, class names)
+``apply``          the forward pass of training and evaluation (default: the network's
+                   ``outputs``; a two-stage detector runs its stages with sampling between)
 =================  ==========================================================================
 
 Batches are dicts of arrays, a leading batch axis everywhere:
@@ -19,10 +21,11 @@ Batches are dicts of arrays, a leading batch axis everywhere:
 * classification: ``image`` (B, H, W, C) float32, ``label`` (B,) int32, ``weight`` (B,)
   float32 (0 for the padding of a last evaluation batch);
 * segmentation: ``image``, ``label`` (B, H, W) int32 class per pixel (255: ignored), ``weight``;
-* detection: ``image``, ``boxes`` (B, N, 4) xyxy, ``labels`` (B, N), ``count`` (B,): per-image
-  target lists padded to N with their lengths, so that shapes stay static under ``jit``; its
-  losses sample (``rng``). Detection's losses and data come with their own issue: choosing it
-  is a clear error for now.
+* detection: ``image`` (transformed as the network's ``detect_input`` says), ``boxes`` (B, N,
+  4) xyxy in the transformed image's pixels, ``labels`` (B, N) (1-based, 0 is the background),
+  ``count`` (B,): per-image target lists padded to N with their lengths, so that shapes stay
+  static under ``jit``; optionally ``size`` (B, 2) each image's size before padding. Its
+  losses sample (``rng``); archc/detection/task.py.
 
 Every batch also holds ``weight`` (B,) float32: 0 for the padding of a last evaluation batch.
 
@@ -99,8 +102,8 @@ def make_task(model, kind: str | None = None, *, classes: Sequence[str] | None =
     if chosen not in TASKS:
         raise TaskError(f"--task must be one of {', '.join(TASKS)}, not {chosen!r}")
     if chosen == "detection":
-        raise TaskError(f"{model.name} is a detector (it declares detect(...)): training and evaluating "
-                        f"detectors is not supported yet: archc trains classifiers today")
+        from ..detection.task import Detection
+        return Detection(model, classes=list(classes) if classes is not None else None)
     if chosen == "segmentation":
         return Segmentation(model, classes=list(classes) if classes is not None else None)
     return Classification(model, classes=list(classes) if classes is not None else None,
@@ -130,6 +133,18 @@ class Task:
     @property
     def num_classes(self) -> int:
         return int(self.model.graph.nodes[self.outputs[0]].shape[-1])
+
+    def apply(self, variables: Mapping, batch: Mapping, *, train: bool, rng=None, dtype=None):
+        """``(outputs, batch_stats)``: the network's ``outputs`` on ``batch["image"]``, in training
+        mode (batch statistics, dropout with ``rng``) or not."""
+        model = self.model
+        if train:
+            use_rng = rng if model.program.has_dropout else None
+            out, new = model.apply_fn(variables, batch["image"], train=True, rng=use_rng, outputs=self.outputs,
+                                      dtype=dtype)
+            return out, new.get("batch_stats", {})
+        out = model.apply_fn(variables, batch["image"], train=False, outputs=self.outputs, dtype=dtype)
+        return out, variables.get("batch_stats", {})
 
     def losses(self, outputs: Mapping, batch: Mapping, rng=None) -> dict:
         raise NotImplementedError
@@ -313,19 +328,16 @@ class Segmentation(Task):
 # The step, the state, evaluation, losses for a user
 # --------------------------------------------------------------------------------------------
 def forward_fn(task: Task, *, train: bool, dtype=None, remat: bool = False) -> Callable:
-    """``(params, batch_stats, image, rng) -> (outputs, new batch_stats)``: the network's
-    ``task.outputs``, in training mode (batch statistics, dropout) or not."""
+    """``(params, batch_stats, batch, rng) -> (outputs, new batch_stats)``: the task's forward
+    (``task.apply``), in training mode (batch statistics, dropout) or not."""
     import jax
-    model, names = task.model, tuple(task.outputs)
 
-    def forward(params, batch_stats, x, rng):
+    def forward(params, batch_stats, batch, rng):
         variables = {"params": params}
         if batch_stats:
             variables["batch_stats"] = batch_stats
-        if train:
-            out, new = model.apply_fn(variables, x, train=True, rng=rng, outputs=names, dtype=dtype)
-            return out, new.get("batch_stats", {})
-        return model.apply_fn(variables, x, train=False, outputs=names, dtype=dtype), batch_stats
+        out, stats = task.apply(variables, batch, train=train, rng=rng, dtype=dtype)
+        return out, {**batch_stats, **stats}
 
     if remat:
         forward = jax.checkpoint(forward, policy=jax.checkpoint_policies.dots_saveable)
@@ -360,7 +372,6 @@ def make_train_step(task: Task, optimizer, *, bn: str = "update", dtype=None, re
     import optax
     train_mode = bn == "update"
     forward = forward_fn(task, train=train_mode, dtype=dtype, remat=remat)
-    use_rng = train_mode and task.model.program.has_dropout
     base_key = jax.random.PRNGKey(seed + 1)
     objective = loss_fn or task.losses
 
@@ -369,8 +380,7 @@ def make_train_step(task: Task, optimizer, *, bn: str = "update", dtype=None, re
         frozen = state["frozen"]
 
         def loss_of(trainable):
-            outputs, stats = forward({**frozen, **trainable}, state["batch_stats"], batch["image"],
-                                     rng if use_rng else None)
+            outputs, stats = forward({**frozen, **trainable}, state["batch_stats"], batch, rng)
             parts = objective(outputs, batch, rng)
             parts = parts if isinstance(parts, Mapping) else {"loss": parts}
             return sum(parts.values()), (outputs, stats, parts)
@@ -396,7 +406,7 @@ def make_eval_step(task: Task, *, dtype=None, sharding=None):
     forward = forward_fn(task, train=False, dtype=dtype)
 
     def eval_step(variables, batch):
-        outputs, _ = forward(variables["params"], variables.get("batch_stats", {}), batch["image"], None)
+        outputs, _ = forward(variables["params"], variables.get("batch_stats", {}), batch, None)
         return task.metric_sums(outputs, batch, full=True)
 
     kw = {} if sharding is None else {"out_shardings": sharding}
@@ -426,16 +436,29 @@ def evaluate(task: Task, variables: Mapping, batches, *, dtype=None, eval_step=N
 
 def losses(model, variables: Mapping, images, targets, *, task: str | Task | None = None,
            bn: str = "frozen", rng=None) -> dict:
-    """The task's losses of ``model`` with ``variables`` on one batch: ``images`` (B, H, W, C)
-    as the network takes them (preprocessed), ``targets``: class labels (B,) for
-    classification, label maps (B, H, W) for segmentation. ``bn="batch"``: batch statistics
-    (training mode), ``"frozen"``: the stored ones. For a loop of one's own."""
+    """The task's losses of ``model`` with ``variables`` on one batch. ``bn="batch"``: batch
+    statistics (training mode), ``"frozen"``: the stored ones. For a loop of one's own.
+
+    * classification: ``images`` (B, H, W, C) as the network takes them (preprocessed),
+      ``targets`` class labels (B,);
+    * segmentation: the same images, ``targets`` label maps (B, H, W);
+    * detection: ``images`` as torchvision's detectors take them (a list of (H, W, 3) arrays in
+      [0, 1], any sizes), ``targets`` one ``{"boxes": (N, 4) xyxy in that image's pixels,
+      "labels": (N,)}`` per image; the network's input transform is applied (the boxes scaled
+      with the images) and the losses have torchvision's keys (archc/detection/task.py).
+      ``rng``: the samplers' key (None: a fixed one)."""
     import jax.numpy as jnp
+    if bn not in ("frozen", "batch"):
+        raise TaskError(f"bn is 'frozen' or 'batch', not {bn!r}")
     if not isinstance(task, Task):
         task = make_task(model, task)
+    if task.name == "detection":
+        from ..detection.task import detection_losses
+        return detection_losses(task, variables, images, targets, bn=bn, rng=rng)
     forward = forward_fn(task, train=bn == "batch")
-    outputs, _ = forward(variables["params"], variables.get("batch_stats", {}), jnp.asarray(images), rng)
-    return task.losses(outputs, {"image": images, "label": jnp.asarray(targets)}, rng)
+    batch = {"image": jnp.asarray(images), "label": jnp.asarray(targets)}
+    outputs, _ = forward(variables["params"], variables.get("batch_stats", {}), batch, rng)
+    return task.losses(outputs, batch, rng)
 
 
 __all__ = ["Task", "Classification", "Segmentation", "TaskError", "TASKS", "IGNORE_INDEX", "task_kind",
