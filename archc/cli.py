@@ -369,7 +369,7 @@ def _train(args, report: bool = True) -> int:
     keys = ("epochs", "batch", "lr", "optimizer", "momentum", "nesterov", "weight_decay",
             "label_smoothing", "schedule", "warmup_epochs", "step_epochs", "gamma", "milestones",
             "clip_norm", "accumulate", "bf16", "remat", "seed", "classes", "weights",
-            "weights_from", "freeze", "freeze_all_but_head", "bn", "val_split", "normalize",
+            "weights_from", "weights_prefix", "freeze", "freeze_all_but_head", "bn", "val_split", "normalize",
             "augment", "flip", "crop_scale", "workers", "prefetch", "devices", "task", "log_every",
             "save_every", "save_every_s", "on_bad_data", "val")
     opts = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
@@ -484,6 +484,8 @@ def _add_train_parser(sub, common) -> None:
     a("--classes", type=int, metavar="K", help="new K-way classifier head")
     a("--weights", metavar="FILE", help="initial weights")
     a("--from", dest="weights_from", metavar="SOURCE", help="format of --weights (default archc)")
+    a("--prefix", dest="weights_prefix", metavar="LABEL",
+      help="--weights --from SOURCE is a checkpoint of the network of the part of this label (as archc import --prefix)")
     a("--freeze", action="append", metavar="PATTERN", help="freeze layers by name: 'stem,layer1.*', '!head.*'")
     a("--freeze-all-but-head", action="store_true", default=None)
     a("--lr-mult", action="append", type=_lr_mult, metavar="PATTERN=FACTOR")

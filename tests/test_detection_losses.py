@@ -386,6 +386,13 @@ def test_a_users_yolo_trains_with_the_generic_step(tmp_path):
         state, m = step(state, batch)
     assert set(m) >= {"coordinates", "objectness", "no_object", "classification", "loss"}
     assert abs(float(m["loss"]) - first) > 0 and float(m["loss"]) < first
+    # evaluation: the losses' means over the batches, and the score the loop maximises
+    variables = {"params": {**state["frozen"], **state["trainable"]}}
+    metrics = T.evaluate(task, variables, [batch, batch])
+    direct = {k: float(v) for k, v in archc.losses(model, variables, images, targets).items()}
+    for k, v in direct.items():
+        assert abs(metrics[k] - v) <= 1e-5 * abs(v), (k, metrics[k], v)
+    assert abs(metrics["negative_loss"] + sum(direct.values())) <= 1e-5 * sum(direct.values())
 
 
 # ---------------------------------------------------------------------------------------------

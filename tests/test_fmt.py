@@ -106,6 +106,12 @@ preset keras/small: layers=[1, 1, 1, 1], width=32
 """
 
 
+def test_a_reference_through_a_numbered_unit_stays_one_token():
+    """`12.` lexes as a float out of context; inside a reference it is a unit's number."""
+    src = "input 64x64x3\nbody: mobilenet_v3_large(until=lastconv)\nc4: @body.blocks.12.hard_swish1 conv1(8)\n"
+    assert format_source(src) == src.replace("c4: ", "c4:   ")
+
+
 def test_tables_blocks_continuations_and_long_calls():
     src = """\
 block b(c) {

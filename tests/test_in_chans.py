@@ -16,7 +16,7 @@ from archc.compiler.build import build_graph
 pytestmark = pytest.mark.usefixtures("highest_precision")
 
 SIZE = 64
-DETECTORS = ("fasterrcnn_", "ssd300", "yolo_v1", "rpn", "unet")
+DETECTORS = ("fasterrcnn_", "ssd", "yolo_v1", "rpn", "unet")
 
 
 def classifiers() -> list:

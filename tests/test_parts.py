@@ -134,6 +134,22 @@ def test_a_stages_numbered_units_are_tensors_of_the_caller():
     assert g["body.stem.bn1"].attrs.eps == 1e-5
 
 
+def test_any_node_of_a_part_is_a_tensor_of_the_caller():
+    """As torchvision's create_feature_extractor takes any node: SSDlite reads MobileNetV3's C4
+    inside a block, after its expansion; only a part's nodes, and an unknown one is an error."""
+    text = ("input 64x64x3\nbody: mobilenet_v3_large(until=lastconv)\n"
+            "c4: @body.blocks.12.hard_swish1 conv1(8)\n")
+    g = build_graph(text=text, filename="net.arch")
+    assert g["c4.conv1"].inputs == ("body.blocks.12.hard_swish1",)
+    assert g["body.blocks.12.hard_swish1"].shape == (4, 4, 672)       # stride 16, before the dwconv
+    e = errors(text.replace("hard_swish1", "hard_swish9"))
+    assert "net.arch:3:5: error: unknown tensor '@body.blocks.12.hard_swish9'" in str(e)
+    e = errors("input 64x64x3\nx: conv3(8) relu\ny: @x.relu1 conv1(8)\n")   # not a part: stages only
+    assert "unknown tensor '@x.relu1'" in str(e)
+    g = build_graph("ssdlite320_mobilenet_v3_large")
+    assert g.parts["body"].network == "mobilenet_v3_large" and g.aliases["c4"] == "body.blocks.12.hard_swish1"
+
+
 def test_the_detectors_backbones_are_parts():
     g = build_graph("fasterrcnn_resnet50_fpn", {"bn_eps": 0}, input_shape=(256, 256, 3))
     assert g.parts["body"].network == "resnet50" and g.parts["body"].dropped == ("head",)

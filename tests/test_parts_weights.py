@@ -125,6 +125,32 @@ def test_train_with_the_imported_trunk_frozen(reference, tmp_path):
     json.loads((run / "metrics.json").read_text())
 
 
+def test_train_from_a_torchvision_checkpoint_into_a_part(reference, tmp_path):
+    """`archc train --weights CKPT --from torchvision --prefix trunk`: the trunk starts from the
+    same variables as `archc import --prefix trunk` gives (kept by --freeze); bad input is one line."""
+    import archc
+    from archc.runtime.variables_io import load_variables
+    _, ckpt = reference
+    spec = fpn_file(tmp_path)
+    data = write_random(tmp_path / "data", classes=3, per_class=4, size=(SIZE, SIZE), mode="RGB", layout="split")
+    run = tmp_path / "run"
+    r = run_cli(["train", spec, "--data", data, "--out", run, "--epochs", "1", "--batch", "4", "--weights", ckpt,
+                 "--from", "torchvision", "--prefix", "trunk", "--freeze", "trunk.*", "--no-augment"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "weights: 100 tensors loaded" in r.stdout + r.stderr
+    imported, _ = archc.import_weights(archc.load(spec), str(ckpt), source="torchvision", prefix="trunk")
+    after = load_variables(str(sorted(run.glob("*.safetensors"))[-1]), as_numpy=True)
+    trunk = [(c, n) for c in ("params", "batch_stats") for n in imported[c] if n.startswith("trunk.")]
+    assert len(trunk) == 60                             # 20 convs, 20 BNs with their statistics
+    for c, n in trunk:
+        for leaf, v in imported[c][n].items():
+            np.testing.assert_array_equal(after[c][n][leaf], np.asarray(v), err_msg=f"{c}/{n}/{leaf}")
+    for args, message in ((["--prefix", "trunk"], "--prefix maps a torchvision, timm or Keras checkpoint into a part"),
+                          (["--from", "torchvision", "--prefix", "trnk"], "has no part 'trnk'; did you mean 'trunk'?")):
+        r = run_cli(["train", spec, "--data", data, "--out", tmp_path / "bad", "--epochs", "1", "--weights", ckpt, *args])
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_weights_backbone_is_prefix_body(tmp_path):
     """torchvision's weights_backbone: an ImageNet MobileNetV3-Large checkpoint into the FPN
     detector's part `body`, with the classifier's mapping (the same tensors in the same order)."""
@@ -140,3 +166,42 @@ def test_weights_backbone_is_prefix_body(tmp_path):
     assert all(not v.split("/")[1].startswith("body.") for v, _ in report.new) and report.new
     np.testing.assert_array_equal(np.asarray(variables["params"]["body.stem.conv1"]["kernel"]),
                                   backbone.features[0][0].weight.detach().numpy().transpose(2, 3, 1, 0))
+
+
+def test_ssd_weights_backbone_is_prefix_body(tmp_path):
+    """torchvision's ssd300_vgg16(weights_backbone=…) from the CLI: ImageNet VGG-16 classifier
+    weights (random here) imported under --prefix body land where torchvision's _vgg_extractor
+    puts them: each backbone variable equals the one a torchvision SSD300 whose backbone is
+    _vgg_extractor(that vgg16) gives through the whole-model mapping (itself checked end to end
+    by tests/test_detection_ssd.py), and conv4_3 / conv5_1 equal the extractor's own layers."""
+    import copy
+
+    import archc
+    from archc.runtime.variables_io import load_variables
+    from torchvision.models.detection import ssd as tv_ssd
+    torch.manual_seed(0)
+    vgg = torchvision.models.vgg16(weights=None)
+    ckpt = tmp_path / "vgg16.pth"
+    torch.save(vgg.state_dict(), ckpt)
+    out = tmp_path / "w.safetensors"
+    r = run_cli(["import", "ssd300_vgg16", ckpt, "--from", "torchvision", "--prefix", "body",
+                 "--param", "classes=5", "--out", out])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "part body (vgg16 until features)" in r.stdout and "6 cut off by until= (stage classifier)" in r.stdout
+    ours = load_variables(str(out), as_numpy=True)["params"]
+
+    tm = torchvision.models.detection.ssd300_vgg16(weights=None, weights_backbone=None, num_classes=5)
+    tm.backbone = tv_ssd._vgg_extractor(copy.deepcopy(vgg), False, 5)      # what weights_backbone builds
+    whole = tmp_path / "ssd.pth"
+    torch.save(tm.state_dict(), whole)
+    placed, report = archc.import_weights(archc.load("ssd300_vgg16", classes=5), str(whole), source="torchvision")
+    assert report.ok
+    body = sorted(n for n in ours if n.startswith("body."))
+    assert len(body) == 13 and body == sorted(n for n in placed["params"] if n.startswith("body."))
+    for n in body:
+        for leaf in ("kernel", "bias"):
+            np.testing.assert_array_equal(ours[n][leaf], np.asarray(placed["params"][n][leaf]), err_msg=n)
+    as_hwio = lambda conv: conv.weight.detach().numpy().transpose(2, 3, 1, 0)  # noqa: E731
+    np.testing.assert_array_equal(ours["body.features.3.conv3"]["kernel"], as_hwio(tm.backbone.features[-2]))  # conv4_3
+    np.testing.assert_array_equal(ours["body.features.4.conv1"]["kernel"], as_hwio(tm.backbone.extra[0][1]))   # conv5_1
+    assert not np.array_equal(ours["fc7.conv1"]["kernel"], np.asarray(placed["params"]["fc7.conv1"]["kernel"]))  # new, not VGG's

@@ -267,6 +267,7 @@ class Frame:
     tensors: dict
     input: str | None
     prev: str | None = None   # @prev: the input of the last block instance applied in this frame
+    parts: dict = field(default_factory=dict)   # a stage's label -> the path of the part it holds
 
 
 @dataclass
@@ -724,6 +725,11 @@ class Elaborator:
             return frame.input
         if name == "prev" and frame.prev is not None:
             return frame.prev
+        # any node of a part by its name under the label, as torchvision's create_feature_extractor
+        # takes any node: @body.blocks.12.hard_swish1 (SSDlite reads inside a MobileNetV3 block)
+        label, _, rest = name.partition(".")
+        if label in frame.parts and f"{frame.parts[label]}.{rest}" in self.b.g.nodes:
+            return f"{frame.parts[label]}.{rest}"
         fail(f"unknown tensor '@{name}'", span,
              _suggest(name, frame.tensors) or (f"named tensors here: {', '.join('@' + n for n in frame.tensors)}"
                                                if frame.tensors else "label a statement first, e.g. 'enc1: conv3(64)'"))
@@ -1026,9 +1032,12 @@ class Elaborator:
                     if not in_block:
                         self.b.scope.inline_single = self._count_units(seq, senv) == 1
                     mark = len(self.exports)
+                    path = self.b.scope.path
                     try:
                         out = self.apply_seq(seq, t, senv)
                         exported = {f"{st.name}.{k}": v for ex in self.exports[mark:] for k, v in ex.items()}
+                        if path in self.b.g.parts:
+                            frame.parts[st.name] = path
                     finally:
                         self.b.pop()
                         del self.exports[mark:]

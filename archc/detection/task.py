@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..runtime.tasks import Task, TaskError, _weights, forward_fn
+from ..runtime.tasks import Task, TaskError, forward_fn
 from .training import DetectionDataMixin
 
 LOSSES = {"ssd": "archc.detection.ssd_loss:SSDLoss", "faster_rcnn": "archc.detection.rcnn_loss:FasterRCNNLoss",
@@ -34,20 +34,25 @@ def loss_for(detector):
 @dataclass(eq=False)
 class Detection(DetectionDataMixin, Task):
     """Losses with torchvision's keys (their sum is the objective). Metrics: the losses' means
-    over the evaluated images, and COCO AP over the validation set (training.py: the best
-    checkpoint by AP)."""
+    over the batches (a mean of batch means), ``negative_loss`` (minus their sum), and COCO AP
+    over the validation set, which the training loop's best checkpoint maximises (training.py:
+    the data side)."""
     __hash__ = object.__hash__      # a cache key (its jitted loss), by identity
     __eq__ = object.__eq__
 
     def __post_init__(self):
         from .api import DetectError, detector_for
-        self.name = "detection"
-        self.init_data_side()
+        self.name, self.score_name, self.score_label = "detection", "negative_loss", "-loss"
         try:
             self.detector = detector_for(self.model)
         except DetectError as e:
             raise TaskError(str(e)) from None
         self.loss = loss_for(self.detector)
+        keys = tuple(importlib.import_module(LOSSES[self.detector.kind].split(":")[0]).KEYS)
+        self.train_sums = ("batches",) + keys + ("loss",)       # make_train_step's metrics
+        self.train_metrics = keys + ("negative_loss",)
+        self.val_metrics = ("loss",) + keys + ("negative_loss",)
+        self.init_data_side()
 
     @property
     def outputs(self) -> tuple:
@@ -68,19 +73,19 @@ class Detection(DetectionDataMixin, Task):
 
     def metric_sums(self, outputs, batch, *, full: bool = True) -> dict:
         import jax.numpy as jnp
-        n = batch["image"].shape[0]
-        sums = {"images": jnp.sum(_weights(batch, n))}
-        if full:       # the batch's losses (means over it) weighted by its images
-            sums.update({k: v * sums["images"] for k, v in self.losses(outputs, batch).items()})
+        sums = {"batches": jnp.ones((), jnp.float32)}
+        if full:
+            parts = self.losses(outputs, batch)
+            sums.update(parts, loss=sum(parts.values()))
         return sums
 
     def summarize(self, sums) -> dict:
-        n = max(float(sums["images"]), 1e-12)
-        out = {k: float(v) / n for k, v in sums.items() if k != "images"}
+        n = max(float(sums["batches"]), 1e-12)
+        out = {k: float(v) / n for k, v in sums.items() if k != "batches"}
         if out:
-            out["loss"] = sum(out.values())
+            out["loss"] = out.get("loss", sum(out.values()))
+            out["negative_loss"] = -out["loss"]
         return out
-
 
 
 # --------------------------------------------------------------------------------------------

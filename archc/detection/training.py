@@ -38,10 +38,10 @@ class DetectionDataMixin:
     detector (see runtime/tasks.py's data table)."""
 
     def init_data_side(self) -> None:
-        """The task's metric names (runtime/tasks.py's Task fields), set after its __init__."""
+        """After the task's own set-up: COCO AP is the validation score (the best checkpoint's),
+        its AP/AR metrics join the validation metrics."""
         self.score_name = self.score_label = "AP"
-        self.train_sums, self.train_metrics = ("images",), ()
-        self.val_metrics = ("loss",) + METRICS
+        self.val_metrics = tuple(self.val_metrics) + METRICS
         self.max_boxes, self.category_ids = 1, None
 
     def head_nodes(self, param_nodes) -> list[str]:

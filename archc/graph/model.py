@@ -36,6 +36,7 @@ class Edge:
     src: int
     dst: int
     shape: tuple
+    level: int = 0            # the resolution level of the tensor it carries (set by _place)
 
 
 @dataclass
@@ -135,12 +136,18 @@ def _place(pic: Picture, input_shape: tuple, primary: int) -> None:
     for e in pic.edges:
         ins[e.dst].append(e.src)
     h0 = input_shape[0] if len(input_shape) == 3 else None
+
+    def level(shape: tuple) -> int | None:
+        return max(0, math.floor(math.log2(h0 / shape[0]) + 0.3)) if len(shape) == 3 and h0 else None
     for b in pic.boxes:                      # boxes are in topological order
         b.rank = 1 + max((pic.boxes[s].rank for s in ins[b.id]), default=-1)
-        if len(b.shape) == 3 and h0:
-            b.level = max(0, math.floor(math.log2(h0 / b.shape[0]) + 0.3))
-        else:                                # a vector: where its input was
+        b.level = level(b.shape)
+        if b.level is None:                  # a vector: where its input was
             b.level = max((pic.boxes[s].level for s in ins[b.id]), default=0)
+    for e in pic.edges:                      # a box's inner tensor read elsewhere (@body.features.3)
+        e.level = level(e.shape)
+        if e.level is None:
+            e.level = pic.boxes[e.src].level
     main = _main_path(pic, ins, primary)
     taken: dict = {}
     for b in sorted(pic.boxes, key=lambda b: (b.id not in main, b.id)):

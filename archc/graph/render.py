@@ -64,8 +64,8 @@ class _Frame:
 def _u_shaped(pic: Picture) -> bool:
     """The resolution comes back up (a decoder): then a box's level is its column, so a U-Net
     goes down-right, comes back down-left, and its skips drop straight down."""
-    return any(len(pic.boxes[e.src].shape) == 3 and len(pic.boxes[e.dst].shape) == 3
-               and pic.boxes[e.dst].level < pic.boxes[e.src].level for e in pic.edges)
+    return any(len(e.shape) == 3 and len(pic.boxes[e.dst].shape) == 3
+               and pic.boxes[e.dst].level < e.level for e in pic.edges)
 
 
 def _offsets(pic: Picture, widths: dict) -> dict:

@@ -96,6 +96,7 @@ class TrainConfig:
     classes: int | None = None            # new classifier head with K classes
     weights: str | None = None            # initial weights (transfer learning)
     weights_from: str = "archc"           # their format
+    weights_prefix: str | None = None     # a --from checkpoint of a part's network: that part's label
     freeze: list = field(default_factory=list)    # node-name patterns ('layer1.*', '!head.*')
     freeze_all_but_head: bool = False
     fresh_layers: list | None = None      # filled in: the layers --weights did not initialise
@@ -297,16 +298,21 @@ def normalize_option(norm: dict) -> str:
     return ",".join(f"{v:g}" for v in mean) + "/" + ",".join(f"{v:g}" for v in std)
 
 
-def read_weights(path: str, source: str = "archc", model=None) -> tuple[dict, dict | None]:
+def read_weights(path: str, source: str = "archc", model=None, prefix: str | None = None) -> tuple[dict, dict | None]:
     """``(variables, normalisation)`` from ``path``. ``source='archc'``: an archc safetensors
     file (``archc build --out``, ``archc import``, ``archc train``); ``'torchvision'``,
     ``'timm'``, ``'keras'``: a checkpoint of that library, mapped by name with
     ``archc.runtime.weights.match_weights`` — tensors that do not fit (a head of another size)
-    are left out here, not an error. The normalisation is the one the weights expect (``mode``,
-    ``mean``, ``std`` of runtime/pipeline.py), when the file says."""
+    are left out here, not an error. ``prefix``: the checkpoint is of the network of the part of
+    that label (``trunk: resnet18(until=layer4)``), mapped into it as ``archc import --prefix``
+    does. The normalisation is the one the weights expect (``mode``, ``mean``, ``std`` of
+    runtime/pipeline.py), when the file says."""
     p = Path(path)
     if not p.is_file():
         raise TrainError(f"weights file {path} does not exist")
+    if prefix is not None and source in (None, "", "archc"):
+        raise TrainError("--prefix maps a torchvision, timm or Keras checkpoint into a part: give its --from "
+                         "(an archc weights file names every variable already)")
     if source in (None, "", "archc"):
         from safetensors import SafetensorError, safe_open
         from .variables_io import unflatten_variables
@@ -325,9 +331,11 @@ def read_weights(path: str, source: str = "archc", model=None) -> tuple[dict, di
         raise TrainError(f"--from {source}: this build cannot import {source} weights; "
                          f"convert them to an archc .safetensors file first") from None
     try:
-        report, assignments, rules = match_weights(model, str(p), source=source)
+        report, assignments, rules = match_weights(model, str(p), source=source, prefix=prefix)
     except (WeightsError, CheckpointError) as e:
         raise TrainError(f"--weights {path} --from {source}: {e}") from None
+    if prefix is not None and not report.ok:        # a part is strict, as archc import --prefix
+        raise TrainError(f"--weights {path} --from {source} --prefix {prefix}: {report.render()}")
     variables: dict = {}
     for (coll, node, leaf), value in assignments.items():
         variables.setdefault(coll, {}).setdefault(node, {})[leaf] = value
@@ -695,7 +703,7 @@ class Trainer:
         self.transfer_report = None
         self.weights_normalize = None
         if cfg.weights and not self.resuming:
-            loaded, self.weights_normalize = read_weights(cfg.weights, cfg.weights_from, self.model)
+            loaded, self.weights_normalize = read_weights(cfg.weights, cfg.weights_from, self.model, cfg.weights_prefix)
             reinit = set(self.head) if cfg.classes is not None else set()
             variables, report = transfer(fresh, loaded, reinit)
             if report["loaded"] == 0:

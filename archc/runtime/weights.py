@@ -511,6 +511,9 @@ def match_weights(model, checkpoint, *, source: str | None = None, rules=None,
         dst = [n for n in node_order if n not in bound_nodes and rx_dst.match(n)
                and (seq.op is None or graph.nodes[n].op == seq.op)]
         desc = f"[[sequence]] #{i} (from {seq.src!r} to {seq.dst!r}{', op ' + repr(seq.op) if seq.op else ''})"
+        if not dst and seq.dst.split(".")[0] in cut:    # into a stage the part cut off: ignored below
+            pending_targets.update((m, seq.dst) for m in src)
+            continue
         if len(src) != len(dst):
             report.errors.append(f"{desc}: {len(src)} checkpoint modules but {len(dst)} model nodes; "
                                  f"checkpoint {src[:3]}…, model {dst[:3]}…")

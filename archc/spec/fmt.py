@@ -88,6 +88,9 @@ def _tokens(text: str) -> list[_Tok]:
             out.append(_Tok("CONT", s))
         elif not s.strip():
             continue                                    # spacing is recomputed
+        elif t.type == "FLOAT" and s.endswith(".") and out and out[-1].type == "DOT":
+            # @body.blocks.12.conv1: the parser's contextual lexer reads "12" "." inside a reference
+            out += [_Tok("INT", s[:-1]), _Tok("DOT", ".")]
         else:
             out.append(_Tok(t.type, s))
     _assign_roles(out)
