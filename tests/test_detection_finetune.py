@@ -63,10 +63,12 @@ def _frozen_count(model, nodes) -> int:
 @pytest.mark.parametrize("name,trainable", [("fasterrcnn_resnet50_fpn", 3), ("fasterrcnn_resnet50_fpn", 0),
                                             ("fasterrcnn_mobilenet_v3_large_320_fpn", 3),
                                             ("fasterrcnn_mobilenet_v3_large_320_fpn", 1), ("ssd300_vgg16", 4),
-                                            ("ssd300_vgg16", 0)])
+                                            ("ssd300_vgg16", 0), ("ssdlite320_mobilenet_v3_large", 3),
+                                            ("ssdlite320_mobilenet_v3_large", 0)])
 def test_builtin_backbones_freeze_what_torchvision_freezes(name, trainable):
     """The parameters torchvision's extractors leave with requires_grad=False, counted, against
     the built-in's backbone(...) declaration at the same trainable_backbone_layers."""
+    import torch
     import torchvision
     from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _resnet_fpn_extractor
     from torchvision.models.detection.ssd import _vgg_extractor
@@ -74,6 +76,10 @@ def test_builtin_backbones_freeze_what_torchvision_freezes(name, trainable):
         tv = _resnet_fpn_extractor(torchvision.models.resnet50(weights=None), trainable)
     elif name.startswith("fasterrcnn_mobilenet"):
         tv = _mobilenet_extractor(torchvision.models.mobilenet_v3_large(weights=None), True, trainable)
+    elif name.startswith("ssdlite"):
+        from torchvision.models.detection import ssdlite
+        backbone = torchvision.models.mobilenet_v3_large(weights=None, reduced_tail=True)
+        tv = ssdlite._mobilenet_extractor(backbone, trainable, torch.nn.BatchNorm2d)
     else:
         tv = _vgg_extractor(torchvision.models.vgg16(weights=None), False, trainable)
     expected = sum(p.numel() for p in tv.parameters() if not p.requires_grad)

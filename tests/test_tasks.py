@@ -33,11 +33,11 @@ def test_the_task_follows_from_the_network(specs):
     assert isinstance(T.make_task(seg, "segmentation"), T.Segmentation)
 
 
-def test_archc_train_on_a_detector_says_so_in_one_line(tmp_path):
+def test_archc_train_on_a_detector_with_class_folders_says_so_in_one_line(tmp_path):
     data = write_random(tmp_path / "d", classes=2, per_class=4, mode="RGB")
     r = run_cli(["train", "ssd300_vgg16", "--data", data, "--out", tmp_path / "run"])
     assert r.returncode == 2
-    assert r.stderr.strip().count("\n") == 0 and "cannot read detection data" in r.stderr, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "detection data is a COCO JSON file" in r.stderr, r.stderr
 
 
 def _logits(shape, seed=0):
