@@ -430,12 +430,14 @@ def _train(args, report: bool = True) -> int:
 
 
 def _print_run_summary(run_dir: str, m: dict) -> None:
-    """The last line of a run, fresh or resumed: epochs, last loss, validation accuracy."""
+    """The last line of a run, fresh or resumed: epochs, last loss, the validation score (the
+    task's: accuracy, mIoU)."""
     if not m["epoch"]:
         return
-    best = m["best_val_accuracy"]
+    score = next((k[len("best_val_"):] for k in m if k.startswith("best_val_")), "accuracy")
+    best = m.get(f"best_val_{score}")
     print(f"{run_dir}: {m['epoch'][-1]} epochs, train_loss {m['train_loss'][-1]:.4f}"
-          + (f", val_accuracy {m['val_accuracy'][-1]:.4f} (best {best:.4f} at epoch "
+          + (f", val_{score} {m[f'val_{score}'][-1]:.4f} (best {best:.4f} at epoch "
              f"{m['best_epoch']})" if best is not None else ""))
 
 

@@ -225,10 +225,10 @@ def test_find_splits_layouts(tmp_path):
 
 def test_loader_deterministic_order_and_augmentation(tmp_path):
     data = D.ImageFolder.scan(write_random(tmp_path / "d", classes=2, per_class=10, mode="RGB"))
-    pre = D.Preprocess(24, 24, 3, crop_scale=(0.3, 1.0))
+    pre = D.ImageAndLabel(D.Preprocess(24, 24, 3, crop_scale=(0.3, 1.0)))
 
     def epoch(loader, e):
-        return [(b.x.copy(), b.y.copy()) for b in loader.epoch(e)]
+        return [(b["image"].copy(), b["label"].copy()) for b in loader.epoch(e)]
 
     a = D.Loader(data, pre, 4, train=True, seed=5, prefetch=0)
     b = D.Loader(data, pre, 4, train=True, seed=5, prefetch=3, workers=3)
@@ -239,17 +239,17 @@ def test_loader_deterministic_order_and_augmentation(tmp_path):
             assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
     assert not np.array_equal(epoch(a, 0)[0][0], epoch(a, 1)[0][0])   # new order/crops per epoch
     rest = list(a.epoch(1, start=2))                                    # resuming inside an epoch
-    assert len(rest) == 3 and np.array_equal(rest[0].x, epoch(a, 1)[2][0])
+    assert len(rest) == 3 and np.array_equal(rest[0]["image"], epoch(a, 1)[2][0])
     it = b.iterator(1)                 # grain's checkpointable iterator, reading ahead on threads:
     next(it), next(it)                 # its state is what was consumed, not what was read
     restored = list(a.iterator(1, it.get_state()))
-    assert len(restored) == 3 and all(np.array_equal(r.x, q.x) for r, q in zip(restored, rest))
+    assert len(restored) == 3 and all(np.array_equal(r["image"], q["image"]) for r, q in zip(restored, rest))
     # evaluation: in order, last batch padded and masked
     ev = list(D.Loader(data, pre, 8, train=False).epoch(0))
-    assert [b.mask.sum() for b in ev] == [8, 8, 4]
+    assert [b["weight"].sum() for b in ev] == [8, 8, 4]
     # a shard is its slice of the global batch
     s1 = list(D.Loader(data, pre, 4, train=True, seed=5, shard=(1, 2), prefetch=0).epoch(0))
-    assert np.array_equal(s1[0].x, epoch(a, 0)[0][0][2:])
+    assert np.array_equal(s1[0]["image"], epoch(a, 0)[0][0][2:])
 
 
 def test_augmentation_follows_the_input_size():
@@ -274,9 +274,9 @@ def test_augmentation_follows_the_input_size():
     x, y = np.zeros((8, 32, 32, 1), np.uint8), np.arange(8) % 2
     t = T.Trainer(T.TrainConfig(spec="lenet5", batch=4, augment="imagenet"), train_data=(x, y), log=quiet)
     assert (t.cfg.crop_scale, t.cfg.flip) == ([0.08, 1.0], True)
-    assert (t.pre_train.crop, t.pre_train.flip, t.pre_train.crop_scale) == (True, True, (0.08, 1.0))
+    assert (t.pre_train.image.crop, t.pre_train.image.flip, t.pre_train.image.crop_scale) == (True, True, (0.08, 1.0))
     t = T.Trainer(T.TrainConfig(spec="lenet5", batch=4, augment=False), train_data=(x, y), log=quiet)
-    assert (t.cfg.augment, t.pre_train.crop, t.pre_train.flip) == ("none", False, False)
+    assert (t.cfg.augment, t.pre_train.image.crop, t.pre_train.image.flip) == ("none", False, False)
 
 
 def test_preprocess_normalisation_and_modes():

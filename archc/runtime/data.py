@@ -1,12 +1,15 @@
-"""Image-folder datasets for ``archc train``: scanning, decoding, augmentation, streaming.
+"""Classification's data for ``archc train``, and the loader every task's data goes through.
 
-Layout (class = sub-folder name, classes sorted by name)::
+Classification's layout (class = sub-folder name, classes sorted by name)::
 
     DIR/train/<class>/*.png|jpg|...      DIR/val/<class>/*          # explicit split
     DIR/<class>/*                                                   # split by a fraction
 
-Images are decoded with Pillow as they are needed (a dataset larger than memory works) by a
-grain pipeline, on ``workers`` threads, ``prefetch`` batches ahead. Everything
+A data set (of any task: runtime/tasks.py's table) has ``len()``, ``classes`` and
+``example(i)``: one raw example as a dict (here ``{"image": PIL image, "label": int}``); a
+task's transform turns it into a dict of fixed-shape arrays (:class:`ImageAndLabel` here), and
+the :class:`Loader` batches those dicts. Images are decoded with Pillow as they are needed (a
+dataset larger than memory works) by a grain pipeline, on ``workers`` threads, ``prefetch`` batches ahead. Everything
 random is a pure function of ``(seed, epoch, sample index)``: the shuffle order of an epoch and
 the crop/flip of a sample are the same in every run, every process and after ``--resume``,
 whatever the thread scheduling.
@@ -15,10 +18,9 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
@@ -103,19 +105,26 @@ class ImageFolder:
         return np.array([y for _, y in self.samples], np.int32)
 
     def read(self, i: int):
-        from PIL import Image, UnidentifiedImageError
-        path = self.samples[i][0]
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-            im = Image.open(io.BytesIO(data))
-            im.load()
-            return im
-        except UnidentifiedImageError:
-            raise DataError(f"cannot read image {path}: not an image format Pillow knows, "
-                            f"or a damaged file") from None
-        except (OSError, ValueError, SyntaxError) as e:
-            raise DataError(f"cannot read image {path}: {e}") from None
+        return read_image(self.samples[i][0])
+
+    def example(self, i: int) -> dict:
+        return {"image": self.read(i), "label": self.samples[i][1]}
+
+
+def read_image(path) -> "PIL.Image.Image":  # noqa: F821
+    """A decoded PIL image, or a DataError naming the file."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        im = Image.open(io.BytesIO(data))
+        im.load()
+        return im
+    except UnidentifiedImageError:
+        raise DataError(f"cannot read image {path}: not an image format Pillow knows, "
+                        f"or a damaged file") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"cannot read image {path}: {e}") from None
 
 
 @dataclass
@@ -154,6 +163,9 @@ class ArrayData:
         if a.dtype != np.uint8:
             a = np.clip(np.rint(a.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
         return Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
+
+    def example(self, i: int) -> dict:
+        return {"image": self.read(i), "label": int(self.y[i])}
 
 
 def split(data, fraction: float, seed: int = 0):
@@ -342,17 +354,26 @@ class Preprocess:
         return normalize(a, np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32), self.bgr)
 
 
+@dataclass(frozen=True)
+class ImageAndLabel:
+    """Classification's per-example transform: ``{"image": PIL, "label": int}`` ->
+    ``{"image": (H, W, C) float32, "label": () int32}``, the image through ``image`` (a
+    :class:`Preprocess`, or any ``(PIL image, rng) -> array``)."""
+
+    image: Callable
+
+    def __call__(self, example: dict, rng: np.random.Generator | None = None) -> dict:
+        return {"image": self.image(example["image"], rng), "label": np.int32(example["label"])}
+
+
 # --------------------------------------------------------------------------------------------
 # Batches
 # --------------------------------------------------------------------------------------------
-class Batch(NamedTuple):
-    x: np.ndarray          # (B, H, W, C) float32
-    y: np.ndarray          # (B,) int32
-    mask: np.ndarray       # (B,) float32: 0 for padding in the last evaluation batch
-
-
 class Loader:
-    """Batches of a dataset, decoded on demand by a grain pipeline.
+    """Batches of a dataset, decoded on demand by a grain pipeline: dicts of arrays with a
+    leading batch axis, the ``transform``'s keys and ``weight`` (B,) float32 (0 for the padding
+    of the last evaluation batch). ``transform(example, rng) -> dict of fixed-shape arrays``
+    (``rng`` None: evaluation, no augmentation).
 
     ``train=True``: shuffled per epoch by ``(seed, epoch)``, augmented, incomplete last batch
     dropped (one compiled shape). ``train=False``: in order, no augmentation, the last batch
@@ -362,9 +383,9 @@ class Loader:
     ``prefetch``, else none: decoding on the consuming thread); ``prefetch``: batches read ahead.
     """
 
-    def __init__(self, data, preprocess: Preprocess, batch: int, *, train: bool, seed: int = 0,
+    def __init__(self, data, transform: Callable, batch: int, *, train: bool, seed: int = 0,
                  workers: int = 0, prefetch: int = 2, shard: tuple[int, int] = (0, 1)):
-        self.data, self.preprocess, self.batch = data, preprocess, int(batch)
+        self.data, self.transform, self.batch = data, transform, int(batch)
         self.train, self.seed = train, int(seed)
         self.workers, self.prefetch = int(workers), int(prefetch)
         self.shard = shard
@@ -394,20 +415,18 @@ class Loader:
         pick = lambda a: a.reshape(len(self), self.batch)[:, lo:lo + self.per_process].ravel()  # noqa: E731
         return pick(ids), pick(mask)
 
-    def _sample(self, epoch: int, i: int) -> np.ndarray:
+    def _sample(self, epoch: int, i: int) -> dict:
         rng = np.random.default_rng([self.seed, int(epoch), int(i), 1]) if self.train else None
-        return self.preprocess(self.data.read(int(i)), rng)
+        return self.transform(self.data.example(int(i)), rng)
 
     def dataset(self, epoch: int, start: int = 0):
         """``epoch``'s batches from batch ``start`` as a grain ``IterDataset`` (samples read on
         grain's threads)."""
         import grain
         ids, mask = self._local(epoch)
-        labels = self.data.labels
 
-        def example(k: int) -> Batch:
-            i = int(ids[k])
-            return Batch(self._sample(epoch, i), np.int32(labels[i]), np.float32(mask[k]))
+        def example(k: int) -> dict:
+            return {**self._sample(epoch, int(ids[k])), "weight": np.float32(mask[k])}
 
         # --workers 0 with a prefetch: one reading thread, as decoding ahead of the step needs
         threads = self.workers or (1 if self.prefetch > 0 else 0)
@@ -425,6 +444,6 @@ class Loader:
             it.set_state(state)
         return it
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[dict]:
         """The batches of ``epoch`` (0-based), from batch number ``start``."""
         return iter(self.dataset(epoch, start))

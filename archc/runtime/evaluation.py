@@ -19,8 +19,8 @@ class EvaluateError(ValueError):
     """Bad input to evaluate: weights, data or options (CLI: one line, exit status 2)."""
 
 
-def _folder(data) -> Path:
-    """``DIR/val`` (or ``validation``) when there is one, else ``DIR`` (``DIR/<class>/*``)."""
+def eval_folder(data) -> Path:
+    """``DIR/val`` (or ``validation``) when there is one, else ``DIR``."""
     root = Path(data)
     for name in ("val", "validation"):
         if (root / name).is_dir():
@@ -33,12 +33,11 @@ def evaluate(model, variables, data, *, batch: int = 32, task: str | None = None
     """The task's metrics of ``variables`` (a dict, or the path of a weights file whose record
     says the network, pipeline and class names) on the image folder ``data``. ``model``: a
     Model, a spec, or None (the network the weights file records)."""
-    from .data import DataError, ImageFolder, Loader
+    from .data import DataError, Loader
     from .model import Model
-    from .pipeline import apply
     from .predict import check_variables, declared_preprocess, preprocess_spec
     from .record import graph_for_weights, read_record, recorded_classes, recorded_task
-    from .tasks import evaluate as run_evaluation, make_task
+    from .tasks import TaskError, evaluate as run_evaluation, make_task
     from .variables_io import load_variables
     meta = dict(metadata or {})
     if isinstance(variables, (str, Path)):
@@ -54,22 +53,20 @@ def evaluate(model, variables, data, *, batch: int = 32, task: str | None = None
         model = Model(graph_for_weights(model, meta))
     check_variables(model, variables)
     names = recorded_classes(meta)
-    t = make_task(model, task or recorded_task(meta), classes=names)
-    if t.name != "classification":
-        raise EvaluateError(f"{model.name}: evaluating a {t.name} network needs its data reader "
-                            f"(issue {24 if t.name == 'detection' else 25}); not supported yet")
-    if names is None:
-        names = [str(i) for i in range(t.num_classes)]
     try:
-        folder = ImageFolder.scan(_folder(data), classes=names)
-    except DataError as e:
+        t = make_task(model, task or recorded_task(meta), classes=names)
+        if names is None:
+            t.classes = names = [str(i) for i in range(t.num_classes)]
+        # the task's evaluation set and transform: what its training validated on
+        dataset = t.read_eval_data(data)
+        dataset = t.check_data(dataset, "stop")
+        spec = preprocess_spec(preprocess, meta, declared_preprocess(model), name=model.name)
+        transform = t.transform(tuple(model.input_shape), spec)
+    except (DataError, TaskError) as e:
         raise EvaluateError(str(e)) from None
-    spec = preprocess_spec(preprocess, meta, declared_preprocess(model), name=model.name)
-    shape = tuple(model.input_shape)
-    loader = Loader(folder, lambda image, rng: apply(image, shape, spec), batch, train=False, prefetch=0)
-    batches = ({"image": b.x, "label": b.y, "weight": b.mask} for b in loader.epoch(0))
-    metrics = run_evaluation(t, variables, batches)
-    return {"task": t.name, "data": str(folder.root), "images": len(folder), "classes": names, **metrics}
+    loader = Loader(dataset, transform, batch, train=False, prefetch=0)
+    metrics = run_evaluation(t, variables, loader.epoch(0))
+    return {"task": t.name, "data": str(dataset.root), "images": len(dataset), "classes": names, **metrics}
 
 
 def plot_confusion(metrics: dict, path) -> Path:

@@ -24,6 +24,31 @@ Batches are dicts of arrays, a leading batch axis everywhere:
   losses sample (``rng``). Detection's losses and data come with their own issue: choosing it
   is a clear error for now.
 
+Every batch also holds ``weight`` (B,) float32: 0 for the padding of a last evaluation batch.
+
+The data a task reads (``archc train``, ``archc evaluate``); a data set is anything with
+``len()``, ``classes`` (the names, in output order) and ``example(i)``: one raw example as a dict
+(PIL images, numbers, arrays); runtime/data.py's ``Loader`` batches what the task's transform
+makes of it:
+
+=====================  =====================================================================
+``read_data``          ``(root, *, val_split, seed) -> (train, val | None)`` from ``--data``
+``read_eval_data``     ``(root) -> data``: ``archc evaluate``'s (``DIR/val``, else ``DIR``)
+``check_data``         ``(data, on_bad, log) -> data``: bad examples reported by file and
+                       value, then a DataError (``stop``) or left out (``skip``)
+``augmentation``       ``(recipe, shape, crop_scale, flip) -> Augmentation`` (``describe()``,
+                       ``crop_scale``, ``flip``: what config.json keeps for ``--resume``)
+``transform``          ``(shape, pipeline, augmentation | None) -> (example, rng) -> dict``:
+                       one example as fixed-shape arrays (a batch's keys without the batch
+                       axis); ``augmentation`` None (and ``rng`` None): evaluation, the
+                       pipeline's resize only (runtime/pipeline.py)
+=====================  =====================================================================
+
+What the loop shows and keeps: ``train_sums`` (the cheap ``metric_sums`` added up over a
+training epoch), ``train_metrics`` and ``val_metrics`` (the ``summarize`` keys recorded per epoch
+as ``train_<key>``, ``val_<key>`` in metrics.json), ``score_name`` (``best_val_<score>``, the best
+checkpoint) and ``score_label`` (its short name in the progress line).
+
 A user's own loop::
 
     task = Classification(model, classes=["cat", "dog"])
@@ -93,6 +118,10 @@ class Task:
     classes: list | None = None
     name: str = field(default="", init=False)
     score_name: str = field(default="", init=False)
+    score_label: str = field(default="", init=False)
+    train_sums: tuple = field(default=(), init=False)
+    train_metrics: tuple = field(default=(), init=False)
+    val_metrics: tuple = field(default=(), init=False)
 
     @property
     def outputs(self) -> tuple:
@@ -117,6 +146,23 @@ class Task:
     def record(self) -> dict:
         return {"task": self.name, "classes": self.classes}
 
+    # ---- the data (see the module's second table) ----
+    def read_data(self, root, *, val_split: float | None = None, seed: int = 0):
+        raise TaskError(f"archc cannot read {self.name} data yet")
+
+    def read_eval_data(self, root):
+        """``archc evaluate --data DIR``'s set: the validation split of DIR, or DIR itself."""
+        raise TaskError(f"archc cannot read {self.name} data yet")
+
+    def check_data(self, data, on_bad: str = "stop", log=None):
+        return data
+
+    def augmentation(self, recipe: str, shape: Sequence[int], crop_scale=None, flip=None):
+        raise TaskError(f"archc cannot augment {self.name} data yet")
+
+    def transform(self, shape: Sequence[int], pipeline: Mapping, augmentation=None) -> Callable:
+        raise TaskError(f"archc cannot read {self.name} data yet")
+
 
 def _weights(batch: Mapping, n: int):
     import jax.numpy as jnp
@@ -132,7 +178,43 @@ class Classification(Task):
     label_smoothing: float = 0.0
 
     def __post_init__(self):
-        self.name, self.score_name = "classification", "accuracy"
+        self.name, self.score_name, self.score_label = "classification", "accuracy", "acc"
+        self.train_sums, self.train_metrics = ("correct", "count"), ("accuracy",)
+        self.val_metrics = ("loss", "accuracy", "top5")
+
+    def read_data(self, root, *, val_split=None, seed=0):
+        """Class folders (runtime/data.py: ``DIR/train/<class>/*`` (+ ``DIR/val``) or ``DIR/<class>/*``)."""
+        from .data import find_splits
+        return find_splits(root, val_split, seed=seed)
+
+    def read_eval_data(self, root):
+        from .data import ImageFolder
+        from .evaluation import eval_folder
+        return ImageFolder.scan(eval_folder(root), classes=self.classes)
+
+    def check_data(self, data, on_bad="stop", log=None):
+        from .data import check_images
+        return check_images(data, on_bad, log)
+
+    def augmentation(self, recipe, shape, crop_scale=None, flip=None):
+        from .data import choose_augmentation
+        h, w, c = shape
+        return choose_augmentation(recipe, h, w, c, crop_scale, flip)
+
+    def transform(self, shape, pipeline, augmentation=None):
+        """Training: a random-resized crop and flip (runtime/data.py's Preprocess); evaluation:
+        the pipeline's resize and normalisation (runtime/pipeline.py's ``apply``)."""
+        from . import pipeline as P
+        from .data import ImageAndLabel, Preprocess
+        h, w, c = shape
+        if augmentation is None:
+            spec = P.pipeline(dict(pipeline))
+            return ImageAndLabel(lambda image, rng=None: P.apply(image, (h, w, c), spec))
+        mean, std, bgr = P.statistics(pipeline, c)
+        aug = augmentation
+        return ImageAndLabel(Preprocess(h, w, c, tuple(mean.tolist()), tuple(std.tolist()),
+                                        crop=aug.crop_scale is not None, flip=aug.flip,
+                                        crop_scale=aug.crop_scale or (1.0, 1.0), bgr=bgr))
 
     def losses(self, outputs, batch, rng=None) -> dict:
         import jax

@@ -32,8 +32,7 @@ import numpy as np
 
 from . import pipeline as P
 from . import run_state
-from .data import (AUGMENTATIONS, BAD_DATA, ArrayData, DataError, Loader, Preprocess,
-                   check_images, choose_augmentation, find_splits)
+from .data import AUGMENTATIONS, BAD_DATA, ArrayData, DataError, Loader
 from .logits import logits_node
 from .tasks import TaskError, make_eval_step, make_task, make_train_step, train_state
 
@@ -462,14 +461,15 @@ def _write_weights(path: Path, variables: Mapping, metadata: dict) -> None:
     _replace(path, save(flat, metadata={k: str(v) for k, v in metadata.items()}))
 
 
-def plot_curves(metrics: dict, path: Path) -> None:
-    """Loss and accuracy per epoch (matplotlib, Agg canvas; the global backend is untouched)."""
+def plot_curves(metrics: dict, path: Path, score: str = "accuracy") -> None:
+    """Loss and the task's score (classification: accuracy) per epoch (matplotlib, Agg canvas;
+    the global backend is untouched)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     fig = Figure(figsize=(10, 4), dpi=100)
     FigureCanvasAgg(fig)
     epochs = metrics["epoch"]
-    for i, (key, title) in enumerate((("loss", "loss"), ("accuracy", "accuracy"))):
+    for i, (key, title) in enumerate((("loss", "loss"), (score, score))):
         ax = fig.add_subplot(1, 2, i + 1)
         for split in ("train", "val"):
             ys = metrics.get(f"{split}_{key}", [])
@@ -492,8 +492,9 @@ def plot_curves(metrics: dict, path: Path) -> None:
 class Progress:
     """One line per epoch; on a terminal, a tqdm bar updated at each host sync meanwhile."""
 
-    def __init__(self, epoch: int, epochs: int, total: int, enabled: bool = True, stream=None):
-        self.stream = stream or sys.stderr
+    def __init__(self, epoch: int, epochs: int, total: int, enabled: bool = True, stream=None,
+                 label: str = "acc"):
+        self.stream, self.label = stream or sys.stderr, label
         self.enabled = enabled
         self.prefix = f"epoch {epoch}/{epochs}"
         tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
@@ -503,9 +504,10 @@ class Progress:
             self.bar = tqdm(total=total, desc=self.prefix, file=self.stream, leave=False,
                             unit="step", dynamic_ncols=True)
 
-    def update(self, done: int, loss: float, acc: float, ips: float) -> None:
+    def update(self, done: int, loss: float, score: float, ips: float) -> None:
+        """``score``: the task's training score so far (classification: top-1, ``acc``)."""
         if self.bar is not None:
-            self.bar.set_postfix_str(f"loss {loss:.4f}  acc {acc:.4f}  {ips:,.0f} img/s", refresh=False)
+            self.bar.set_postfix_str(f"loss {loss:.4f}  {self.label} {score:.4f}  {ips:,.0f} img/s", refresh=False)
             self.bar.update(done - self.bar.n)
 
     def close(self, text: str) -> None:
@@ -514,6 +516,13 @@ class Progress:
         if self.enabled:
             self.stream.write(f"{self.prefix}  {text}\n")
             self.stream.flush()
+
+
+def _array(value):
+    """A running sum read back from a checkpoint's JSON: float32 (classification's counts,
+    written as floats) or int32 (a confusion matrix)."""
+    a = np.asarray(value)
+    return a.astype(np.float32 if a.dtype.kind == "f" else np.int32)
 
 
 def _log(msg: str) -> None:
@@ -539,8 +548,9 @@ class Trainer:
         self.run_dir = Path(cfg.out) if cfg.out else None
         self.resuming = resume
         self._check_run_dir()
-        self._setup_data(train_data, val_data)
         self._setup_model()
+        self._setup_data(train_data, val_data)
+        self._setup_head()
         self._setup_variables()
         self._setup_preprocess()
         self._setup_parallel()
@@ -571,13 +581,17 @@ class Trainer:
         cfg = self.cfg
         as_data = lambda d: d if d is None or not isinstance(d, tuple) else ArrayData(*d)  # noqa: E731
         train_data, val_data = as_data(train_data), as_data(val_data)
+        task = self.task
         if train_data is None:
             if not cfg.data:
                 raise TrainError("no training data: pass --data DIR")
-            train_data, split_val = find_splits(cfg.data, cfg.val_split, seed=cfg.seed)
+            try:
+                train_data, split_val = task.read_data(cfg.data, val_split=cfg.val_split, seed=cfg.seed)
+            except TaskError as e:
+                raise TrainError(str(e)) from None
             val_data = val_data if val_data is not None else split_val
-        train_data = check_images(train_data, cfg.on_bad_data, self.log)
-        val_data = None if val_data is None else check_images(val_data, cfg.on_bad_data, self.log)
+        train_data = task.check_data(train_data, cfg.on_bad_data, self.log)
+        val_data = None if val_data is None else task.check_data(val_data, cfg.on_bad_data, self.log)
         if len(train_data) == 0:
             raise DataError("the training set is empty")
         self.train_data, self.val_data = train_data, val_data
@@ -586,8 +600,10 @@ class Trainer:
             raise TrainError(f"the data's classes {self.classes[:6]} differ from the run's "
                              f"{list(cfg.class_names)[:6]}")
         cfg.class_names = self.classes
+        task.classes = self.classes
 
     def _setup_model(self) -> None:
+        """The network, and the task its outputs (or --task) call for."""
         from .model import load
         cfg = self.cfg
         if not cfg.spec:
@@ -602,14 +618,14 @@ class Trainer:
             raise TrainError(f"{g.name}: training needs one image input (HxWxC), "
                              f"the network has {len(g.inputs)} inputs")
         try:
-            self.task = make_task(model, cfg.task, classes=self.classes, label_smoothing=cfg.label_smoothing)
+            self.task = make_task(model, cfg.task, label_smoothing=cfg.label_smoothing)
         except TaskError as e:
             raise TrainError(str(e)) from None
-        if self.task.name != "classification":
-            raise TrainError(f"{g.name}: a {self.task.name} network; archc train reads image folders of "
-                             f"classes only so far (image/mask folders are not read yet); its task, losses "
-                             f"and metrics are archc.runtime.tasks.{type(self.task).__name__} for a loop "
-                             f"of your own (docs/training.md)")
+
+    def _setup_head(self) -> None:
+        """The data's classes against the network's outputs; the head, the trainable nodes."""
+        cfg, model = self.cfg, self.model
+        g = model.graph
         self.logits = self.task.outputs[0]
         self.num_outputs = self.task.num_classes
         k = len(self.classes)
@@ -646,17 +662,18 @@ class Trainer:
         # resize to the input size, then this normalisation
         self.pipeline = P.pipeline({**P.parse_normalize(cfg.normalize), "resize": "exact",
                                     "crop": min(h, w)})
-        mean, std, bgr = P.statistics(self.pipeline, c)
-        aug = choose_augmentation(cfg.augment, h, w, c, cfg.crop_scale, cfg.flip)
+        try:
+            aug = self.task.augmentation(cfg.augment, (h, w, c), cfg.crop_scale, cfg.flip)
+        except (TaskError, DataError) as e:
+            raise TrainError(str(e)) from None
         if not self.resuming:
             self.log(f"augmentation: {aug.describe()}")
         # saved in config.json: a resumed run keeps them whatever later defaults say
         cfg.flip = aug.flip
         cfg.crop_scale = None if aug.crop_scale is None else list(aug.crop_scale)
-        self.pre_train = Preprocess(h, w, c, tuple(mean.tolist()), tuple(std.tolist()),
-                                    crop=aug.crop_scale is not None, flip=aug.flip,
-                                    crop_scale=aug.crop_scale or (1.0, 1.0), bgr=bgr)
-        self.pre_eval = dataclasses.replace(self.pre_train, crop=False, flip=False)
+        # the task's per-example transforms (runtime/tasks.py): augmented, and evaluation's
+        self.pre_train = self.task.transform((h, w, c), self.pipeline, aug)
+        self.pre_eval = self.task.transform((h, w, c), self.pipeline)
 
     def _setup_variables(self) -> None:
         cfg, g = self.cfg, self.model.graph
@@ -783,9 +800,10 @@ class Trainer:
             meta["num_classes"] = cfg.classes
         # what `archc predict|evaluate|export` read: the network, its preprocessing, the names
         params = {**(cfg.params or {}), **({"classes": cfg.classes} if cfg.classes is not None else {})}
+        record = self.task.record()
         meta.update(inference_metadata(self.model, spec=cfg.spec, params=params,
-                                       preprocess=self.pipeline, classes=self.classes,
-                                       task="classification"))
+                                       preprocess=self.pipeline, classes=record["classes"],
+                                       task=record["task"]))
         meta.update(extra or {})
         return meta
 
@@ -829,15 +847,14 @@ class Trainer:
         if not history["epoch"]:
             return
         try:
-            plot_curves(history, self.run_dir / "curves.png")
+            plot_curves(history, self.run_dir / "curves.png", self.task.score_name)
         except ImportError:
             self.log("curves.png not drawn: matplotlib is not installed")
 
     # ---- running ----
-    def on_devices(self, batch) -> dict:
-        """A loader's batch as the task's dict, sharded over the devices."""
-        return {"image": self.dp.shard_batch(batch.x), "label": self.dp.shard_batch(batch.y),
-                "weight": self.dp.shard_batch(batch.mask)}
+    def on_devices(self, batch: Mapping) -> dict:
+        """A loader's batch (the task's dict), sharded over the devices."""
+        return {k: self.dp.shard_batch(v) for k, v in batch.items()}
 
     def batches(self, loader, epoch: int = 0):
         """A loader's batches of ``epoch`` as the task's dicts, sharded over the devices."""
@@ -871,13 +888,21 @@ class Trainer:
         finally:
             signal.signal(signal.SIGINT, previous)
 
+    def new_history(self) -> dict:
+        """metrics.json's keys: per epoch the loss, the task's ``train_metrics`` and
+        ``val_metrics`` (classification: ``train_accuracy``, ``val_loss``, ``val_accuracy``,
+        ``val_top5``), the learning rate and speed; the best epoch by ``best_val_<score>``."""
+        task = self.task
+        per_epoch = (["epoch", "train_loss"] + [f"train_{k}" for k in task.train_metrics]
+                     + [f"val_{k}" for k in task.val_metrics] + ["lr", "images_per_s", "time_s"])
+        return {**{k: [] for k in per_epoch}, "best_epoch": None, f"best_val_{task.score_name}": None,
+                "classes": self.classes}
+
     def _fit(self) -> TrainResult:
         cfg = self.cfg
         if self.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        history = {"epoch": [], "train_loss": [], "train_accuracy": [], "val_loss": [],
-                   "val_accuracy": [], "val_top5": [], "lr": [], "images_per_s": [], "time_s": [],
-                   "best_epoch": None, "best_val_accuracy": None, "classes": self.classes}
+        history = self.new_history()
         start_epoch, position = 0, None
         if self.resuming:
             host_state, start_epoch, history, position = self.load_state()
@@ -904,9 +929,10 @@ class Trainer:
                 mngr.close()
 
     def _loop(self, mngr, host_state, start_epoch: int, history: dict, position) -> TrainResult:
-        from .parallel import scalar, to_host
+        from .parallel import to_host
         from .tasks import add_sums
-        cfg = self.cfg
+        cfg, task = self.cfg, self.task
+        score_name = task.score_name
         state = self.dp.replicate(host_state)
         crash_at = int(os.environ.get(CRASH_ENV, "0") or 0)
         hold_at = int(os.environ.get(HOLD_ENV, "0") or 0)
@@ -915,13 +941,13 @@ class Trainer:
         last_save = time.monotonic()
         for epoch in range(start_epoch, cfg.epochs):
             progress = Progress(epoch + 1, cfg.epochs, spe,
-                                enabled=cfg.progress and self.dp.process_index == 0)
+                                enabled=cfg.progress and self.dp.process_index == 0, label=task.score_label)
             t0 = time.perf_counter()
             # the epoch's running sums: restored from a mid-epoch checkpoint, else from zero
             first_batch = position["batch"] if position else 0
             loss_sum = position["loss_sum"] if position else 0.0
             seen = first_batch * cfg.batch
-            sums = self.dp.replicate({k: np.float32(v) for k, v in position["sums"].items()}) if position else None
+            sums = self.dp.replicate({k: _array(v) for k, v in position["sums"].items()}) if position else None
             # grain's checkpointable iterator: where the checkpoint left it inside an epoch
             data = self.train_loader.iterator(epoch, position["iterator"] if position else None)
             position, pending = None, []      # device values: fetched once per log interval
@@ -930,7 +956,7 @@ class Trainer:
                     raise KeyboardInterrupt
                 state, m = self._train_step(state, batch)
                 pending.append(m["loss"])
-                sums = add_sums(sums, {k: m[k] for k in ("correct", "count")})
+                sums = add_sums(sums, {k: m[k] for k in task.train_sums})
                 seen += cfg.batch
                 step = epoch * spe + b + 1
                 save_now = b + 1 < spe and self.writes and (
@@ -957,10 +983,10 @@ class Trainer:
                 if save_now:        # a mid-epoch resume point: where we are and the sums so far
                     self.save_state(mngr, to_host(state), epoch, history, {
                         "batch": b + 1, "iterator": data.get_state(), "loss_sum": loss_sum,
-                        "sums": {k: float(v) for k, v in to_host(sums).items()}})
+                        "sums": {k: np.asarray(v).tolist() for k, v in to_host(sums).items()}})
                     last_save = time.monotonic()
                 dt = time.perf_counter() - t0
-                progress.update(b + 1, loss_sum / (b + 1), scalar(sums["correct"]) / seen,
+                progress.update(b + 1, loss_sum / (b + 1), task.summarize(to_host(sums))[score_name],
                                 (seen - first_batch * cfg.batch) / max(dt, 1e-9))
                 if step in (crash_at, hold_at) and mngr is not None:
                     mngr.wait_until_finished()        # testing: its checkpoint on disk first
@@ -970,29 +996,31 @@ class Trainer:
                     print(f"holding at step {step}", file=sys.stderr, flush=True)
                     time.sleep(3600)
             train_time = time.perf_counter() - t0
-            train_metrics = self.task.summarize(to_host(sums))
+            train_metrics = task.summarize(to_host(sums))
             val = self.evaluate(state)
-            val_loss = None if val is None else val["loss"]
-            val_acc = None if val is None else val["accuracy"]
+            val_score = None if val is None else val[score_name]
             dt = time.perf_counter() - t0
             lr = float(self.schedule(max(0, (epoch + 1) * self.updates_per_epoch - 1)))
-            row = {"epoch": epoch + 1, "train_loss": loss_sum / spe, "train_accuracy": train_metrics["accuracy"],
-                   "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr,
-                   "images_per_s": (seen - first_batch * cfg.batch) / max(train_time, 1e-9), "time_s": dt}
-            row["val_top5"] = None if val is None else val.get("top5")
+            row = {"epoch": epoch + 1, "train_loss": loss_sum / spe,
+                   **{f"train_{k}": train_metrics[k] for k in task.train_metrics},
+                   **{f"val_{k}": None if val is None else val.get(k) for k in task.val_metrics},
+                   "lr": lr, "images_per_s": (seen - first_batch * cfg.batch) / max(train_time, 1e-9),
+                   "time_s": dt}
             for key, v in row.items():
                 history.setdefault(key, []).append(v)
-            score = val_acc if val_acc is not None else -row["train_loss"]
-            prev = history["best_val_accuracy"] if val_acc is not None else (
+            best_key = f"best_val_{score_name}"
+            score = val_score if val_score is not None else -row["train_loss"]
+            prev = history[best_key] if val_score is not None else (
                 None if history["best_epoch"] is None else -history["train_loss"][history["best_epoch"] - 1])
             improved = prev is None or score > prev
             if improved:
                 history["best_epoch"] = epoch + 1
-                history["best_val_accuracy"] = val_acc
-            text = f"loss {row['train_loss']:.4f}  acc {row['train_accuracy']:.4f}"
-            if val_acc is not None:
-                text += f"  val_loss {val_loss:.4f}  val_acc {val_acc:.4f}"
-            text += f"  {row['images_per_s']:,.0f} img/s  {dt:.1f}s" + ("  *" if improved and val_acc is not None else "")
+                history[best_key] = val_score
+            label = task.score_label
+            text = f"loss {row['train_loss']:.4f}  {label} {train_metrics[score_name]:.4f}"
+            if val_score is not None:
+                text += f"  val_loss {val['loss']:.4f}  val_{label} {val_score:.4f}"
+            text += f"  {row['images_per_s']:,.0f} img/s  {dt:.1f}s" + ("  *" if improved and val_score is not None else "")
             progress.close(text)
             if self.writes:
                 host_state = to_host(state)
@@ -1040,7 +1068,7 @@ class Trainer:
                             workers=self.cfg.workers, prefetch=self.cfg.prefetch)
             chunks = []
             for batch in loader.epoch(0):
-                chunks.append(np.asarray(feats(variables, batch.x))[batch.mask > 0])
+                chunks.append(np.asarray(feats(variables, batch["image"]))[batch["weight"] > 0])
             result[name] = (np.concatenate(chunks), np.asarray(data.labels))
         if out_dir is not None:
             out = Path(out_dir)
