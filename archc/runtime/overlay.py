@@ -56,7 +56,7 @@ def draw_overlay(image, mask: np.ndarray, names: list, *, alpha: float = 0.5, le
     """A PIL image of ``image``'s size: ``mask`` (H, W class indices at the image's size) in
     class colours blended over ``image`` (PIL or HxWx3 uint8) with weight ``alpha``, the class
     boundaries drawn in full colour, and a legend of the classes present (their colours,
-    ``names``, pixel shares) in the top-left corner."""
+    ``names``, pixel shares) in the corner where it hides the fewest boundaries."""
     from PIL import Image
     if not hasattr(image, "convert"):
         image = Image.fromarray(np.asarray(image, np.uint8))
@@ -70,19 +70,20 @@ def draw_overlay(image, mask: np.ndarray, names: list, *, alpha: float = 0.5, le
     out[edge] = colours[edge]
     im = Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
     if legend:
-        draw_legend(im, present(mask, names))
+        draw_legend(im, present(mask, names), busy=edge)
     return im
 
 
-def draw_legend(im, entries: list, *, limit: int = 12) -> None:
-    """Draw a legend of ``entries`` (:func:`present`'s) on ``im`` in place: a light box in the
-    top-left corner, a swatch, the name and the share per class; more than ``limit`` classes:
-    the largest, and a count of the rest."""
+def draw_legend(im, entries: list, *, limit: int = 12, busy: np.ndarray | None = None) -> None:
+    """Draw a legend of ``entries`` (:func:`present`'s) on ``im`` in place: a light box with a
+    swatch, the name and the share per class, in the corner where it hides the fewest ``busy``
+    pixels (class boundaries; the top left when none is given or on ties); more than ``limit``
+    classes: the largest, and a count of the rest."""
     from PIL import Image, ImageDraw
     if not entries:
         return
     w, h = im.size
-    size = max(11, round(min(w, h) / 28))
+    size = max(12, round(min(w, h) / 24))
     font = _font(size)
     shown = entries[:limit]
     texts = [f"{e['name']}  {e['fraction']:.1%}" for e in shown]
@@ -94,12 +95,16 @@ def draw_legend(im, entries: list, *, limit: int = 12) -> None:
     pad, swatch = size // 2, size
     box_w = pad * 3 + swatch + max(b[2] for b in bounds)
     box_h = pad * 2 + line * len(texts) - size // 3
+    corners = [(pad, pad), (w - pad - box_w - 1, pad), (pad, h - pad - box_h - 1), (w - pad - box_w - 1, h - pad - box_h - 1)]
+    if busy is not None:
+        corners.sort(key=lambda c: int(busy[max(c[1], 0):c[1] + box_h + 1, max(c[0], 0):c[0] + box_w + 1].sum()))
+    left, top = corners[0]
     box = Image.new("RGBA", im.size, (0, 0, 0, 0))
-    ImageDraw.Draw(box).rectangle([pad, pad, pad + box_w, pad + box_h], fill=(255, 255, 255, 215),
+    ImageDraw.Draw(box).rectangle([left, top, left + box_w, top + box_h], fill=(255, 255, 255, 215),
                                   outline=(60, 60, 60, 255))
     im.paste(Image.alpha_composite(im.convert("RGBA"), box).convert("RGB"))
     draw = ImageDraw.Draw(im)
-    x0, y0 = pad * 2, pad * 2
+    x0, y0 = left + pad, top + pad
     for i, text in enumerate(texts):
         y = y0 + i * line
         if i < len(shown):
