@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -667,10 +668,25 @@ def _model_for_weights(args, weights):
     return Model(graph_for_weights(args.spec, read_record(weights), dict(args.param or []), args.input))
 
 
+@contextlib.contextmanager
+def _preprocess_warnings_printed():
+    """A weights file's preprocessing that disagrees with the network's (PreprocessWarning):
+    printed as ``warning: …``; other warnings pass on."""
+    from .runtime.predict import PreprocessWarning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PreprocessWarning)
+        yield
+    for w in caught:
+        if issubclass(w.category, PreprocessWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
 @_reports_user_errors
 def cmd_predict(args) -> int:
     """archc predict [SPEC] --weights FILE IMAGE... [--top 5] [--json]."""
-    from .runtime.predict import PreprocessWarning, decode_line, predict
+    from .runtime.predict import decode_line, predict
     given = _weights_and_images(args, "predict")
     if given is None:
         return EXIT_USER
@@ -679,14 +695,8 @@ def cmd_predict(args) -> int:
         print("error: --top must be at least 1", file=sys.stderr)
         return EXIT_USER
     model = _model_for_weights(args, weights)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", PreprocessWarning)
+    with _preprocess_warnings_printed():
         results = predict(model, weights, images, top=args.top, preprocess=args.preprocess)
-    for w in caught:
-        if issubclass(w.category, PreprocessWarning):
-            print(f"warning: {w.message}", file=sys.stderr)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if args.json:
         print(json.dumps(results, indent=1))
     else:
@@ -763,10 +773,16 @@ def cmd_segment(args) -> int:
     if out is not None and twice is not None:
         print(f"error: two images are named {twice}: their masks would overwrite each other in {out}", file=sys.stderr)
         return EXIT_USER
+    bad = ("--alpha must be in [0, 1]" if not 0 <= args.alpha <= 1 else
+           "--batch must be at least 1" if args.batch < 1 else None)
+    if bad:
+        print(f"error: {bad}", file=sys.stderr)
+        return EXIT_USER
     model = _model_for_weights(args, weights)
     pictures = [load_image(p, convert=False) for p in images]    # a file that does not decode fails here, first
-    results = segment(model, weights, pictures, preprocess=args.preprocess, tile=args.tile,
-                      tile_size=args.tile_size, size=args.size)
+    with _preprocess_warnings_printed():
+        results = segment(model, weights, pictures, preprocess=args.preprocess, tile=args.tile,
+                          tile_size=args.tile_size, size=args.size, batch=args.batch)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     report = []
@@ -1041,6 +1057,7 @@ def main(argv=None) -> int:
                          "the network's input size (scores resized back)")
     sp.add_argument("--preprocess", choices=["torch", "inception", "tf", "caffe", "none", "unit"],
                     help="override the normalisation the network declares or the weights record")
+    sp.add_argument("--batch", type=int, default=4, help="tiles per network call")
     sp.add_argument("--alpha", type=float, default=0.5, help="the weight of the class colours in the overlay")
     sp.add_argument("--limit", type=int, default=10, help="classes listed per image")
     sp.add_argument("--json", action="store_true", help="print the files written and the classes present as JSON")

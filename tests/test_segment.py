@@ -279,6 +279,7 @@ def test_cli_without_a_spec_reads_the_record(nets, capsys, tmp_path):
     ("tile and resize", "cannot also be resized"),
     ("one name twice", "two images are named coffee"),
     ("other classes", "these weights have 3 classes"),
+    ("a bad alpha", "--alpha must be in [0, 1]"),
 ])
 def test_cli_bad_input_one_line_exit_2(nets, capsys, case, expect):
     d = nets["dir"]
@@ -294,23 +295,26 @@ def test_cli_bad_input_one_line_exit_2(nets, capsys, case, expect):
         "one name twice": [str(same["spec"]), "--weights", str(same["weights"]), photo, str(d / "again" / "coffee.png"),
                            "--out", str(d / "twice")],
         "other classes": [str(same["spec"]), "--param", "classes=5", "--weights", str(same["weights"]), photo],
+        "a bad alpha": [str(same["spec"]), "--weights", str(same["weights"]), "--alpha", "1.5", photo],
     }[case]
     rc = main(["segment", *args])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error:") and expect in err and err.count("\n") == 1, err
 
 
-def test_cli_unet_full_size_mask_for_a_700x500_photo(tmp_path):
-    """The paper's U-Net (572 in, 388 out) on a 700x500 photo: 2x2 overlap tiles, a 700x500 mask."""
+@pytest.mark.parametrize("width", [16, pytest.param(64, marks=pytest.mark.slow)])
+def test_cli_unet_full_size_mask_for_a_700x500_photo(tmp_path, width):
+    """The paper's U-Net (572 in, 388 out; its layers at a quarter of the channels, and in the
+    slow tier as published) on a 700x500 photo: 2x2 overlap tiles, a 700x500 mask."""
     from PIL import Image
     from skimage import data
     photo = tmp_path / "photo.png"
     Image.fromarray(np.asarray(Image.fromarray(data.astronaut()).resize((700, 500)))).save(photo)
     weights = tmp_path / "unet.safetensors"
-    archc.save_variables(archc.load("unet").init(seed=0), weights)
-    r = subprocess.run([sys.executable, "-m", "archc", "segment", "unet", "--weights", str(weights), str(photo),
-                        "--out", str(tmp_path / "out"), "--json"], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    archc.save_variables(archc.load("unet", width=width).init(seed=0), weights)
+    r = subprocess.run([sys.executable, "-m", "archc", "segment", "unet", "--param", f"width={width}", "--weights",
+                        str(weights), str(photo), "--out", str(tmp_path / "out"), "--json"], capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr
     entry = json.loads(r.stdout)[0]
     assert (entry["how"], entry["tiles"], entry["size"]) == ("tiled", 4, [500, 700])
