@@ -44,6 +44,14 @@ body: conv3(8) relu conv3(8) relu conv3(8) relu
 head: conv1(classes)
 """
 
+# Strided convs, the scores resized to the input (as torchvision's segmenters): any size runs.
+RESIZED = """\
+param classes = 3
+input 64x64x3
+body: conv3(8, s=2) relu conv3(8, s=2) relu conv1(classes)
+out: upsample(size=@input, mode="bilinear")
+"""
+
 
 @pytest.fixture(scope="module")
 def nets(tmp_path_factory):
@@ -51,7 +59,7 @@ def nets(tmp_path_factory):
     from skimage import data
     d = tmp_path_factory.mktemp("seg")
     out = {"dir": d}
-    for name, text in (("same", SAME), ("valid", VALID)):
+    for name, text in (("same", SAME), ("valid", VALID), ("resized", RESIZED)):
         spec = d / f"{name}.arch"
         spec.write_text(text)
         model = archc.load(str(spec))
@@ -158,6 +166,17 @@ def test_whole_image_mirrored_up_to_a_size_the_network_accepts(nets, highest_pre
     assert r["how"] == "whole" and r["mask"].shape == (51, 77)
     x = np.pad(normalized(image), ((0, 1), (0, 1), (0, 0)), mode="reflect")     # 52x78: even sizes
     direct = np.asarray(net["model"].apply(net["variables"], x[None]))[0][:51, :77]
+    np.testing.assert_allclose(r["scores"], direct, rtol=1e-5, atol=1e-5)
+
+
+def test_an_output_resized_to_the_input_runs_at_any_size(nets, highest_precision):
+    """torchvision's way: strided layers whose grid does not tile 51x77, scores upsampled to the
+    input; the image runs as it is, unpadded."""
+    net = nets["resized"]
+    image = np.random.default_rng(6).integers(0, 256, (51, 77, 3), dtype=np.uint8)
+    r = archc.segment(net["model"], net["variables"], image, scores=True)[0]
+    direct = np.asarray(net["model"].apply(net["variables"], normalized(image)[None]))[0]
+    assert r["how"] == "whole" and r["scores"].shape == (51, 77, 3)
     np.testing.assert_allclose(r["scores"], direct, rtol=1e-5, atol=1e-5)
 
 

@@ -44,11 +44,12 @@ class Geometry:
 
     def accepts(self, axis: int, n: int) -> bool:
         """Whether the network runs on extent ``n`` of ``axis`` with its output n - 2·margin in
-        place (every layer takes it, and every centre crop and pool is exact there)."""
+        place: every layer takes it, and, where the output is smaller than the input, every
+        centre crop and pool is exact there (an output at the input's size is in place anyway:
+        torchvision's segmenters resize theirs to the input)."""
         key = (axis, n)
         if key not in self._accepted:
-            f = sizes.follow(self.plans[axis], n)
-            self._accepted[key] = bool(f.valid and f.exact and f.out == n - 2 * self.margin[axis])
+            self._accepted[key] = _centred(self.plans[axis], n, self.margin[axis])
         return self._accepted[key]
 
     def fitting(self, axis: int, n: int) -> int | None:
@@ -81,12 +82,12 @@ def geometry(model, tile: tuple | None = None) -> Geometry:
         except sizes.CannotDerive as e:
             raise GeometryError(f"{name}: cannot derive where its output lies in its input ({e})") from None
         f = sizes.follow(p, tile[axis])
-        if not (f.valid and f.exact and f.out is not None and f.out >= 1 and (tile[axis] - f.out) % 2 == 0):
-            near = [k for k in sizes.nearest(lambda k: _centred(p, k), tile[axis], 4 * max(64, tile[axis]))]
+        if not _centred(p, tile[axis]):
+            near = sizes.nearest(lambda k: _centred(p, k), tile[axis], 4 * max(64, tile[axis]))
             raise GeometryError(f"{name}: a tile {what} of {tile[axis]} does not give an output centred in it"
                                 + (f"; it does at {', '.join(map(str, near))}" if near else ""))
         margin = (tile[axis] - f.out) // 2
-        if not _unit_scale(p, tile[axis], f.out):
+        if margin and not _unit_scale(p, tile[axis], f.out):
             raise GeometryError(f"{name}: its output ({out_shape[0]}x{out_shape[1]} for an input of "
                                 f"{declared[0]}x{declared[1]}) is at another scale than its input, not one "
                                 f"score vector per input pixel")
@@ -95,9 +96,13 @@ def geometry(model, tile: tuple | None = None) -> Geometry:
     return Geometry(tuple(margins), tile, tuple(plans))
 
 
-def _centred(p, n: int) -> bool:
+def _centred(p, n: int, margin: int | None = None) -> bool:
+    """Whether extent ``n`` gives an output centred in it (of n - 2·``margin``, when given): one
+    at the input's size, or a smaller one where every crop and pool is exact."""
     f = sizes.follow(p, n)
-    return bool(f.valid and f.exact and f.out is not None and f.out >= 1 and (n - f.out) % 2 == 0)
+    if not (f.valid and f.out is not None and f.out >= 1) or (margin is not None and f.out != n - 2 * margin):
+        return False
+    return f.out == n or bool(f.exact and (n - f.out) % 2 == 0)
 
 
 def _unit_scale(p, n: int, out: int) -> bool:
