@@ -341,3 +341,42 @@ def test_cli_unet_full_size_mask_for_a_700x500_photo(tmp_path, width):
         assert (im.width, im.height) == (700, 500) and np.asarray(im).max() < 2
     with Image.open(entry["overlay"]) as im:
         assert (im.width, im.height) == (700, 500)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("highest_precision")
+def test_a_torchvision_segmenter_through_segment_gives_its_out(tmp_path, capsys):
+    """torchvision's lraspp_mobilenet_v3_large (random weights, seed 0), imported by `archc
+    import`, segments a 197x263 photo (sides no multiple of its stride) at the photo's own size:
+    the scores equal torchvision's `out` on the photo normalised as its transforms do (ImageNet
+    mean and std), within 1e-4 of their largest magnitude; the CLI's mask is their argmax, the
+    names VOC's."""
+    import torch
+    from PIL import Image
+    from skimage import data
+    from torchvision.models.segmentation import lraspp_mobilenet_v3_large
+    torch.manual_seed(0)
+    tm = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None).eval()
+    torch.save(tm.state_dict(), tmp_path / "lraspp.pth")
+    weights = tmp_path / "lraspp.safetensors"
+    assert main(["import", "lraspp_mobilenet_v3_large", str(tmp_path / "lraspp.pth"), "--from", "torchvision",
+                 "--out", str(weights)]) == 0
+    photo = data.coffee()[100:297, 150:413]
+    Image.fromarray(photo).save(tmp_path / "coffee.png")
+    model = archc.load("lraspp_mobilenet_v3_large")
+    r = archc.segment(model, str(weights), str(tmp_path / "coffee.png"), scores=True)[0]
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    x = ((torch.from_numpy(photo.copy()).float() / 255 - mean) / std).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        want = tm(x)["out"][0].permute(1, 2, 0).numpy()
+    assert r["how"] == "whole" and r["scores"].shape == want.shape == (197, 263, 21)
+    assert np.abs(r["scores"] - want).max() <= 1e-4 * np.abs(want).max()
+    capsys.readouterr()
+    assert main(["segment", "lraspp_mobilenet_v3_large", "--weights", str(weights), str(tmp_path / "coffee.png"),
+                 "--out", str(tmp_path / "out"), "--json"]) == 0
+    entry = json.loads(capsys.readouterr().out)[0]
+    with Image.open(entry["mask"]) as im:
+        assert (np.asarray(im) == np.argmax(r["scores"], -1)).all()
+    from archc.detection.api import class_names
+    voc = class_names("voc")
+    assert [c["name"] for c in entry["classes"]] == [voc[c["index"]] for c in entry["classes"]]
