@@ -83,7 +83,7 @@ def draw_legend(im, entries: list, *, limit: int = 12, busy: np.ndarray | None =
     if not entries:
         return
     w, h = im.size
-    size = max(12, round(min(w, h) / 24))
+    size = max(13, round(min(w, h) / 30))
     font = _font(size)
     shown = entries[:limit]
     texts = [f"{e['name']}  {e['fraction']:.1%}" for e in shown]
