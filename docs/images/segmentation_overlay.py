@@ -56,7 +56,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent))
     args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as work:
+        make(steps, Path(args.out), Path(work))
 
+
+def make(steps: int, out: Path, work: Path) -> None:
+    """Train for `steps`, segment the photo in `work`, copy the overlay into `out`."""
     import optax
     from PIL import Image
     from skimage import data
@@ -68,16 +73,15 @@ def main() -> None:
 
     coins = data.coins()
     mask = classical_mask(coins)
-    work = Path(tempfile.mkdtemp())
     model = archc.load("unet", input_shape=(CROP, CROP, 1), **PARAMS)
     task = Segmentation(model, classes=CLASSES)
-    optimizer = optax.adam(optax.cosine_decay_schedule(3e-3, args.steps))
+    optimizer = optax.adam(optax.cosine_decay_schedule(3e-3, steps))
     state = train_state(task, optimizer, model.init(seed=0))
     step = make_train_step(task, optimizer)
     start = time.time()
-    for i, batch in zip(range(args.steps), batches(coins, mask, 16, seed=0)):
+    for i, batch in zip(range(steps), batches(coins, mask, 16, seed=0)):
         state, metrics = step(state, batch)
-        if i % 50 == 0 or i == args.steps - 1:
+        if i % 50 == 0 or i == steps - 1:
             print(f"step {i:4d}  loss {float(metrics['loss']):.4f}  ({time.time() - start:.0f} s)")
     variables = {"params": {**state["frozen"], **state["trainable"]}, "batch_stats": state["batch_stats"]}
     weights = work / "coins_unet.safetensors"
@@ -93,7 +97,7 @@ def main() -> None:
         cm = np.bincount(2 * mask[:, cols].ravel() + predicted[:, cols].ravel(), minlength=4).reshape(2, 2)
         iou = np.diag(cm) / (cm.sum(0) + cm.sum(1) - np.diag(cm))
         print(f"{name}: mIoU {iou.mean():.3f} (background {iou[0]:.3f}, coin {iou[1]:.3f}) against the classical mask")
-    target = Path(args.out) / "segmentation_overlay.png"
+    target = out / "segmentation_overlay.png"
     shutil.copy(work / "coins_overlay.png", target)
     print(f"wrote {target}")
 
