@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent))
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as work:
-        make(steps, Path(args.out), Path(work))
+        make(args.steps, Path(args.out), Path(work))
 
 
 def make(steps: int, out: Path, work: Path) -> None:
