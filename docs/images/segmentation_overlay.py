@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 # The library's U-Net with padded convs (output at the input's size) and 16 channels at its first level.
-PARAMS = {"padding": '"same"', "width": 16}    # a string parameter is given as .arch text: quoted
+PARAMS = {"padding": "same", "width": 16}
 CLASSES = ["background", "coin"]
 CROP, HELD_OUT = 64, 256          # training crops come from columns [0, 256); the rest is held out
 
