@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 
 __all__ = ["__version__", "load", "Model", "save_variables", "load_variables", "train", "Trainer", "TrainConfig",
-           "import_weights", "predict", "detect", "export", "load_exported", "evaluate", "losses",
+           "import_weights", "predict", "detect", "segment", "export", "load_exported", "evaluate", "losses",
            "make_train_step", "train_state", "make_task", "nnx_variables", "load_nnx_variables"]
 
 _LAZY = {
@@ -27,6 +27,7 @@ _LAZY = {
     "import_weights": "archc.runtime.weights",
     "predict": "archc.runtime.predict",
     "detect": "archc.detection.api",
+    "segment": "archc.runtime.segment",
     "export": "archc.runtime.export",
     "load_exported": "archc.runtime.export",
     "evaluate": "archc.runtime.evaluation",

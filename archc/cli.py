@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -27,6 +28,17 @@ def _shape(text: str) -> tuple:
     if len(dims) not in (1, 3) or any(d < 1 for d in dims):
         raise argparse.ArgumentTypeError(f"expected HxWxC with positive sizes, got {text!r}")
     return dims
+
+
+def _hw(text: str) -> tuple:
+    """HxW (or N: N x N), positive."""
+    try:
+        dims = tuple(int(x) for x in text.lower().split("x"))
+    except ValueError:
+        dims = ()
+    if len(dims) not in (1, 2) or any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"expected HxW with positive sizes such as 572x572, got {text!r}")
+    return dims * 2 if len(dims) == 1 else dims
 
 
 def _param(text: str) -> tuple:
@@ -673,10 +685,25 @@ def _model_for_weights(args, weights):
     return Model(graph_for_weights(args.spec, read_record(weights), dict(args.param or []), args.input))
 
 
+@contextlib.contextmanager
+def _preprocess_warnings_printed():
+    """A weights file's preprocessing that disagrees with the network's (PreprocessWarning):
+    printed as ``warning: …``; other warnings pass on."""
+    from .runtime.predict import PreprocessWarning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PreprocessWarning)
+        yield
+    for w in caught:
+        if issubclass(w.category, PreprocessWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
 @_reports_user_errors
 def cmd_predict(args) -> int:
     """archc predict [SPEC] --weights FILE IMAGE... [--top 5] [--json]."""
-    from .runtime.predict import PreprocessWarning, decode_line, predict
+    from .runtime.predict import decode_line, predict
     given = _weights_and_images(args, "predict")
     if given is None:
         return EXIT_USER
@@ -685,14 +712,8 @@ def cmd_predict(args) -> int:
         print("error: --top must be at least 1", file=sys.stderr)
         return EXIT_USER
     model = _model_for_weights(args, weights)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", PreprocessWarning)
+    with _preprocess_warnings_printed():
         results = predict(model, weights, images, top=args.top, preprocess=args.preprocess)
-    for w in caught:
-        if issubclass(w.category, PreprocessWarning):
-            print(f"warning: {w.message}", file=sys.stderr)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if args.json:
         print(json.dumps(results, indent=1))
     else:
@@ -748,6 +769,59 @@ def cmd_detect(args) -> int:
                 print(f"  {d['score']:.3f}  {d['name']:<16} [{x1:7.1f} {y1:7.1f} {x2:7.1f} {y2:7.1f}]")
             if len(dets) > args.limit:
                 print(f"  … {len(dets) - args.limit} more (--json for all)")
+    return 0
+
+
+@_reports_user_errors
+def cmd_segment(args) -> int:
+    """archc segment [SPEC] --weights FILE IMAGE... [--out DIR] [--json] [--tile|--no-tile]."""
+    from pathlib import Path
+
+    from .runtime.overlay import draw_overlay, mask_image
+    from .runtime.predict import load_image
+    from .runtime.segment import segment
+    given = _weights_and_images(args, "segment")
+    if given is None:
+        return EXIT_USER
+    weights, images = given
+    out = Path(args.out) if args.out else None
+    stems = [Path(p).stem for p in images]
+    twice = next((s for s in stems if stems.count(s) > 1), None)
+    if out is not None and twice is not None:
+        print(f"error: two images are named {twice}: their masks would overwrite each other in {out}", file=sys.stderr)
+        return EXIT_USER
+    bad = ("--alpha must be in [0, 1]" if not 0 <= args.alpha <= 1 else
+           "--batch must be at least 1" if args.batch < 1 else None)
+    if bad:
+        print(f"error: {bad}", file=sys.stderr)
+        return EXIT_USER
+    model = _model_for_weights(args, weights)
+    pictures = [load_image(p, convert=False) for p in images]    # a file that does not decode fails here, first
+    with _preprocess_warnings_printed():
+        results = segment(model, weights, pictures, preprocess=args.preprocess, tile=args.tile,
+                          tile_size=args.tile_size, size=args.size, batch=args.batch)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    report = []
+    for path, stem, picture, r in zip(images, stems, pictures, results):
+        entry = {"file": str(path), "size": list(r["size"]), "how": r["how"], "tiles": r["tiles"],
+                 "classes": r["classes"]}
+        if out is not None:
+            entry["mask"], entry["overlay"] = str(out / f"{stem}_mask.png"), str(out / f"{stem}_overlay.png")
+            mask_image(r["mask"]).save(entry["mask"])
+            draw_overlay(picture, r["mask"], r["names"], alpha=args.alpha).save(entry["overlay"])
+        report.append(entry)
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    for e in report:
+        run = f"{e['tiles']} tiles" if e["how"] == "tiled" else e["how"]
+        where = f" -> {e['mask']}, {e['overlay']}" if "mask" in e else ""
+        print(f"{e['file']}: {e['size'][1]}x{e['size'][0]} ({run}){where}")
+        for c in e["classes"][:args.limit]:
+            print(f"  {c['fraction']:7.2%}  {c['name']}")
+        if len(e["classes"]) > args.limit:
+            print(f"  … {len(e['classes']) - args.limit} more classes (--json for all)")
     return 0
 
 
@@ -1002,6 +1076,26 @@ def main(argv=None) -> int:
     sp.add_argument("--limit", type=int, default=20, help="detections listed per image")
     sp.add_argument("--json", action="store_true", help="print the detections as JSON")
     sp.set_defaults(func=cmd_detect, expr=None)
+
+    sp = sub.add_parser("segment", help="a class per pixel: mask and overlay pictures of images at their own size")
+    common(sp)
+    sp.add_argument("images", nargs="*", metavar="IMAGE", help="PNG/JPEG files")
+    sp.add_argument("--weights", required=True, metavar="FILE", help="variables written by `archc train` or `archc import`")
+    sp.add_argument("--out", metavar="DIR", help="write IMAGE_mask.png (class indices) and IMAGE_overlay.png per image")
+    sp.add_argument("--tile", action=argparse.BooleanOptionalAction, default=None,
+                    help="overlap-tile inference (default: where the network's output is smaller than its input "
+                         "and the image larger than one tile's output)")
+    sp.add_argument("--tile-size", type=_hw, metavar="HxW", help="the input tile (default: the network's input size)")
+    sp.add_argument("--size", choices=["auto", "input"], default="auto",
+                    help="auto: each image at its own resolution where the network runs on it; input: resized to "
+                         "the network's input size (scores resized back)")
+    sp.add_argument("--preprocess", choices=["torch", "inception", "tf", "caffe", "none", "unit"],
+                    help="override the normalisation the network declares or the weights record")
+    sp.add_argument("--batch", type=int, default=4, help="tiles per network call")
+    sp.add_argument("--alpha", type=float, default=0.5, help="the weight of the class colours in the overlay")
+    sp.add_argument("--limit", type=int, default=10, help="classes listed per image")
+    sp.add_argument("--json", action="store_true", help="print the files written and the classes present as JSON")
+    sp.set_defaults(func=cmd_segment, expr=None)
 
     sp = sub.add_parser("graph", help="a picture of the network (SVG, PNG, HTML or Graphviz DOT)")
     common(sp)

@@ -253,6 +253,15 @@ def test_a_word_for_a_number_on_the_command_line_is_one_error():
     assert "error: --param rows=rleu: unknown name 'rleu'" in r.stderr and "did you mean 'relu'" in r.stderr
 
 
+def test_a_bare_word_for_a_string_parameter_is_that_string():
+    """--param padding=same, as a user types it: a string parameter takes the word (quoted or not)."""
+    for value in ("same", '"same"'):
+        r = archc("check", "unet", "--param", f"padding={value}", "--input", "64x64x3")
+        assert r.returncode == 0 and "64x64x3 -> 64x64x2" in r.stdout, r.stderr
+    import archc as api
+    assert api.load("unet", padding="same", input_shape=(64, 64, 3)).graph.output_shape == (64, 64, 2)
+
+
 def test_a_string_for_a_number_from_python_is_one_error():
     import archc as api
     with pytest.raises(ArchError) as e:

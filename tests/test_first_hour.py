@@ -82,7 +82,7 @@ def test_detect_takes_the_image_after_other_options(photos, tmp_path):
     assert len([l for l in r.stdout.splitlines() if l.startswith("  0.")]) <= 1      # --limit 1
 
 
-@pytest.mark.parametrize("command", ["predict", "detect", "check", "build", "export", "train", "list", "import"])
+@pytest.mark.parametrize("command", ["predict", "detect", "segment", "check", "build", "export", "train", "list", "import"])
 def test_a_usage_error_shows_the_command_usage(command):
     r = no_traceback(run_cli(command, "lenet5", "--no-such-option"))
     assert r.returncode == 2

@@ -70,6 +70,8 @@ EXAMPLES = [
     ("import", "import resnet18 resnet18.pth --from torchvision --out r18.safetensors"),
     ("predict", "predict resnet18 --weights r18.safetensors chelsea.jpg --top 5"),
     ("detect", "detect ssd300_vgg16 --weights ssd.safetensors astronaut.png --out out --limit 3"),
+    ("build", "build unet --param width=8 --out unet8.safetensors"),
+    ("segment", "segment unet --param width=8 --weights unet8.safetensors astronaut.png --out seg"),
     ("train", "train lenet5 --data digits --epochs 1 --out runs/lenet"),
     ("list", "list"),
     ("list", "list resnet --task classification --json"),
@@ -110,3 +112,4 @@ def test_the_readme_install_runs_every_documented_command(tmp_path):
             failed.append(f"archc {example}: exit {r.returncode}\n{r.stderr[-2000:]}")
     assert not failed, "\n".join(failed)
     assert (work / "out" / "astronaut.png").is_file() and (work / "resnet18.svg").is_file()
+    assert (work / "seg" / "astronaut_mask.png").is_file() and (work / "seg" / "astronaut_overlay.png").is_file()

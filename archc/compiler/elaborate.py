@@ -1246,6 +1246,7 @@ class Elaborator:
         except _Fail:
             default = None
         expects_number = isinstance(default, (int, float)) and not isinstance(default, bool)
+        expects_string = isinstance(default, str)
         declared = [(f"'{st.name}' is declared here", st.span)]
         example = f"give a number, such as the default: {given.label(default)}" if expects_number else None
         try:
@@ -1253,6 +1254,8 @@ class Elaborator:
         except _Fail as f:
             if f.diag is None:
                 raise
+            if expects_string and isinstance(given.expr, A.Name):
+                return given.expr.id          # a bare word for a string parameter: --param padding=same
             if expects_number and isinstance(given.expr, A.Name):
                 raise _Fail(Diagnostic(f"{given.label()}: expected a number, got {given.shown}", None, example, declared))
             raise _Fail(Diagnostic(f"{given.label()}: {f.diag.message}", None, f.diag.hint, declared))

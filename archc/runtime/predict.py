@@ -163,6 +163,20 @@ def read_metadata(path) -> dict:
         return dict(f.metadata() or {})
 
 
+def read_variables(variables, metadata: dict | None = None) -> tuple[dict, dict | None]:
+    """``(variables, metadata)``: a variables dict as given, or the variables and string metadata
+    of a file written by ``archc import``/``train`` (``metadata`` given overrides its entries)."""
+    if not isinstance(variables, (str, Path)):
+        return variables, metadata
+    from .variables_io import load_variables
+    if not Path(variables).is_file():
+        raise PredictError(f"{variables}: no such weights file")
+    try:
+        return load_variables(variables), {**read_metadata(variables), **(metadata or {})}
+    except Exception as e:
+        raise PredictError(f"{variables}: not a variables file written by archc ({e})") from None
+
+
 def predict(model, variables, images, *, top: int = 5, preprocess=None, metadata: dict | None = None,
             batch: int = 8) -> list:
     """Classify ``images`` (paths, PIL images or uint8 arrays). ``variables``: a variables dict or
@@ -171,15 +185,7 @@ def predict(model, variables, images, *, top: int = 5, preprocess=None, metadata
 
     Returns one dict per image: ``{"file", "top": [{"index", "label", "prob"}, …]}``, best first.
     """
-    if isinstance(variables, (str, Path)):
-        from .variables_io import load_variables
-        if not Path(variables).is_file():
-            raise PredictError(f"{variables}: no such weights file")
-        try:
-            metadata = {**read_metadata(variables), **(metadata or {})}
-            variables = load_variables(variables)
-        except Exception as e:
-            raise PredictError(f"{variables}: not a variables file written by archc ({e})") from None
+    variables, metadata = read_variables(variables, metadata)
     check_variables(model, variables)
     spec = preprocess_spec(preprocess, metadata, declared_preprocess(model), name=model.name)
     if len(model.graph.inputs) != 1 or len(model.input_shape) != 3:
@@ -226,5 +232,5 @@ def decode_line(entry: dict) -> str:
     return f"{entry['label']} ({entry['prob']:.2%})"
 
 
-__all__ = ["predict", "preprocess_image", "preprocess_spec", "declared_preprocess", "imagenet_classes",
+__all__ = ["predict", "read_variables", "preprocess_image", "preprocess_spec", "declared_preprocess", "imagenet_classes",
            "load_image", "read_metadata", "class_names", "decode_line", "PredictError", "PreprocessWarning"]
