@@ -371,7 +371,7 @@ def _train(args, report: bool = True) -> int:
             "clip_norm", "accumulate", "bf16", "remat", "seed", "classes", "weights",
             "weights_from", "freeze", "freeze_all_but_head", "bn", "val_split", "normalize",
             "augment", "flip", "crop_scale", "workers", "prefetch", "devices", "task", "log_every",
-            "save_every", "save_every_s", "on_bad_data")
+            "save_every", "save_every_s", "on_bad_data", "loss")
     opts = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     opts["params"] = dict(args.param or [])
     opts["input_shape"] = list(args.input) if args.input else None
@@ -510,7 +510,10 @@ def _add_train_parser(sub, common) -> None:
       help="the task (default: from the network's outputs: a vector -> classification, per-pixel "
            "scores -> segmentation, detect(...) -> detection)")
     a("--on-bad-data", choices=["stop", "skip"],
-      help="an image that does not decode: stop with the list of them (default), or skip them (reported)")
+      help="an image that does not decode (segmentation: or a mask that does not fit it): stop with the "
+           "list of them (default), or skip them (reported)")
+    a("--loss", choices=["ce", "weighted", "dice"],
+      help="segmentation's loss: cross-entropy (default), the U-Net paper's weighted cross-entropy, or Dice")
     a("--log-every", type=int, metavar="STEPS", help="steps between progress updates (host syncs; default 50)")
     a("--save-every", type=int, metavar="STEPS", help="also checkpoint every N steps, inside an epoch (--resume continues there)")
     a("--save-every-s", type=float, metavar="SECONDS", help="also checkpoint when this long passed since the last (default 600)")

@@ -118,6 +118,7 @@ class TrainConfig:
     save_every: int = 0                   # also checkpoint every N steps (0: at epoch ends only)...
     save_every_s: float = 600.0           # ...and when this many seconds passed since the last
     on_bad_data: str = "stop"             # an unreadable image: stop (naming them) | skip
+    loss: str | None = None               # segmentation: ce (default) | weighted (U-Net) | dice
 
     def __post_init__(self):
         if isinstance(self.augment, bool):         # augment=False, and the configs of older runs
@@ -618,7 +619,7 @@ class Trainer:
             raise TrainError(f"{g.name}: training needs one image input (HxWxC), "
                              f"the network has {len(g.inputs)} inputs")
         try:
-            self.task = make_task(model, cfg.task, label_smoothing=cfg.label_smoothing)
+            self.task = make_task(model, cfg.task, label_smoothing=cfg.label_smoothing, loss=cfg.loss)
         except TaskError as e:
             raise TrainError(str(e)) from None
 
