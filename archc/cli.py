@@ -464,7 +464,8 @@ def _add_train_parser(sub, common) -> None:
     a("--epochs", type=int)
     a("--batch", type=int, help="global batch size (default 32)")
     a("--lr", type=float, help="peak learning rate (default: sgd 0.01, adamw 1e-3, rmsprop 0.045)")
-    a("--optimizer", choices=["sgd", "adamw", "rmsprop"])
+    a("--optimizer", choices=["sgd", "adamw", "rmsprop"],
+      help="default: the task's (classification sgd, segmentation adamw)")
     a("--momentum", type=float)
     a("--nesterov", action="store_true", default=None)
     a("--weight-decay", type=float)

@@ -44,7 +44,8 @@ makes of it:
                        pipeline's resize only (runtime/pipeline.py)
 =====================  =====================================================================
 
-What the loop shows and keeps: ``train_sums`` (the cheap ``metric_sums`` added up over a
+``default_optimizer`` is ``archc train``'s when ``--optimizer`` is not given. What the loop
+shows and keeps: ``train_sums`` (the cheap ``metric_sums`` added up over a
 training epoch), ``train_metrics`` and ``val_metrics`` (the ``summarize`` keys recorded per epoch
 as ``train_<key>``, ``val_<key>`` in metrics.json), ``score_name`` (``best_val_<score>``, the best
 checkpoint) and ``score_label`` (its short name in the progress line).
@@ -125,6 +126,8 @@ class Task:
     train_sums: tuple = field(default=(), init=False)
     train_metrics: tuple = field(default=(), init=False)
     val_metrics: tuple = field(default=(), init=False)
+    # archc train's optimizer when --optimizer is not given
+    default_optimizer: str = field(default="sgd", init=False)
 
     @property
     def outputs(self) -> tuple:
@@ -293,6 +296,9 @@ class Segmentation(Task):
         self.name, self.score_name, self.score_label = "segmentation", "mIoU", "mIoU"
         self.train_sums, self.train_metrics = ("pixels", "confusion"), ("mIoU", "pixel_accuracy")
         self.val_metrics = ("loss", "mIoU", "pixel_accuracy", "dice")
+        # a U-Net from scratch: SGD at 0.01 learns the background and little else for hundreds of
+        # steps on the shapes set, AdamW at 1e-3 the shapes (docs/segmentation.md)
+        self.default_optimizer = "adamw"
 
     @property
     def outputs(self) -> tuple:

@@ -76,7 +76,8 @@ class TrainConfig:
     epochs: int = 10
     batch: int = 32                       # global batch (over all devices)
     lr: float | None = None               # default per optimizer: DEFAULT_LR
-    optimizer: str = "sgd"                # sgd (momentum) | adamw | rmsprop (Inception v3's)
+    optimizer: str | None = None          # sgd (momentum) | adamw | rmsprop (Inception v3's); None:
+                                          # the task's (classification sgd, segmentation adamw)
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0             # kernels only; AdamW decoupled, SGD/RMSProp as L2
@@ -139,7 +140,7 @@ class TrainConfig:
         def need(cond, msg):
             if not cond:
                 raise TrainError(msg)
-        need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
+        need(self.optimizer is None or self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
              f"got {self.optimizer!r}")
         need(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}")
         need(self.bn in BN_MODES, f"bn must be one of {', '.join(BN_MODES)}")
@@ -165,7 +166,7 @@ class TrainConfig:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer or "sgd"]
 
 
 @dataclass
@@ -413,15 +414,17 @@ def make_optimizer(cfg: TrainConfig, schedule, labels: dict | None, groups: dict
     def decay_mask(params):
         return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
 
+    name = cfg.optimizer or "sgd"        # a config no Trainer has resolved: classification's
+
     def one(factor: float):
         sched = schedule if factor == 1.0 else (lambda c, f=factor: schedule(c) * f)
         parts = []
-        if cfg.optimizer == "adamw":
+        if name == "adamw":
             parts.append(optax.adamw(sched, weight_decay=cfg.weight_decay, mask=decay_mask))
         else:
             if cfg.weight_decay:
                 parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask))
-            if cfg.optimizer == "sgd":
+            if name == "sgd":
                 parts.append(optax.sgd(sched, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
             else:   # Inception v3 (TF1 RMSPropOptimizer): decay 0.9, momentum 0.9, eps 1.0, ms from 1
                 parts.append(optax.rmsprop(sched, decay=0.9, eps=1.0, initial_scale=1.0,
@@ -622,6 +625,8 @@ class Trainer:
             self.task = make_task(model, cfg.task, label_smoothing=cfg.label_smoothing, loss=cfg.loss)
         except TaskError as e:
             raise TrainError(str(e)) from None
+        if cfg.optimizer is None:       # config.json keeps the choice (--resume)
+            cfg.optimizer = self.task.default_optimizer
 
     def _setup_head(self) -> None:
         """The data's classes against the network's outputs; the head, the trainable nodes."""
