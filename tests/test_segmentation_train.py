@@ -247,7 +247,7 @@ def test_pascal_voc_layout_with_palette_masks(tmp_path):
     assert S.check_masks(train) is train
 
 
-def test_bad_masks_are_reported_by_file_and_value(tmp_path):
+def test_bad_masks_are_reported_by_file_and_value(tmp_path, capsys):
     """A missing mask, a mask of another size, a label that is not a class nor 255: the report
     names the file and the value; --on-bad-data skip leaves them out (reported), from the CLI."""
     root = write_shapes(tmp_path / "shapes", train=40, val=4, size=32)
@@ -265,14 +265,14 @@ def test_bad_masks_are_reported_by_file_and_value(tmp_path):
     assert "holds label 7, not a class (0..3) nor 255" in found[str(root / "train" / "images" / "0003.png")]
     args = ["train", "unet", "--param", 'padding="same"', "--param", "width=4", "--param", "classes=4",
             "--input", "32x32x3", "--data", str(root), "--epochs", "1", "--batch", "8", "--quiet"]
-    r = _archc(*args, "--out", str(tmp_path / "stop"))
-    assert r.returncode == 2, r.stderr
-    err = r.stderr.strip().splitlines()
+    from archc.cli import main
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "stop")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: 3 unusable image/mask pairs") and "0003.png" in err[0]
-    assert "Traceback" not in r.stderr
-    r = _archc(*args, "--out", str(tmp_path / "skip"), "--on-bad-data", "skip")
-    assert r.returncode == 0, r.stderr
-    assert "skipping 3 unusable image/mask pairs" in r.stderr
+    assert "holds label 7" in err[0] and not (tmp_path / "stop" / "config.json").exists()
+    assert main([*args, "--out", str(tmp_path / "skip"), "--on-bad-data", "skip"]) == 0
+    assert "skipping 3 unusable image/mask pairs" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,12 +282,22 @@ SMALL_UNET = ["unet", "--param", 'padding="same"', "--param", "norm=true", "--pa
               "--param", "classes=4", "--input", "32x32x3"]
 
 
-def _check_evaluate_agrees(root, run, m, val_images):
+def _evaluate(*args, capsys):
+    """`archc evaluate ARGS` through the CLI's entry function: (exit status, stdout, stderr)."""
+    from archc.cli import main
+    capsys.readouterr()
+    rc = main(["evaluate", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _check_evaluate_agrees(root, run, m, val_images, capsys):
     """`archc evaluate --json` on best.safetensors: the best epoch's validation numbers."""
     best = m["best_epoch"] - 1
-    r = _archc("evaluate", "--weights", str(run / "best.safetensors"), "--data", str(root), "--json")
-    assert r.returncode == 0, r.stderr
-    ev = json.loads(r.stdout)
+    rc, out, err = _evaluate("--weights", str(run / "best.safetensors"), "--data", str(root), "--json",
+                             capsys=capsys)
+    assert rc == 0, err
+    ev = json.loads(out)
     assert ev["task"] == "segmentation" and ev["images"] == val_images and ev["classes"] == list(CLASSES)
     assert ev["mIoU"] == pytest.approx(m["val_mIoU"][best], abs=1e-9)
     assert ev["mIoU"] == m["best_val_mIoU"]
@@ -298,16 +308,18 @@ def _check_evaluate_agrees(root, run, m, val_images):
     return ev
 
 
-def test_train_a_unet_from_the_cli_and_evaluate_gives_its_validation(tmp_path):
+def test_train_a_unet_from_the_cli_and_evaluate_gives_its_validation(tmp_path, capsys):
     """archc train on image/mask folders (2 short epochs): the run's files, the task's keys in
     metrics.json, the record for inference, and archc evaluate equal to the validation."""
+    from archc.cli import main
     from archc.runtime.predict import read_metadata
     root = write_shapes(tmp_path / "shapes", train=48, val=16, size=32)
     run = tmp_path / "run"
-    r = _archc("train", *SMALL_UNET, "--param", "width=4", "--data", str(root), "--out", str(run),
-               "--epochs", "2", "--batch", "16")
-    assert r.returncode == 0, r.stderr
-    assert "val_mIoU" in r.stderr and "random resize 0.8-1.25x" in r.stderr
+    rc = main(["train", *SMALL_UNET, "--param", "width=4", "--data", str(root), "--out", str(run),
+               "--epochs", "2", "--batch", "16"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "val_mIoU" in err and "random resize 0.8-1.25x" in err
     m = json.loads((run / "metrics.json").read_text())
     for key in ("train_loss", "train_mIoU", "train_pixel_accuracy", "val_loss", "val_mIoU",
                 "val_pixel_accuracy", "val_dice"):
@@ -317,13 +329,13 @@ def test_train_a_unet_from_the_cli_and_evaluate_gives_its_validation(tmp_path):
     meta = read_metadata(run / "best.safetensors")
     assert meta["archc.task"] == "segmentation" and json.loads(meta["archc.classes"]) == list(CLASSES)
     assert (run / "curves.png").is_file()
-    _check_evaluate_agrees(root, run, m, 16)
-    r = _archc("evaluate", "--weights", str(run / "best.safetensors"), "--data", str(root))
-    assert r.returncode == 0 and "mIoU" in r.stdout and "triangle" in r.stdout
+    _check_evaluate_agrees(root, run, m, 16, capsys)
+    rc, out, _ = _evaluate("--weights", str(run / "best.safetensors"), "--data", str(root), capsys=capsys)
+    assert rc == 0 and "mIoU" in out and "triangle" in out
 
 
 @pytest.mark.slow
-def test_a_small_unet_learns_the_shapes_within_ten_minutes_on_two_cores(tmp_path):
+def test_a_small_unet_learns_the_shapes_within_ten_minutes_on_two_cores(tmp_path, capsys):
     """`archc train` with default settings (only the data and the size given) reaches mIoU >=
     0.85 on the shapes set; its processes' CPU time is within 10 minutes on 2 cores (1200
     core-seconds: the test machine is shared, so its wall time says little); `archc evaluate`
@@ -342,4 +354,4 @@ def test_a_small_unet_learns_the_shapes_within_ten_minutes_on_two_cores(tmp_path
     print(f"shapes: val_mIoU per epoch {m['val_mIoU']}; {cpu:.0f} CPU-s, {wall:.0f} s wall", file=sys.stderr)
     assert m["best_val_mIoU"] >= 0.85
     assert cpu <= 1200
-    _check_evaluate_agrees(root, run, m, 256)
+    _check_evaluate_agrees(root, run, m, 256, capsys)
