@@ -589,13 +589,24 @@ def cmd_import(args) -> int:
     """archc import SPEC CHECKPOINT --from SOURCE [--map RULES] --out FILE: verify and convert."""
     from .runtime.model import Model
     from .runtime.variables_io import save_variables
-    from .runtime.weights import _assemble, classes_in_checkpoint, match_weights, weights_metadata
+    from .runtime.weights import _assemble, aux_in_checkpoint, classes_in_checkpoint, match_weights, weights_metadata
     model = Model(_graph(args))
 
     def plan(model):
         return match_weights(model, args.checkpoint, source=args.source, rules=args.map,
                              skip=args.skip or (), allow_missing=args.allow_missing or (), prefix=args.prefix)
     report, assignments, rules = plan(model)
+    aux_note = None
+    if aux_in_checkpoint(model, report) and "aux" not in dict(args.param or []):
+        # tensors beyond the network with its aux head off: a checkpoint trained with it (torchvision's segmenters)
+        with_aux = Model(_graph(argparse.Namespace(**{**vars(args), "param": [*(args.param or []), ("aux", True)]})))
+        planned = plan(with_aux)
+        if not (planned[0].unexpected or planned[0].missing):
+            args.param = [*(args.param or []), ("aux", True)]
+            model, (report, assignments, rules) = with_aux, planned
+            aux_note = "aux=true: the checkpoint has the aux head; give --param aux=true to archc predict/train with these weights"
+        else:
+            aux_note = "if the unexpected tensors are the checkpoint's aux head: --param aux=true"
     inferred = classes_in_checkpoint(model, report)
     note = None
     if inferred is not None and "classes" not in dict(args.param or []):
@@ -608,6 +619,7 @@ def cmd_import(args) -> int:
                 f"give --param classes={inferred} to archc predict/detect with these weights")
     elif inferred is not None:
         note = f"the checkpoint has {inferred} classes: --param classes={inferred}"
+    note = "; ".join(filter(None, (aux_note, note))) or None
     if args.json:
         print(json.dumps({**report.to_json(), **({"note": note} if note else {})}, indent=1))
     else:

@@ -692,6 +692,14 @@ def classes_in_checkpoint(model, report: "Report") -> int | None:
     return class_count_from_shapes(model, [(conv, want) for _, _, conv, _, want in report.mismatched])
 
 
+def aux_in_checkpoint(model, report: "Report") -> bool:
+    """Whether a failed import has checkpoint tensors the model has no place for (and nothing
+    missing) while its family's ``aux`` parameter is off: the auxiliary head that torchvision's
+    COCO segmenters (and GoogLeNet's, Inception v3's ImageNet) checkpoints carry."""
+    return bool(report.unexpected) and not (report.missing or report.errors or report.part) \
+        and model.graph.params.get("aux") is False
+
+
 def import_weights(model, checkpoint, *, source: str | None = None, rules=None,
                    skip: Sequence[str] = (), allow_missing: Sequence[str] = (), seed: int = 0,
                    use_torch: bool | None = None, prefix: str | None = None):
@@ -715,6 +723,9 @@ def import_weights(model, checkpoint, *, source: str | None = None, rules=None,
         k = classes_in_checkpoint(model, report)
         hint = (f"\nthe checkpoint has {k} classes: load the network with archc.load({model.name!r}, "
                 f"classes={k})" if k else "")
+        if aux_in_checkpoint(model, report):
+            hint += (f"\nif they are the checkpoint's aux head: archc.load({model.name!r}, aux=True), "
+                     f"or skip=[...] them")
         raise WeightsError(report.render() + hint, report)
     return _assemble(model, assignments, report, seed), report
 
