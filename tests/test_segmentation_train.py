@@ -355,3 +355,40 @@ def test_a_small_unet_learns_the_shapes_within_ten_minutes_on_two_cores(tmp_path
     assert m["best_val_mIoU"] >= 0.85
     assert cpu <= 1200
     _check_evaluate_agrees(root, run, m, 256, capsys)
+
+
+AUX_NET = """
+param classes = 4
+input(32, 32, 3)
+body: conv3(8) relu
+out: conv1(classes)
+branch aux: @body (conv3(4) relu conv1(classes))
+output out, aux
+"""
+
+
+def test_a_network_with_an_aux_output_trains_with_its_loss(tmp_path):
+    """An output named aux (torchvision's aux classifier) joins the objective at 0.5 x its
+    cross-entropy; the metrics read the main output."""
+    import archc
+    import torch
+    import torch.nn.functional as F
+    from archc.runtime.train import train
+    spec = tmp_path / "auxnet.arch"
+    spec.write_text(AUX_NET)
+    model = archc.load(str(spec))
+    task = T.make_task(model)
+    assert task.name == "segmentation" and task.outputs == ("out.conv1", "aux.conv2")
+    root = write_shapes(tmp_path / "shapes", train=16, val=8, size=32)
+    result = train(str(spec), str(root), str(tmp_path / "run"), epochs=1, batch=8, progress=False,
+                   log=lambda msg: None)
+    assert len(result.metrics["val_mIoU"]) == 1
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    y = _labels((2, 32, 32), 4, 1)
+    parts = T.losses(model, result.variables, x, y, task=task)
+    out = model.apply(result.variables, x, outputs=task.outputs)
+    ty = torch.from_numpy(y).long()
+    ce = lambda a: float(F.cross_entropy(torch.from_numpy(np.array(a)).permute(0, 3, 1, 2), ty,  # noqa: E731
+                                         ignore_index=255))
+    assert float(parts["cross_entropy"]) == pytest.approx(ce(out["out.conv1"]), rel=1e-5)
+    assert float(parts["aux_cross_entropy"]) == pytest.approx(0.5 * ce(out["aux.conv2"]), rel=1e-5)
