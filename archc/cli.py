@@ -458,7 +458,8 @@ def _add_train_parser(sub, common) -> None:
     sp = sub.add_parser("train", help="train or fine-tune a network on an image folder")
     common(sp)
     a = sp.add_argument
-    a("--data", metavar="DIR", help="image folder: DIR/train/<class>/*.png (+ DIR/val/...) or DIR/<class>/*")
+    a("--data", metavar="DIR", help="image folder: DIR/train/<class>/*.png (+ DIR/val/...) or DIR/<class>/*; "
+                                    "segmentation: DIR/train/{images,masks}/* (+ DIR/val/...) or Pascal VOC")
     a("--out", metavar="RUN_DIR", help="run directory: checkpoints, metrics.json, curves.png")
     a("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint (an epoch's end, or --save-every's)")
     a("--epochs", type=int)
@@ -964,7 +965,8 @@ def main(argv=None) -> int:
     sp = sub.add_parser("evaluate", help="a task's metrics of some weights on a data set (loss, top-1, top-5, per class)")
     common(sp)
     sp.add_argument("--weights", required=True, metavar="FILE", help="variables written by `archc train` or `archc import`")
-    sp.add_argument("--data", required=True, metavar="DIR", help="DIR/<class>/* (or DIR/val/<class>/*)")
+    sp.add_argument("--data", required=True, metavar="DIR", help="DIR/<class>/* (or DIR/val/<class>/*); "
+                    "segmentation: DIR/{images,masks}/* (or DIR/val/...), Pascal VOC's val.txt")
     sp.add_argument("--batch", type=int, default=32)
     sp.add_argument("--task", choices=["classification", "segmentation", "detection"],
                     help="override the task the weights record (or the network's outputs call for)")

@@ -392,3 +392,27 @@ def test_a_network_with_an_aux_output_trains_with_its_loss(tmp_path):
                                          ignore_index=255))
     assert float(parts["cross_entropy"]) == pytest.approx(ce(out["out.conv1"]), rel=1e-5)
     assert float(parts["aux_cross_entropy"]) == pytest.approx(0.5 * ce(out["aux.conv2"]), rel=1e-5)
+
+
+@pytest.mark.slow          # three runs of archc in subprocesses
+def test_resume_inside_an_epoch_keeps_the_confusion_sums(tmp_path):
+    """Killed after a mid-epoch checkpoint (its running sums: a confusion matrix) and resumed:
+    the per-epoch metrics of a run never interrupted."""
+    import os
+    from archc.runtime.train import CRASH_ENV
+    root = write_shapes(tmp_path / "shapes", train=24, val=8, size=32)
+    args = ["train", *SMALL_UNET, "--param", "width=4", "--data", str(root), "--epochs", "2",
+            "--batch", "8", "--save-every", "1", "--quiet"]
+    full = _archc(*args, "--out", str(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr
+    env = {**os.environ, CRASH_ENV: "5", "PYTHONPATH": str(ROOT)}
+    crashed = subprocess.run([sys.executable, "-m", "archc", *args, "--out", str(tmp_path / "run")],
+                             capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    assert crashed.returncode == 86, crashed.stderr            # os._exit after step 5 (epoch 2, batch 2)
+    resumed = _archc("train", "--resume", str(tmp_path / "run"), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "after epoch 1, batch 2" in resumed.stderr
+    a = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for key in ("train_loss", "train_mIoU", "train_pixel_accuracy", "val_loss", "val_mIoU", "best_val_mIoU"):
+        assert a[key] == pytest.approx(b[key], rel=1e-5), key

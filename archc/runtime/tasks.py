@@ -16,20 +16,24 @@ One training step (:func:`make_train_step`), one evaluation (:func:`evaluate`) a
 
 Batches are dicts of arrays, a leading batch axis everywhere:
 
-* classification: ``image`` (B, H, W, C) float32, ``label`` (B,) int32, ``weight`` (B,)
-  float32 (0 for the padding of a last evaluation batch);
-* segmentation: ``image``, ``label`` (B, H, W) int32 class per pixel (255: ignored), ``weight``;
+* classification: ``image`` (B, H, W, C) float32, ``label`` (B,) int32;
+* segmentation: ``image``, ``label`` (B, H, W) int32 class per pixel (255: ignored), and with
+  ``loss="weighted"`` ``pixel_weight`` (B, H, W) float32 (the U-Net paper's weight map);
 * detection: ``image``, ``boxes`` (B, N, 4) xyxy, ``labels`` (B, N), ``count`` (B,): per-image
   target lists padded to N with their lengths, so that shapes stay static under ``jit``; its
   losses sample (``rng``). Detection's losses and data come with their own issue: choosing it
   is a clear error for now.
 
-Every batch also holds ``weight`` (B,) float32: 0 for the padding of a last evaluation batch.
+Every batch also holds ``weight`` (B,) float32: 0 for the padding of a last evaluation batch
+(the Loader adds it).
 
-The data a task reads (``archc train``, ``archc evaluate``); a data set is anything with
-``len()``, ``classes`` (the names, in output order) and ``example(i)``: one raw example as a dict
-(PIL images, numbers, arrays); runtime/data.py's ``Loader`` batches what the task's transform
-makes of it:
+The data a task reads (``archc train``, ``archc evaluate``). A data set is anything with
+``len()``, ``classes`` (the names, in output order), ``root`` (where it was read) and
+``example(i)``: one raw example as a dict (classification ``{"image": PIL, "label": int}``,
+segmentation ``{"image": PIL, "mask": (H, W) uint8}``; detection's will be ``{"image", "boxes",
+"labels"}``); the task's transform turns it into the batch's keys without the batch axis, of
+fixed shapes (detection: ``boxes`` padded to N, and ``count``), and runtime/data.py's ``Loader``
+stacks them (grain batches the dicts):
 
 =====================  =====================================================================
 ``read_data``          ``(root, *, val_split, seed) -> (train, val | None)`` from ``--data``
@@ -39,9 +43,10 @@ makes of it:
 ``augmentation``       ``(recipe, shape, crop_scale, flip) -> Augmentation`` (``describe()``,
                        ``crop_scale``, ``flip``: what config.json keeps for ``--resume``)
 ``transform``          ``(shape, pipeline, augmentation | None) -> (example, rng) -> dict``:
-                       one example as fixed-shape arrays (a batch's keys without the batch
-                       axis); ``augmentation`` None (and ``rng`` None): evaluation, the
-                       pipeline's resize only (runtime/pipeline.py)
+                       one example as fixed-shape arrays; ``augmentation`` None (and ``rng``
+                       None): evaluation, the pipeline's resize only (runtime/pipeline.py).
+                       ``rng`` is a function of (seed, epoch, example): the same draws in
+                       every run, thread and resume
 =====================  =====================================================================
 
 ``default_optimizer`` is ``archc train``'s when ``--optimizer`` is not given. What the loop
