@@ -394,7 +394,11 @@ class Segmentation(Task):
         return eval_set(root, self.num_classes, self.classes)
 
     def check_data(self, data, on_bad="stop", log=None):
-        from .segmentation_data import check_masks
+        from .data import DataError
+        from .segmentation_data import MaskFolder, check_masks
+        if not isinstance(data, MaskFolder):
+            raise DataError("segmentation reads image/mask folders (docs/segmentation.md), not in-memory "
+                            "arrays; write them as DIR/train/images + DIR/train/masks")
         return check_masks(data, on_bad, log)
 
     def augmentation(self, recipe, shape, crop_scale=None, flip=None):
