@@ -1048,6 +1048,9 @@ class Trainer:
         also written as ``{split}_features.npy``/``{split}_labels.npy`` under ``out_dir``."""
         import jax
         import jax.numpy as jnp
+        if self.task.name != "classification":      # features with one label an image
+            raise TrainError(f"--extract-features reads class folders; {self.model.name} is a "
+                             f"{self.task.name} network")
         g = self.model.graph
         node = node or feature_node(self.model)
         if node not in g.nodes:
