@@ -351,7 +351,8 @@ def test_a_small_unet_learns_the_shapes_within_ten_minutes_on_two_cores(tmp_path
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert r.returncode == 0, r.stderr
     m = json.loads((run / "metrics.json").read_text())
-    print(f"shapes: val_mIoU per epoch {m['val_mIoU']}; {cpu:.0f} CPU-s, {wall:.0f} s wall", file=sys.stderr)
+    with capsys.disabled():     # the figures in the test's output (-s)
+        print(f"shapes: val_mIoU per epoch {m['val_mIoU']}; {cpu:.0f} CPU-s, {wall:.0f} s wall", file=sys.stderr)
     assert m["best_val_mIoU"] >= 0.85
     assert cpu <= 1200
     _check_evaluate_agrees(root, run, m, 256, capsys)
