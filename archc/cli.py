@@ -383,7 +383,7 @@ def _train(args, report: bool = True) -> int:
             "clip_norm", "accumulate", "bf16", "remat", "seed", "classes", "weights",
             "weights_from", "weights_prefix", "freeze", "freeze_all_but_head", "bn", "val_split", "normalize",
             "augment", "flip", "crop_scale", "workers", "prefetch", "devices", "task", "log_every",
-            "save_every", "save_every_s", "on_bad_data", "val")
+            "save_every", "save_every_s", "on_bad_data", "val", "loss")
     opts = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     opts["params"] = dict(args.param or [])
     opts["input_shape"] = list(args.input) if args.input else None
@@ -471,6 +471,7 @@ def _add_train_parser(sub, common) -> None:
     common(sp)
     a = sp.add_argument
     a("--data", metavar="DIR", help="image folder: DIR/train/<class>/*.png (+ DIR/val/...) or DIR/<class>/*; "
+                                    "segmentation: DIR/train/{images,masks}/* (+ DIR/val/...) or Pascal VOC; "
                                     "a detector: a COCO JSON file or a Pascal VOC folder")
     a("--val", metavar="FILE", help="a separate validation set: a detector's COCO JSON (val.json)")
     a("--out", metavar="RUN_DIR", help="run directory: checkpoints, metrics.json, curves.png")
@@ -478,7 +479,8 @@ def _add_train_parser(sub, common) -> None:
     a("--epochs", type=int)
     a("--batch", type=int, help="global batch size (default 32)")
     a("--lr", type=float, help="peak learning rate (default: sgd 0.01, adamw 1e-3, rmsprop 0.045)")
-    a("--optimizer", choices=["sgd", "adamw", "rmsprop"])
+    a("--optimizer", choices=["sgd", "adamw", "rmsprop"],
+      help="default: the task's (classification sgd, segmentation adamw)")
     a("--momentum", type=float)
     a("--nesterov", action="store_true", default=None)
     a("--weight-decay", type=float)
@@ -527,7 +529,10 @@ def _add_train_parser(sub, common) -> None:
       help="the task (default: from the network's outputs: a vector -> classification, per-pixel "
            "scores -> segmentation, detect(...) -> detection)")
     a("--on-bad-data", choices=["stop", "skip"],
-      help="an image that does not decode: stop with the list of them (default), or skip them (reported)")
+      help="an image that does not decode (segmentation: or a mask that does not fit it): stop with the "
+           "list of them (default), or skip them (reported)")
+    a("--loss", choices=["ce", "weighted", "dice"],
+      help="segmentation's loss: cross-entropy (default), the U-Net paper's weighted cross-entropy, or Dice")
     a("--log-every", type=int, metavar="STEPS", help="steps between progress updates (host syncs; default 50)")
     a("--save-every", type=int, metavar="STEPS", help="also checkpoint every N steps, inside an epoch (--resume continues there)")
     a("--save-every-s", type=float, metavar="SECONDS", help="also checkpoint when this long passed since the last (default 600)")
@@ -1051,6 +1056,7 @@ def main(argv=None) -> int:
     common(sp)
     sp.add_argument("--weights", required=True, metavar="FILE", help="variables written by `archc train` or `archc import`")
     sp.add_argument("--data", required=True, metavar="DIR", help="DIR/<class>/* (or DIR/val/<class>/*); "
+                    "segmentation: DIR/{images,masks}/* (or DIR/val/...), Pascal VOC's val.txt; "
                     "detectors: a COCO JSON file or a Pascal VOC folder (its val split)")
     sp.add_argument("--batch", type=int, default=32)
     sp.add_argument("--task", choices=["classification", "segmentation", "detection"],

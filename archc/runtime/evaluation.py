@@ -6,7 +6,9 @@ The numbers are the run's validation metrics: the same task (runtime/tasks.py), 
 evaluation step, the same input pipeline (the one the weights record, runtime/pipeline.py).
 Classification: ``loss``, ``accuracy`` (top-1), ``top5``, ``per_class_accuracy`` and the
 ``confusion`` matrix (rows: the true class; columns: the prediction), drawn by
-:func:`plot_confusion`.
+:func:`plot_confusion`. Segmentation (image/mask folders, docs/segmentation.md): ``loss``,
+``mIoU``, ``pixel_accuracy``, ``per_class_iou``, ``dice`` (the mean), ``per_class_dice`` and the
+pixels' ``confusion`` matrix, as torchvision's references compute them.
 """
 from __future__ import annotations
 
@@ -110,7 +112,10 @@ def plot_confusion(metrics: dict, path) -> Path:
                             color="white" if rows[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"top-1 {metrics['accuracy']:.4f}, {int(cm.sum())} images")
+    if "accuracy" in metrics:
+        ax.set_title(f"top-1 {metrics['accuracy']:.4f}, {int(cm.sum())} images")
+    else:           # segmentation: pixels
+        ax.set_title(f"pixel accuracy {metrics['pixel_accuracy']:.4f}, {int(cm.sum())} pixels")
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -121,6 +126,8 @@ def plot_confusion(metrics: dict, path) -> Path:
 
 def render(metrics: dict) -> str:
     """The metrics as a user reads them."""
+    if metrics.get("task") == "segmentation":
+        return render_segmentation(metrics)
     lines = [f"{metrics['data']}: {metrics['images']} images, {len(metrics['classes'])} classes",
              f"  loss {metrics['loss']:.4f}  top-1 {metrics['accuracy']:.4f}  top-5 {metrics['top5']:.4f}"]
     per = metrics.get("per_class_accuracy") or []
@@ -133,4 +140,16 @@ def render(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["evaluate", "plot_confusion", "render", "EvaluateError"]
+def render_segmentation(metrics: dict) -> str:
+    fmt = lambda v: "-" if v is None or v != v else f"{v:.4f}"  # noqa: E731 - None/NaN: no pixel of it
+    lines = [f"{metrics['data']}: {metrics['images']} images, {len(metrics['classes'])} classes",
+             f"  loss {metrics['loss']:.4f}  mIoU {fmt(metrics['mIoU'])}  pixel accuracy "
+             f"{metrics['pixel_accuracy']:.4f}  Dice {fmt(metrics['dice'])}",
+             "  per class: IoU, Dice"]
+    width = max((len(n) for n in metrics["classes"]), default=4)
+    for n, iou, dice in zip(metrics["classes"], metrics["per_class_iou"], metrics["per_class_dice"]):
+        lines.append(f"    {n:<{width}}  {fmt(iou)}  {fmt(dice)}")
+    return "\n".join(lines)
+
+
+__all__ = ["evaluate", "plot_confusion", "render", "render_segmentation", "EvaluateError"]

@@ -18,21 +18,25 @@ One training step (:func:`make_train_step`), one evaluation (:func:`evaluate`) a
 
 Batches are dicts of arrays, a leading batch axis everywhere:
 
-* classification: ``image`` (B, H, W, C) float32, ``label`` (B,) int32, ``weight`` (B,)
-  float32 (0 for the padding of a last evaluation batch);
-* segmentation: ``image``, ``label`` (B, H, W) int32 class per pixel (255: ignored), ``weight``;
+* classification: ``image`` (B, H, W, C) float32, ``label`` (B,) int32;
+* segmentation: ``image``, ``label`` (B, H, W) int32 class per pixel (255: ignored), and with
+  ``loss="weighted"`` ``pixel_weight`` (B, H, W) float32 (the U-Net paper's weight map);
 * detection: ``image`` (transformed as the network's ``detect_input`` says), ``boxes`` (B, N,
   4) xyxy in the transformed image's pixels, ``labels`` (B, N) (1-based, 0 is the background),
   ``count`` (B,): per-image target lists padded to N with their lengths, so that shapes stay
   static under ``jit``; optionally ``size`` (B, 2) each image's size before padding. Its
   losses sample (``rng``); archc/detection/task.py.
 
-Every batch also holds ``weight`` (B,) float32: 0 for the padding of a last evaluation batch.
+Every batch also holds ``weight`` (B,) float32: 0 for the padding of a last evaluation batch
+(the Loader adds it).
 
-The data a task reads (``archc train``, ``archc evaluate``); a data set is anything with
-``len()``, ``classes`` (the names, in output order) and ``example(i)``: one raw example as a dict
-(PIL images, numbers, arrays); runtime/data.py's ``Loader`` batches what the task's transform
-makes of it:
+The data a task reads (``archc train``, ``archc evaluate``). A data set is anything with
+``len()``, ``classes`` (the names, in output order), ``root`` (where it was read) and
+``example(i)``: one raw example as a dict (classification ``{"image": PIL, "label": int}``,
+segmentation ``{"image": PIL, "mask": (H, W) uint8}``; detection's will be ``{"image", "boxes",
+"labels"}``); the task's transform turns it into the batch's keys without the batch axis, of
+fixed shapes (detection: ``boxes`` padded to N, and ``count``), and runtime/data.py's ``Loader``
+stacks them (grain batches the dicts):
 
 =====================  =====================================================================
 ``read_data``          ``(root, *, val_split, seed) -> (train, val | None)`` from ``--data``
@@ -42,12 +46,14 @@ makes of it:
 ``augmentation``       ``(recipe, shape, crop_scale, flip) -> Augmentation`` (``describe()``,
                        ``crop_scale``, ``flip``: what config.json keeps for ``--resume``)
 ``transform``          ``(shape, pipeline, augmentation | None) -> (example, rng) -> dict``:
-                       one example as fixed-shape arrays (a batch's keys without the batch
-                       axis); ``augmentation`` None (and ``rng`` None): evaluation, the
-                       pipeline's resize only (runtime/pipeline.py)
+                       one example as fixed-shape arrays; ``augmentation`` None (and ``rng``
+                       None): evaluation, the pipeline's resize only (runtime/pipeline.py).
+                       ``rng`` is a function of (seed, epoch, example): the same draws in
+                       every run, thread and resume
 =====================  =====================================================================
 
-What the loop shows and keeps: ``train_sums`` (the cheap ``metric_sums`` added up over a
+``default_optimizer`` is ``archc train``'s when ``--optimizer`` is not given. What the loop
+shows and keeps: ``train_sums`` (the cheap ``metric_sums`` added up over a
 training epoch), ``train_metrics`` and ``val_metrics`` (the ``summarize`` keys recorded per epoch
 as ``train_<key>``, ``val_<key>`` in metrics.json), ``score_name`` (``best_val_<score>``, the best
 checkpoint) and ``score_label`` (its short name in the progress line).
@@ -96,8 +102,9 @@ def task_kind(model) -> str:
 
 
 def make_task(model, kind: str | None = None, *, classes: Sequence[str] | None = None,
-              label_smoothing: float = 0.0) -> "Task":
-    """The task for ``model`` (``kind`` overrides what its outputs call for)."""
+              label_smoothing: float = 0.0, loss: str | None = None) -> "Task":
+    """The task for ``model`` (``kind`` overrides what its outputs call for). ``loss``: a
+    segmentation loss (``ce``, ``weighted``, ``dice``; classification: ``ce`` only)."""
     chosen = kind or task_kind(model)
     if chosen not in TASKS:
         raise TaskError(f"--task must be one of {', '.join(TASKS)}, not {chosen!r}")
@@ -105,7 +112,9 @@ def make_task(model, kind: str | None = None, *, classes: Sequence[str] | None =
         from ..detection.task import Detection
         return Detection(model, classes=list(classes) if classes is not None else None)
     if chosen == "segmentation":
-        return Segmentation(model, classes=list(classes) if classes is not None else None)
+        return Segmentation(model, classes=list(classes) if classes is not None else None, loss=loss or "ce")
+    if loss not in (None, "ce"):
+        raise TaskError(f"--loss {loss} is a segmentation loss; a classifier trains with cross-entropy")
     return Classification(model, classes=list(classes) if classes is not None else None,
                           label_smoothing=label_smoothing)
 
@@ -125,6 +134,8 @@ class Task:
     train_sums: tuple = field(default=(), init=False)
     train_metrics: tuple = field(default=(), init=False)
     val_metrics: tuple = field(default=(), init=False)
+    # archc train's optimizer when --optimizer is not given
+    default_optimizer: str = field(default="sgd", init=False)
 
     @property
     def outputs(self) -> tuple:
@@ -277,24 +288,83 @@ class Classification(Task):
 
 @dataclass
 class Segmentation(Task):
-    """Per-pixel cross-entropy, pixels labelled 255 ignored (torchvision's references:
-    ``nn.functional.cross_entropy(out, target, ignore_index=255)``, the mean over the pixels that
-    count); the confusion matrix of the pixels that count, and from it pixel accuracy, per-class
-    IoU and mIoU as torchvision's references compute them (``ConfusionMatrix``: IoU = diag /
-    (row sum + column sum - diag), mIoU their mean)."""
+    """Per-pixel class scores. ``loss``:
+
+    * ``ce`` (default): cross-entropy, pixels labelled 255 ignored (torchvision's references:
+      ``nn.functional.cross_entropy(out, target, ignore_index=255)``, the mean over the pixels
+      that count);
+    * ``weighted``: the U-Net paper's weighted cross-entropy: each pixel's cross-entropy times
+      its weight (``batch["pixel_weight"]``, made on the host from the mask:
+      runtime/segmentation_data.py's ``unet_weights``), over the number of pixels that count;
+    * ``dice``: 1 - the mean over the classes present in the batch's targets of
+      ``2 Σ p·g / (Σ p + Σ g)`` (p the softmax, g the one-hot target, over the pixels that count).
+
+    A network with an output named ``aux`` (torchvision's auxiliary classifier) adds 0.5 × the
+    same loss of it (``aux_<loss>``). Metrics: the confusion matrix of the pixels that count, and
+    from it pixel accuracy, per-class IoU, mIoU and Dice as torchvision's references compute them
+    (``ConfusionMatrix``: IoU = diag / (row sum + column sum - diag), mIoU their plain mean;
+    Dice = 2 diag / (row sum + column sum))."""
+
+    loss: str = "ce"
+
+    LOSSES = ("ce", "weighted", "dice")
+    AUX_WEIGHT = 0.5
 
     def __post_init__(self):
-        self.name, self.score_name = "segmentation", "mIoU"
+        if self.loss not in self.LOSSES:
+            raise TaskError(f"--loss must be one of {', '.join(self.LOSSES)} for segmentation, not {self.loss!r}")
+        self.name, self.score_name, self.score_label = "segmentation", "mIoU", "mIoU"
+        self.train_sums, self.train_metrics = ("pixels", "confusion"), ("mIoU", "pixel_accuracy")
+        self.val_metrics = ("loss", "mIoU", "pixel_accuracy", "dice")
+        # a U-Net from scratch: SGD at 0.01 learns the background and little else for hundreds of
+        # steps on the shapes set, AdamW at 1e-3 the shapes (docs/segmentation.md)
+        self.default_optimizer = "adamw"
 
-    def losses(self, outputs, batch, rng=None) -> dict:
+    @property
+    def outputs(self) -> tuple:
+        g = self.model.graph
+        aux = [o for o in g.outputs[1:] if o == "aux" or o.startswith("aux.")]
+        return (logits_node(g), *aux[:1])
+
+    # ---- losses ----
+    def _valid(self, y, n):
+        return (y != IGNORE_INDEX) & (y >= 0) & (y < n)
+
+    def pixel_loss(self, logits, batch):
+        """The chosen loss of one output's logits (B, h, w, K), resized to the labels' size when
+        it differs (bilinear, as torchvision upsamples its heads)."""
+        import jax
         import jax.numpy as jnp
         import optax
-        logits = outputs[self.outputs[0]].astype(jnp.float32)
         y = batch["label"]
-        valid = (y != IGNORE_INDEX) & (y >= 0) & (y < logits.shape[-1])
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, y, 0))
-        return {"cross_entropy": jnp.sum(ce * valid) / jnp.maximum(jnp.sum(valid), 1)}
+        logits = logits.astype(jnp.float32)
+        if logits.shape[1:3] != y.shape[1:3]:
+            logits = jax.image.resize(logits, (*y.shape, logits.shape[-1]), "bilinear")
+        n = logits.shape[-1]
+        valid = self._valid(y, n)
+        safe = jnp.where(valid, y, 0)
+        count = jnp.maximum(jnp.sum(valid), 1)
+        if self.loss == "dice":
+            p = jax.nn.softmax(logits, -1) * valid[..., None]
+            g = jax.nn.one_hot(safe, n) * valid[..., None]
+            axes = tuple(range(p.ndim - 1))
+            inter, total = jnp.sum(p * g, axes), jnp.sum(p + g, axes)
+            present = jnp.sum(g, axes) > 0
+            dice = 2 * inter / jnp.maximum(total, 1e-12)
+            return 1.0 - jnp.sum(dice * present) / jnp.maximum(jnp.sum(present), 1)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, safe) * valid
+        if self.loss == "weighted":
+            ce = ce * batch["pixel_weight"]
+        return jnp.sum(ce) / count
 
+    def losses(self, outputs, batch, rng=None) -> dict:
+        name = {"ce": "cross_entropy", "weighted": "weighted_cross_entropy", "dice": "dice"}[self.loss]
+        out = {name: self.pixel_loss(outputs[self.outputs[0]], batch)}
+        if len(self.outputs) > 1:
+            out[f"aux_{name}"] = self.AUX_WEIGHT * self.pixel_loss(outputs[self.outputs[1]], batch)
+        return out
+
+    # ---- metrics ----
     def metric_sums(self, outputs, batch, *, full: bool = True) -> dict:
         import jax.numpy as jnp
         import optax
@@ -303,7 +373,7 @@ class Segmentation(Task):
         n = logits.shape[-1]
         w = _weights(batch, y.shape[0]).reshape((-1,) + (1,) * (y.ndim - 1))
         # integer counts: float32 sums stop counting exactly at 2^24 pixels
-        valid = (((y != IGNORE_INDEX) & (y >= 0) & (y < n)) & (w > 0)).astype(jnp.int32)
+        valid = (self._valid(y, n) & (w > 0)).astype(jnp.int32)
         safe = jnp.where(valid > 0, y, 0)
         pred = jnp.argmax(logits, -1)
         sums = {"pixels": jnp.sum(valid), "confusion": jnp.zeros((n * n,), jnp.int32)
@@ -313,15 +383,55 @@ class Segmentation(Task):
         return sums
 
     def summarize(self, sums) -> dict:
+        """The references' numbers from the confusion matrix (rows: the true class). A class
+        that is neither in the targets nor predicted has no IoU (None; mIoU is then NaN, as the
+        references' mean of NaN)."""
         cm = np.asarray(sums["confusion"], np.float64)
-        diag = np.diag(cm)
+        diag, rows, cols = np.diag(cm), cm.sum(1), cm.sum(0)
         with np.errstate(invalid="ignore", divide="ignore"):
-            iou = diag / (cm.sum(1) + cm.sum(0) - diag)
+            iou = diag / (rows + cols - diag)
+            dice = 2 * diag / (rows + cols)
         pixels = max(float(sums["pixels"]), 1e-12)
         loss = {"loss": float(sums["loss"]) / pixels} if "loss" in sums else {}
+        listed = lambda v: [None if np.isnan(x) else float(x) for x in v]  # noqa: E731
         return {**loss, "pixel_accuracy": float(diag.sum() / max(cm.sum(), 1e-12)),
-                "per_class_iou": [None if np.isnan(v) else float(v) for v in iou],
-                "mIoU": float(np.mean(iou)), "confusion": cm.astype(np.int64).tolist()}
+                "mIoU": float(np.mean(iou)), "per_class_iou": listed(iou),
+                "dice": float(np.mean(dice)), "per_class_dice": listed(dice),
+                "confusion": cm.astype(np.int64).tolist()}
+
+    # ---- data (runtime/segmentation_data.py) ----
+    def read_data(self, root, *, val_split=None, seed=0):
+        from .segmentation_data import find_splits
+        return find_splits(root, self.num_classes, val_split, seed)
+
+    def read_eval_data(self, root):
+        from .segmentation_data import eval_set
+        return eval_set(root, self.num_classes, self.classes)
+
+    def check_data(self, data, on_bad="stop", log=None):
+        from .data import DataError
+        from .segmentation_data import MaskFolder, check_masks
+        if not isinstance(data, MaskFolder):
+            raise DataError("segmentation reads image/mask folders (docs/segmentation.md), not in-memory "
+                            "arrays; write them as DIR/train/images + DIR/train/masks")
+        return check_masks(data, on_bad, log)
+
+    def augmentation(self, recipe, shape, crop_scale=None, flip=None):
+        from .segmentation_data import choose_augmentation
+        return choose_augmentation(recipe, shape[0], shape[1], crop_scale, flip)
+
+    def transform(self, shape, pipeline, augmentation=None):
+        """Image and mask together (runtime/segmentation_data.py's MaskTransform): evaluation
+        resizes both to the input (the mask with the nearest neighbour), whatever resize the
+        pipeline names; its normalisation applies."""
+        from . import pipeline as P
+        from .segmentation_data import MaskTransform
+        h, w, c = shape
+        mean, std, bgr = P.statistics(pipeline, c)
+        aug = augmentation
+        return MaskTransform(h, w, c, tuple(mean.tolist()), tuple(std.tolist()), bgr,
+                             scale=None if aug is None else aug.scale, flip=bool(aug is not None and aug.flip),
+                             classes=self.num_classes, border_weights=self.loss == "weighted")
 
 
 # --------------------------------------------------------------------------------------------

@@ -76,7 +76,8 @@ class TrainConfig:
     epochs: int = 10
     batch: int = 32                       # global batch (over all devices)
     lr: float | None = None               # default per optimizer: DEFAULT_LR
-    optimizer: str = "sgd"                # sgd (momentum) | adamw | rmsprop (Inception v3's)
+    optimizer: str | None = None          # sgd (momentum) | adamw | rmsprop (Inception v3's); None:
+                                          # the task's (classification sgd, segmentation adamw)
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0             # kernels only; AdamW decoupled, SGD/RMSProp as L2
@@ -121,6 +122,7 @@ class TrainConfig:
     on_bad_data: str = "stop"             # an unreadable image: stop (naming them) | skip
     val: str | None = None                # a separate validation set (a detector's val.json)
     given: list | None = None             # the options the user set (the rest: a task's recipe)
+    loss: str | None = None               # segmentation: ce (default) | weighted (U-Net) | dice
 
     def __post_init__(self):
         if isinstance(self.augment, bool):         # augment=False, and the configs of older runs
@@ -141,7 +143,7 @@ class TrainConfig:
         def need(cond, msg):
             if not cond:
                 raise TrainError(msg)
-        need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
+        need(self.optimizer is None or self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
              f"got {self.optimizer!r}")
         need(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}")
         need(self.bn in BN_MODES, f"bn must be one of {', '.join(BN_MODES)}")
@@ -167,7 +169,7 @@ class TrainConfig:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer or "sgd"]
 
 
 @dataclass
@@ -422,15 +424,17 @@ def make_optimizer(cfg: TrainConfig, schedule, labels: dict | None, groups: dict
     def decay_mask(params):
         return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
 
+    name = cfg.optimizer or "sgd"        # a config no Trainer has resolved: classification's
+
     def one(factor: float):
         sched = schedule if factor == 1.0 else (lambda c, f=factor: schedule(c) * f)
         parts = []
-        if cfg.optimizer == "adamw":
+        if name == "adamw":
             parts.append(optax.adamw(sched, weight_decay=cfg.weight_decay, mask=decay_mask))
         else:
             if cfg.weight_decay:
                 parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask))
-            if cfg.optimizer == "sgd":
+            if name == "sgd":
                 parts.append(optax.sgd(sched, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
             else:   # Inception v3 (TF1 RMSPropOptimizer): decay 0.9, momentum 0.9, eps 1.0, ms from 1
                 parts.append(optax.rmsprop(sched, decay=0.9, eps=1.0, initial_scale=1.0,
@@ -631,7 +635,7 @@ class Trainer:
                                   **params)
         g = model.graph
         try:
-            self.task = make_task(model, cfg.task, label_smoothing=cfg.label_smoothing)
+            self.task = make_task(model, cfg.task, label_smoothing=cfg.label_smoothing, loss=cfg.loss)
         except TaskError as e:
             raise TrainError(str(e)) from None
         # a two-stage detector's second input (its RoIs) is fed by its task's forward
@@ -639,6 +643,8 @@ class Trainer:
         if len(g.inputs) != images or len(g.input_shape) != 3:
             raise TrainError(f"{g.name}: training needs one image input (HxWxC), "
                              f"the network has {len(g.inputs)} inputs")
+        if cfg.optimizer is None:       # config.json keeps the choice (--resume)
+            cfg.optimizer = self.task.default_optimizer
 
     def _setup_head(self) -> None:
         """The data's classes against the network's outputs; the head, the trainable nodes."""
@@ -1086,6 +1092,9 @@ class Trainer:
         also written as ``{split}_features.npy``/``{split}_labels.npy`` under ``out_dir``."""
         import jax
         import jax.numpy as jnp
+        if self.task.name != "classification":      # features with one label an image
+            raise TrainError(f"--extract-features reads class folders; {self.model.name} is a "
+                             f"{self.task.name} network")
         g = self.model.graph
         node = node or feature_node(self.model)
         if node not in g.nodes:

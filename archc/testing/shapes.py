@@ -27,7 +27,7 @@ def shape_example(rng: np.random.Generator, size: int = 64, max_shapes: int = 3)
     mask = np.zeros((size, size), np.uint8)
     for _ in range(int(rng.integers(1, max_shapes + 1))):
         cls = int(rng.integers(1, len(CLASSES)))
-        r = rng.uniform(0.1, 0.22) * size
+        r = rng.uniform(0.14, 0.26) * size
         cx, cy = rng.uniform(r, size - r, 2)
         if cls == 1:
             inside = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
