@@ -334,9 +334,36 @@ def test_train_a_unet_from_the_cli_and_evaluate_gives_its_validation(tmp_path, c
     meta = read_metadata(run / "best.safetensors")
     assert meta["archc.task"] == "segmentation" and json.loads(meta["archc.classes"]) == list(CLASSES)
     assert (run / "curves.png").is_file()
-    _check_evaluate_agrees(root, run, m, 16, capsys)
+    ev = _check_evaluate_agrees(root, run, m, 16, capsys)
     rc, out, _ = _evaluate("--weights", str(run / "best.safetensors"), "--data", str(root), capsys=capsys)
     assert rc == 0 and "mIoU" in out and "triangle" in out
+    _check_segment_gives_evaluates_masks(root, run, ev, tmp_path / "masks", capsys)
+
+
+def _check_segment_gives_evaluates_masks(root, run, ev, out_dir, capsys):
+    """`archc segment`'s masks of the val images, scored by a confusion matrix written here
+    (the references' bincount(n * target + pred), 255 dropped): `archc evaluate`'s mIoU and
+    pixel accuracy, to the last bit (the same pixels both ways)."""
+    from archc.cli import main
+    images = sorted((root / "val" / "images").glob("*.png"))
+    capsys.readouterr()
+    rc = main(["segment", "--weights", str(run / "best.safetensors"), *map(str, images), "--out", str(out_dir)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    n = len(CLASSES)
+    confusion = np.zeros((n, n), np.int64)
+    for image in images:
+        pred = np.asarray(Image.open(out_dir / f"{image.stem}_mask.png")).astype(np.int64)
+        target = np.asarray(Image.open(root / "val" / "masks" / image.name)).astype(np.int64)
+        assert pred.shape == target.shape
+        keep = (target >= 0) & (target < n)
+        confusion += np.bincount(n * target[keep] + pred[keep], minlength=n * n).reshape(n, n)
+    diag = np.diag(confusion).astype(np.float64)
+    iou = diag / (confusion.sum(0) + confusion.sum(1) - diag)
+    assert confusion.sum() > 0 and not np.isnan(iou).any()
+    assert ev["pixel_accuracy"] == pytest.approx(diag.sum() / confusion.sum(), abs=1e-12)
+    assert ev["per_class_iou"] == pytest.approx(list(iou), abs=1e-12)
+    assert ev["mIoU"] == pytest.approx(iou.mean(), abs=1e-12)
 
 
 @pytest.mark.slow
