@@ -97,6 +97,13 @@ def task_kind(model) -> str:
         return "classification"
     if len(shape) == 3 and tuple(shape[:2]) == tuple(g.input_shape[:2]):
         return "segmentation"
+    if len(shape) == 3 and all(o < i for o, i in zip(shape[:2], g.input_shape[:2])):
+        # unpadded convolutions (the U-Net paper's): scores for the centre of the input only
+        fix = ("use --param padding=same (padded convolutions)" if "padding" in g.params else
+               "pad its convolutions so that its output keeps the input's size")
+        raise TaskError(f"{g.name}: its output {'x'.join(map(str, shape))} is per-pixel class scores smaller than "
+                        f"its input {g.input_shape[0]}x{g.input_shape[1]} (unpadded convolutions); training and "
+                        f"evaluation need scores at the input's size: {fix}")
     raise TaskError(f"{g.name}: its output {'x'.join(map(str, shape))} is neither class scores (a vector) "
                     f"nor per-pixel class scores at the input's {g.input_shape[0]}x{g.input_shape[1]}")
 
@@ -325,6 +332,12 @@ class Segmentation(Task):
         g = self.model.graph
         aux = [o for o in g.outputs[1:] if o == "aux" or o.startswith("aux.")]
         return (logits_node(g), *aux[:1])
+
+    def head_nodes(self, param_nodes) -> list[str]:
+        """The last layers with weights before each output: a new class count re-initialises
+        the aux head's final conv with the main one's."""
+        from .train import head_nodes
+        return head_nodes(self.model, self.outputs)
 
     # ---- losses ----
     def _valid(self, y, n):

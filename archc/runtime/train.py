@@ -194,11 +194,12 @@ def param_nodes(model) -> list[str]:
     return list(dict.fromkeys(v.node for v in model.variable_specs if v.collection == "params"))
 
 
-def head_nodes(model) -> list[str]:
+def head_nodes(model, outputs: Sequence[str] | None = None) -> list[str]:
     """The classifier: the first parameterised nodes met walking back from the logits
-    (``head.fc1`` in ResNet, ``classifier.conv1`` in SqueezeNet)."""
+    (``head.fc1`` in ResNet, ``classifier.conv1`` in SqueezeNet), or from each of ``outputs``
+    (a segmenter's ``out`` and ``aux``: both final convs are new for a new class count)."""
     graph, weighted = model.graph, set(param_nodes(model))
-    seen, stack, head = set(), [logits_node(graph)], []
+    seen, stack, head = set(), list(outputs or [logits_node(graph)]), []
     while stack:
         name = stack.pop()
         if name in seen:
@@ -300,7 +301,7 @@ def normalize_option(norm: dict) -> str:
     return ",".join(f"{v:g}" for v in mean) + "/" + ",".join(f"{v:g}" for v in std)
 
 
-def read_weights(path: str, source: str = "archc", model=None, prefix: str | None = None) -> tuple[dict, dict | None]:
+def read_weights(path: str, source: str = "archc", model=None, prefix: str | None = None) -> tuple[dict, dict | None, list]:
     """``(variables, normalisation)`` from ``path``. ``source='archc'``: an archc safetensors
     file (``archc build --out``, ``archc import``, ``archc train``); ``'torchvision'``,
     ``'timm'``, ``'keras'``: a checkpoint of that library, mapped by name with
@@ -308,7 +309,8 @@ def read_weights(path: str, source: str = "archc", model=None, prefix: str | Non
     are left out here, not an error. ``prefix``: the checkpoint is of the network of the part of
     that label (``trunk: resnet18(until=layer4)``), mapped into it as ``archc import --prefix``
     does. The normalisation is the one the weights expect (``mode``, ``mean``, ``std`` of
-    runtime/pipeline.py), when the file says."""
+    runtime/pipeline.py), when the file says. Third: the checkpoint's tensors the network has no
+    place for (``--from``; an archc file's extra tensors show in ``transfer``'s ``unused``)."""
     p = Path(path)
     if not p.is_file():
         raise TrainError(f"weights file {path} does not exist")
@@ -325,7 +327,7 @@ def read_weights(path: str, source: str = "archc", model=None, prefix: str | Non
         except (SafetensorError, OSError, ValueError) as e:
             raise TrainError(f"cannot read weights {path} as an archc .safetensors file ({e}); "
                              f"for a torchvision, timm or Keras checkpoint pass --from SOURCE") from None
-        return unflatten_variables(flat), recorded_normalization(meta)
+        return unflatten_variables(flat), recorded_normalization(meta), []
     try:
         from .weights import WeightsError, match_weights
         from .checkpoint import CheckpointError
@@ -341,7 +343,7 @@ def read_weights(path: str, source: str = "archc", model=None, prefix: str | Non
     variables: dict = {}
     for (coll, node, leaf), value in assignments.items():
         variables.setdefault(coll, {}).setdefault(node, {})[leaf] = value
-    return variables, declared_normalization(model)
+    return variables, declared_normalization(model), [key for key, *_ in report.unexpected]
 
 
 def declared_normalization(model) -> dict | None:
@@ -709,9 +711,11 @@ class Trainer:
         self.transfer_report = None
         self.weights_normalize = None
         if cfg.weights and not self.resuming:
-            loaded, self.weights_normalize = read_weights(cfg.weights, cfg.weights_from, self.model, cfg.weights_prefix)
+            loaded, self.weights_normalize, unfit = read_weights(cfg.weights, cfg.weights_from, self.model,
+                                                                 cfg.weights_prefix)
             reinit = set(self.head) if cfg.classes is not None else set()
             variables, report = transfer(fresh, loaded, reinit)
+            report["unused"] += unfit
             if report["loaded"] == 0:
                 raise TrainError(f"no tensor of {cfg.weights} fits {g.name} (by name and shape)")
             self.transfer_report = report
@@ -721,6 +725,10 @@ class Trainer:
                         if skipped else "")
                      + (f"; {len(report['missing'])} not in the file" if report["missing"] else "")
                      + (f"; {len(report['unused'])} unused" if report["unused"] else ""))
+            if unfit and g.params.get("aux") is False and all(k.startswith("aux") for k in unfit):
+                # torchvision's segmenters' checkpoints carry the aux head (archc import switches it on)
+                self.log(f"note: the {len(unfit)} unused tensors are {cfg.weights}'s aux head: --param aux=true "
+                         f"trains it too (torchvision's aux_loss: + 0.5 x its loss)")
         else:
             variables = fresh
         params = variables.get("params", {})
