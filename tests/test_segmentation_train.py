@@ -449,3 +449,84 @@ def test_resume_inside_an_epoch_keeps_the_confusion_sums(tmp_path):
     b = json.loads((tmp_path / "run" / "metrics.json").read_text())
     for key in ("train_loss", "train_mIoU", "train_pixel_accuracy", "val_loss", "val_mIoU", "best_val_mIoU"):
         assert a[key] == pytest.approx(b[key], rel=1e-5), key
+
+
+def test_an_unpadded_unet_is_refused_with_the_padding_to_use(tmp_path, capsys):
+    """The paper's U-Net (valid convolutions: 388 out for 572 in) cannot be scored against masks
+    at the input's size: one line that says --param padding=same, exit status 2, nothing written."""
+    from archc.cli import main
+    root = write_shapes(tmp_path / "shapes", train=4, val=2, size=32)
+    capsys.readouterr()
+    rc = main(["train", "unet", "--data", str(root), "--epochs", "1", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert "388x388x2 is per-pixel class scores smaller than its input 572x572" in err[0]
+    assert err[0].endswith("use --param padding=same (padded convolutions)")
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def _torchvision_fcn_checkpoint(path):
+    """torchvision's fcn_resnet50 as its COCO checkpoints are laid out (21 classes, the aux
+    head), random weights and randomised batch-norm statistics, saved as a state_dict."""
+    import torch
+    import torchvision
+    torch.manual_seed(0)
+    net = torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None, num_classes=21,
+                                                       aux_loss=True)
+    g = torch.Generator().manual_seed(1)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.75)
+    torch.save(net.state_dict(), path)
+    return path
+
+
+@pytest.mark.slow           # a ResNet-50 trained on CPU: minutes
+def test_fcn_resnet50_fine_tuned_from_a_torchvision_checkpoint_onto_four_classes(tmp_path, capsys):
+    """`archc train fcn_resnet50 --weights ckpt.pth --from torchvision --classes 4` (the aux head
+    on, as the checkpoint has it): both heads' final convs are new, everything else is loaded,
+    and the mIoU of `archc evaluate` rises from the run's starting weights to its best epoch
+    (5 epochs of 96 64x64 images), above what calling every pixel background scores."""
+    import archc
+    from archc.cli import main
+    from archc.runtime.train import Trainer, TrainConfig
+    ckpt = _torchvision_fcn_checkpoint(tmp_path / "fcn_resnet50.pth")
+    root = write_shapes(tmp_path / "shapes", train=96, val=16, size=64)
+    run = tmp_path / "run"
+    t0 = time.monotonic()
+    capsys.readouterr()
+    rc = main(["train", "fcn_resnet50", "--param", "aux=true", "--weights", str(ckpt), "--from", "torchvision",
+               "--classes", "4", "--input", "64x64x3", "--data", str(root), "--epochs", "5", "--batch", "16",
+               "--out", str(run)])
+    wall = time.monotonic() - t0
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    loaded = next(line for line in err.splitlines() if line.startswith("weights:"))
+    # 265 tensors of the trunk and 10 of the two heads (all but their final convs: 4 tensors)
+    assert loaded == (f"weights: 275 tensors loaded from {ckpt}; new: classifier.conv2/kernel, "
+                      f"classifier.conv2/bias, aux.conv2/kernel, aux.conv2/bias"), loaded
+    m = json.loads((run / "metrics.json").read_text())
+    # the weights the run started from: the same configuration and seed, before any step
+    trainer = Trainer(TrainConfig(spec="fcn_resnet50", data=str(root), params={"aux": True}, classes=4,
+                                  input_shape=[64, 64, 3], weights=str(ckpt), weights_from="torchvision", batch=16),
+                      log=lambda msg: None)
+    start = trainer.variables_of(trainer.init_state())
+    archc.save_variables(start, tmp_path / "start.safetensors")
+    net = ["fcn_resnet50", "--param", "aux=true", "--param", "classes=4", "--input", "64x64x3"]
+    rc, out, err = _evaluate(*net, "--weights", str(tmp_path / "start.safetensors"), "--data", str(root), "--json",
+                             capsys=capsys)
+    assert rc == 0, err
+    before = json.loads(out)["mIoU"]
+    rc, out, err = _evaluate("--weights", str(run / "best.safetensors"), "--data", str(root), "--json",
+                             capsys=capsys)
+    assert rc == 0, err
+    after = json.loads(out)["mIoU"]
+    with capsys.disabled():
+        print(f"fcn_resnet50 fine-tuned onto 4 classes: mIoU {before:.4f} -> {after:.4f} "
+              f"(val_mIoU per epoch {m['val_mIoU']}); train {wall:.0f} s wall", file=sys.stderr)
+    assert after == pytest.approx(m["best_val_mIoU"], abs=1e-9)
+    assert after > before
+    # more than the majority class alone: every pixel called background scores IoU(bg) / 4
+    masks = np.concatenate([np.asarray(Image.open(f)).ravel() for f in sorted((root / "val" / "masks").glob("*.png"))])
+    assert after > (masks == 0).mean() / 4
