@@ -361,6 +361,9 @@ def _check_segment_gives_evaluates_masks(root, run, ev, out_dir, capsys):
     diag = np.diag(confusion).astype(np.float64)
     iou = diag / (confusion.sum(0) + confusion.sum(1) - diag)
     assert confusion.sum() > 0 and not np.isnan(iou).any()
+    with capsys.disabled():     # the figures in the test's output (-s)
+        print(f"segment's masks: mIoU {iou.mean()!r}, pixel accuracy {diag.sum() / confusion.sum()!r}; evaluate: "
+              f"{ev['mIoU']!r}, {ev['pixel_accuracy']!r}", file=sys.stderr)
     assert ev["pixel_accuracy"] == pytest.approx(diag.sum() / confusion.sum(), abs=1e-12)
     assert ev["per_class_iou"] == pytest.approx(list(iou), abs=1e-12)
     assert ev["mIoU"] == pytest.approx(iou.mean(), abs=1e-12)
