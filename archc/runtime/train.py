@@ -301,7 +301,8 @@ def normalize_option(norm: dict) -> str:
     return ",".join(f"{v:g}" for v in mean) + "/" + ",".join(f"{v:g}" for v in std)
 
 
-def read_weights(path: str, source: str = "archc", model=None, prefix: str | None = None) -> tuple[dict, dict | None, list]:
+def read_weights(path: str, source: str = "archc", model=None,
+                 prefix: str | None = None) -> tuple[dict, dict | None, list]:
     """``(variables, normalisation)`` from ``path``. ``source='archc'``: an archc safetensors
     file (``archc build --out``, ``archc import``, ``archc train``); ``'torchvision'``,
     ``'timm'``, ``'keras'``: a checkpoint of that library, mapped by name with
