@@ -99,12 +99,8 @@ def plot_precision_recall(E, names: list[str], path, title: str = "") -> Path:
     ax.grid(alpha=0.3)
     ax.set_title(title or "precision-recall (pycocotools, all areas, 100 detections)")
     ax.legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(path)
-    return path
+    from ..runtime.evaluation import save_figure
+    return save_figure(fig, path)
 
 
 def label_count(det) -> int:

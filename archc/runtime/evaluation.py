@@ -116,6 +116,12 @@ def plot_confusion(metrics: dict, path) -> Path:
         ax.set_title(f"top-1 {metrics['accuracy']:.4f}, {int(cm.sum())} images")
     else:           # segmentation: pixels
         ax.set_title(f"pixel accuracy {metrics['pixel_accuracy']:.4f}, {int(cm.sum())} pixels")
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path) -> Path:
+    """``fig`` laid out and written to ``path`` whole (a temporary file renamed): a reader never
+    sees half a PNG."""
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
