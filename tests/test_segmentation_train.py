@@ -170,6 +170,29 @@ def test_metrics_as_the_references_confusion_matrix():
     assert m["dice"] == pytest.approx(float(dice.mean()))
 
 
+def test_a_class_neither_present_nor_predicted_is_left_out_of_the_means():
+    """The references' plain mean is NaN when one class has no pixel in the targets and none
+    predicted; archc leaves that class out (None in the per-class lists, valid JSON) and the
+    means are the references' IoU and Dice averaged over the other classes."""
+    import torch
+    n = 4
+    logits, y = _logits((3, 8, 9, n), 11), _labels((3, 8, 9), n, 12)
+    y[y == 2] = 1
+    logits[..., 2] = -1e9                   # class 2: never a target, never predicted
+    task = _task()
+    m = task.summarize({k: np.asarray(v) for k, v in task.metric_sums(
+        {"logits": logits}, {"label": y, "weight": np.ones(3, np.float32)}).items()})
+    a = torch.from_numpy(y).long().flatten()
+    b = torch.from_numpy(logits).argmax(-1).flatten()
+    k = (a >= 0) & (a < n)
+    h = torch.bincount(n * a[k] + b[k], minlength=n ** 2).reshape(n, n).double()
+    iu = torch.diag(h) / (h.sum(1) + h.sum(0) - torch.diag(h))
+    dice = 2 * torch.diag(h) / (h.sum(1) + h.sum(0))
+    assert bool(torch.isnan(iu.mean())) and m["per_class_iou"][2] is None and m["per_class_dice"][2] is None
+    assert m["mIoU"] == pytest.approx(float(iu.nanmean())) and m["dice"] == pytest.approx(float(dice.nanmean()))
+    json.loads(json.dumps(m, allow_nan=False))          # what --json prints: valid JSON
+
+
 # --------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------
@@ -202,6 +225,18 @@ def test_augmentation_moves_the_mask_with_the_image():
     ev = tf(example)                                   # evaluation: both resized to the input
     assert ev["label"].shape == (32, 32) and set(np.unique(ev["label"])) == {0, 1, 2, 3}
 
+
+
+def test_evaluation_resizes_the_image_with_the_pipelines_interpolation():
+    """The evaluation transform resamples the image as `archc segment` does (the pipeline's
+    interpolation), so that evaluate's numbers are the masks segment writes."""
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), np.uint8))
+    example = {"image": image, "mask": np.zeros((40, 48), np.uint8)}
+    for how, pil in (("bilinear", Image.BILINEAR), ("bicubic", Image.BICUBIC)):
+        task = type("Two", (T.Segmentation,), {"num_classes": 2})(model=None)
+        tf = task.transform((32, 32, 3), {"mode": "unit", "interpolation": how})
+        want = np.asarray(image.resize((32, 32), pil), np.float32) / np.float32(255)   # "unit": [0, 1]
+        np.testing.assert_array_equal(tf(example)["image"], want)
 
 def test_layouts_and_class_names(tmp_path):
     root = write_shapes(tmp_path / "shapes", train=6, val=3, size=32)

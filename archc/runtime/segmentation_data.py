@@ -296,21 +296,23 @@ class MaskTransform:
     flip: bool = False
     classes: int = 0
     border_weights: bool = False
+    interpolation: str = "bilinear"     # the image's, as the pipeline names it (archc segment resizes so)
 
     def __call__(self, example: dict, rng: np.random.Generator | None = None) -> dict:
         from PIL import Image
 
-        from .pipeline import normalize, to_array, to_mode
+        from .pipeline import normalize, resample, to_array, to_mode
         h, w = self.height, self.width
+        how = resample({"interpolation": self.interpolation})
         image = to_mode(example["image"], self.channels)
         mask = Image.fromarray(np.asarray(example["mask"], np.uint8))
         if rng is None or self.scale is None:
-            a = to_array(image if image.size == (w, h) else image.resize((w, h), Image.BILINEAR), self.channels)
+            a = to_array(image if image.size == (w, h) else image.resize((w, h), how), self.channels)
             m = np.asarray(mask if mask.size == (w, h) else mask.resize((w, h), Image.NEAREST))
         else:
             s = float(rng.uniform(*self.scale))
             sw, sh = max(1, int(round(w * s))), max(1, int(round(h * s)))
-            a = to_array(image.resize((sw, sh), Image.BILINEAR), self.channels)
+            a = to_array(image.resize((sw, sh), how), self.channels)
             m = np.asarray(mask.resize((sw, sh), Image.NEAREST))
             ph, pw = max(h, sh), max(w, sw)
             if (ph, pw) != (sh, sw):            # smaller than the input: padded, the pad ignored

@@ -397,19 +397,21 @@ class Segmentation(Task):
 
     def summarize(self, sums) -> dict:
         """The references' numbers from the confusion matrix (rows: the true class). A class
-        that is neither in the targets nor predicted has no IoU (None; mIoU is then NaN, as the
-        references' mean of NaN)."""
+        that is neither in the targets nor predicted has no IoU (None) and is left out of the
+        means: the references' plain mean would make mIoU NaN, which no best epoch can beat and
+        no JSON reader accepts (mmsegmentation's nanmean)."""
         cm = np.asarray(sums["confusion"], np.float64)
         diag, rows, cols = np.diag(cm), cm.sum(1), cm.sum(0)
         with np.errstate(invalid="ignore", divide="ignore"):
             iou = diag / (rows + cols - diag)
             dice = 2 * diag / (rows + cols)
+        mean = lambda v: float(np.nanmean(v)) if not np.isnan(v).all() else 0.0  # noqa: E731 - no pixel counted: 0
         pixels = max(float(sums["pixels"]), 1e-12)
         loss = {"loss": float(sums["loss"]) / pixels} if "loss" in sums else {}
         listed = lambda v: [None if np.isnan(x) else float(x) for x in v]  # noqa: E731
         return {**loss, "pixel_accuracy": float(diag.sum() / max(cm.sum(), 1e-12)),
-                "mIoU": float(np.mean(iou)), "per_class_iou": listed(iou),
-                "dice": float(np.mean(dice)), "per_class_dice": listed(dice),
+                "mIoU": mean(iou), "per_class_iou": listed(iou),
+                "dice": mean(dice), "per_class_dice": listed(dice),
                 "confusion": cm.astype(np.int64).tolist()}
 
     # ---- data (runtime/segmentation_data.py) ----
@@ -435,8 +437,9 @@ class Segmentation(Task):
 
     def transform(self, shape, pipeline, augmentation=None):
         """Image and mask together (runtime/segmentation_data.py's MaskTransform): evaluation
-        resizes both to the input (the mask with the nearest neighbour), whatever resize the
-        pipeline names; its normalisation applies."""
+        resizes both to the input (the mask with the nearest neighbour, the image with the
+        pipeline's interpolation, as `archc segment` does), whatever resize the pipeline names;
+        its normalisation applies."""
         from . import pipeline as P
         from .segmentation_data import MaskTransform
         h, w, c = shape
@@ -444,7 +447,8 @@ class Segmentation(Task):
         aug = augmentation
         return MaskTransform(h, w, c, tuple(mean.tolist()), tuple(std.tolist()), bgr,
                              scale=None if aug is None else aug.scale, flip=bool(aug is not None and aug.flip),
-                             classes=self.num_classes, border_weights=self.loss == "weighted")
+                             classes=self.num_classes, border_weights=self.loss == "weighted",
+                             interpolation=pipeline.get("interpolation", "bilinear"))
 
 
 # --------------------------------------------------------------------------------------------
