@@ -1,4 +1,4 @@
-"""archc: a compiler from the .arch CNN spec language to Flax.
+"""archc: a compiler from the .arch CNN spec language to pure JAX functions (and Flax Linen / NNX modules).
 
     import archc
     model = archc.load("resnet50", classes=10)
