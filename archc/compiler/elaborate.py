@@ -36,9 +36,11 @@ class _Fail(Exception):
     failure without a diagnostic is the echo of one already reported (a use of a name whose
     definition failed): it stops its statement silently."""
 
-    def __init__(self, diag: Diagnostic | None, kind: str = "name"):
+    def __init__(self, diag: Diagnostic | None, cascades: bool = False):
         self.diag = diag
-        self.kind = kind  # 'name' errors are independent of shapes; 'shape' errors may cascade
+        # a shape error cascades: every later layer's shape is unknown, so the statements after
+        # it are not elaborated; other errors are independent of shapes
+        self.cascades = cascades
 
 
 class _Failed:
@@ -46,8 +48,8 @@ class _Failed:
     stops the statement without a second error, so one mistake gives one error."""
 
 
-def fail(message: str, span: Span | None, hint: str | None = None, kind: str = "name"):
-    raise _Fail(Diagnostic(message, span, hint), kind)
+def fail(message: str, span: Span | None, hint: str | None = None, cascades: bool = False):
+    raise _Fail(Diagnostic(message, span, hint), cascades)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,7 +350,7 @@ class Builder:
         try:
             shape = ops.infer_shape(op, attrs, in_shapes)
         except ShapeError as e:
-            fail(str(e), span, e.hint, kind="shape")
+            fail(str(e), span, e.hint, cascades=True)
         if len(self.g.nodes) >= MAX_NODES:
             fail(f"the network has more than {MAX_NODES} nodes", span, "reduce the repetition counts")
         name = name or self.fresh(prefix or op)
@@ -504,7 +506,7 @@ class Elaborator:
     def resolve(self, name: str, span: Span, env: Env):
         found, v = env.lookup(name)
         if isinstance(v, _Failed):
-            raise _Fail(None, kind="shape")    # already reported; later layers' shapes are unknown
+            raise _Fail(None, cascades=True)    # already reported; later layers' shapes are unknown
         if isinstance(v, Unresolved):
             fail(v.message, span, v.hint)
         if found:
@@ -881,7 +883,7 @@ class Elaborator:
         if st is not None:
             return st
         fail(f"no strided 1x1 projection maps {fmt(s)} to the body's {fmt(tgt)}", span,
-             _projection_hint(s, tgt), kind="shape")
+             _projection_hint(s, tgt), cascades=True)
 
     def apply_merge(self, v: OpLayer, t: str) -> str:
         branches = list(v.args)
@@ -1124,7 +1126,7 @@ class Elaborator:
                     env.vars[st.name] = _Failed()     # its uses are not errors of their own
                 if isinstance(st, A.Input):
                     shape_failed = True               # nor is the missing input of every layer
-                if f.kind == "shape":
+                if f.cascades:
                     if shape_failed:
                         continue
                     shape_failed = True
@@ -1430,14 +1432,14 @@ class _BindContext:
         self.el, self.shape, self.span, self.label = el, el.b.shape(t), v.span, v.label
         self.next_is_bn, self.target, self.target_node = next_is_bn, el.b.target, el.b.target_node
 
-    def fail(self, message, hint=None, kind="name"):
-        fail(message, self.span, hint, kind)
+    def fail(self, message, hint=None, cascades=False):
+        fail(message, self.span, hint, cascades)
 
     def spatial(self):
         try:
             return ops.spatial(self.label, self.shape)
         except ShapeError as e:
-            fail(str(e), self.span, e.hint, kind="shape")
+            fail(str(e), self.span, e.hint, cascades=True)
 
     def int(self, v, what):
         return _int(v, what, self.span)
