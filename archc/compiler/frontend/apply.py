@@ -37,13 +37,13 @@ class Application:
         return self._apply_items(seq.items, t, env)
 
     def _apply_items(self, items, t: str, env: Env) -> str:
-        values = [(self._as_layer(self.value(it, env), it, env), it) for it in items]
+        values = [(self.as_layer(self.value(it, env), it, env), it) for it in items]
         for k, (v, it) in enumerate(values):
             nxt = values[k + 1][0] if k + 1 < len(values) else None
             t = self.apply(v, t, it.span, next_is_bn=isinstance(nxt, OpLayer) and nxt.kind == "bn")
         return t
 
-    def _as_layer(self, v, item, env: Env):
+    def as_layer(self, v, item, env: Env):
         """A "file.arch" written in a sequence is that network, whole."""
         if isinstance(v, str) and v.endswith(".arch"):
             return self.resolve(v, item.span, env)
@@ -100,7 +100,7 @@ class Application:
         h, w, c = hwc(self.b.shape(t))
         env = (layer.env or self.bind_block(layer)).child(cin=c, hin=SizeInt(h), win=SizeInt(w))
         caller = self.frames[-1]
-        with self._entered(blk.name, blk.name, layer.span, Frame({}, t)) as result:
+        with self.entered(blk.name, blk.name, layer.span, Frame({}, t)) as result:
             try:
                 result[0] = self.run_statements(blk.body, t, env, in_block=True)
                 caller.prev = t
@@ -112,7 +112,7 @@ class Application:
         return result[0]
 
     @contextlib.contextmanager
-    def _entered(self, unit: str, call: str, span, frame: "Frame"):
+    def entered(self, unit: str, call: str, span, frame: "Frame"):
         """A block or network part being elaborated: its unit (the nodes' name scope), its
         call-stack entry and frame, the builder's target cleared inside and restored after.
         The body sets ``result[0]`` to the unit's output."""
@@ -150,7 +150,7 @@ class Application:
         if surface.merge:
             return self.apply_merge(v, t)
         args = bind_arguments(v)
-        self._sized(args.values(), v.span)
+        self.note_size_read(args.values(), v.span)
         extra = []
         for k in surface.tensors:           # tensor arguments (roi_align(@p3, …)): more inputs
             if args[k] is None and surface.signature[k] is None:

@@ -54,19 +54,19 @@ class Builder:
     def scope(self) -> Scope:
         return self.scopes[-1]
 
-    def _join(self, part: str) -> str:
+    def join(self, part: str) -> str:
         return f"{self.scope.path}.{part}" if self.scope.path else part
 
     def fresh(self, prefix: str) -> str:
         counters = self.scope.counters
         while True:
             counters[prefix] = counters.get(prefix, 0) + 1
-            name = self._join(counted(prefix, counters[prefix]))
+            name = self.join(counted(prefix, counters[prefix]))
             if name not in self.g.nodes and name not in self.used_scopes:
                 return name
 
     def push(self, part: str, span: Span | None, stage: bool = False, exact: bool = True) -> None:
-        path = self._join(part)
+        path = self.join(part)
         if exact and (path in self.used_scopes or path in self.g.nodes):
             fail(f"the name '{path}' is used twice", span, "give this statement another name")
         self.used_scopes.add(path)

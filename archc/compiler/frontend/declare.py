@@ -15,7 +15,7 @@ class Declarations:
     """Inputs and declarations (a part of the Elaborator: frontend/__init__.py)."""
 
     @staticmethod
-    def _declaration_call(st, env: Env) -> A.Call | None:
+    def declaration_call(st, env: Env) -> A.Call | None:
         """The call of a declaration statement (``preprocess(mode="caffe")`` on its own line),
         unless the file defines that name itself."""
         if (isinstance(st, A.SeqStmt) and len(st.seq.items) == 1 and not st.seq.repeats

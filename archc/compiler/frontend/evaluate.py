@@ -74,12 +74,12 @@ class Evaluator:
         if isinstance(e, A.Unary):
             v = self.value(e.operand, env)
             if e.op == "not":
-                return not self._truth(v, e.operand.span)
-            self._num(v, e.operand.span, "negate")
+                return not self.truth(v, e.operand.span)
+            self.check_number(v, e.operand.span, "negate")
             return -v
         if isinstance(e, A.Compare):
             vals = [self.value(x, env) for x in e.operands]
-            self._sized(vals, e.span)
+            self.note_size_read(vals, e.span)
             for op, (a, b) in zip(e.ops, zip(vals, vals[1:])):
                 ok = {"==": lambda: a == b, "!=": lambda: a != b,
                       "<=": lambda: self._cmp(a, b, e) <= 0, ">=": lambda: self._cmp(a, b, e) >= 0}[op]()
@@ -91,17 +91,17 @@ class Evaluator:
                 v = True
                 for x in e.operands:
                     v = self.value(x, env)
-                    if not self._truth(v, x.span):
+                    if not self.truth(v, x.span):
                         return v
                 return v
             v = False
             for x in e.operands:
                 v = self.value(x, env)
-                if self._truth(v, x.span):
+                if self.truth(v, x.span):
                     return v
             return v
         if isinstance(e, A.Ternary):
-            return self.value(e.then if self._truth(self.value(e.cond, env), e.cond.span) else e.other, env)
+            return self.value(e.then if self.truth(self.value(e.cond, env), e.cond.span) else e.other, env)
         if isinstance(e, A.Index):
             obj, idx = self.value(e.obj, env), self.value(e.index, env)
             if not isinstance(obj, (list, tuple)):
@@ -113,7 +113,7 @@ class Evaluator:
             return obj[idx]
         raise AssertionError(f"unknown AST node {type(e).__name__}")
 
-    def _sized(self, values, span) -> None:
+    def note_size_read(self, values, span) -> None:
         """Note where a value derived from hin/win decides a layer (an op's argument, a
         comparison): the nodes do not keep that choice (compiler/sizes.py)."""
         if any(is_sized(v) for v in values):
@@ -121,17 +121,17 @@ class Evaluator:
 
     def _cmp(self, a, b, e):
         for v in (a, b):
-            self._num(v, e.span, "compare")
+            self.check_number(v, e.span, "compare")
         return (a > b) - (a < b)
 
     @staticmethod
-    def _truth(v, span):
+    def truth(v, span):
         if isinstance(v, Layer):
             fail("a layer is not a condition", span)
         return bool(v)
 
     @staticmethod
-    def _num(v, span, what):
+    def check_number(v, span, what):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             fail(f"cannot {what} {describe(v)}", span, "arithmetic works on numbers")
 
@@ -147,7 +147,7 @@ class Evaluator:
         for v, side in ((left, e.left), (right, e.right)):
             if isinstance(v, list) and e.op in "+*":
                 continue
-            self._num(v, side.span, {"+": "add", "-": "subtract", "*": "multiply", "/": "divide",
+            self.check_number(v, side.span, {"+": "add", "-": "subtract", "*": "multiply", "/": "divide",
                                      "//": "divide", "%": "take the remainder of", "**": "raise"}[e.op])
         try:
             if e.op == "+":

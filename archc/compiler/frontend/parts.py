@@ -54,7 +54,7 @@ class Parts:
         params = {**{a.name: a.value for a in _preset(module, part.preset)},
                   **{k: Override(v, k, repr(plain(v))) for k, v in layer.kwargs.items()}}
         frame = Frame({}, t)
-        with self._entered(_unit_name(part.name), part.name, layer.span, frame) as result:
+        with self.entered(_unit_name(part.name), part.name, layer.span, frame) as result:
             try:
                 result[0] = self.run_part(module, params, t, layer)
                 path = self.b.scope.path
@@ -82,7 +82,7 @@ class Parts:
                          "a network with several inputs cannot be a part", layer.span)
                 self.check_part_input(self.input_shape(st, env), t, layer, env)
                 frame.tensors["input"] = t
-            elif (decl := self._declaration_call(st, env)) is not None:
+            elif (decl := self.declaration_call(st, env)) is not None:
                 if layer.until is None or decl.func == "preprocess":   # the others may name cut-off tensors
                     self.declare(decl, env, inherited=True)
             elif isinstance(st, (A.SeqStmt, A.Labelled)) and not done:
@@ -90,7 +90,7 @@ class Parts:
                 if isinstance(st, A.Labelled) and st.name == layer.until:
                     out, done = frame.tensors[st.name], True
             elif isinstance(st, A.Output) and not done:
-                if st.when is None or self._truth(self.value(st.when, env), st.when.span):
+                if st.when is None or self.truth(self.value(st.when, env), st.when.span):
                     out = self.lookup_tensor(st.names[0], st.spans[0])
         return out if out is not None else t
 

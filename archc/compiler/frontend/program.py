@@ -44,7 +44,7 @@ class Program:
                         fail("the input is declared twice", st.span)
                     t = self.add_input(tuple(input_shape) if input_shape is not None else self.input_shape(st, env),
                                        st.span)
-                elif (decl := self._declaration_call(st, env)) is not None:
+                elif (decl := self.declaration_call(st, env)) is not None:
                     if not shape_failed:        # its @tensors may be the failed stage's
                         self.declare(decl, env)
                 elif not isinstance(st, A.Preset):     # presets were bound before elaborating
@@ -163,7 +163,7 @@ class Program:
         """The declared (low, high) of a family parameter: numbers, low <= high."""
         lo, hi = (self.value(e, env) for e in st.range)
         for v, e in ((lo, st.range[0]), (hi, st.range[1])):
-            self._num(v, e.span, "use as a bound")
+            self.check_number(v, e.span, "use as a bound")
         if lo > hi:
             fail(f"the range of '{st.name}' is empty: {lo} > {hi}", st.range[0].span)
         return lo, hi

@@ -50,7 +50,7 @@ class Statements:
                     frame.tensors[st.name] = out
                     frame.tensors.update(exported)
                     if not in_block:
-                        self.b.g.aliases[self.b._join(st.name)] = out
+                        self.b.g.aliases[self.b.join(st.name)] = out
                     if not st.side:
                         t = out
                 else:
@@ -58,7 +58,7 @@ class Statements:
             elif isinstance(st, A.Output):
                 if in_block:
                     fail("'output' belongs at the top level of a file, not in a block", st.span)
-                if st.when is not None and not self._truth(self.value(st.when, env), st.when.span):
+                if st.when is not None and not self.truth(self.value(st.when, env), st.when.span):
                     continue
                 outs = []
                 for n, sp in zip(st.names, st.spans):
@@ -75,7 +75,7 @@ class Statements:
         n = 0
         for it in seq.items:
             try:
-                v = self._as_layer(self.value(it, env.child(i=0)), it, env)
+                v = self.as_layer(self.value(it, env.child(i=0)), it, env)
             except Fail:
                 return 0
             n += units_of(v)
