@@ -20,7 +20,6 @@ from the traced arrays, so a model also runs on a different input size where its
 """
 from __future__ import annotations
 
-import difflib
 import functools
 import zlib
 from collections.abc import Mapping
@@ -31,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from . import flax_ops
+from . import flax_ops, graph_queries
 from .ir import Graph, Node
 from .ops import OPS, VarSpec, pass_rules, variable_specs, variables_tree  # noqa: F401  (VarSpec, variables_tree: re-exported)
 from .ops.conv import cpu_conv_path
@@ -74,31 +73,9 @@ class Program:
 
     @property
     def scopes(self) -> dict[str, str]:
-        """Block name -> the node that is the block's output: for every dotted prefix
-        ('layer3', 'layer3.1'), the one node inside it that is used outside it (or is a graph
-        output); the last inside it if that is not a single node."""
+        """Block name -> the node that is the block's output (graph_queries.scopes), computed once."""
         if self._scopes is None:
-            members: dict[str, list] = {}
-            for node in self.order:
-                parts = node.name.split(".")
-                for k in range(1, len(parts)):
-                    members.setdefault(".".join(parts[:k]), []).append(node.name)
-            used_outside: dict[str, set] = {}
-            for node in self.order:
-                for i in node.inputs:
-                    parts = i.split(".")
-                    for k in range(1, len(parts)):
-                        scope = ".".join(parts[:k])
-                        if not node.name.startswith(scope + "."):
-                            used_outside.setdefault(scope, set()).add(i)
-            outs = set(self.graph.outputs)
-            scopes = {}
-            for scope, names in members.items():
-                if scope in self.graph.nodes:
-                    continue
-                exits = used_outside.get(scope, set()) | (outs & set(names))
-                scopes[scope] = next(iter(exits)) if len(exits) == 1 else names[-1]
-            self._scopes = scopes
+            self._scopes = graph_queries.scopes(self.graph)
         return self._scopes
 
     def has_variables(self, node: str) -> bool:
@@ -109,37 +86,15 @@ class Program:
         return name if name in self.graph.nodes else self.scopes[name]
 
     def check_outputs(self, outputs) -> tuple[str, ...] | None:
-        """Normalise ``outputs`` to a tuple of names (nodes, or blocks such as 'layer3'), or
-        raise a ValueError naming close matches for unknown ones."""
-        if outputs is None:
-            return None
-        if isinstance(outputs, str):
-            outputs = (outputs,)
-        outputs = tuple(outputs)
-        nodes = self.graph.nodes
-        for name in outputs:
-            if name not in nodes and name not in self.scopes:
-                close = difflib.get_close_matches(name, list(self.scopes) + list(nodes), n=5, cutoff=0.6)
-                hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-                raise ValueError(f"model {self.graph.name!r} has no node or block named {name!r}{hint}")
-        return outputs
+        """Normalise ``outputs`` to a tuple of node or block names (graph_queries.check_outputs)."""
+        return graph_queries.check_outputs(self.graph, self.scopes, outputs)
 
     def needed(self, outputs: tuple[str, ...], given: frozenset = frozenset()) -> frozenset:
-        """The nodes that the given outputs depend on (themselves included), not looking past
-        the ``given`` nodes (values computed before: a network run in two phases)."""
+        """The nodes the given outputs depend on, not past ``given`` (graph_queries.needed), cached."""
         key = (outputs, given)
-        if key in self._needed:
-            return self._needed[key]
-        nodes = self.graph.nodes
-        seen, stack = set(), list(outputs)
-        while stack:
-            n = stack.pop()
-            if n not in seen:
-                seen.add(n)
-                if n not in given:
-                    stack.extend(nodes[n].inputs)
-        result = self._needed[key] = frozenset(seen)
-        return result
+        if key not in self._needed:
+            self._needed[key] = graph_queries.needed(self.graph, outputs, given)
+        return self._needed[key]
 
     def __repr__(self) -> str:
         return f"Program({self.graph.name!r}, {len(self.order)} nodes)"

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..compiler import declarations, library, ops
 from ..compiler.build import bind_family_params
-from ..compiler.elaborate import COMBINATORS, FUNCTIONS, SPELLINGS
+from ..compiler.elaborate import FUNCTIONS, SPELLINGS, signature
 from ..compiler.ir import Graph
 from ..compiler.trace import Applied, TracingElaborator
 from ..compiler.resolve import PRELUDE, Module, read_source, Resolver
@@ -313,10 +313,7 @@ def _enclosing_block(stmts, line: int):
 
 def signature_text(spelling: str, kind: str) -> str:
     """An op's call signature as the language writes it, e.g. conv3(c, s, p='auto', …)."""
-    if kind in COMBINATORS:
-        sig = COMBINATORS[kind]
-    else:
-        sig = ops.SURFACES[kind][0].signature
+    sig = signature(kind)
     preset = SPELLINGS[spelling][1]
     parts = [k if v is ops.REQUIRED or v is None else f"{k}={v!r}" for k, v in sig.items() if k not in preset]
     return f"{spelling}({', '.join(parts)})"

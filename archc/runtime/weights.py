@@ -100,7 +100,9 @@ def fill_template(template: str, captures: Mapping, where: str = "") -> str:
 
 
 @dataclass
-class Sequence_:
+class SequenceRule:
+    """A rules file's [[sequence]]: the checkpoint's modules matching `src`, sorted by `order`,
+    pair one for one with the graph's nodes matching `dst` (of op `op`, when given), in graph order."""
     src: str
     dst: str
     op: str | None = None
@@ -141,7 +143,7 @@ def parse_rules(data: Mapping, path: str | None = None) -> Rules:
             raise WeightsError(f"{where}: [[sequence]] #{i + 1} needs 'from' and 'to'")
         if s.get("order", "natural") not in ("natural", "checkpoint"):
             raise WeightsError(f"{where}: [[sequence]] #{i + 1}: order is 'natural' or 'checkpoint'")
-        r.sequences.append(Sequence_(s["from"], s["to"], s.get("op"), s.get("order", "natural")))
+        r.sequences.append(SequenceRule(s["from"], s["to"], s.get("op"), s.get("order", "natural")))
     return r
 
 

@@ -224,12 +224,21 @@ class ConcatAttrs(Attrs):
     crop: bool | None = None  # concat(crop=true): branches centre-cropped to the smallest (crop nodes)
 
 
+def _bind_concat(a, ctx):
+    # the crop nodes themselves are the front end's: they precede the concat in the graph
+    return ConcatAttrs(True if a["crop"] else None)
+
+
+def _bind_merge(a, ctx):
+    return NoAttrs()
+
+
 register(OpDef("concat", ConcatAttrs, _concat_shape, arity=(1, MANY),
-               surfaces=(Surface("concat", {"crop": False}, None, merge=True,
+               surfaces=(Surface("concat", {"crop": False}, _bind_concat, merge=True,
                                  params_doc="branches; `crop=true` centre-crops them to the smallest (U-Net)",
                                  doc="channels concatenated; other sizes must agree"),)))
 register(OpDef("add", NoAttrs, _broadcast("add"), arity=(1, MANY),
-               surfaces=(Surface("add", {}, None, merge=True, params_doc="branches", doc="elementwise sum, broadcasting size 1"),)))
+               surfaces=(Surface("add", {}, _bind_merge, merge=True, params_doc="branches", doc="elementwise sum, broadcasting size 1"),)))
 register(OpDef("mul", NoAttrs, _broadcast("multiply"), arity=(1, MANY),
-               surfaces=(Surface("mul", {}, None, merge=True, params_doc="branches",
+               surfaces=(Surface("mul", {}, _bind_merge, merge=True, params_doc="branches",
                                  doc="elementwise product, broadcasting size 1 (squeeze-and-excitation)"),)))
