@@ -32,11 +32,10 @@ from typing import Callable
 
 from . import ops
 from .ir import Graph
-from .ops.base import conv_out
-from .ops.conv import inferred_stride, same_padding
-from .ops.pool import ceil_extra
+from .ops.conv import inferred_stride
+from .ops.window import Window
 
-SIZE_RULES, size_rule = ops.pass_rules("size rule")
+SIZE_RULES, size_rule = ops.pass_rules("size rule", covers=ops.all_ops)
 AXES = ("height", "width")
 VEC = 0          # the axis is gone: a vector whose length does not depend on it
 # A negative extent -L: a vector of L values whose length depends on the axis (after flatten).
@@ -64,50 +63,7 @@ class Keep:
 KEEP = Keep()
 
 
-@dataclass(frozen=True)
-class Window:
-    eff: int                  # the window's extent (dilated)
-    stride: int
-    pad: tuple                # (before, after) as resolved at the declared size
-    mode: str | None = None   # None: fixed padding, floor; 'same': TF's, per size; 'ceil': ceil mode
-    pool: bool = False        # pools reject padding above half the kernel
-    padded: int = 0           # of its input, cells a pad node added (not data: exactness tiles the rest)
-    keep = False
-
-    def padding(self, e):
-        """(before, after) at input extent e, ceil mode's extra cells included."""
-        s, k = self.stride, self.eff
-        pad = same_padding(e, k, s) if self.mode == "same" else self.pad
-        if self.mode == "ceil":
-            return pad, (pad[0], pad[1] + ceil_extra(e, k, s, pad))
-        return pad, pad
-
-    def left_out(self, e, out) -> int:
-        """Input cells at the end that no window reaches (padding not counted)."""
-        _, total = self.padding(e)
-        return max(0, e + total[0] - ((out - 1) * self.stride + self.eff))
-
-    def apply(self, e):
-        s, k = self.stride, self.eff
-        pad, total = self.padding(e)
-        if self.pool and max(pad) * 2 > k:
-            return None, False
-        if k > e + total[0] + total[1]:
-            return None, False
-        out = conv_out(e, k, s, total)
-        if out < 1:
-            return None, False
-        return out, s == 1 or out * s == e - self.padded
-
-    def period(self):
-        if self.mode == "same":
-            lo = 1
-        elif self.mode == "ceil":
-            lo = self.eff - sum(self.pad) - self.stride + 1
-        else:
-            lo = self.eff - sum(self.pad)
-        return self.stride, 1, max(1, lo)
-
+# Window (ops/window.py): a windowed op's own spatial description, read at every size.
 
 
 @dataclass(frozen=True)
@@ -195,30 +151,17 @@ class StrideTo:
     keep = False
 
 
-def _conv_rule(a, axis, eff):
-    if a.stride_fit is not None:
-        return StrideTo(a.stride_fit, eff, a.padding[axis], ())
-    w = Window(eff, a.strides[axis], a.padding[axis], a.padding_rule)
-    return KEEP if _keeps(w) else w
+def _window_rule(node, axis, graph):
+    """A windowed op (``OpDef.window``: conv, pools): its own window on this axis."""
+    w = ops.OPS[node.op].window(node.attrs)[axis]
+    if w.stride_fit is not None:
+        return StrideTo(w.stride_fit, w.eff, w.pad, ())
+    return KEEP if w.keeps_size() else w
 
 
-def _keeps(w: Window) -> bool:
-    """A window that keeps every size: stride 1 with 'same' padding, or padding eff − 1."""
-    return w.stride == 1 and (w.mode == "same" or (w.mode is None and sum(w.pad) == w.eff - 1 and not w.pool))
-
-
-@size_rule("conv")
-def _(node, axis, graph):
-    a = node.attrs
-    return _conv_rule(a, axis, a.dilation[axis] * (a.kernel[axis] - 1) + 1)
-
-
-@size_rule("pool")
-def _(node, axis, graph):
-    a = node.attrs
-    mode = a.padding_rule or ("ceil" if a.ceil else None)
-    w = Window(a.kernel[axis], a.strides[axis], a.padding[axis], mode, pool=True)
-    return KEEP if w.stride == 1 and mode == "same" else w
+for _op in ops.OPS.values():
+    if _op.window is not None:
+        size_rule(_op.name)(_window_rule)
 
 
 @size_rule("conv_transpose")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from math import prod
 
-from .base import REQUIRED, Attrs, NoAttrs, OpDef, ShapeError, Surface, attrs_class, fmt, register, spatial
+from .base import REQUIRED, Attrs, NoAttrs, OpDef, ShapeError, Surface, attrs_class, fmt, no_macs, register, spatial
 
 MANY = 10**6
 
@@ -14,7 +14,7 @@ class InputAttrs(Attrs):
     shape: tuple
 
 
-register(OpDef("input", InputAttrs, lambda a, ins: tuple(a.shape), arity=(0, 0),
+register(OpDef("input", InputAttrs, lambda a, ins: tuple(a.shape), arity=(0, 0), macs=no_macs,
                doc="a graph input; its shape excludes the batch axis"))
 
 
@@ -35,7 +35,7 @@ def _flatten_shape(a, ins):
 
 
 register(OpDef(
-    "flatten", FlattenAttrs, _flatten_shape,
+    "flatten", FlattenAttrs, _flatten_shape, macs=no_macs,
     surfaces=(Surface("flatten", {"order": "nhwc"}, _bind_flatten,
                       params_doc="`\"nchw\"`: PyTorch's order, for its Linear weights",
                       doc="→ H·W·C (per RoI: R×H×W×C → R×H·W·C)"),)))
@@ -60,7 +60,7 @@ def _bind_reshape(a, ctx):
 
 
 register(OpDef(
-    "reshape", ReshapeAttrs, _reshape_shape,
+    "reshape", ReshapeAttrs, _reshape_shape, macs=no_macs,
     surfaces=(Surface("reshape", {"shape": REQUIRED}, _bind_reshape, params_doc="`7x7x30` or a list",
                       doc="same number of values, row-major (HWC)"),)))
 
@@ -78,7 +78,7 @@ def _shuffle_shape(a, ins):
 
 
 register(OpDef(
-    "shuffle", ShuffleAttrs, _shuffle_shape,
+    "shuffle", ShuffleAttrs, _shuffle_shape, macs=no_macs,
     surfaces=(Surface("shuffle", {"g": REQUIRED}, lambda a, ctx: ShuffleAttrs(ctx.posint(a["g"], "groups")),
                       doc="channel shuffle (ShuffleNet)"),)))
 
@@ -104,7 +104,7 @@ def _bind_slice(a, ctx):
 
 
 register(OpDef(
-    "slice", SliceAttrs, _slice_shape,
+    "slice", SliceAttrs, _slice_shape, macs=no_macs,
     surfaces=(Surface("slice", {"start": REQUIRED, "stop": None}, _bind_slice, params_doc="`stop` defaults to `cin`",
                       doc="channels `start:stop` (ShuffleNet v2's channel split)"),)))
 
@@ -127,7 +127,7 @@ def _bind_pad(a, ctx):
 
 
 register(OpDef(
-    "pad", PadAttrs, _pad_shape,
+    "pad", PadAttrs, _pad_shape, macs=no_macs,
     surfaces=(Surface("pad", {"p": REQUIRED, "value": 0.0}, _bind_pad, params_doc="`p`: `n`, `[h, w]`, `[t, b, l, r]`",
                       doc="constant padding (Keras ZeroPadding2D)"),)))
 
@@ -152,7 +152,7 @@ def _bind_crop(a, ctx):
 
 
 register(OpDef(
-    "crop", CropAttrs, _crop_shape,
+    "crop", CropAttrs, _crop_shape, macs=no_macs,
     surfaces=(Surface("crop", {"p": REQUIRED}, _bind_crop, params_doc="`p` as for pad", doc="cropping"),)))
 
 
@@ -184,7 +184,7 @@ def _bind_upsample(a, ctx):
 
 
 register(OpDef(
-    "upsample", UpsampleAttrs, _upsample_shape, arity=(1, 2),
+    "upsample", UpsampleAttrs, _upsample_shape, arity=(1, 2), macs=no_macs, profile_rank=9,
     surfaces=(Surface("upsample", {"f": None, "mode": "nearest", "size": None}, _bind_upsample, tensors=("size",),
                       params_doc="`f`: factor (2); `size=@t`: to `t`'s height and width (F.interpolate(size=…): "
                                  "PyTorch's nearest index floor(dst · in / out)); `mode`: or `\"bilinear\"`",
@@ -224,12 +224,14 @@ class ConcatAttrs(Attrs):
     crop: bool | None = None  # concat(crop=true): branches centre-cropped to the smallest (crop nodes)
 
 
-register(OpDef("concat", ConcatAttrs, _concat_shape, arity=(1, MANY),
+register(OpDef("concat", ConcatAttrs, _concat_shape, arity=(1, MANY), macs=no_macs, profile_rank=10,
                surfaces=(Surface("concat", {"crop": False}, None, merge=True,
                                  params_doc="branches; `crop=true` centre-crops them to the smallest (U-Net)",
                                  doc="channels concatenated; other sizes must agree"),)))
-register(OpDef("add", NoAttrs, _broadcast("add"), arity=(1, MANY),
+register(OpDef("add", NoAttrs, _broadcast("add"), arity=(1, MANY), macs=no_macs, fusion="recomputed",
+               profile_rank=11,
                surfaces=(Surface("add", {}, None, merge=True, params_doc="branches", doc="elementwise sum, broadcasting size 1"),)))
-register(OpDef("mul", NoAttrs, _broadcast("multiply"), arity=(1, MANY),
+register(OpDef("mul", NoAttrs, _broadcast("multiply"), arity=(1, MANY), macs=no_macs, fusion="elementwise",
+               profile_rank=12,
                surfaces=(Surface("mul", {}, None, merge=True, params_doc="branches",
                                  doc="elementwise product, broadcasting size 1 (squeeze-and-excitation)"),)))
