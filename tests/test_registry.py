@@ -47,11 +47,19 @@ def test_every_rule_table_covers_every_op(what):
         f"{what}: no rule for {sorted(table.missing())}; rules for unknown names {sorted(table.unknown())}")
 
 
-def test_every_windowed_op_derives_its_size_rule_from_its_window():
+def test_every_op_with_a_geometry_derives_its_size_rule_from_it():
+    """The spatial arithmetic is written once, in the op's geometry (ops/window.py): the size
+    rule of such an op is compiler/sizes.py's reading of it (crop and upsample first take
+    their merge-crop and size=@t cases, which follow other nodes)."""
     from archc.compiler import sizes
-    windowed = {name for name, op in ops.OPS.items() if op.window is not None}
-    assert windowed == {"conv", "pool"}
-    assert all(sizes.SIZE_RULES[name] is sizes._window_rule for name in windowed)
+    derived = {name for name, op in ops.OPS.items() if op.geometry is not None and sizes.SIZE_RULES[name] is sizes._geometry_rule}
+    assert {"conv", "pool", "conv_transpose", "pad"} <= derived
+    g = every_op_graph().output()
+    for node in g:
+        geometry = ops.OPS[node.op].geometry
+        if node.op in ("conv", "conv_transpose", "pad") and geometry is not None:
+            for axis in (0, 1):
+                assert sizes.SIZE_RULES[node.op](node, axis, g) in (geometry(node.attrs)[axis], sizes.KEEP), node.name
 
 
 def test_every_op_states_its_facts():

@@ -33,12 +33,29 @@ from typing import Callable
 from . import ops
 from .ir import Graph
 from .ops.conv import inferred_stride
-from .ops.window import Window
+from .ops.window import Affine, Window
 
 SIZE_RULES, size_rule = ops.pass_rules("size rule", covers=ops.all_ops)
 AXES = ("height", "width")
-VEC = 0          # the axis is gone: a vector whose length does not depend on it
-# A negative extent -L: a vector of L values whose length depends on the axis (after flatten).
+# An extent on an axis is an int: n >= 1, the axis's size; VEC, the axis is gone and the
+# vector's length does not depend on it (a global pool); vector(L), a vector of L values whose
+# length depends on the axis (after a flatten). vector(L) is stored as -L, so that the affine
+# arithmetic of extents over a piece (e + Q·k, its slope negated as well) carries it unchanged;
+# read it only through is_vector and vector_length.
+VEC = 0
+
+
+def vector(length: int) -> int:
+    """The extent of a vector of `length` values (or the slope of such a length)."""
+    return -length
+
+
+def is_vector(e: int) -> bool:
+    return e <= 0
+
+
+def vector_length(e: int) -> int:
+    return -e
 
 
 class CannotDerive(Exception):
@@ -63,23 +80,8 @@ class Keep:
 KEEP = Keep()
 
 
-# Window (ops/window.py): a windowed op's own spatial description, read at every size.
-
-
-@dataclass(frozen=True)
-class Affine:
-    """out = mul·e + add (pad, crop, upsample, transposed conv); valid while out >= 1."""
-    mul: int
-    add: int
-    keep = False
-
-    def apply(self, e):
-        out = self.mul * e + self.add
-        return (out, True) if out >= 1 else (None, False)
-
-    def period(self):
-        return 1, self.mul, max(1, -((self.add - 1) // self.mul))
-
+# Window and Affine (ops/window.py): an op's own spatial description (OpDef.geometry), read at
+# every size.
 
 
 @dataclass(frozen=True)
@@ -151,41 +153,27 @@ class StrideTo:
     keep = False
 
 
-def _window_rule(node, axis, graph):
-    """A windowed op (``OpDef.window``: conv, pools): its own window on this axis."""
-    w = ops.OPS[node.op].window(node.attrs)[axis]
-    if w.stride_fit is not None:
-        return StrideTo(w.stride_fit, w.eff, w.pad, ())
-    return KEEP if w.keeps_size() else w
-
-
-for _op in ops.OPS.values():
-    if _op.window is not None:
-        size_rule(_op.name)(_window_rule)
-
-
-@size_rule("conv_transpose")
-def _(node, axis, graph):
-    a = node.attrs
-    s = a.strides[axis]
-    return Affine(s, a.kernel[axis] + a.output_padding[axis] - s - sum(a.padding[axis]))
-
-
-@size_rule("pad")
-def _(node, axis, graph):
-    return Affine(1, sum(node.attrs.padding[axis]))
+def _geometry_rule(node, axis, graph):
+    """An op with a spatial description (``OpDef.geometry``: conv, pools, conv_transpose, pad,
+    crop, upsample): its own Window or Affine map on this axis."""
+    g = ops.OPS[node.op].geometry(node.attrs)[axis]
+    if isinstance(g, Window):
+        if g.stride_fit is not None:
+            return StrideTo(g.stride_fit, g.eff, g.pad, ())
+        return KEEP if g.keeps_size() else g
+    return g
 
 
 @size_rule("crop")
 def _(node, axis, graph):
     if node.attrs.fit is not None:
         return CropTo(tuple(node.attrs.fit))
-    return Affine(1, -sum(node.attrs.crop[axis]))
+    return _geometry_rule(node, axis, graph)
 
 
 @size_rule("upsample")
 def _(node, axis, graph):
-    return Affine(node.attrs.factor[axis], 0) if node.attrs.factor is not None else ResizeTo()
+    return _geometry_rule(node, axis, graph) if node.attrs.factor is not None else ResizeTo()
 
 
 @size_rule("adaptive_pool")
@@ -220,6 +208,10 @@ def _(node, axis, graph):
 def _(node, axis, graph):
     return Merge("smallest" if node.attrs.crop else "equal")
 
+
+for _op in ops.OPS.values():
+    if _op.geometry is not None and _op.name not in SIZE_RULES:
+        size_rule(_op.name)(_geometry_rule)
 
 for _op in ("roi_align", "roi_pool"):
     # R x PH x PW x C whatever the image's size (the RoIs are in image pixels)
@@ -307,7 +299,7 @@ class Followed:
     n: int
     valid: bool
     exact: bool
-    out: int | None = None           # the primary output's extent on this axis (VEC, -L, or a size)
+    out: int | None = None           # the primary output's extent on this axis (VEC, vector(L), or a size)
     failed: str | None = None        # the first node that rejects the size
     inexact: list = field(default_factory=list)   # (node, input extent, output extent)
     unknown: str | None = None       # a node at which the IR cannot say (a choice it does not keep)
@@ -316,14 +308,14 @@ class Followed:
 
 def _apply_merge(rule: Merge, ins):
     if rule.kind == "broadcast":
-        if all(e <= 0 for e in ins):
+        if all(is_vector(e) for e in ins):
             return (ins[0] if len(set(ins)) == 1 else None), True
         sizes = {e for e in ins if e != 1}
-        if len(sizes) > 1 or any(e <= 0 for e in ins):
+        if len(sizes) > 1 or any(is_vector(e) for e in ins):
             return None, False
         return (sizes.pop() if sizes else 1), True
-    if all(e <= 0 for e in ins):        # concatenated vectors: the lengths add
-        return (VEC if all(e == VEC for e in ins) else sum(ins)), True
+    if all(is_vector(e) for e in ins):        # concatenated vectors: the lengths add
+        return (VEC if all(e == VEC for e in ins) else vector(sum(map(vector_length, ins)))), True
     if rule.kind == "smallest":
         t = min(ins)
         return t, all((e - t) % 2 == 0 for e in ins)
@@ -339,9 +331,9 @@ def apply_step(step: Step, ins):
     if isinstance(rule, Vanish):
         return VEC, True
     if isinstance(rule, Flatten):
-        return -e * rule.per, True
+        return vector(e * rule.per), True
     if isinstance(rule, Reshape):
-        values = -e if e < 0 else e * rule.per
+        values = vector_length(e) if is_vector(e) else e * rule.per
         return (rule.out, True) if e == VEC or values == rule.values else (None, False)
     if isinstance(rule, ResizeTo):
         t = ins[1]
@@ -356,7 +348,7 @@ def apply_step(step: Step, ins):
         if st is None:
             return None, False
         return Window(rule.eff, st, rule.pad).apply(e)
-    if e <= 0:
+    if is_vector(e):
         return None, False
     return rule.apply(e)
 
@@ -409,7 +401,7 @@ def _single(step: Step, pieces, inexact: set):
     if isinstance(rule, (Vanish, Flatten, Reshape)):
         for pc in pieces:
             if isinstance(rule, Flatten):
-                out.append(Piece(pc.a, pc.P, pc.stop, -pc.e * rule.per, -pc.Q * rule.per, pc.exact))
+                out.append(Piece(pc.a, pc.P, pc.stop, vector(pc.e * rule.per), vector(pc.Q * rule.per), pc.exact))
             elif isinstance(rule, Vanish):
                 out.append(Piece(pc.a, pc.P, pc.stop, VEC, 0, pc.exact))
             elif pc.e == VEC:
@@ -549,7 +541,7 @@ def _joint(step: Step, input_pieces, inexact: set):
     for cb in _combos(input_pieces):
         # a crop's symmetry is the parity of a difference of extents: constant unless slopes differ by an odd number
         period = 2 if crops and len({d % 2 for c, d in cb.fs}) > 1 else 1
-        if any(c < 0 or d < 0 for c, d in cb.fs) and not all(d == 0 for c, d in cb.fs):
+        if any((is_vector(c) and c != VEC) or d < 0 for c, d in cb.fs) and not all(d == 0 for c, d in cb.fs):
             raise CannotDerive(f"{step.name} merges vectors whose length depends on the input")
         if isinstance(rule, Merge) and rule.identity_choice and len(set(cb.fs)) > 1:
             raise CannotDerive(f"the residual at {step.node.span} has an identity shortcut because its body keeps "
@@ -742,7 +734,7 @@ def output_expr(pc: Piece, var: str) -> str:
     """The output extent on a piece as a function of the input size."""
     if pc.e == VEC:
         return "vector"
-    sign = -1 if pc.e < 0 else 1
+    sign = -1 if is_vector(pc.e) else 1
     # extent = e + Q·(n − a)/P
     from fractions import Fraction
     slope = Fraction(sign * pc.Q, pc.P)

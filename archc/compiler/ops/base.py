@@ -166,7 +166,8 @@ FUSIONS = ("library", "elementwise", "recomputed", "buffer")
 class OpDef:
     """One IR op. ``shape(attrs, in_shapes) -> shape`` raises ShapeError; ``variables(attrs,
     in_shapes) -> [Var]``; ``macs(attrs, in_shapes, out_shape)``, required (``no_macs`` for an
-    op without); ``window(attrs) -> (Window, Window)``: a windowed op's spatial description
+    op without); ``geometry(attrs) -> (height's, width's)``: the spatial description of an op
+    whose output extents follow from its input's, a Window or an Affine map per axis
     (ops/window.py), from which its shape rule and its size rule (compiler/sizes.py) derive;
     ``weights``: per checkpoint layout ('torch', 'keras'), a leaf rename {checkpoint leaf:
     variable leaf} or a function ``(leaf, array, attrs) -> (variable leaf, array) | None``;
@@ -181,7 +182,7 @@ class OpDef:
     surfaces: tuple = ()
     variables: Callable = _no_variables
     macs: Callable | None = None
-    window: Callable | None = None
+    geometry: Callable | None = None
     arity: tuple = (1, 1)
     weights: Mapping[str, Any] = field(default_factory=dict)
     checkpoint_kind: str | None = None

@@ -6,7 +6,7 @@ from math import prod
 import numpy as np
 
 from .base import REQUIRED, Attrs, OpDef, ShapeError, Surface, Var, attrs_class, fmt, no_macs, register, spatial
-from .window import Window, conv_out, same_padding, window_shape
+from .window import Affine, Window, conv_out, same_padding, window_shape
 
 
 def inferred_stride(hw: tuple, target: tuple) -> int | None:
@@ -176,7 +176,7 @@ def _conv_from_keras(leaf, arr, a):
 
 
 CONV = register(OpDef(
-    "conv", ConvAttrs, _conv_shape, variables=_conv_variables, macs=_conv_macs, window=_conv_window,
+    "conv", ConvAttrs, _conv_shape, variables=_conv_variables, macs=_conv_macs, geometry=_conv_window,
     fusion="library", profile_rank=0,
     weights={"torch": _kernel_from_torch(linear_as_1x1=True), "keras": _conv_from_keras},
     checkpoint_kind="conv", folds_bn=True,
@@ -204,11 +204,15 @@ class ConvTransposeAttrs(Attrs):
     bias: bool
 
 
+def _deconv_geometry(a: ConvTransposeAttrs) -> tuple:
+    # out = (in − 1)·s − p0 − p1 + k + op
+    return tuple(Affine(s, k + op - s - p[0] - p[1])
+                 for k, s, p, op in zip(a.kernel, a.strides, a.padding, a.output_padding))
+
+
 def _deconv_shape(a: ConvTransposeAttrs, ins):
     h, w, c = spatial("deconv", ins[0])
-    out = [(n - 1) * s - p[0] - p[1] + (k - 1) + 1 + op
-           for n, k, s, p, op in zip((h, w), a.kernel, a.strides, a.padding, a.output_padding)]
-    return (out[0], out[1], a.features)
+    return tuple(g.out(n) for g, n in zip(_deconv_geometry(a), (h, w))) + (a.features,)
 
 
 def _deconv_variables(a: ConvTransposeAttrs, ins):
@@ -235,7 +239,7 @@ def _deconv_from_keras(leaf, arr, a):
 
 
 register(OpDef(
-    "conv_transpose", ConvTransposeAttrs, _deconv_shape, variables=_deconv_variables,
+    "conv_transpose", ConvTransposeAttrs, _deconv_shape, variables=_deconv_variables, geometry=_deconv_geometry,
     macs=lambda a, ins, out: prod(ins[0]) * a.kernel[0] * a.kernel[1] * a.features, fusion="library", profile_rank=1,
     weights={"torch": _kernel_from_torch(linear_as_1x1=False), "keras": _deconv_from_keras},
     checkpoint_kind="conv",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from math import prod
 
 from .base import REQUIRED, Attrs, NoAttrs, OpDef, ShapeError, Surface, attrs_class, fmt, no_macs, register, spatial
+from .window import Affine
 
 MANY = 10**6
 
@@ -115,10 +116,13 @@ class PadAttrs(Attrs):
     value: float
 
 
+def _pad_geometry(a) -> tuple:
+    return tuple(Affine(1, before + after) for before, after in a.padding)
+
+
 def _pad_shape(a, ins):
     h, w, c = spatial("pad", ins[0])
-    (t, b), (l, r) = a.padding
-    return (h + t + b, w + l + r, c)
+    return tuple(g.out(n) for g, n in zip(_pad_geometry(a), (h, w))) + (c,)
 
 
 def _bind_pad(a, ctx):
@@ -127,7 +131,7 @@ def _bind_pad(a, ctx):
 
 
 register(OpDef(
-    "pad", PadAttrs, _pad_shape, macs=no_macs,
+    "pad", PadAttrs, _pad_shape, macs=no_macs, geometry=_pad_geometry,
     surfaces=(Surface("pad", {"p": REQUIRED, "value": 0.0}, _bind_pad, params_doc="`p`: `n`, `[h, w]`, `[t, b, l, r]`",
                       doc="constant padding (Keras ZeroPadding2D)"),)))
 
@@ -138,12 +142,18 @@ class CropAttrs(Attrs):
     fit: tuple | None = None  # a merge's centre crop: the branches it crops to the smallest of
 
 
+def _crop_geometry(a) -> tuple:
+    # as resolved at the declared size; a merge's centre crop (fit) follows its branches instead
+    return tuple(Affine(1, -(before + after)) for before, after in a.crop)
+
+
 def _crop_shape(a, ins):
     h, w, c = spatial("crop", ins[0])
-    (t, b), (l, r) = a.crop
-    if h - t - b < 1 or w - l - r < 1:
+    out = tuple(g.out(n) for g, n in zip(_crop_geometry(a), (h, w)))
+    if min(out) < 1:
+        (t, b), (l, r) = a.crop
         raise ShapeError(f"cropping {t}+{b}, {l}+{r} leaves nothing of {fmt(ins[0])}")
-    return (h - t - b, w - l - r, c)
+    return out + (c,)
 
 
 def _bind_crop(a, ctx):
@@ -152,7 +162,7 @@ def _bind_crop(a, ctx):
 
 
 register(OpDef(
-    "crop", CropAttrs, _crop_shape, macs=no_macs,
+    "crop", CropAttrs, _crop_shape, macs=no_macs, geometry=_crop_geometry,
     surfaces=(Surface("crop", {"p": REQUIRED}, _bind_crop, params_doc="`p` as for pad", doc="cropping"),)))
 
 
@@ -162,12 +172,17 @@ class UpsampleAttrs(Attrs):
     method: str               # 'nearest' | 'bilinear' (PyTorch's, align_corners=False)
 
 
+def _upsample_geometry(a) -> tuple | None:
+    # None: to the size of its second input (upsample(size=@t)), which compiler/sizes.py follows
+    return None if a.factor is None else tuple(Affine(f, 0) for f in a.factor)
+
+
 def _upsample_shape(a, ins):
     h, w, c = spatial("upsample", ins[0])
     if a.factor is None:
         th, tw, _ = spatial("upsample(size=…)'s target", ins[1])
         return (th, tw, c)
-    return (h * a.factor[0], w * a.factor[1], c)
+    return tuple(g.out(n) for g, n in zip(_upsample_geometry(a), (h, w))) + (c,)
 
 
 def _bind_upsample(a, ctx):
@@ -185,6 +200,7 @@ def _bind_upsample(a, ctx):
 
 register(OpDef(
     "upsample", UpsampleAttrs, _upsample_shape, arity=(1, 2), macs=no_macs, profile_rank=9,
+    geometry=_upsample_geometry,
     surfaces=(Surface("upsample", {"f": None, "mode": "nearest", "size": None}, _bind_upsample, tensors=("size",),
                       params_doc="`f`: factor (2); `size=@t`: to `t`'s height and width (F.interpolate(size=…): "
                                  "PyTorch's nearest index floor(dst · in / out)); `mode`: or `\"bilinear\"`",

@@ -62,7 +62,7 @@ def _bind_pool(a, ctx, kind: str):
 
 
 register(OpDef(
-    "pool", PoolAttrs, _pool_shape, window=_pool_window, profile_rank=3,
+    "pool", PoolAttrs, _pool_shape, geometry=_pool_window, profile_rank=3,
     macs=no_macs,           # a max or a sum: no multiply-accumulates
     surfaces=(
         Surface("maxpool", {"k": 2, "s": None, "p": 0, "ceil": False},

@@ -1,10 +1,11 @@
-"""The spatial description of a windowed op (conv, pools): per axis, its window, stride and
-padding, and how that padding re-resolves at another input size.
+"""The spatial description of an op whose output extents follow from its input's: per axis, a
+``Window`` (conv, pools: its window, stride and padding, and how that padding re-resolves at
+another input size) or an ``Affine`` map (pad, crop, upsample, a transposed conv).
 
-An op whose output extents come from a sliding window states ``OpDef.window(attrs) -> (Window,
-Window)`` (height, width). Its shape rule reads the windows at the declared size
-(``window_shape``), and compiler/sizes.py's size rule reads the same windows at every other size
-(``Window.apply``, ``Window.period``): the arithmetic is written once, here.
+Such an op states ``OpDef.geometry(attrs) -> (height's, width's)``. Its shape rule reads the
+description at the declared size (``window_shape``, ``Affine.out``), and compiler/sizes.py's
+size rule reads the same description at every other size (``apply``, ``period``): the
+arithmetic is written once, here.
 """
 from __future__ import annotations
 
@@ -112,6 +113,23 @@ class Window:
         eff − 1 (not a pool's)."""
         return self.stride == 1 and (self.mode == "same" or (self.mode is None and sum(self.pad) == self.eff - 1
                                                              and not self.pool))
+
+
+@dataclass(frozen=True)
+class Affine:
+    """out = mul·e + add on one axis (pad, crop, upsample, a transposed conv); valid while out >= 1."""
+    mul: int
+    add: int
+
+    def out(self, e: int) -> int:
+        return self.mul * e + self.add
+
+    def apply(self, e):
+        out = self.out(e)
+        return (out, True) if out >= 1 else (None, False)
+
+    def period(self):
+        return 1, self.mul, max(1, -((self.add - 1) // self.mul))
 
 
 def window_shape(op: str, s, windows) -> tuple:
