@@ -12,6 +12,7 @@ import pytest
 import archc
 from archc.compiler import ops
 from archc.compiler.ir import Node, verify
+from archc.compiler.ops.base import FUSIONS
 from archc.tools import ops_doc
 
 from test_lowering import every_op_graph, roi_op_graph
@@ -52,14 +53,16 @@ def test_every_op_with_a_geometry_derives_its_size_rule_from_it():
     rule of such an op is compiler/sizes.py's reading of it (crop and upsample first take
     their merge-crop and size=@t cases, which follow other nodes)."""
     from archc.compiler import sizes
-    derived = {name for name, op in ops.OPS.items() if op.geometry is not None and sizes.SIZE_RULES[name] is sizes._geometry_rule}
+    derived = {name for name, op in ops.OPS.items()
+               if op.geometry is not None and sizes.SIZE_RULES[name] is sizes._geometry_rule}
     assert {"conv", "pool", "conv_transpose", "pad"} <= derived
     g = every_op_graph().output()
-    for node in g:
-        geometry = ops.OPS[node.op].geometry
-        if node.op in ("conv", "conv_transpose", "pad") and geometry is not None:
-            for axis in (0, 1):
-                assert sizes.SIZE_RULES[node.op](node, axis, g) in (geometry(node.attrs)[axis], sizes.KEEP), node.name
+    read = [node for node in g if node.op in derived]
+    assert {node.op for node in read} == derived
+    for node in read:
+        for axis in (0, 1):
+            rule = sizes.SIZE_RULES[node.op](node, axis, g)
+            assert rule in (ops.OPS[node.op].geometry(node.attrs)[axis], sizes.KEEP), node.name
 
 
 def test_every_op_states_its_facts():
@@ -67,7 +70,7 @@ def test_every_op_states_its_facts():
     kinds the memory estimate knows, and the profile's ranks name one op each."""
     for op in ops.OPS.values():
         assert callable(op.macs), op.name
-        assert op.fusion in ("library", "elementwise", "recomputed", "buffer"), op.name
+        assert op.fusion in FUSIONS, op.name
     ranks = [op.profile_rank for op in ops.OPS.values() if op.profile_rank is not None]
     assert len(ranks) == len(set(ranks))
 

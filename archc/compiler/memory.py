@@ -2,18 +2,19 @@
 activation bytes per image in inference (the peak of what is live at once) and in a training
 step (the peak of what it holds), optimizer state, and the largest batch that fits a budget.
 
-The model of what XLA materialises: ops that XLA runs as library calls or reductions (conv,
-dense, pools, concat, normalisations with statistics) write a buffer; elementwise ops (bn in
-inference, activations, add, mul, scale, dropout) fuse into their consumer unless a consumer
-is a library call (a convolution reads its input from memory), or the tensor is read twice.
-A buffer lives from the node that writes it to the last node that reads it (through fused
-ones, and through chains of concatenations, which XLA flattens into one). Training walks the
-step as XLA schedules it (training_schedule): each op's backward reads the tensors its saved
-rule names (``@saved_rule``, one for every op), as XLA:CPU runs our lowering (a lax conv's input transposed, a depthwise conv's
-input, BN's input and centred input, ...); the backward pass frees them node by
-node while activation gradients come and go; the peak of that walk, plus one parameter-sized
-set of buffers, is the step's temporary memory. A conv whose kernel window covers more cells
-than its input adds a reversed copy of its kernel (kernel_workspace).
+The model of what XLA materialises (each op's ``OpDef.fusion``): ops that XLA runs as library
+calls or reductions (conv, dense, pools, concat, normalisations with statistics) write a
+buffer; elementwise ops (bn in inference, activations, add, mul, scale, dropout) fuse into
+their consumer unless a consumer is a library call (a convolution reads its input from memory),
+or the tensor is read twice. A buffer lives from the node that writes it to the last node that
+reads it (through fused ones, and through chains of concatenations, which XLA flattens into
+one). Training walks the step as XLA schedules it (training_schedule): each op's backward reads
+the tensors its saved rule names (``@saved_rule``, one for every op), as XLA:CPU runs our
+lowering (a lax conv's input transposed, a depthwise conv's input, BN's input and centred
+input, ...); the backward pass frees them node by node while activation gradients come and go;
+the peak of that walk, plus one parameter-sized set of buffers, is the step's temporary memory.
+A conv whose kernel window covers more cells than its input adds a reversed copy of its kernel
+(kernel_workspace).
 tests/test_memory.py checks the totals against ``compiled.memory_analysis()`` of XLA itself.
 """
 from __future__ import annotations
