@@ -125,7 +125,7 @@ def test_decomposed_layernorm_and_ops_at_opset_13():
 def activation_graph():
     g = GraphBuilder("activations", (5, 5, 6))
     branches = []
-    for fn, alpha in ops.ACTIVATIONS.items():
+    for fn, alpha in ((a.name, a.alpha) for a in ops.ACTIVATIONS.values()):
         x = g.conv("input", 6, 1, name=f"{fn}_conv")
         branches.append(g.act(x, fn, name=fn, **({} if alpha is None else {"alpha": alpha * 1.5})))
     x = g.add("concat", branches, name="cat")

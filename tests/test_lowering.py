@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.special import erf
 
 from ir_helpers import P0, GraphBuilder, resnet50_graph
 
@@ -41,14 +40,16 @@ def run_single(op, in_shape, x, batch=2, params=None, stats=None, **attrs):
 
 
 # ---------------------------------------------------------------- numpy references
-NUMPY_REFERENCES: dict[str, str] = {}     # IR op -> the test that checks its lowering against NumPy
+# IR op -> the test that checks its lowering against NumPy: a rule table like the passes' own
+# (ops.RULE_TABLES), which tests/test_registry.py holds to every op
+NUMPY_REFERENCES, _ = ops.pass_rules("numpy reference test")
 
 
-def numpy_reference(*ops):
-    """Registers a test as the NumPy reference of ``ops`` (tests/test_registry.py checks that
-    every op has one)."""
+def numpy_reference(*names):
+    """Registers a test as the NumPy reference of ``names`` (several tests may check one op)."""
     def mark(test):
-        for op in ops:
+        for op in names:
+            assert op in NUMPY_REFERENCES.covers(), op
             NUMPY_REFERENCES.setdefault(op, test.__name__)
         return test
     return mark
@@ -331,36 +332,17 @@ def test_shuffle_matches_pytorch_channel_shuffle():
     close(y, ref, 0)
 
 
-def _sigmoid(x):
-    return 1 / (1 + np.exp(-x))
-
-
-ACT_REFS = {
-    "relu": lambda x: np.maximum(x, 0),
-    "relu6": lambda x: np.clip(x, 0, 6),
-    "leaky_relu": lambda x: np.where(x > 0, x, 0.2 * x),
-    "elu": lambda x: np.where(x > 0, x, 0.7 * (np.exp(x) - 1)),
-    "sigmoid": _sigmoid,
-    "tanh": np.tanh,
-    "swish": lambda x: x * _sigmoid(x),
-    "hard_swish": lambda x: x * np.clip(x + 3, 0, 6) / 6,
-    "hard_sigmoid": lambda x: np.clip(x + 3, 0, 6) / 6,
-    "gelu": lambda x: 0.5 * x * (1 + erf(x / np.sqrt(2))),
-    "gelu_tanh": lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))),
-    "softmax": lambda x: np.exp(x - x.max(-1, keepdims=True)) / np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True),
-    "softplus": lambda x: np.log1p(np.exp(x)),
-    "mish": lambda x: x * np.tanh(np.log1p(np.exp(x))),
-}
-
-
 @numpy_reference('act')
-@pytest.mark.parametrize("fn", sorted(ACT_REFS))
+@pytest.mark.parametrize("fn", sorted(ops.ACTIVATIONS))
 def test_activation(fn):
+    """Each activation's lowering against the NumPy reference of its record (ops.ACTIVATIONS),
+    at an alpha other than its default where it takes one."""
     x = rand(2, 2, 3, 8) * 4
     x[0, 0, 0, :4] = [-3.0, 3.0, 0.0, 6.5]            # the hard_* kinks
-    attrs = {"alpha": 0.2} if fn == "leaky_relu" else {"alpha": 0.7} if fn == "elu" else {}
-    y, _ = run_single("act", (2, 3, 8), x, fn=fn, **attrs)
-    close(y, ACT_REFS[fn](x.astype(np.float64)), 2e-6)
+    act = ops.ACTIVATIONS[fn]
+    alpha = None if act.alpha is None else act.alpha * 0.7 + 0.1
+    y, _ = run_single("act", (2, 3, 8), x, fn=fn, **({} if alpha is None else {"alpha": alpha}))
+    close(y, act.numpy_ref(x.astype(np.float64), alpha), 2e-6)
 
 
 @numpy_reference('bn')

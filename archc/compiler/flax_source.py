@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from . import flax_ops
 from .ir import Graph, Node
-from .ops import node_variables, pass_rules
+from .ops import ACTIVATIONS, node_variables, pass_rules
 
 # IR op -> fn(node, xs, e) -> a Python expression; filled by @flax_rule.
 FLAX_RULES, flax_rule = pass_rules("flax rule")
@@ -128,20 +128,12 @@ def _normalize(node: Node, xs, e):
     return f'({xs[0]} - v["mean"]) / jnp.maximum(jnp.sqrt(v["var"]), {node.attrs.eps!r})'
 
 
-ACTIVATION_SOURCES: dict[str, str] = {
-    "relu": "jax.nn.relu({x})", "relu6": "relu6({x})", "leaky_relu": "jax.nn.leaky_relu({x}, {alpha!r})",
-    "elu": "jax.nn.elu({x}, {alpha!r})", "sigmoid": "jax.nn.sigmoid({x})", "tanh": "jnp.tanh({x})",
-    "swish": "jax.nn.silu({x})", "hard_swish": "jax.nn.hard_swish({x})", "hard_sigmoid": "jax.nn.hard_sigmoid({x})",
-    "gelu": "jax.nn.gelu({x}, approximate=False)", "gelu_tanh": "jax.nn.gelu({x}, approximate=True)",
-    "softmax": "jax.nn.softmax({x}, axis=-1)", "softplus": "jax.nn.softplus({x})", "mish": "jax.nn.mish({x})",
-}
-
-
 @flax_rule("act")
 def _act(node: Node, xs, e):
-    if node.attrs.fn == "relu6":
-        e.use("relu6")
-    return ACTIVATION_SOURCES[node.attrs.fn].format(x=xs[0], alpha=node.attrs.alpha)
+    act = ACTIVATIONS[node.attrs.fn]          # its source is part of its record
+    for helper in act.uses:
+        e.use(helper)
+    return act.flax_source.format(x=xs[0], alpha=node.attrs.alpha)
 
 
 @flax_rule("scale")

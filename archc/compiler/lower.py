@@ -32,7 +32,7 @@ from jax import lax
 
 from . import flax_ops, graph_queries
 from .ir import Graph, Node
-from .ops import OPS, VarSpec, pass_rules, variable_specs, variables_tree  # noqa: F401  (VarSpec, variables_tree: re-exported)
+from .ops import OPS, VarSpec, activation_names, pass_rules, variable_specs, variables_tree  # noqa: F401  (VarSpec, variables_tree: re-exported)
 from .ops.conv import cpu_conv_path
 from .ops.pool import axis_counts, cpu_pool_separable
 
@@ -479,7 +479,8 @@ def _relu6(x):
     return jnp.minimum(jnp.maximum(x, 0.0), 6.0)
 
 
-ACTIVATION_FNS: dict[str, Callable] = {
+# activation -> fn(x, attrs): the rest of what is known of an activation is its record (ops.ACTIVATIONS)
+ACTIVATION_FNS, _ = pass_rules("activation lowering", covers=activation_names, rules={
     "relu": lambda x, a: _relu(x),
     "relu6": lambda x, a: _relu6(x),
     "leaky_relu": lambda x, a: jax.nn.leaky_relu(x, a.alpha),
@@ -494,7 +495,7 @@ ACTIVATION_FNS: dict[str, Callable] = {
     "softmax": lambda x, a: jax.nn.softmax(_at_least_f32(x), axis=-1),   # f32 under bf16
     "softplus": lambda x, a: jax.nn.softplus(x),
     "mish": lambda x, a: x * jnp.tanh(jax.nn.softplus(x)),
-}
+})
 
 
 @lowering("act")

@@ -2,18 +2,19 @@
 activation bytes per image in inference (the peak of what is live at once) and in a training
 step (the peak of what it holds), optimizer state, and the largest batch that fits a budget.
 
-The model of what XLA materialises: ops that XLA runs as library calls or reductions (conv,
-dense, pools, concat, normalisations with statistics) write a buffer; elementwise ops (bn in
-inference, activations, add, mul, scale, dropout) fuse into their consumer unless a consumer
-is a library call (a convolution reads its input from memory), or the tensor is read twice.
-A buffer lives from the node that writes it to the last node that reads it (through fused
-ones, and through chains of concatenations, which XLA flattens into one). Training walks the
-step as XLA schedules it (training_schedule): each op's backward reads the tensors its SAVED
-rule names, as XLA:CPU runs our lowering (a lax conv's input transposed, a depthwise conv's
-input, BN's input and centred input, ...); the backward pass frees them node by
-node while activation gradients come and go; the peak of that walk, plus one parameter-sized
-set of buffers, is the step's temporary memory. A conv whose kernel window covers more cells
-than its input adds a reversed copy of its kernel (kernel_workspace).
+The model of what XLA materialises (each op's ``OpDef.fusion``): ops that XLA runs as library
+calls or reductions (conv, dense, pools, concat, normalisations with statistics) write a
+buffer; elementwise ops (bn in inference, activations, add, mul, scale, dropout) fuse into
+their consumer unless a consumer is a library call (a convolution reads its input from memory),
+or the tensor is read twice. A buffer lives from the node that writes it to the last node that
+reads it (through fused ones, and through chains of concatenations, which XLA flattens into
+one). Training walks the step as XLA schedules it (training_schedule): each op's backward reads
+the tensors its saved rule names (``@saved_rule``, one for every op), as XLA:CPU runs our
+lowering (a lax conv's input transposed, a depthwise conv's input, BN's input and centred
+input, ...); the backward pass frees them node by node while activation gradients come and go;
+the peak of that walk, plus one parameter-sized set of buffers, is the step's temporary memory.
+A conv whose kernel window covers more cells than its input adds a reversed copy of its kernel
+(kernel_workspace).
 tests/test_memory.py checks the totals against ``compiled.memory_analysis()`` of XLA itself.
 """
 from __future__ import annotations
@@ -27,11 +28,9 @@ from .ir import readers as graph_readers
 from .ops.conv import cpu_conv_path
 from .ops.pool import cpu_pool_separable
 
-LIBRARY_CALLS = {"conv", "conv_transpose", "dense"}
-ELEMENTWISE = {"act", "bn", "scale", "dropout", "drop_path", "layer_scale", "rescale", "identity", "add", "mul",
-               "normalize"}
-# optimizer -> state floats per trainable parameter (optax: sgd with momentum keeps one trace,
-# adam/adamw two moments, rmsprop one average, or two with momentum)
+# optimizer (`archc build --optimizer`) -> state floats per trainable parameter, as optax keeps
+# them: sgd none, sgd with momentum (or nesterov) one trace, rmsprop one average (without
+# momentum: `archc train`'s rmsprop, Inception's, adds a momentum trace), adam/adamw/lamb two moments
 OPTIMIZER_STATE = {"sgd": 0, "momentum": 1, "nesterov": 1, "rmsprop": 1, "adam": 2, "adamw": 2, "lamb": 2}
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
@@ -50,6 +49,10 @@ def _bytes(shape, itemsize=4) -> int:
     return prod(shape) * itemsize
 
 
+def _fusion(node) -> str:
+    return ops.OPS[node.op].fusion
+
+
 def materialised(graph: Graph, readers: dict | None = None, train: bool = False) -> set:
     """The nodes whose output XLA writes to memory (the rest fuse into their readers)."""
     readers = readers or graph_readers(graph)
@@ -58,8 +61,8 @@ def materialised(graph: Graph, readers: dict | None = None, train: bool = False)
         if node.op == "input":
             continue
         rs = readers[node.name]
-        fused = node.op in ELEMENTWISE and not (train and node.op == "bn")
-        if not fused or len(rs) != 1 or any(graph.nodes[r].op in LIBRARY_CALLS for r in rs) \
+        fused = _fusion(node) in ("elementwise", "recomputed") and not (train and node.op == "bn")
+        if not fused or len(rs) != 1 or any(_fusion(graph.nodes[r]) == "library" for r in rs) \
                 or node.name in graph.outputs:
             out.add(node.name)
     return out
@@ -119,14 +122,37 @@ def inference_peak(graph: Graph, itemsize: int = 4) -> int:
 # What each op's backward pass reads, as XLA:CPU runs our lowering (compiler/lower.py), found
 # in the buffer assignment of compiled training steps (XLA_FLAGS=--xla_dump_to; BENCHMARKS.md
 # lists the networks): rule(node, in_shapes, graph) -> [(tensor, elements)], a tensor named
-# (producer, what) so that two readers of one value count it once. An op not listed keeps
-# nothing (add, concat, flatten, avg pools, ...). Not yet checked against a dump, and written
-# from the math: conv_transpose, layernorm, groupnorm, layer_scale, lrn, l2norm, normalize,
-# global and adaptive max pools.
+# (producer, what) so that two readers of one value count it once. Every op states its rule
+# (``saves_nothing``: add, concat, flatten, avg pools, ...; tests/test_registry.py holds the
+# table to OPS). Not yet checked against a dump, and written from the math: conv_transpose,
+# layernorm, groupnorm, layer_scale, lrn, l2norm, normalize, global and adaptive max pools, and
+# the RoI ops.
+SAVED, saved_rule = ops.pass_rules("saved tensors (memory)")
+
+
 def _value(name, shape):
     return ((name, "value"), prod(shape))
 
 
+@saved_rule("add", "concat", "flatten", "reshape", "shuffle", "slice", "pad", "crop", "upsample", "identity",
+            "scale", "rescale", "drop_path")
+def saves_nothing(node, ins, graph):
+    """Linear in its input (or a copy), or a per-sample constant: its gradient reads nothing
+    (bilinear upsampling's weights are constants of the sizes)."""
+    return []
+
+
+@saved_rule("dense", "layer_scale", "normalize")
+def saves_input(node, ins, graph):
+    return [_value(node.inputs[0], ins[0])]
+
+
+@saved_rule("lrn", "l2norm")
+def saves_input_and_output(node, ins, graph):
+    return [_value(node.inputs[0], ins[0]), _value(node.name, node.shape)]
+
+
+@saved_rule("conv", "conv_transpose")
 def _conv_saved(node, ins, graph):
     path = cpu_conv_path(node.attrs, (1,) + tuple(ins[0])) if node.op == "conv" else None
     x = node.inputs[0]
@@ -142,6 +168,7 @@ def _conv_saved(node, ins, graph):
     return [((x, "transposed"), prod(ins[0]))]
 
 
+@saved_rule("pool")
 def _pool_saved(node, ins, graph):
     if node.attrs.kind == "avg":
         return []                  # a sum: its gradient reads nothing
@@ -156,41 +183,65 @@ def _pool_saved(node, ins, graph):
     return [((node.name, "out"), prod(node.shape))]
 
 
+@saved_rule("global_pool", "adaptive_pool")
+def _reduce_pool_saved(node, ins, graph):
+    return [] if node.attrs.kind == "avg" else [_value(node.inputs[0], ins[0])]
+
+
+@saved_rule("bn", "layernorm", "groupnorm")
 def _norm_saved(node, ins, graph):        # the input, and the centred input x - mean
     return [_value(node.inputs[0], ins[0]), ((node.name, "centred"), prod(ins[0]))]
 
 
-_OUTPUT_GRADIENT = {"sigmoid", "tanh", "softmax"}     # d/dx from the output; the rest read the input
+def _grad_from_output(node) -> bool:
+    return node.op == "act" and ops.ACTIVATIONS[node.attrs.fn].grad_from == "output"
 
 
-# XLA duplicates cheap elementwise ops into each reader but not transcendental ones: swish's
-# sigmoid (GELU's erf, ...) is written once in the forward pass and kept for the backward
-_TRANSCENDENTAL = {"swish", "gelu", "gelu_tanh", "elu", "softplus", "mish"}
-
-
+@saved_rule("act")
 def _act_saved(node, ins, graph):
-    if node.attrs.fn in _OUTPUT_GRADIENT:
+    act = ops.ACTIVATIONS[node.attrs.fn]
+    if act.grad_from == "output":
         return [_value(node.name, node.shape)]
-    inner = [((node.name, "inner"), prod(node.shape))] if node.attrs.fn in _TRANSCENDENTAL else []
+    # XLA duplicates cheap elementwise ops into each reader but not transcendental ones: swish's
+    # sigmoid (GELU's erf, ...) is written once in the forward pass and kept for the backward
+    inner = [((node.name, "inner"), prod(node.shape))] if act.transcendental else []
     return [_value(node.inputs[0], ins[0])] + inner
 
 
-SAVED = {
-    "conv": _conv_saved, "conv_transpose": _conv_saved,
-    "dense": lambda node, ins, graph: [_value(node.inputs[0], ins[0])],
-    "pool": _pool_saved,
-    "global_pool": lambda node, ins, graph: [] if node.attrs.kind == "avg" else [_value(node.inputs[0], ins[0])],
-    "adaptive_pool": lambda node, ins, graph: [] if node.attrs.kind == "avg" else [_value(node.inputs[0], ins[0])],
-    "bn": _norm_saved, "layernorm": _norm_saved, "groupnorm": _norm_saved,
-    "act": _act_saved,
-    "mul": lambda node, ins, graph: [_value(n, s) for n, s in zip(node.inputs, ins)],
-    "layer_scale": lambda node, ins, graph: [_value(node.inputs[0], ins[0])],
-    "lrn": lambda node, ins, graph: [_value(node.inputs[0], ins[0]), _value(node.name, node.shape)],
-    "l2norm": lambda node, ins, graph: [_value(node.inputs[0], ins[0]), _value(node.name, node.shape)],
-    "normalize": lambda node, ins, graph: [_value(node.inputs[0], ins[0])],
-    # the Bernoulli mask, one byte an element (counted in float32 elements below)
-    "dropout": lambda node, ins, graph: [((node.name, "mask"), -(-prod(node.shape) // 4))],
-}
+@saved_rule("mul")
+def _mul_saved(node, ins, graph):             # each factor's gradient reads the others
+    return [_value(n, s) for n, s in zip(node.inputs, ins)]
+
+
+@saved_rule("dropout")
+def _dropout_saved(node, ins, graph):
+    # the Bernoulli mask, one byte an element (counted in float32 elements)
+    return [((node.name, "mask"), -(-prod(node.shape) // 4))]
+
+
+@saved_rule("roi_align")
+def _roi_align_saved(node, ins, graph):
+    # what the VJP of flax_ops.roi_align keeps (jax.ad_checkpoint.print_saved_residuals): per
+    # RoI, each sample's four taps (an int32 cell index and a float weight each) and three
+    # output-sized values of its scan. XLA's backward also holds the taps' gradients while it
+    # runs (measured: about 2 x 4 x samples x C a RoI), not counted here
+    a = node.attrs
+    grid = a.sampling if a.sampling > 0 else 2
+    rois, (ph, pw), c = node.shape[0], node.shape[1:3], node.shape[-1]
+    return [((node.name, "taps"), rois * ph * pw * grid * grid * 4 * 2),
+            ((node.name, "scan"), rois * 3 * ph * pw * c)]
+
+
+@saved_rule("roi_pool")
+def _roi_pool_saved(node, ins, graph):
+    # what the VJP of flax_ops.roi_pool keeps, per RoI: its two maxima (over each bin's
+    # columns, then rows) are taken over the masked map, and a max's gradient reads where its
+    # input equals its output: the masked inputs (float) and their masks (bool, a quarter of a
+    # float), (PW, H, W, C) and (PH, PW, H, C), the column maxima (PW, H, C) and the output
+    # with its empty-bin mask. Measured: 3.94 MB a RoI on a 38x38x64 map, as counted here
+    rois, (ph, pw), (h, w, c) = node.shape[0], node.shape[1:3], ins[1]
+    masked = pw * h * w * c + ph * pw * h * c + ph * pw * c
+    return [((node.name, "masked"), rois * (masked + masked // 4 + pw * h * c))]
 
 
 def _depthwise_workspace(node, ins):
@@ -203,9 +254,6 @@ def _depthwise_workspace(node, ins):
     return (h + dh * (kh - 1)) * (w + dw * (kw - 1)) * c + (kh * kw - 1) * h * w * c
 
 
-RECOMPUTED = {"act", "add", "scale", "identity", "rescale", "layer_scale"}
-
-
 def _recomputed(graph: Graph, tensors: list) -> list:
     """XLA fuses an elementwise op into its readers in the backward pass too: rather than keep
     its output it keeps what it is computed from (an activation's input, BN's centred input)."""
@@ -213,7 +261,7 @@ def _recomputed(graph: Graph, tensors: list) -> list:
     while todo:
         (name, what), elems = todo.pop()
         node = graph.nodes[name]
-        if what == "value" and node.op in RECOMPUTED and not (node.op == "act" and node.attrs.fn in _OUTPUT_GRADIENT):
+        if what == "value" and _fusion(node) == "recomputed" and not _grad_from_output(node):
             todo.extend(_value(i, graph.nodes[i].shape) for i in node.inputs)
         elif what == "value" and node.op == "bn":
             todo.append(((name, "centred"), prod(node.shape)))
@@ -235,7 +283,7 @@ def trained_nodes(graph: Graph) -> list:
 
 def training_schedule(graph: Graph, itemsize: int = 4) -> list:
     """Walk a training step as XLA schedules it: the forward pass writes what each node's
-    backward reads (SAVED) and the buffers of the inference model; the backward pass, in reverse,
+    backward reads (its saved rule) and the buffers of the inference model; the backward pass, in reverse,
     holds one gradient buffer per materialised tensor from its first reader's backward to its
     producer's, plus what a node's backward holds while it runs (_depthwise_workspace), and frees
     what a node saved once that node's backward ran. Returns the bytes
@@ -249,10 +297,9 @@ def training_schedule(graph: Graph, itemsize: int = 4) -> list:
     saved: dict = {}                    # tensor -> (elements, index of its earliest reader)
     for n in names:
         node = nodes[n]
-        rule = SAVED.get(node.op)
-        if rule is None:
+        if node.op == "input":
             continue
-        for key, elems in _recomputed(graph, rule(node, [nodes[i].shape for i in node.inputs], graph)):
+        for key, elems in _recomputed(graph, SAVED[node.op](node, [nodes[i].shape for i in node.inputs], graph)):
             if key[1] == "value" and nodes[key[0]].op == "input":
                 continue               # the batch is an argument, not a temporary
             e, first = saved.get(key, (elems, index[n]))

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from .ir import Graph, Node
-from .ops import pass_rules, variable_specs
+from .ops import activation_names, pass_rules, variable_specs
 from .ops.pool import axis_counts
 
 # IR op -> fn(node, xs, v, e) -> name of the value it produces; filled by @onnx_rule.
@@ -289,7 +289,7 @@ def _hard_swish(x, e: Emitter):
 
 
 # activation -> fn(x, attrs, e, shape); PyTorch's constants where ONNX's defaults differ
-ACTIVATION_RULES: dict[str, Callable] = {
+ACTIVATION_RULES, _ = pass_rules("activation onnx rule", covers=activation_names, rules={
     "relu": lambda x, a, e, s: e.op("Relu", [x]),
     "relu6": lambda x, a, e, s: e.op("Clip", [x, e.const(0.0), e.const(6.0)]),
     "leaky_relu": lambda x, a, e, s: e.op("LeakyRelu", [x], alpha=a.alpha),
@@ -304,7 +304,7 @@ ACTIVATION_RULES: dict[str, Callable] = {
     "softmax": lambda x, a, e, s: e.op("Softmax", [x], axis=channel_axis(s)),
     "softplus": lambda x, a, e, s: e.op("Softplus", [x]),
     "mish": lambda x, a, e, s: _mish(x, e),
-}
+})
 
 
 @onnx_rule("act")

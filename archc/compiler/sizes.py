@@ -32,14 +32,30 @@ from typing import Callable
 
 from . import ops
 from .ir import Graph
-from .ops.base import conv_out
-from .ops.conv import inferred_stride, same_padding
-from .ops.pool import ceil_extra
+from .ops.conv import inferred_stride
+from .ops.window import Affine, Window
 
-SIZE_RULES, size_rule = ops.pass_rules("size rule")
+SIZE_RULES, size_rule = ops.pass_rules("size rule", covers=ops.all_ops)
 AXES = ("height", "width")
-VEC = 0          # the axis is gone: a vector whose length does not depend on it
-# A negative extent -L: a vector of L values whose length depends on the axis (after flatten).
+# An extent on an axis is an int: n >= 1, the axis's size; VEC, the axis is gone and the
+# vector's length does not depend on it (a global pool); vector(L), a vector of L values whose
+# length depends on the axis (after a flatten). vector(L) is stored as -L, so that the affine
+# arithmetic of extents over a piece (e + Q·k, its slope negated as well) carries it unchanged;
+# read it only through is_vector and vector_length.
+VEC = 0
+
+
+def vector(length: int) -> int:
+    """The extent of a vector of `length` values (or the slope of such a length)."""
+    return -length
+
+
+def is_vector(e: int) -> bool:
+    return e <= 0
+
+
+def vector_length(e: int) -> int:
+    return -e
 
 
 class CannotDerive(Exception):
@@ -64,66 +80,8 @@ class Keep:
 KEEP = Keep()
 
 
-@dataclass(frozen=True)
-class Window:
-    eff: int                  # the window's extent (dilated)
-    stride: int
-    pad: tuple                # (before, after) as resolved at the declared size
-    mode: str | None = None   # None: fixed padding, floor; 'same': TF's, per size; 'ceil': ceil mode
-    pool: bool = False        # pools reject padding above half the kernel
-    padded: int = 0           # of its input, cells a pad node added (not data: exactness tiles the rest)
-    keep = False
-
-    def padding(self, e):
-        """(before, after) at input extent e, ceil mode's extra cells included."""
-        s, k = self.stride, self.eff
-        pad = same_padding(e, k, s) if self.mode == "same" else self.pad
-        if self.mode == "ceil":
-            return pad, (pad[0], pad[1] + ceil_extra(e, k, s, pad))
-        return pad, pad
-
-    def left_out(self, e, out) -> int:
-        """Input cells at the end that no window reaches (padding not counted)."""
-        _, total = self.padding(e)
-        return max(0, e + total[0] - ((out - 1) * self.stride + self.eff))
-
-    def apply(self, e):
-        s, k = self.stride, self.eff
-        pad, total = self.padding(e)
-        if self.pool and max(pad) * 2 > k:
-            return None, False
-        if k > e + total[0] + total[1]:
-            return None, False
-        out = conv_out(e, k, s, total)
-        if out < 1:
-            return None, False
-        return out, s == 1 or out * s == e - self.padded
-
-    def period(self):
-        if self.mode == "same":
-            lo = 1
-        elif self.mode == "ceil":
-            lo = self.eff - sum(self.pad) - self.stride + 1
-        else:
-            lo = self.eff - sum(self.pad)
-        return self.stride, 1, max(1, lo)
-
-
-
-@dataclass(frozen=True)
-class Affine:
-    """out = mul·e + add (pad, crop, upsample, transposed conv); valid while out >= 1."""
-    mul: int
-    add: int
-    keep = False
-
-    def apply(self, e):
-        out = self.mul * e + self.add
-        return (out, True) if out >= 1 else (None, False)
-
-    def period(self):
-        return 1, self.mul, max(1, -((self.add - 1) // self.mul))
-
+# Window and Affine (ops/window.py): an op's own spatial description (OpDef.geometry), read at
+# every size.
 
 
 @dataclass(frozen=True)
@@ -195,54 +153,27 @@ class StrideTo:
     keep = False
 
 
-def _conv_rule(a, axis, eff):
-    if a.stride_fit is not None:
-        return StrideTo(a.stride_fit, eff, a.padding[axis], ())
-    w = Window(eff, a.strides[axis], a.padding[axis], a.padding_rule)
-    return KEEP if _keeps(w) else w
-
-
-def _keeps(w: Window) -> bool:
-    """A window that keeps every size: stride 1 with 'same' padding, or padding eff − 1."""
-    return w.stride == 1 and (w.mode == "same" or (w.mode is None and sum(w.pad) == w.eff - 1 and not w.pool))
-
-
-@size_rule("conv")
-def _(node, axis, graph):
-    a = node.attrs
-    return _conv_rule(a, axis, a.dilation[axis] * (a.kernel[axis] - 1) + 1)
-
-
-@size_rule("pool")
-def _(node, axis, graph):
-    a = node.attrs
-    mode = a.padding_rule or ("ceil" if a.ceil else None)
-    w = Window(a.kernel[axis], a.strides[axis], a.padding[axis], mode, pool=True)
-    return KEEP if w.stride == 1 and mode == "same" else w
-
-
-@size_rule("conv_transpose")
-def _(node, axis, graph):
-    a = node.attrs
-    s = a.strides[axis]
-    return Affine(s, a.kernel[axis] + a.output_padding[axis] - s - sum(a.padding[axis]))
-
-
-@size_rule("pad")
-def _(node, axis, graph):
-    return Affine(1, sum(node.attrs.padding[axis]))
+def _geometry_rule(node, axis, graph):
+    """An op with a spatial description (``OpDef.geometry``: conv, pools, conv_transpose, pad,
+    crop, upsample): its own Window or Affine map on this axis."""
+    g = ops.OPS[node.op].geometry(node.attrs)[axis]
+    if isinstance(g, Window):
+        if g.stride_fit is not None:
+            return StrideTo(g.stride_fit, g.eff, g.pad, ())
+        return KEEP if g.keeps_size() else g
+    return g
 
 
 @size_rule("crop")
 def _(node, axis, graph):
     if node.attrs.fit is not None:
         return CropTo(tuple(node.attrs.fit))
-    return Affine(1, -sum(node.attrs.crop[axis]))
+    return _geometry_rule(node, axis, graph)
 
 
 @size_rule("upsample")
 def _(node, axis, graph):
-    return Affine(node.attrs.factor[axis], 0) if node.attrs.factor is not None else ResizeTo()
+    return _geometry_rule(node, axis, graph) if node.attrs.factor is not None else ResizeTo()
 
 
 @size_rule("adaptive_pool")
@@ -277,6 +208,10 @@ def _(node, axis, graph):
 def _(node, axis, graph):
     return Merge("smallest" if node.attrs.crop else "equal")
 
+
+for _op in ops.OPS.values():
+    if _op.geometry is not None and _op.name not in SIZE_RULES:
+        size_rule(_op.name)(_geometry_rule)
 
 for _op in ("roi_align", "roi_pool"):
     # R x PH x PW x C whatever the image's size (the RoIs are in image pixels)
@@ -364,7 +299,7 @@ class Followed:
     n: int
     valid: bool
     exact: bool
-    out: int | None = None           # the primary output's extent on this axis (VEC, -L, or a size)
+    out: int | None = None           # the primary output's extent on this axis (VEC, vector(L), or a size)
     failed: str | None = None        # the first node that rejects the size
     inexact: list = field(default_factory=list)   # (node, input extent, output extent)
     unknown: str | None = None       # a node at which the IR cannot say (a choice it does not keep)
@@ -373,14 +308,14 @@ class Followed:
 
 def _apply_merge(rule: Merge, ins):
     if rule.kind == "broadcast":
-        if all(e <= 0 for e in ins):
+        if all(is_vector(e) for e in ins):
             return (ins[0] if len(set(ins)) == 1 else None), True
         sizes = {e for e in ins if e != 1}
-        if len(sizes) > 1 or any(e <= 0 for e in ins):
+        if len(sizes) > 1 or any(is_vector(e) for e in ins):
             return None, False
         return (sizes.pop() if sizes else 1), True
-    if all(e <= 0 for e in ins):        # concatenated vectors: the lengths add
-        return (VEC if all(e == VEC for e in ins) else sum(ins)), True
+    if all(is_vector(e) for e in ins):        # concatenated vectors: the lengths add
+        return (VEC if all(e == VEC for e in ins) else vector(sum(map(vector_length, ins)))), True
     if rule.kind == "smallest":
         t = min(ins)
         return t, all((e - t) % 2 == 0 for e in ins)
@@ -396,9 +331,9 @@ def apply_step(step: Step, ins):
     if isinstance(rule, Vanish):
         return VEC, True
     if isinstance(rule, Flatten):
-        return -e * rule.per, True
+        return vector(e * rule.per), True
     if isinstance(rule, Reshape):
-        values = -e if e < 0 else e * rule.per
+        values = vector_length(e) if is_vector(e) else e * rule.per
         return (rule.out, True) if e == VEC or values == rule.values else (None, False)
     if isinstance(rule, ResizeTo):
         t = ins[1]
@@ -413,7 +348,7 @@ def apply_step(step: Step, ins):
         if st is None:
             return None, False
         return Window(rule.eff, st, rule.pad).apply(e)
-    if e <= 0:
+    if is_vector(e):
         return None, False
     return rule.apply(e)
 
@@ -466,7 +401,7 @@ def _single(step: Step, pieces, inexact: set):
     if isinstance(rule, (Vanish, Flatten, Reshape)):
         for pc in pieces:
             if isinstance(rule, Flatten):
-                out.append(Piece(pc.a, pc.P, pc.stop, -pc.e * rule.per, -pc.Q * rule.per, pc.exact))
+                out.append(Piece(pc.a, pc.P, pc.stop, vector(pc.e * rule.per), vector(pc.Q * rule.per), pc.exact))
             elif isinstance(rule, Vanish):
                 out.append(Piece(pc.a, pc.P, pc.stop, VEC, 0, pc.exact))
             elif pc.e == VEC:
@@ -606,7 +541,7 @@ def _joint(step: Step, input_pieces, inexact: set):
     for cb in _combos(input_pieces):
         # a crop's symmetry is the parity of a difference of extents: constant unless slopes differ by an odd number
         period = 2 if crops and len({d % 2 for c, d in cb.fs}) > 1 else 1
-        if any(c < 0 or d < 0 for c, d in cb.fs) and not all(d == 0 for c, d in cb.fs):
+        if any((is_vector(c) and c != VEC) or d < 0 for c, d in cb.fs) and not all(d == 0 for c, d in cb.fs):
             raise CannotDerive(f"{step.name} merges vectors whose length depends on the input")
         if isinstance(rule, Merge) and rule.identity_choice and len(set(cb.fs)) > 1:
             raise CannotDerive(f"the residual at {step.node.span} has an identity shortcut because its body keeps "
@@ -799,7 +734,7 @@ def output_expr(pc: Piece, var: str) -> str:
     """The output extent on a piece as a function of the input size."""
     if pc.e == VEC:
         return "vector"
-    sign = -1 if pc.e < 0 else 1
+    sign = -1 if is_vector(pc.e) else 1
     # extent = e + Q·(n − a)/P
     from fractions import Fraction
     slope = Fraction(sign * pc.Q, pc.P)

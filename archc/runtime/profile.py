@@ -23,9 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# the IR op that names a fused kernel: the most expensive kind of op inside it
-_OP_RANK = ["conv", "conv_transpose", "dense", "pool", "global_pool", "adaptive_pool", "lrn", "bn",
-            "normalize", "upsample", "concat", "add", "mul", "act"]
+from archc.compiler.ops import OPS
 
 _INSTR = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.+?) [\w\-]+\(")
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) ")
@@ -117,7 +115,7 @@ def profile_model(model, batch: int = 1, runs: int = 3, variables=None, dtype=No
     for thunk, ms in sorted(total.items(), key=lambda kv: -kv[1]):
         nodes, shape = names[thunk]
         kinds = {ops[n] for n in nodes}
-        kind = next((k for k in _OP_RANK if k in kinds), min(kinds) if kinds else "(copy/other)")
+        kind = kernel_op(kinds)
         rows.append({"kernel": thunk, "ms": ms, "op": kind, "nodes": nodes, "shape": shape})
         by_op[kind] += ms
     kernel_ms = sum(total.values())
@@ -127,6 +125,15 @@ def profile_model(model, batch: int = 1, runs: int = 3, variables=None, dtype=No
         "kernels": rows,
         "by_op": dict(sorted(by_op.items(), key=lambda kv: -kv[1])),
     }
+
+
+def kernel_op(kinds: set) -> str:
+    """The IR op that names a fused kernel: the most expensive kind of op inside it (the lowest
+    ``OpDef.profile_rank``), else the first by name."""
+    ranked = [k for k in kinds if OPS[k].profile_rank is not None]
+    if ranked:
+        return min(ranked, key=lambda k: OPS[k].profile_rank)
+    return min(kinds) if kinds else "(copy/other)"
 
 
 def describe_nodes(nodes: list[str], limit: int = 4) -> str:

@@ -5,13 +5,15 @@ Importing this package registers every op; ``OPS`` (IR op name -> OpDef) and ``S
 from. JAX-free, so that ``archc check`` never imports JAX.
 """
 from . import conv, pool, norm, elementwise, layout, roi  # noqa: F401  (registration, in the docs' order)
-from .base import (OPS, REQUIRED, SPELLINGS, SURFACES, Attrs, BindContext, NoAttrs, OpDef, ShapeError,
-                   Surface, Var, VarSpec, count, fmt, infer_shape, node_variables, pass_rules, spatial, variable_specs,
-                   variables_tree)
-from .elementwise import ACTIVATIONS
+from .base import (OPS, REQUIRED, RULE_TABLES, SPELLINGS, SURFACES, Attrs, BindContext, NoAttrs, OpDef, RuleTable,
+                   ShapeError, Surface, Var, VarSpec, all_ops, computing_ops, count, fmt, infer_shape, no_macs,
+                   node_variables, pass_rules, spatial, variable_specs, variables_tree)
+from .elementwise import ACTIVATIONS, Activation, activation_names
+from .window import Window
 
-__all__ = ["OPS", "SURFACES", "SPELLINGS", "REQUIRED", "Attrs", "NoAttrs", "BindContext", "OpDef", "Surface",
-           "ShapeError", "Var", "VarSpec", "ACTIVATIONS", "count", "fmt", "infer_shape", "node_variables",
+__all__ = ["OPS", "SURFACES", "SPELLINGS", "REQUIRED", "RULE_TABLES", "Attrs", "NoAttrs", "BindContext", "OpDef",
+           "RuleTable", "Surface", "ShapeError", "Var", "VarSpec", "ACTIVATIONS", "Activation", "Window",
+           "activation_names", "all_ops", "computing_ops", "count", "fmt", "infer_shape", "no_macs", "node_variables",
            "pass_rules", "spatial", "variable_specs", "variables_tree", "attrs_of"]
 
 

@@ -35,19 +35,6 @@ def spatial(op: str, s) -> tuple:
     return s
 
 
-def conv_out(size: int, k: int, s: int, pad: tuple, d: int = 1) -> int:
-    return (size + pad[0] + pad[1] - d * (k - 1) - 1) // s + 1
-
-
-def window_check(op, s, kernel, padding, dilation=(1, 1)):
-    for axis, (n, k, p, d) in enumerate(zip(s[:2], kernel, padding, dilation)):
-        eff = d * (k - 1) + 1
-        if eff > n + p[0] + p[1]:
-            raise ShapeError(f"{op} kernel {fmt(kernel)} is larger than its padded input "
-                             f"{fmt(s)} ({'height' if axis == 0 else 'width'} {n} + padding {p[0]}+{p[1]})",
-                             "use a smaller kernel, add padding, or remove a downsampling step before it")
-
-
 # ---------------------------------------------------------------------------------------------
 # Typed attributes
 # ---------------------------------------------------------------------------------------------
@@ -162,29 +149,47 @@ def _no_variables(a, ins):
     return ()
 
 
-def _no_macs(a, ins, out):
+def no_macs(a, ins, out):
+    """The multiply-accumulates of an op that does none (a max, a copy, a sum, an elementwise
+    op): stated by each such op, so that no op counts 0 by omission."""
     return 0
+
+
+# How XLA runs an op's lowering, for the memory estimate (compiler/memory.py): 'library', a
+# library call that reads its input from memory (conv, dense); 'elementwise', fused into its
+# reader; 'recomputed', fused, and in the backward pass recomputed from its inputs rather than
+# kept; 'buffer', written to memory (reductions, windows, copies).
+FUSIONS = ("library", "elementwise", "recomputed", "buffer")
 
 
 @dataclass(frozen=True)
 class OpDef:
     """One IR op. ``shape(attrs, in_shapes) -> shape`` raises ShapeError; ``variables(attrs,
-    in_shapes) -> [Var]``; ``macs(attrs, in_shapes, out_shape)``; ``weights``: per checkpoint
-    layout ('torch', 'keras'), a leaf rename {checkpoint leaf: variable leaf} or a function
-    ``(leaf, array, attrs) -> (variable leaf, array) | None``; ``checkpoint_kind``: the kind of
-    checkpoint module it pairs with in a [[sequence]] ('conv', 'dense', 'bn'); ``folds_bn``: a
-    following BN can be folded into its kernel (output channels on the kernel's last axis)."""
+    in_shapes) -> [Var]``; ``macs(attrs, in_shapes, out_shape)``, required (``no_macs`` for an
+    op without); ``geometry(attrs) -> (height's, width's)``: the spatial description of an op
+    whose output extents follow from its input's, a Window or an Affine map per axis
+    (ops/window.py), from which its shape rule and its size rule (compiler/sizes.py) derive;
+    ``weights``: per checkpoint layout ('torch', 'keras'), a leaf rename {checkpoint leaf:
+    variable leaf} or a function ``(leaf, array, attrs) -> (variable leaf, array) | None``;
+    ``checkpoint_kind``: the kind of checkpoint module it pairs with in a [[sequence]] ('conv',
+    'dense', 'bn'); ``folds_bn``: a following BN can be folded into its kernel (output channels
+    on the kernel's last axis); ``fusion``: how XLA runs it (FUSIONS); ``profile_rank``: a
+    profiled kernel that fuses several ops is named by its op of the lowest rank, the most
+    expensive kind (runtime/profile.py); None: only when no ranked op is in it."""
     name: str
     attrs: type
     shape: Callable
     surfaces: tuple = ()
     variables: Callable = _no_variables
-    macs: Callable = _no_macs
+    macs: Callable | None = None
+    geometry: Callable | None = None
     arity: tuple = (1, 1)
     weights: Mapping[str, Any] = field(default_factory=dict)
     checkpoint_kind: str | None = None
     folds_bn: bool = False
     stochastic: bool = False
+    fusion: str = "buffer"
+    profile_rank: int | None = None
     doc: str = ""
 
 
@@ -195,6 +200,8 @@ SPELLINGS: dict[str, tuple[str, dict]] = {}         # every name -> (surface kin
 
 def register(op: OpDef) -> OpDef:
     assert op.name not in OPS, op.name
+    assert op.macs is not None, f"{op.name} states no macs (no_macs for an op without multiply-accumulates)"
+    assert op.fusion in FUSIONS, (op.name, op.fusion)
     OPS[op.name] = op
     for s in op.surfaces:
         assert s.kind not in SURFACES, s.kind
@@ -205,19 +212,59 @@ def register(op: OpDef) -> OpDef:
     return op
 
 
-def pass_rules(what: str) -> tuple[dict, Callable]:
+# ---------------------------------------------------------------------------------------------
+# Rule tables: a pass's rules, registered beside their code and held to what they must cover
+# ---------------------------------------------------------------------------------------------
+def computing_ops() -> set:
+    """The ops a pass computes (the input is bound from the arguments)."""
+    return set(OPS) - {"input"}
+
+
+def all_ops() -> set:
+    return set(OPS)
+
+
+class RuleTable(dict):
+    """A pass's rules keyed by IR op (or activation) name; ``covers()`` is the set of names it
+    must hold a rule for."""
+
+    def __init__(self, what: str, covers: Callable[[], set]):
+        super().__init__()
+        self.what, self.covers = what, covers
+
+    def missing(self) -> set:
+        return self.covers() - set(self)
+
+    def unknown(self) -> set:
+        return set(self) - self.covers()
+
+
+# Every rule table of every pass, filled by pass_rules itself: tests/test_registry.py holds each
+# to what it covers, so a new table cannot be forgotten by the test.
+RULE_TABLES: dict[str, RuleTable] = {}
+
+
+def pass_rules(what: str, covers: Callable[[], set] = computing_ops, rules: Mapping | None = None
+               ) -> tuple[RuleTable, Callable]:
     """A pass's table (IR op -> its rule for that op) and the decorator that fills it, so each
     rule is registered right beside its code: ``LOWERINGS, lowering = pass_rules("lowering")``,
-    then ``@lowering("conv")``. tests/test_registry.py holds every table to OPS."""
-    table: dict[str, Callable] = {}
+    then ``@lowering("conv")`` (``@lowering("bn", "layernorm")``: one rule for several ops).
+    ``covers``: the names it must cover (computing_ops, all_ops, or the activations' names);
+    ``rules``: entries written as one literal table (small lambdas) instead of by decorator."""
+    assert what not in RULE_TABLES, f"two rule tables named {what!r}"
+    table = RULE_TABLES[what] = RuleTable(what, covers)
 
-    def rule(op: str):
-        assert op in OPS and op not in table, f"{what} for {op!r}: unknown op or written twice"
+    def rule(*names: str):
+        for name in names:
+            assert name in covers() and name not in table, f"{what} for {name!r}: unknown or written twice"
 
         def register(fn):
-            table[op] = fn
+            for name in names:
+                table[name] = fn
             return fn
         return register
+    for name, fn in (rules or {}).items():
+        rule(name)(fn)
     return table, rule
 
 

@@ -5,15 +5,8 @@ from math import prod
 
 import numpy as np
 
-from .base import REQUIRED, Attrs, OpDef, ShapeError, Surface, Var, attrs_class, conv_out, fmt, register, spatial, window_check
-
-
-def same_padding(n: int, eff: int, s: int) -> tuple:
-    """TensorFlow's 'same' padding of one axis of size n for a window of extent eff and stride s:
-    the output is ceil(n / s), the odd pixel at the bottom/right. Depends on n, which is why a
-    'same' op keeps its padding rule (``padding_rule``) next to the padding it resolved to."""
-    total = max((-(-n // s) - 1) * s + eff - n, 0)
-    return (total // 2, total - total // 2)
+from .base import REQUIRED, Attrs, OpDef, ShapeError, Surface, Var, attrs_class, fmt, no_macs, register, spatial
+from .window import Affine, Window, conv_out, same_padding, window_shape
 
 
 def inferred_stride(hw: tuple, target: tuple) -> int | None:
@@ -104,7 +97,7 @@ def cpu_conv_path(a: ConvAttrs, in_shape) -> str | None:
 
 
 def _conv_shape(a: ConvAttrs, ins):
-    h, w, c = spatial("conv", ins[0])
+    c = spatial("conv", ins[0])[2]
     g = a.groups
     if c % g:
         raise ShapeError(f"groups={g} does not divide the {c} input channels of {fmt(ins[0])}",
@@ -112,10 +105,12 @@ def _conv_shape(a: ConvAttrs, ins):
     if a.features % g:
         raise ShapeError(f"groups={g} does not divide the {a.features} output channels",
                          f"make the output channels a multiple of {g}")
-    window_check("conv", ins[0], a.kernel, a.padding, a.dilation)
-    return (conv_out(h, a.kernel[0], a.strides[0], a.padding[0], a.dilation[0]),
-            conv_out(w, a.kernel[1], a.strides[1], a.padding[1], a.dilation[1]),
-            a.features)
+    return window_shape("conv", ins[0], _conv_window(a)) + (a.features,)
+
+
+def _conv_window(a: ConvAttrs) -> tuple:
+    return tuple(Window(k, s, p, a.padding_rule, dilation=d, stride_fit=a.stride_fit)
+                 for k, s, p, d in zip(a.kernel, a.strides, a.padding, a.dilation))
 
 
 def _conv_variables(a: ConvAttrs, ins):
@@ -181,7 +176,8 @@ def _conv_from_keras(leaf, arr, a):
 
 
 CONV = register(OpDef(
-    "conv", ConvAttrs, _conv_shape, variables=_conv_variables, macs=_conv_macs,
+    "conv", ConvAttrs, _conv_shape, variables=_conv_variables, macs=_conv_macs, geometry=_conv_window,
+    fusion="library", profile_rank=0,
     weights={"torch": _kernel_from_torch(linear_as_1x1=True), "keras": _conv_from_keras},
     checkpoint_kind="conv", folds_bn=True,
     surfaces=(
@@ -208,11 +204,15 @@ class ConvTransposeAttrs(Attrs):
     bias: bool
 
 
+def _deconv_geometry(a: ConvTransposeAttrs) -> tuple:
+    # out = (in − 1)·s − p0 − p1 + k + op
+    return tuple(Affine(s, k + op - s - p[0] - p[1])
+                 for k, s, p, op in zip(a.kernel, a.strides, a.padding, a.output_padding))
+
+
 def _deconv_shape(a: ConvTransposeAttrs, ins):
     h, w, c = spatial("deconv", ins[0])
-    out = [(n - 1) * s - p[0] - p[1] + (k - 1) + 1 + op
-           for n, k, s, p, op in zip((h, w), a.kernel, a.strides, a.padding, a.output_padding)]
-    return (out[0], out[1], a.features)
+    return tuple(g.out(n) for g, n in zip(_deconv_geometry(a), (h, w))) + (a.features,)
 
 
 def _deconv_variables(a: ConvTransposeAttrs, ins):
@@ -239,8 +239,8 @@ def _deconv_from_keras(leaf, arr, a):
 
 
 register(OpDef(
-    "conv_transpose", ConvTransposeAttrs, _deconv_shape, variables=_deconv_variables,
-    macs=lambda a, ins, out: prod(ins[0]) * a.kernel[0] * a.kernel[1] * a.features,
+    "conv_transpose", ConvTransposeAttrs, _deconv_shape, variables=_deconv_variables, geometry=_deconv_geometry,
+    macs=lambda a, ins, out: prod(ins[0]) * a.kernel[0] * a.kernel[1] * a.features, fusion="library", profile_rank=1,
     weights={"torch": _kernel_from_torch(linear_as_1x1=False), "keras": _deconv_from_keras},
     checkpoint_kind="conv",
     surfaces=(Surface("deconv", {"c": REQUIRED, "k": 2, "s": None, "p": 0, "op": 0, "bias": "auto"}, _bind_deconv,
@@ -272,7 +272,7 @@ def _dense_from_keras(leaf, arr, a):
 register(OpDef(
     "dense", DenseAttrs, lambda a, ins: tuple(ins[0][:-1]) + (a.features,),
     variables=lambda a, ins: (Var("params", "kernel", (ins[0][-1], a.features), "lecun_normal", ins[0][-1]),) + _bias_var(a),
-    macs=lambda a, ins, out: prod(out) * ins[0][-1],
+    macs=lambda a, ins, out: prod(out) * ins[0][-1], fusion="library", profile_rank=2,
     weights={"torch": _dense_from_torch, "keras": _dense_from_keras},
     checkpoint_kind="dense", folds_bn=True,
     surfaces=(Surface("fc", {"n": REQUIRED, "bias": "auto"},

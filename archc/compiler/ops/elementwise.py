@@ -2,20 +2,82 @@
 layer scale, identity."""
 from __future__ import annotations
 
-from .base import REQUIRED, Attrs, NoAttrs, OpDef, Surface, Var, attrs_class, register
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .base import REQUIRED, Attrs, NoAttrs, OpDef, Surface, Var, attrs_class, no_macs, register
 
 
 def _same(a, ins):
     return ins[0]
 
 
-# Activation functions by name, with the default of their one parameter where they have one.
-ACTIVATIONS: dict[str, float | None] = {
-    "relu": None, "relu6": None, "leaky_relu": 0.01, "elu": 1.0, "sigmoid": None, "tanh": None,
-    "swish": None, "hard_swish": None, "hard_sigmoid": None, "gelu": None, "gelu_tanh": None,
-    "softmax": None, "softplus": None, "mish": None,
-}
-_ACTIVATION_ALIASES = {"silu": "swish", "hswish": "hard_swish", "hsigmoid": "hard_sigmoid"}
+@dataclass(frozen=True)
+class Activation:
+    """An activation function of the ``act`` op, everything the JAX-free passes know of it.
+
+    ``alpha``: the default of its one parameter (None: it takes none); ``aliases``: other names
+    of it in the language; ``grad_from``: what its derivative is computed from, 'input' or
+    'output' (sigmoid's s·(1−s)): the tensor its backward pass reads (compiler/memory.py);
+    ``transcendental``: XLA duplicates cheap elementwise ops into each reader but not
+    transcendental ones, so their inner value (swish's sigmoid, GELU's erf) is written once in
+    the forward pass and kept for the backward; ``flax_source``: the expression the Flax
+    exporter writes (``{x}``, ``{alpha}``), with the helpers it ``uses``; ``numpy_ref(x, alpha)``:
+    the float64 reference tests/test_lowering.py checks the lowering against. The lowering
+    (compiler/lower.py ``ACTIVATION_FNS``) and the ONNX rules (compiler/onnx.py
+    ``ACTIVATION_RULES``) need JAX and the ONNX emitter: they stay in their passes, in rule
+    tables keyed by activation name that tests/test_registry.py holds to ``ACTIVATIONS``."""
+    name: str
+    numpy_ref: Callable
+    flax_source: str
+    alpha: float | None = None
+    aliases: tuple = ()
+    grad_from: str = "input"
+    transcendental: bool = False
+    uses: tuple = ()
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def _softmax(x):
+    z = np.exp(x - x.max(-1, keepdims=True))
+    return z / z.sum(-1, keepdims=True)
+
+
+_erf = np.vectorize(math.erf)
+
+ACTIVATIONS: dict[str, Activation] = {a.name: a for a in (
+    Activation("relu", lambda x, _: np.maximum(x, 0), "jax.nn.relu({x})"),
+    Activation("relu6", lambda x, _: np.clip(x, 0, 6), "relu6({x})", uses=("relu6",)),
+    Activation("leaky_relu", lambda x, alpha: np.where(x > 0, x, alpha * x), "jax.nn.leaky_relu({x}, {alpha!r})",
+               alpha=0.01),
+    Activation("elu", lambda x, alpha: np.where(x > 0, x, alpha * (np.exp(x) - 1)), "jax.nn.elu({x}, {alpha!r})",
+               alpha=1.0, transcendental=True),
+    Activation("sigmoid", lambda x, _: _sigmoid(x), "jax.nn.sigmoid({x})", grad_from="output"),
+    Activation("tanh", lambda x, _: np.tanh(x), "jnp.tanh({x})", grad_from="output"),
+    Activation("swish", lambda x, _: x * _sigmoid(x), "jax.nn.silu({x})", aliases=("silu",), transcendental=True),
+    Activation("hard_swish", lambda x, _: x * np.clip(x + 3, 0, 6) / 6, "jax.nn.hard_swish({x})",
+               aliases=("hswish",)),
+    Activation("hard_sigmoid", lambda x, _: np.clip(x + 3, 0, 6) / 6, "jax.nn.hard_sigmoid({x})",
+               aliases=("hsigmoid",)),
+    Activation("gelu", lambda x, _: 0.5 * x * (1 + _erf(x / np.sqrt(2))), "jax.nn.gelu({x}, approximate=False)",
+               transcendental=True),
+    Activation("gelu_tanh", lambda x, _: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))),
+               "jax.nn.gelu({x}, approximate=True)", transcendental=True),
+    Activation("softmax", lambda x, _: _softmax(x), "jax.nn.softmax({x}, axis=-1)", grad_from="output"),
+    Activation("softplus", lambda x, _: np.log1p(np.exp(x)), "jax.nn.softplus({x})", transcendental=True),
+    Activation("mish", lambda x, _: x * np.tanh(np.log1p(np.exp(x))), "jax.nn.mish({x})", transcendental=True),
+)}
+
+
+def activation_names() -> set:
+    """What a pass's table of activation rules must cover (``pass_rules(..., covers=activation_names)``)."""
+    return set(ACTIVATIONS)
 
 
 @attrs_class
@@ -25,7 +87,7 @@ class ActAttrs(Attrs):
 
 
 def _bind_act(a, ctx):
-    fn, default = a["fn"], ACTIVATIONS[a["fn"]]
+    fn, default = a["fn"], ACTIVATIONS[a["fn"]].alpha
     if default is not None:
         return ActAttrs(fn, float(ctx.number(a["alpha"] if a["alpha"] is not None else default, "alpha")))
     if a["alpha"] is not None:
@@ -34,12 +96,14 @@ def _bind_act(a, ctx):
 
 
 register(OpDef(
-    "act", ActAttrs, _same,
+    "act", ActAttrs, _same, macs=no_macs, fusion="recomputed", profile_rank=13,
     surfaces=(Surface("act", {"alpha": None, "fn": REQUIRED}, _bind_act,
                       {**{fn: {"fn": fn} for fn in ACTIVATIONS},
-                       **{alias: {"fn": fn} for alias, fn in _ACTIVATION_ALIASES.items()}},
-                      params_doc="`alpha` for " + ", ".join(f"{fn} (default {d:g})" for fn, d in ACTIVATIONS.items() if d is not None)
-                      + "; aliases: " + ", ".join(f"`{a}` = `{fn}`" for a, fn in _ACTIVATION_ALIASES.items()),
+                       **{alias: {"fn": a.name} for a in ACTIVATIONS.values() for alias in a.aliases}},
+                      params_doc="`alpha` for " + ", ".join(f"{a.name} (default {a.alpha:g})" for a in ACTIVATIONS.values()
+                                                            if a.alpha is not None)
+                      + "; aliases: " + ", ".join(f"`{alias}` = `{a.name}`" for a in ACTIVATIONS.values()
+                                                  for alias in a.aliases),
                       doc="same", label_from="fn"),)))
 
 
@@ -49,7 +113,7 @@ class ScaleAttrs(Attrs):
 
 
 register(OpDef(
-    "scale", ScaleAttrs, _same,
+    "scale", ScaleAttrs, _same, macs=no_macs, fusion="recomputed",
     surfaces=(Surface("scale", {"v": REQUIRED}, lambda a, ctx: ScaleAttrs(float(ctx.number(a["v"], "scale"))),
                       doc="multiply by a constant"),)))
 
@@ -67,7 +131,7 @@ def _rate(a, ctx, what):
 
 
 register(OpDef(
-    "dropout", DropoutAttrs, _same, stochastic=True,
+    "dropout", DropoutAttrs, _same, stochastic=True, macs=no_macs, fusion="elementwise",
     surfaces=(Surface("dropout", {"p": 0.5}, lambda a, ctx: DropoutAttrs(_rate(a, ctx, "dropout rate")),
                       doc="same; active in training only"),)))
 
@@ -78,7 +142,7 @@ class DropPathAttrs(Attrs):
 
 
 register(OpDef(
-    "drop_path", DropPathAttrs, _same, stochastic=True,
+    "drop_path", DropPathAttrs, _same, stochastic=True, macs=no_macs, fusion="elementwise",
     surfaces=(Surface("drop_path", {"p": REQUIRED}, lambda a, ctx: DropPathAttrs(_rate(a, ctx, "drop-path rate")),
                       params_doc="`p`: the probability of dropping a sample's whole branch; a linear schedule over "
                                  "depth: `drop_path(rate * i / (n - 1))` in a repeat",
@@ -92,7 +156,7 @@ class LayerScaleAttrs(Attrs):
 
 
 register(OpDef(
-    "layer_scale", LayerScaleAttrs, _same,
+    "layer_scale", LayerScaleAttrs, _same, macs=no_macs, fusion="recomputed",
     variables=lambda a, ins: (Var("params", "scale", (ins[0][-1],), "constant", value=a.init),),
     # torchvision's CNBlock.layer_scale is (C, 1, 1), timm's gamma (C,): both fit the (C,) scale
     weights={"torch": {"layer_scale": "scale", "gamma": "scale", "weight": "scale"}},
@@ -120,12 +184,12 @@ def _bind_rescale(a, ctx):
 
 
 register(OpDef(
-    "rescale", RescaleAttrs, _same,
+    "rescale", RescaleAttrs, _same, macs=no_macs, fusion="recomputed",
     surfaces=(Surface("rescale", {"scale": 1.0, "offset": 0.0}, _bind_rescale,
                       params_doc="numbers or per-channel lists", doc="same; x·scale + offset (Keras `Rescaling`)"),)))
 
 
 register(OpDef(
-    "identity", NoAttrs, _same,
+    "identity", NoAttrs, _same, macs=no_macs, fusion="recomputed",
     # the surface op adds no node; hand-built graphs (and stage outputs) may hold identity nodes
     surfaces=(Surface("identity", {}, lambda a, ctx: None, doc="same"),)))

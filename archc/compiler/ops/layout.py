@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from math import prod
 
-from .base import REQUIRED, Attrs, NoAttrs, OpDef, ShapeError, Surface, attrs_class, fmt, register, spatial
+from .base import REQUIRED, Attrs, NoAttrs, OpDef, ShapeError, Surface, attrs_class, fmt, no_macs, register, spatial
+from .window import Affine
 
 MANY = 10**6
 
@@ -14,7 +15,7 @@ class InputAttrs(Attrs):
     shape: tuple
 
 
-register(OpDef("input", InputAttrs, lambda a, ins: tuple(a.shape), arity=(0, 0),
+register(OpDef("input", InputAttrs, lambda a, ins: tuple(a.shape), arity=(0, 0), macs=no_macs,
                doc="a graph input; its shape excludes the batch axis"))
 
 
@@ -35,7 +36,7 @@ def _flatten_shape(a, ins):
 
 
 register(OpDef(
-    "flatten", FlattenAttrs, _flatten_shape,
+    "flatten", FlattenAttrs, _flatten_shape, macs=no_macs,
     surfaces=(Surface("flatten", {"order": "nhwc"}, _bind_flatten,
                       params_doc="`\"nchw\"`: PyTorch's order, for its Linear weights",
                       doc="→ H·W·C (per RoI: R×H×W×C → R×H·W·C)"),)))
@@ -60,7 +61,7 @@ def _bind_reshape(a, ctx):
 
 
 register(OpDef(
-    "reshape", ReshapeAttrs, _reshape_shape,
+    "reshape", ReshapeAttrs, _reshape_shape, macs=no_macs,
     surfaces=(Surface("reshape", {"shape": REQUIRED}, _bind_reshape, params_doc="`7x7x30` or a list",
                       doc="same number of values, row-major (HWC)"),)))
 
@@ -78,7 +79,7 @@ def _shuffle_shape(a, ins):
 
 
 register(OpDef(
-    "shuffle", ShuffleAttrs, _shuffle_shape,
+    "shuffle", ShuffleAttrs, _shuffle_shape, macs=no_macs,
     surfaces=(Surface("shuffle", {"g": REQUIRED}, lambda a, ctx: ShuffleAttrs(ctx.posint(a["g"], "groups")),
                       doc="channel shuffle (ShuffleNet)"),)))
 
@@ -104,7 +105,7 @@ def _bind_slice(a, ctx):
 
 
 register(OpDef(
-    "slice", SliceAttrs, _slice_shape,
+    "slice", SliceAttrs, _slice_shape, macs=no_macs,
     surfaces=(Surface("slice", {"start": REQUIRED, "stop": None}, _bind_slice, params_doc="`stop` defaults to `cin`",
                       doc="channels `start:stop` (ShuffleNet v2's channel split)"),)))
 
@@ -115,10 +116,13 @@ class PadAttrs(Attrs):
     value: float
 
 
+def _pad_geometry(a) -> tuple:
+    return tuple(Affine(1, before + after) for before, after in a.padding)
+
+
 def _pad_shape(a, ins):
     h, w, c = spatial("pad", ins[0])
-    (t, b), (l, r) = a.padding
-    return (h + t + b, w + l + r, c)
+    return tuple(g.out(n) for g, n in zip(_pad_geometry(a), (h, w))) + (c,)
 
 
 def _bind_pad(a, ctx):
@@ -127,7 +131,7 @@ def _bind_pad(a, ctx):
 
 
 register(OpDef(
-    "pad", PadAttrs, _pad_shape,
+    "pad", PadAttrs, _pad_shape, macs=no_macs, geometry=_pad_geometry,
     surfaces=(Surface("pad", {"p": REQUIRED, "value": 0.0}, _bind_pad, params_doc="`p`: `n`, `[h, w]`, `[t, b, l, r]`",
                       doc="constant padding (Keras ZeroPadding2D)"),)))
 
@@ -138,12 +142,18 @@ class CropAttrs(Attrs):
     fit: tuple | None = None  # a merge's centre crop: the branches it crops to the smallest of
 
 
+def _crop_geometry(a) -> tuple:
+    # as resolved at the declared size; a merge's centre crop (fit) follows its branches instead
+    return tuple(Affine(1, -(before + after)) for before, after in a.crop)
+
+
 def _crop_shape(a, ins):
     h, w, c = spatial("crop", ins[0])
-    (t, b), (l, r) = a.crop
-    if h - t - b < 1 or w - l - r < 1:
+    out = tuple(g.out(n) for g, n in zip(_crop_geometry(a), (h, w)))
+    if min(out) < 1:
+        (t, b), (l, r) = a.crop
         raise ShapeError(f"cropping {t}+{b}, {l}+{r} leaves nothing of {fmt(ins[0])}")
-    return (h - t - b, w - l - r, c)
+    return out + (c,)
 
 
 def _bind_crop(a, ctx):
@@ -152,7 +162,7 @@ def _bind_crop(a, ctx):
 
 
 register(OpDef(
-    "crop", CropAttrs, _crop_shape,
+    "crop", CropAttrs, _crop_shape, macs=no_macs, geometry=_crop_geometry,
     surfaces=(Surface("crop", {"p": REQUIRED}, _bind_crop, params_doc="`p` as for pad", doc="cropping"),)))
 
 
@@ -162,12 +172,17 @@ class UpsampleAttrs(Attrs):
     method: str               # 'nearest' | 'bilinear' (PyTorch's, align_corners=False)
 
 
+def _upsample_geometry(a) -> tuple | None:
+    # None: to the size of its second input (upsample(size=@t)), which compiler/sizes.py follows
+    return None if a.factor is None else tuple(Affine(f, 0) for f in a.factor)
+
+
 def _upsample_shape(a, ins):
     h, w, c = spatial("upsample", ins[0])
     if a.factor is None:
         th, tw, _ = spatial("upsample(size=…)'s target", ins[1])
         return (th, tw, c)
-    return (h * a.factor[0], w * a.factor[1], c)
+    return tuple(g.out(n) for g, n in zip(_upsample_geometry(a), (h, w))) + (c,)
 
 
 def _bind_upsample(a, ctx):
@@ -184,7 +199,8 @@ def _bind_upsample(a, ctx):
 
 
 register(OpDef(
-    "upsample", UpsampleAttrs, _upsample_shape, arity=(1, 2),
+    "upsample", UpsampleAttrs, _upsample_shape, arity=(1, 2), macs=no_macs, profile_rank=9,
+    geometry=_upsample_geometry,
     surfaces=(Surface("upsample", {"f": None, "mode": "nearest", "size": None}, _bind_upsample, tensors=("size",),
                       params_doc="`f`: factor (2); `size=@t`: to `t`'s height and width (F.interpolate(size=…): "
                                  "PyTorch's nearest index floor(dst · in / out)); `mode`: or `\"bilinear\"`",
@@ -233,12 +249,14 @@ def _bind_merge(a, ctx):
     return NoAttrs()
 
 
-register(OpDef("concat", ConcatAttrs, _concat_shape, arity=(1, MANY),
+register(OpDef("concat", ConcatAttrs, _concat_shape, arity=(1, MANY), macs=no_macs, profile_rank=10,
                surfaces=(Surface("concat", {"crop": False}, _bind_concat, merge=True,
                                  params_doc="branches; `crop=true` centre-crops them to the smallest (U-Net)",
                                  doc="channels concatenated; other sizes must agree"),)))
-register(OpDef("add", NoAttrs, _broadcast("add"), arity=(1, MANY),
+register(OpDef("add", NoAttrs, _broadcast("add"), arity=(1, MANY), macs=no_macs, fusion="recomputed",
+               profile_rank=11,
                surfaces=(Surface("add", {}, _bind_merge, merge=True, params_doc="branches", doc="elementwise sum, broadcasting size 1"),)))
-register(OpDef("mul", NoAttrs, _broadcast("multiply"), arity=(1, MANY),
+register(OpDef("mul", NoAttrs, _broadcast("multiply"), arity=(1, MANY), macs=no_macs, fusion="elementwise",
+               profile_rank=12,
                surfaces=(Surface("mul", {}, _bind_merge, merge=True, params_doc="branches",
                                  doc="elementwise product, broadcasting size 1 (squeeze-and-excitation)"),)))

@@ -2,7 +2,7 @@
 groupnorm (and instancenorm)."""
 from __future__ import annotations
 
-from .base import REQUIRED, Attrs, OpDef, ShapeError, Surface, Var, attrs_class, fmt, register
+from .base import REQUIRED, Attrs, OpDef, ShapeError, Surface, Var, attrs_class, fmt, no_macs, register
 
 
 def _same(a, ins):
@@ -33,7 +33,7 @@ def _bn_variables(a: BatchNormAttrs, ins):
 
 
 register(OpDef(
-    "bn", BatchNormAttrs, _same, variables=_bn_variables,
+    "bn", BatchNormAttrs, _same, variables=_bn_variables, macs=no_macs, fusion="elementwise", profile_rank=7,
     weights={"torch": {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"},
              "keras": {"gamma": "scale", "beta": "bias", "moving_mean": "mean", "moving_variance": "var"}},
     checkpoint_kind="bn",
@@ -51,7 +51,7 @@ class LRNAttrs(Attrs):
 
 
 register(OpDef(
-    "lrn", LRNAttrs, _same,
+    "lrn", LRNAttrs, _same, macs=no_macs, profile_rank=6,
     surfaces=(Surface("lrn", {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 1.0},
                       lambda a, ctx: LRNAttrs(ctx.posint(a["size"], "size"), float(ctx.number(a["alpha"], "alpha")),
                                               float(ctx.number(a["beta"], "beta")), float(ctx.number(a["k"], "k"))),
@@ -65,7 +65,7 @@ class L2NormAttrs(Attrs):
 
 
 register(OpDef(
-    "l2norm", L2NormAttrs, _same,
+    "l2norm", L2NormAttrs, _same, macs=no_macs,
     variables=lambda a, ins: (Var("params", "scale", (ins[0][-1],), "constant", value=a.init),),
     # torchvision's SSD keeps the scale as its VGG backbone's parameter ``scale_weight``
     weights={"torch": {"weight": "scale", "scale_weight": "scale"}},
@@ -86,7 +86,8 @@ def _normalize_variables(a, ins):
 
 
 register(OpDef(
-    "normalize", NormalizeAttrs, _same, variables=_normalize_variables,
+    "normalize", NormalizeAttrs, _same, variables=_normalize_variables, macs=no_macs, fusion="elementwise",
+    profile_rank=8,
     weights={"keras": {"mean": "mean", "variance": "var", "count": "count"}},
     surfaces=(Surface("normalize", {"eps": 1e-7}, lambda a, ctx: NormalizeAttrs(float(ctx.number(a["eps"], "eps"))),
                       doc="same; Keras `Normalization`: (x − mean) / max(√var, eps) with non-trainable mean, variance and count"),)))
@@ -98,7 +99,7 @@ class LayerNormAttrs(Attrs):
 
 
 register(OpDef(
-    "layernorm", LayerNormAttrs, _same,
+    "layernorm", LayerNormAttrs, _same, macs=no_macs,
     variables=lambda a, ins: (Var("params", "scale", (ins[0][-1],), "ones"), Var("params", "bias", (ins[0][-1],), "zeros")),
     weights={"torch": {"weight": "scale", "bias": "bias"}, "keras": {"gamma": "scale", "beta": "bias"}},
     surfaces=(Surface("layernorm", {"eps": 1e-6}, lambda a, ctx: LayerNormAttrs(_positive(ctx, a["eps"], "eps")),
@@ -135,7 +136,7 @@ def _bind_groupnorm(a, ctx, instance: bool):
 
 
 register(OpDef(
-    "groupnorm", GroupNormAttrs, _groupnorm_shape, variables=_groupnorm_variables,
+    "groupnorm", GroupNormAttrs, _groupnorm_shape, variables=_groupnorm_variables, macs=no_macs,
     weights={"torch": {"weight": "scale", "bias": "bias"}, "keras": {"gamma": "scale", "beta": "bias"}},
     surfaces=(Surface("groupnorm", {"g": REQUIRED, "eps": 1e-5, "affine": True},
                       lambda a, ctx: _bind_groupnorm(a, ctx, instance=False),

@@ -3,17 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import REQUIRED, Attrs, OpDef, ShapeError, Surface, attrs_class, conv_out, fmt, register, spatial, window_check
+from .base import REQUIRED, Attrs, OpDef, ShapeError, Surface, attrs_class, fmt, no_macs, register, spatial
 from .conv import _kernel_aliases, resolve_padding
-
-
-def ceil_extra(n, k, s, pad):
-    """Extra bottom/right padding that turns floor into PyTorch's ceil_mode output size."""
-    total = n + pad[0] + pad[1]
-    out = -(-(total - k) // s) + 1
-    if (out - 1) * s >= n + pad[0]:  # the last window must start inside the input or left padding
-        out -= 1
-    return max(0, (out - 1) * s + k - total)
+from .window import Window, ceil_extra, window_shape
 
 
 def axis_counts(n: int, k: int, s: int, pad: tuple, extra: tuple, include_pad: bool) -> np.ndarray:
@@ -46,16 +38,14 @@ def cpu_pool_separable(a: PoolAttrs) -> bool:
     return not padded or a.kind == "avg"
 
 
+def _pool_window(a: PoolAttrs) -> tuple:
+    mode = a.padding_rule or ("ceil" if a.ceil else None)
+    return tuple(Window(k, s, p, mode, pool=True, extra=e) for k, s, p, e in zip(a.kernel, a.strides, a.padding, a.extra))
+
+
 def _pool_shape(a: PoolAttrs, ins):
-    h, w, c = spatial(a.kind + "pool", ins[0])
-    pads = [(p[0] + e[0], p[1] + e[1]) for p, e in zip(a.padding, a.extra)]
-    for p, k in zip(a.padding, a.kernel):
-        if max(p) * 2 > k:
-            raise ShapeError(f"pool padding {max(p)} is more than half the kernel {fmt(a.kernel)}",
-                             "PyTorch rejects this too; use padding <= kernel // 2")
-    window_check(a.kind + "pool", ins[0], a.kernel, pads)
-    return (conv_out(h, a.kernel[0], a.strides[0], pads[0]),
-            conv_out(w, a.kernel[1], a.strides[1], pads[1]), c)
+    c = spatial(a.kind + "pool", ins[0])[2]
+    return window_shape(a.kind + "pool", ins[0], _pool_window(a)) + (c,)
 
 
 def _bind_pool(a, ctx, kind: str):
@@ -72,7 +62,8 @@ def _bind_pool(a, ctx, kind: str):
 
 
 register(OpDef(
-    "pool", PoolAttrs, _pool_shape,
+    "pool", PoolAttrs, _pool_shape, geometry=_pool_window, profile_rank=3,
+    macs=no_macs,           # a max or a sum: no multiply-accumulates
     surfaces=(
         Surface("maxpool", {"k": 2, "s": None, "p": 0, "ceil": False},
                 lambda a, ctx: _bind_pool(a, ctx, "max"), _kernel_aliases("maxpool"),
@@ -97,7 +88,7 @@ def _global_pool_shape(a: GlobalPoolAttrs, ins):
 
 
 register(OpDef(
-    "global_pool", GlobalPoolAttrs, _global_pool_shape,
+    "global_pool", GlobalPoolAttrs, _global_pool_shape, macs=no_macs, profile_rank=4,
     surfaces=tuple(Surface(name, {"keep": False}, lambda a, ctx, kind=kind: GlobalPoolAttrs(kind, bool(a["keep"])),
                            doc=f"global {kind} pool: H×W×C → C (or 1×1×C with `keep=true`)")
                    for name, kind in (("gap", "avg"), ("gmp", "max")))))
@@ -123,7 +114,7 @@ def _bind_adaptive(a, ctx, kind):
 
 
 register(OpDef(
-    "adaptive_pool", AdaptivePoolAttrs, _adaptive_shape,
+    "adaptive_pool", AdaptivePoolAttrs, _adaptive_shape, macs=no_macs, profile_rank=5,
     surfaces=tuple(Surface(f"adaptive_{kind}pool", {"out": REQUIRED}, lambda a, ctx, kind=kind: _bind_adaptive(a, ctx, kind),
                            params_doc="`out`: e.g. `4x4`",
                            doc="H×W×C → out×C with PyTorch's windows `[floor(i·H/o), ceil((i+1)·H/o))`")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from .base import REQUIRED, Attrs, OpDef, ShapeError, Surface, attrs_class, fmt, register
+from .base import REQUIRED, Attrs, OpDef, ShapeError, Surface, attrs_class, fmt, no_macs, register
 
 # MultiScaleRoIAlign's LevelMapper (torchvision/ops/poolers.py): canonical box side and level.
 CANONICAL_SIZE, CANONICAL_LEVEL, LEVEL_EPS = 224, 4, 1e-6
@@ -106,6 +106,7 @@ register(OpDef(
 
 register(OpDef(
     "roi_pool", RoiPoolAttrs, lambda a, ins: _roi_shape("roi_pool", a, ins), arity=(2, 2),
+    macs=no_macs,           # a max over each bin, as maxpool: comparisons, no multiply-accumulates
     surfaces=(Surface("roi_pool", {"maps": REQUIRED, "scale": REQUIRED, "out": 7}, _bind_roi_pool, tensors=("maps",),
                       params_doc="`maps`: `@f`; `scale`: `1/16`",
                       doc="applied to RoIs Rx4 → R×out×C: max over each bin (Fast R-CNN; torchvision.ops.roi_pool)"),)))
