@@ -21,8 +21,9 @@
 # jax 0.11.2 + jax-cuda13-plugin/pjrt 0.11.2, torch 2.11.0+cu130, torchvision 0.26, flax, optax,
 # orbax-checkpoint, onnx, onnxruntime, scipy, safetensors. archc itself runs from this tree
 # (PYTHONPATH, no install); what the image lacks travels as pure-Python wheels in .whl/ (ignored by
-# git; a device run names it in `carry`): lark (archc's parser) and flax at this project's tested
-# version (the image's may be older than flax>=0.12). `--fetch-wheels` downloads them here.
+# git; a device run names it in `carry`): lark (archc's parser), and flax at this project's tested
+# version, installed only where the image's is older than archc's flax>=0.12. `--fetch-wheels`
+# downloads them here (~1 MiB).
 #
 # A device run (the `device` tool's `run`), after `bash bench/gpu.sh --fetch-wheels` here:
 #   run(command="bash bench/gpu.sh --out $OUT", carry=[".whl"], timeout_s=540)
@@ -54,9 +55,14 @@ if [ "$MODE" = fetch ]; then
 fi
 
 if [ "$MODE" = full ] && compgen -G ".whl/*.whl" >/dev/null; then
+  # lark always; flax only where the image's is older than archc needs (>= 0.12): a newer one stays
+  FLAX_OK=$("$PY" -c "from importlib.metadata import version as v; print(tuple(map(int, v('flax').split('.')[:2])) >= (0, 12))" 2>/dev/null || echo False)
+  WANT=(.whl/lark-*.whl)
+  [ "$FLAX_OK" = True ] || WANT+=(.whl/flax-*.whl)
   SITE=$(mktemp -d /tmp/archc_site.XXXX)
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" .whl/*.whl
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "${WANT[@]}"
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+  echo "gpu.sh: installed from .whl: ${WANT[*]}"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
@@ -77,7 +83,6 @@ if jax.default_backend() != "gpu" or not torch.cuda.is_available():
     sys.exit("gpu.sh: JAX or PyTorch sees no GPU (need jax-cuda*-plugin and a CUDA torch in this python)")
 PY
   then
-    echo "gpu.sh: preflight failed (see above)" >&2
     exit 2
   fi
 fi
