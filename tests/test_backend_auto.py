@@ -148,3 +148,25 @@ def test_xla_alone_where_onnxruntime_would_differ(net, cache):
     x = np.zeros((2, 16, 16, 3), np.float32)
     out = auto.apply(variables, x, outputs=("a",))
     assert auto.choice.engine == "xla" and out["a"].shape == (2, 16, 16, 8) and not cache.exists()
+
+
+def test_segment_prints_the_choice_and_gives_xlas_masks(tmp_path, cache, capsys):
+    """At the network's input size (--size input) segment's calls are the ones auto may route to
+    ONNX Runtime; the mask equals XLA's (--backend xla)."""
+    spec = tmp_path / "seg.arch"
+    spec.write_text("input 16x16x3\na: conv3(8) bn relu\nconv1(3)\n")
+    model = archc.load(str(spec))
+    weights = tmp_path / "seg.safetensors"
+    archc.save_variables(model.init(seed=2), weights)
+    from PIL import Image
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(photo)
+    args = ["segment", str(spec), "--weights", str(weights), str(photo), "--size", "input", "--json"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert len(err.splitlines()) == 1 and err.split()[:2] in (["backend:", "xla"], ["backend:", "onnxruntime"])
+    assert "img/s" in err, err                     # measured, not ruled out
+    auto = json.loads(out)
+    assert main(args + ["--backend", "xla"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and json.loads(out) == auto
