@@ -148,7 +148,7 @@ def torchvision_model(net: str):
     import torchvision
     torch.manual_seed(0)
     kw = {"aux_logits": False, "init_weights": False} if net == "inception_v3" else {}
-    return getattr(torchvision.models, TORCHVISION[net])(weights=None, **kw).eval()
+    return getattr(torchvision.models, TORCHVISION.get(net, net))(weights=None, **kw).eval()
 
 
 class TorchEagerRunner:
