@@ -2,7 +2,7 @@
 # archc against PyTorch on one NVIDIA GPU (H100/H200): one JSON + one markdown table.
 #
 #   bash bench/gpu.sh --fetch-wheels        # HERE, once, with PyPI: the wheels the device lacks -> .whl/
-#   bash bench/gpu.sh [--out DIR]           # ON THE DEVICE (default DIR: $OUT, else bench/gpu_out)
+#   bash bench/gpu.sh [--out DIR]           # ON THE DEVICE (default DIR: $OUT, else /tmp/archc_gpu_bench)
 #   bash bench/gpu.sh --dry-run [--out DIR] # anywhere, CPU only: every piece assembles (~1-2 min)
 #
 # What it measures (bench/gpu_bench.py, built on bench/harness.py's train_runner, bench/peers.py's
@@ -31,7 +31,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-OUT_DIR=${OUT:-bench/gpu_out}
+OUT_DIR=${OUT:-/tmp/archc_gpu_bench}
 MODE=full
 ARGS=()
 while [ $# -gt 0 ]; do
