@@ -245,7 +245,10 @@ BUILDS: dict = {}        # --dry-run: family -> {real network: 'ok' or the error
 
 
 def fmt(x, nd=1):
-    return "–" if x is None else f"{x:,.{nd}f}"
+    """x with nd decimals, or 3 significant digits below 1 (a CPU dry run's 0.04 img/s is not 0.0)."""
+    if x is None:
+        return "–"
+    return f"{x:,.{nd}f}" if abs(x) >= 1 else f"{x:.3g}"
 
 
 def render(res: dict) -> str:
