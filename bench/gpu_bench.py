@@ -258,9 +258,11 @@ def render(res: dict) -> str:
     L = [f"GPU: {m.get('gpu', m['device'])}; Python {m['python']}; "
          + ", ".join(f"{k} {v}" for k, v in m["libs"].items())
          + (f"; XLA_FLAGS=`{m['xla_flags']}`" if m["xla_flags"] else "")
-         + f". {res['date']}, {res['total_s'] / 60:.1f} min in all" + (" (DRY RUN: CPU, tiny sizes; not speeds)" if res["dry_run"] else "") + ".",
+         + f". {res['date']}, {res['total_s'] / 60:.1f} min in all"
+         + (" (DRY RUN: CPU, tiny sizes; not speeds)" if res["dry_run"] else "") + ".",
          "",
-         "| measurement | network | batch | size | archc img/s | PyTorch eager img/s | torch.compile img/s | archc ÷ eager "
+         "| measurement | network | batch | size | archc img/s | PyTorch eager img/s | torch.compile img/s "
+         "| archc ÷ eager "
          "| archc ÷ compile | compile s: archc / torch.compile |",
          "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
 
@@ -275,8 +277,9 @@ def render(res: dict) -> str:
     for label, j in jobs.items():
         a, e, c = (ips(label, fw) for fw in FAMILIES)
         comp = " / ".join(fmt(by.get((label, fw), {}).get("compile_s")) for fw in ("archc", "torch.compile"))
-        L.append(f"| {label} | {j['net']}{' ' + j['dtype'] if res['dry_run'] else ''} | {j['batch']} | {j['size']} | {cell(label, 'archc')} | {cell(label, 'torch-eager')} | "
-                 f"{cell(label, 'torch.compile')} | {fmt(a / e, 2) if a and e else '–'} | "
+        net = f"{j['net']} {j['dtype']}" if res["dry_run"] else j["net"]
+        L.append(f"| {label} | {net} | {j['batch']} | {j['size']} | {cell(label, 'archc')} | "
+                 f"{cell(label, 'torch-eager')} | {cell(label, 'torch.compile')} | {fmt(a / e, 2) if a and e else '–'} | "
                  f"{fmt(a / c, 2) if a and c else '–'} | {comp} |")
     L += ["", "img/s: batch ÷ median seconds per call (training: one SGD-momentum step, forward + backward + "
           "update), after compile and warm-up. PyTorch: torchvision's models, channels_last on the GPU, bf16 rows "

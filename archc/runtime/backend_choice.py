@@ -113,7 +113,8 @@ def _write_cache(path: Path, key: str, entry: dict) -> None:
 
 def agree(a: np.ndarray, b: np.ndarray, tol: float = AGREE_TOL) -> bool:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return a.shape == b.shape and float(np.max(np.abs(a - b), initial=0.0)) <= tol * max(1.0, float(np.max(np.abs(a), initial=0.0)))
+    scale = max(1.0, float(np.max(np.abs(a), initial=0.0)))
+    return a.shape == b.shape and float(np.max(np.abs(a - b), initial=0.0)) <= tol * scale
 
 
 def _xla_only(model, dtype) -> str | None:
@@ -171,7 +172,8 @@ def choose(model, variables, batch: int, dtype=None) -> Choice:
     path, key = cache_path(), cache_key(model, batch, "float32")
     entry = _read_cache(path).get(key)
     if isinstance(entry, dict) and entry.get("engine") in ENGINES:
-        return Choice(entry["engine"], dict(entry.get("images_per_s") or {}), batch, cached=True, note=entry.get("note"))
+        return Choice(entry["engine"], dict(entry.get("images_per_s") or {}), batch, cached=True,
+                      note=entry.get("note"))
     choice = measure(model, variables, batch)
     _write_cache(path, key, {**choice.to_json(), "measured": time.strftime("%Y-%m-%d %H:%M:%S")})
     return choice
