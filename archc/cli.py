@@ -256,11 +256,18 @@ def cmd_bench(args) -> int:
         return 0
     if args.backend == "onnxruntime" and args.dtype not in (None, "float32"):
         raise ArchError([_diag("--backend onnxruntime runs the float32 export; drop --dtype")])
-    result = bench_model(Model(_graph(args)), batch=args.batch, iters=args.iters, repeats=args.repeats,
+    model, choice = Model(_graph(args)), None
+    if args.backend == "auto":          # the faster engine here, measured once and cached
+        from .runtime.backend_choice import choose
+        choice = choose(model, model.init(seed=0), args.batch, args.dtype)
+        args.backend = choice.engine
+    result = bench_model(model, batch=args.batch, iters=args.iters, repeats=args.repeats,
                          dtype=args.dtype, backend=args.backend)
     if args.json:
-        print(json.dumps(result, indent=1))
+        print(json.dumps({**result, **({"choice": choice.to_json()} if choice else {})}, indent=1))
     else:
+        if choice:
+            print(choice.line())
         print(f"{result['name']}: batch {result['batch']}, {fmt_shape(result['input_shape'])}, "
               f"{result['dtype']} compute on {result['device']}")
         print(f"  {'XLA compile' if args.backend == 'xla' else 'export+session':16} {result['compile_s']:.2f} s")
@@ -713,7 +720,7 @@ def cmd_predict(args) -> int:
     if args.top < 1:
         print("error: --top must be at least 1", file=sys.stderr)
         return EXIT_USER
-    model = _model_for_weights(args, weights)
+    model = _auto_backend(args, _model_for_weights(args, weights))
     with _preprocess_warnings_printed():
         results = predict(model, weights, images, top=args.top, preprocess=args.preprocess)
     if args.json:
@@ -723,7 +730,24 @@ def cmd_predict(args) -> int:
             print(r["file"])
             for t in r["top"]:
                 print(f"  {decode_line(t)}")
+    _print_backend(model)
     return 0
+
+
+def _auto_backend(args, model):
+    """--backend auto (the default): inference on CPU through XLA or ONNX Runtime, whichever is
+    faster for this network and batch (measured at first use, cached: runtime/backend_choice.py)."""
+    if args.backend == "xla":
+        return model
+    from .runtime.backend_choice import AutoModel
+    return AutoModel(model)
+
+
+def _print_backend(model) -> None:
+    """The engine that ran, one line on stderr (stdout may be JSON), after the results."""
+    line = getattr(model, "line", lambda: None)()
+    if line:
+        print(line, file=sys.stderr)
 
 
 @_reports_user_errors
@@ -771,6 +795,7 @@ def cmd_detect(args) -> int:
                 print(f"  {d['score']:.3f}  {d['name']:<16} [{x1:7.1f} {y1:7.1f} {x2:7.1f} {y2:7.1f}]")
             if len(dets) > args.limit:
                 print(f"  … {len(dets) - args.limit} more (--json for all)")
+    print("backend: xla (detect runs the network and its box decoding as one XLA program)", file=sys.stderr)
     return 0
 
 
@@ -797,7 +822,7 @@ def cmd_segment(args) -> int:
     if bad:
         print(f"error: {bad}", file=sys.stderr)
         return EXIT_USER
-    model = _model_for_weights(args, weights)
+    model = _auto_backend(args, _model_for_weights(args, weights))
     pictures = [load_image(p, convert=False) for p in images]    # a file that does not decode fails here, first
     with _preprocess_warnings_printed():
         results = segment(model, weights, pictures, preprocess=args.preprocess, tile=args.tile,
@@ -815,6 +840,7 @@ def cmd_segment(args) -> int:
         report.append(entry)
     if args.json:
         print(json.dumps(report, indent=1))
+        _print_backend(model)
         return 0
     for e in report:
         run = f"{e['tiles']} tiles" if e["how"] == "tiled" else e["how"]
@@ -824,6 +850,7 @@ def cmd_segment(args) -> int:
             print(f"  {c['fraction']:7.2%}  {c['name']}")
         if len(e["classes"]) > args.limit:
             print(f"  … {len(e['classes']) - args.limit} more classes (--json for all)")
+    _print_backend(model)
     return 0
 
 
@@ -986,8 +1013,9 @@ def main(argv=None) -> int:
     sp.add_argument("--profile", action="store_true",
                     help="time each compiled kernel and name it by the IR nodes fused into it (CPU)")
     sp.add_argument("--top", type=int, default=20, help="kernels listed by --profile")
-    sp.add_argument("--backend", choices=["xla", "onnxruntime"], default="xla",
-                    help="the engine: archc's XLA program, or its ONNX export on ONNX Runtime (CPU)")
+    sp.add_argument("--backend", choices=["xla", "onnxruntime", "auto"], default="xla",
+                    help="the engine: archc's XLA program, its ONNX export on ONNX Runtime (CPU), or auto: "
+                         "the faster of the two for this network and batch on this machine (measured once, cached)")
     sp.set_defaults(func=cmd_bench, expr=None)
 
     _add_train_parser(sub, common)
@@ -1047,6 +1075,9 @@ def main(argv=None) -> int:
                     help="override the preprocessing the network declares (its .arch file's preprocess(...)) "
                          "or the weights record")
     sp.add_argument("--json", action="store_true")
+    sp.add_argument("--backend", choices=["auto", "xla"], default="auto",
+                    help="auto: on CPU, XLA or ONNX Runtime, whichever ran this network faster at this batch on "
+                         "this machine (measured at first use, cached; the choice is printed); xla: always XLA")
     sp.set_defaults(func=cmd_predict, expr=None)
 
     sp = sub.add_parser("evaluate", help="a task's metrics of some weights on a data set (loss, top-1, top-5, per class)")
@@ -1098,6 +1129,9 @@ def main(argv=None) -> int:
     sp.add_argument("--alpha", type=float, default=0.5, help="the weight of the class colours in the overlay")
     sp.add_argument("--limit", type=int, default=10, help="classes listed per image")
     sp.add_argument("--json", action="store_true", help="print the files written and the classes present as JSON")
+    sp.add_argument("--backend", choices=["auto", "xla"], default="auto",
+                    help="auto: on CPU, XLA or ONNX Runtime, whichever ran this network faster at this batch on "
+                         "this machine (measured at first use, cached; the choice is printed); xla: always XLA")
     sp.set_defaults(func=cmd_segment, expr=None)
 
     sp = sub.add_parser("graph", help="a picture of the network (SVG, PNG, HTML or Graphviz DOT)")

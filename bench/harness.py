@@ -231,27 +231,27 @@ TRAIN_FRAMEWORKS = ("archc", "torch-eager", "archc-bf16", "torch-eager-bf16")
 TRAIN_NETS = ("resnet50", "mobilenet_v2")
 
 
-def worker_train(framework: str, runs: int, net: str = "resnet50"):
-    """`runs` timed training steps of one framework on `net`, alone in this process (two frameworks
-    training batch 32 in one process compete for memory: session 2 measured archc at 77 s/step
-    that way and 24 s alone). A '-bf16' suffix: mixed precision, archc's dtype='bfloat16'
-    policy against PyTorch's CPU autocast to bfloat16 (both keep float32 weights)."""
+def train_runner(framework: str, net: str = "resnet50", batch: int = 32, size: int = 224,
+                 device: str = "cpu"):
+    """One framework's training step on ``net``: ``(compile_s, run)``, ``run()`` doing one step
+    (SGD momentum 0.9, softmax cross-entropy) on a fixed random batch and blocking until it is
+    done. ``framework``: 'archc' (jitted step, optax, donated state), 'torch-eager' or
+    'torch.compile' (torchvision's model); a '-bf16' suffix: mixed precision, archc's
+    dtype='bfloat16' policy against PyTorch's autocast to bfloat16 (both keep float32 weights).
+    ``device``: PyTorch's ('cpu', 'cuda': then channels_last, as PyTorch's GPU recipes do); JAX
+    runs on its default device. torch.compile's compile_s is its first step's wall time."""
     import numpy as np
-    batch = 32
-    out = {"load_start": load1(), "cpu_start": cpu_jiffies(), "batch": batch, "framework": framework,
-           "net": net}
     bf16 = framework.endswith("-bf16")
     framework = framework.removesuffix("-bf16")
     rng = np.random.default_rng(0)
-    xh = rng.standard_normal((batch, 224, 224, 3), np.float32)
+    xh = rng.standard_normal((batch, size, size, 3), np.float32)
     labels = rng.integers(0, 1000, batch)
     if framework == "archc":
         import jax
         import jax.numpy as jnp
         import optax
         import archc
-        jax.config.update("jax_enable_compilation_cache", False)
-        model = archc.load(net)
+        model = archc.load(net) if size == 224 else archc.load(net, input_shape=(size, size, 3))
         v = model.init(seed=0)
         tx = optax.sgd(0.01, momentum=0.9)
         params, stats = v["params"], v["batch_stats"]
@@ -271,29 +271,53 @@ def worker_train(framework: str, runs: int, net: str = "resnet50"):
         x, y = jnp.asarray(xh), jnp.asarray(labels)
         t0 = time.perf_counter()
         cstep = jax.jit(step, donate_argnums=(0, 1, 2)).lower(params, stats, opt, x, y).compile()
-        out["compile_s"] = time.perf_counter() - t0
+        compile_s = time.perf_counter() - t0
         state = [params, stats, opt]
 
         def run():
             p, s, o, loss = cstep(*state, x, y)
             state[:] = [p, s, o]
             jax.block_until_ready(loss)
+        return compile_s, run
+    import torch
+    from peers import torch_compile, torch_device_setup, torchvision_model
+    dev, memory_format, sync = torch_device_setup(device)
+    tm = torchvision_model(net).train().to(dev, memory_format=memory_format)
+    topt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
+    tx_ = torch.from_numpy(np.ascontiguousarray(xh.transpose(0, 3, 1, 2))).to(dev, memory_format=memory_format)
+    ty = torch.from_numpy(labels).to(dev)
+    forward = torch_compile(tm) if framework == "torch.compile" else tm
+
+    def run():
+        topt.zero_grad(set_to_none=True)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.cross_entropy(forward(tx_), ty)
+        loss.backward()
+        topt.step()
+        sync()
+    if framework != "torch.compile":
+        return 0.0, run
+    t0 = time.perf_counter()
+    run()
+    return time.perf_counter() - t0, run
+
+
+def worker_train(framework: str, runs: int, net: str = "resnet50"):
+    """`runs` timed training steps of one framework on `net` at batch 32 (train_runner), alone in
+    this process (two frameworks training batch 32 in one process compete for memory: session 2
+    measured archc at 77 s/step that way and 24 s alone)."""
+    batch = 32
+    out = {"load_start": load1(), "cpu_start": cpu_jiffies(), "batch": batch, "framework": framework,
+           "net": net}
+    if framework.startswith("archc"):
+        import jax
+        jax.config.update("jax_enable_compilation_cache", False)
     else:
         import torch
-        from peers import torchvision_model
         torch.set_num_threads(2)
-        tm = torchvision_model(net).train()
-        topt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
-        tx_ = torch.from_numpy(np.ascontiguousarray(xh.transpose(0, 3, 1, 2)))
-        ty = torch.from_numpy(labels)
-
-        def run():
-            topt.zero_grad(set_to_none=True)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = torch.nn.functional.cross_entropy(tm(tx_), ty)
-            loss.backward()
-            topt.step()
-
+    compile_s, run = train_runner(framework, net, batch)
+    if framework.startswith("archc"):
+        out["compile_s"] = compile_s
     run()                                                    # warm-up
     times = []
     for _ in range(runs):

@@ -3,7 +3,10 @@
 Each runner has ``setup()`` (build the model and its weights) and ``prepare(batch)`` ->
 ``(compile_s, run)`` where ``run()`` performs one inference call on a fixed random batch of
 ``batch`` images and blocks until the result is ready. Inputs are each framework's native layout
-(NHWC for archc/Flax/Keras, NCHW for PyTorch/ONNX Runtime), float32.
+(NHWC for archc/Flax/Keras, NCHW for PyTorch/ONNX Runtime), float32. archc and the PyTorch runners
+also take ``size`` (the image side; default the network's), archc ``dtype`` ('bfloat16': its
+mixed-precision policy) and PyTorch ``device`` ('cuda': channels_last) and ``amp`` (autocast to
+bfloat16): bench/gpu_bench.py's GPU table.
 """
 from __future__ import annotations
 
@@ -27,6 +30,16 @@ def image_size(net: str) -> int:
     return 299 if net == "inception_v3" else 224
 
 
+def torch_device_setup(device: str):
+    """(torch.device, memory format, sync): on a GPU, channels_last (cuDNN's fast NHWC kernels,
+    as PyTorch's performance guide recommends) and a sync that waits for the queued kernels."""
+    import torch
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return dev, torch.channels_last, torch.cuda.synchronize
+    return dev, torch.contiguous_format, lambda: None
+
+
 def _nhwc(batch, size, seed=0):
     return np.random.default_rng(seed).standard_normal((batch, size, size, 3), np.float32)
 
@@ -41,13 +54,13 @@ class ArchcRunner:
     """archc.load(net), plain (fold=False) or with every BN folded into its conv (fold=True),
     the same initial weights (seed 0) either way."""
 
-    def __init__(self, net: str, fold: bool = False):
-        self.net, self.fold = net, fold
+    def __init__(self, net: str, fold: bool = False, dtype=None, size=None):
+        self.net, self.fold, self.dtype, self.size = net, fold, dtype, size
         self.name = "archc+fold" if fold else "archc"
 
     def setup(self):
         import archc
-        self.model = archc.load(self.net)
+        self.model = archc.load(self.net, input_shape=(self.size, self.size, 3)) if self.size else archc.load(self.net)
         self.variables = self.model.init(seed=0)
         if self.fold:
             self.model, self.variables = self.model.fold_batchnorm(self.variables)
@@ -57,8 +70,8 @@ class ArchcRunner:
         import jax.numpy as jnp
         from archc.runtime.bench import compile_forward
         x = jnp.asarray(_nhwc(batch, self.model.input_shape[0]))
-        model = self.model
-        compiled, secs = compile_forward(lambda v, x: model.apply_fn(v, x), self.variables, x)
+        model, dtype = self.model, self.dtype
+        compiled, secs = compile_forward(lambda v, x: model.apply_fn(v, x, dtype=dtype), self.variables, x)
         v = self.variables
         return secs, lambda: jax.block_until_ready(compiled(v, x))
 
@@ -135,29 +148,44 @@ def torchvision_model(net: str):
     import torchvision
     torch.manual_seed(0)
     kw = {"aux_logits": False, "init_weights": False} if net == "inception_v3" else {}
-    return getattr(torchvision.models, TORCHVISION[net])(weights=None, **kw).eval()
+    return getattr(torchvision.models, TORCHVISION.get(net, net))(weights=None, **kw).eval()
 
 
 class TorchEagerRunner:
     name = "torch-eager"
 
-    def __init__(self, net: str):
-        self.net = net
+    def __init__(self, net: str, device: str = "cpu", amp: bool = False, size=None):
+        self.net, self.device, self.amp, self.size = net, device, amp, size or image_size(net)
 
     def setup(self):
         import torch
-        torch.set_num_threads(2)
-        self.model = torchvision_model(self.net)
+        if self.device == "cpu":
+            torch.set_num_threads(2)
+        self.dev, self.memory_format, self.sync = torch_device_setup(self.device)
+        self.model = self.wrap(torchvision_model(self.net).to(self.dev, memory_format=self.memory_format))
+
+    def wrap(self, model):
+        return model
 
     def prepare(self, batch):
         import torch
-        x = torch.from_numpy(_nchw(batch, image_size(self.net)))
-        m = self.model
+        x = torch.from_numpy(_nchw(batch, self.size)).to(self.dev, memory_format=self.memory_format)
+        m, dev, amp, sync = self.model, self.dev, self.amp, self.sync
 
         def run():
-            with torch.inference_mode():
-                return m(x)
+            with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                y = m(x)
+            sync()
+            return y
         return 0.0, run
+
+
+def torch_compile(model):
+    """torch.compile(model) with Inductor, or the backend named by ARCHC_BENCH_TORCH_BACKEND
+    (bench/gpu.sh --dry-run: 'eager', Dynamo's capture without Inductor's code generation,
+    which takes minutes on a small CPU)."""
+    import torch
+    return torch.compile(model, dynamic=False, backend=os.environ.get("ARCHC_BENCH_TORCH_BACKEND", "inductor"))
 
 
 class TorchCompileRunner(TorchEagerRunner):
@@ -172,10 +200,11 @@ class TorchCompileRunner(TorchEagerRunner):
         return [int(b) for b in env.split(",") if b] or [1, 32]
 
     def setup(self):
-        import torch
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor_")
-        torch.set_num_threads(2)
-        self.model = torch.compile(torchvision_model(self.net), dynamic=False)
+        super().setup()
+
+    def wrap(self, model):
+        return torch_compile(model)
 
     def prepare(self, batch):
         _, run = super().prepare(batch)

@@ -41,16 +41,24 @@ def time_compiled(compiled, variables, x, iters: int = 5, repeats: int = 5, warm
     return statistics.median(rates)
 
 
+def onnx_forward(model, variables, layout: str = "nchw"):
+    """archc's ONNX export of ``model`` on an ONNX Runtime CPU session: (forward, seconds to
+    export and create the session); ``forward(x)`` takes a float32 batch in ``layout`` ('nhwc':
+    archc's own interface, feature-map outputs NHWC too) and returns the list of outputs."""
+    from .export import export, onnx_session
+    t0 = time.perf_counter()
+    session = onnx_session(export(model, variables, format="onnx", layout=layout))
+    name = session.get_inputs()[0].name
+    return (lambda x: session.run(None, {name: x})), time.perf_counter() - t0
+
+
 def onnx_runner(model, variables, x):
     """archc's ONNX export of ``model`` (NCHW) on an ONNX Runtime CPU session: (run, seconds to
     export and create the session); ``run(v, x)`` takes archc's NHWC batch, as a compiled
     forward does, and returns the outputs."""
-    from .export import export, onnx_session
-    t0 = time.perf_counter()
-    session = onnx_session(export(model, variables, format="onnx"))
-    name = session.get_inputs()[0].name
+    forward, seconds = onnx_forward(model, variables)
     nchw = np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2))
-    return (lambda v, x: session.run(None, {name: nchw})), time.perf_counter() - t0
+    return (lambda v, x: forward(nchw)), seconds
 
 
 def bench_model(model, batch: int = 1, iters: int = 5, repeats: int = 5, dtype=None, backend: str = "xla") -> dict:
