@@ -1,10 +1,14 @@
 import os
+import tempfile
 
 import pytest
 
 # Parity tests compare float32 results: pin matmul precision where JAX is used (this environment
 # variable reaches the CLI subprocesses; in-process tests use the highest_precision fixture).
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+# `--backend auto`'s measured choices (runtime/backend_choice.py) go to a fresh folder per test
+# process, not the user's ~/.cache: a run neither reads a developer's earlier choices nor leaves any.
+os.environ.setdefault("ARCHC_CACHE_DIR", tempfile.mkdtemp(prefix="archc-test-cache-"))
 
 
 def pytest_addoption(parser):
