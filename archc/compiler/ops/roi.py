@@ -14,9 +14,6 @@ import math
 
 from .base import REQUIRED, Attrs, OpDef, ShapeError, Surface, attrs_class, fmt, register
 
-# MultiScaleRoIAlign's LevelMapper (torchvision/ops/poolers.py): canonical box side and level.
-CANONICAL_SIZE, CANONICAL_LEVEL, LEVEL_EPS = 224, 4, 1e-6
-
 
 @attrs_class
 class RoiAlignAttrs(Attrs):
@@ -44,12 +41,6 @@ def _roi_shape(op: str, a, ins):
         raise ShapeError(f"{op}'s feature maps differ in channels: {', '.join(fmt(m) for m in maps)}",
                          "give every level the same width (an FPN's out_channels)")
     return (rois[0], *a.out, maps[0][2])
-
-
-def levels(scales: tuple) -> tuple[int, int]:
-    """(k_min, k_max) of MultiScaleRoIAlign's LevelMapper for these scales (-log2 of the first
-    and the last)."""
-    return round(-math.log2(scales[0])), round(-math.log2(scales[-1]))
 
 
 def _maps(a, ctx, many: bool) -> list:
