@@ -74,8 +74,8 @@ def _dense(node: Node, xs, e):
 def _pool(node: Node, xs, e):
     a = node.attrs
     if a.kind == "max":
-        full = tuple((p[0] + x[0], p[1] + x[1]) for p, x in zip(a.padding, a.extra))
-        return f"{e.use('max_pool')}({xs[0]}, {_tuple(a.kernel)}, {_tuple(a.strides)}, padding={_tuple(full)})"
+        return (f"{e.use('max_pool')}({xs[0]}, {_tuple(a.kernel)}, {_tuple(a.strides)}, padding={_tuple(a.padding)}, "
+                f"extra={_tuple(a.extra)})")
     return (f"{e.use('avg_pool')}({xs[0]}, {_tuple(a.kernel)}, {_tuple(a.strides)}, padding={_tuple(a.padding)}, "
             f"extra={_tuple(a.extra)}, count_include_pad={a.count_include_pad})")
 

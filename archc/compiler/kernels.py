@@ -68,19 +68,30 @@ def dense(x, v):
     return add_bias(lax.dot_general(x, v["kernel"], (((x.ndim - 1,), (0,)), ((), ()))), v)
 
 
-def max_pool(x, window, strides, padding):
-    """``padding`` includes ceil mode's extra bottom/right cells."""
-    return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1), ((0, 0), *padding, (0, 0)))
+def pool_padding(padding, extra):
+    """NHWC padding of a pooling window: the explicit padding plus ceil mode's ``extra``
+    bottom/right cells."""
+    return ((0, 0), (padding[0][0] + extra[0][0], padding[0][1] + extra[0][1]),
+            (padding[1][0] + extra[1][0], padding[1][1] + extra[1][1]), (0, 0))
+
+
+def max_pool(x, window, strides, padding, extra):
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1), pool_padding(padding, extra))
+
+
+def window_mean(total, in_hw, window, strides, padding, extra, count_include_pad):
+    """PyTorch's average pool from its window sums ``total``: ceil mode's ``extra`` cells never
+    count in the divisor, the explicit padding counts when ``count_include_pad``."""
+    rows = axis_counts(in_hw[0], window[0], strides[0], padding[0], extra[0], count_include_pad)
+    cols = axis_counts(in_hw[1], window[1], strides[1], padding[1], extra[1], count_include_pad)
+    if rows.min() == rows.max() and cols.min() == cols.max():          # a constant divisor
+        return total / float(rows[0] * cols[0])
+    return total / jnp.asarray((rows[:, None] * cols[None, :]).astype(np.float32)[:, :, None], dtype=total.dtype)
 
 
 def avg_pool(x, window, strides, padding, extra, count_include_pad):
-    """PyTorch's average pool: ceil mode's ``extra`` cells never count in the divisor, the
-    explicit padding counts when ``count_include_pad``."""
-    full = [(p[0] + e[0], p[1] + e[1]) for p, e in zip(padding, extra)]
-    total = lax.reduce_window(x, 0.0, lax.add, (1, *window, 1), (1, *strides, 1), ((0, 0), *full, (0, 0)))
-    rows = axis_counts(x.shape[1], window[0], strides[0], padding[0], extra[0], count_include_pad)
-    cols = axis_counts(x.shape[2], window[1], strides[1], padding[1], extra[1], count_include_pad)
-    return total / jnp.asarray((rows[:, None] * cols[None, :])[:, :, None], x.dtype)
+    total = lax.reduce_window(x, 0.0, lax.add, (1, *window, 1), (1, *strides, 1), pool_padding(padding, extra))
+    return window_mean(total, x.shape[1:3], window, strides, padding, extra, count_include_pad)
 
 
 def adaptive_along(x, axis, out, reduce):

@@ -35,7 +35,7 @@ from . import kernels
 from .ir import Graph, Node
 from .ops import OPS, VarSpec, pass_rules, variable_specs, variables_tree  # noqa: F401  (VarSpec, variables_tree: re-exported)
 from .ops.conv import cpu_conv_path
-from .ops.pool import axis_counts, cpu_pool_separable
+from .ops.pool import cpu_pool_separable
 
 Array = jax.Array
 
@@ -347,30 +347,16 @@ def _separable_window(x, kernel, strides, combine):
 
 @lowering("pool")
 def _pool(node: Node, xs, v, run):
-    a = node.attrs
-    x = xs[0]
-    (kh, kw), (sh, sw) = a.kernel, a.strides
-    pads = tuple(a.padding)
-    extra = tuple(a.extra)
-    full = ((0, 0), (pads[0][0] + extra[0][0], pads[0][1] + extra[0][1]),
-            (pads[1][0] + extra[1][0], pads[1][1] + extra[1][1]), (0, 0))
-    window, strides = (1, kh, kw, 1), (1, sh, sw, 1)
-    combine = lax.max if a.kind == "max" else lax.add
+    a, x = node.attrs, xs[0]
+    window = (tuple(a.kernel), tuple(a.strides), tuple(a.padding), tuple(a.extra))
+    if not (jax.default_backend() == "cpu" and cpu_pool_separable(a)):
+        return kernels.max_pool(x, *window) if a.kind == "max" else kernels.avg_pool(x, *window, a.count_include_pad)
+    # zero padding adds nothing to a sum; window_mean's divisor counts the cells
+    full = kernels.pool_padding(a.padding, a.extra)
     padded = any(any(side) for side in full)
-    if jax.default_backend() == "cpu" and cpu_pool_separable(a):
-        # zero padding adds nothing to a sum; the divisor below counts the cells
-        total = _separable_window(jnp.pad(x, full) if padded else x, (kh, kw), (sh, sw), combine)
-    else:
-        total = lax.reduce_window(x, -jnp.inf if a.kind == "max" else 0.0, combine, window, strides, full)
-    if a.kind == "max":
-        return total
-    include = a.count_include_pad
-    ch = axis_counts(x.shape[1], kh, sh, pads[0], extra[0], include)
-    cw = axis_counts(x.shape[2], kw, sw, pads[1], extra[1], include)
-    if ch.min() == ch.max() and cw.min() == cw.max():          # constant divisor: fast path
-        return total / float(ch[0] * cw[0])
-    div = (ch[:, None] * cw[None, :]).astype(np.float32)[:, :, None]
-    return total / jnp.asarray(div, dtype=total.dtype)
+    total = _separable_window(jnp.pad(x, full) if padded else x, a.kernel, a.strides,
+                              lax.max if a.kind == "max" else lax.add)
+    return total if a.kind == "max" else kernels.window_mean(total, x.shape[1:3], *window, a.count_include_pad)
 
 
 @lowering("global_pool")

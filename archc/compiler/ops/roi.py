@@ -6,7 +6,8 @@ image in input-image pixels; the feature maps are tensor arguments (``@rois roi_
 scale=1/16)``), so a node's inputs are (rois, map0, map1, ...). The output keeps the RoI axis in
 front of each pooled map, (R, PH, PW, C): the *per-RoI axis*. ``flatten`` keeps a leading RoI
 axis (R, PH, PW, C) -> (R, PH·PW·C), and dense and activations act on the last axis, so the
-R-CNN heads (TwoMLPHead, the box predictor) are ordinary layers after a RoI op.
+R-CNN heads (TwoMLPHead, the box predictor) are ordinary layers after a RoI op. Their arithmetic
+(and MultiScaleRoIAlign's level mapper): compiler/kernels.py's roi_align, roi_levels, roi_pool.
 """
 from __future__ import annotations
 
