@@ -14,6 +14,9 @@ param ``scale``; normalize batch_stats ``mean``/``var``/``count``. A transposed 
 kernel is (kh, kw, out, in): Flax's ``transpose_kernel=True`` layout, which makes it the exact
 gradient of a convolution, i.e. PyTorch's ConvTranspose2d (torch weight ``w.permute(2, 3, 1, 0)``).
 
+Each op's arithmetic is a function of the kernel library (kernels.py, which the Flax export
+copies); what stays here is the dispatch, the mixed-precision policy, training's batch statistics
+and dropout, and the measured XLA:CPU fast paths (conv, depthwise, separable pooling windows).
 Per-node work is a table lookup (``LOWERINGS[op]``), executed once while tracing; under ``jit``
 nothing of this Python remains. Shapes used by the lowering (pool divisors, flatten order) come
 from the traced arrays, so a model also runs on a different input size where its ops allow it.
