@@ -1,12 +1,14 @@
 """The kernel library: each op's arithmetic, written once.
 
-The lowering (compiler/lower.py) computes every op through these functions, and so do detection
-(its resize) and the Flax/NNX exporters: ``flax_source`` copies the ones a network uses, by their
+The lowering (compiler/lower.py) computes with these functions, and so do detection (its
+resize) and the Flax/NNX exporters: ``flax_source`` copies the ones a network uses, by their
 source text, into the module it writes, so that the module needs nothing of archc and computes
-what archc computes, op for op. NHWC, the variables of one node as a dict. Only the measured
-XLA:CPU fast paths (lower.py's conv and pool paths) are separate code; they compute the same
-function. Keep the functions self-contained: each may use only ``jax``, ``jnp``, ``lax``, ``np``
-and the other public functions here (a private helper would not be copied).
+what archc computes, op for op. NHWC, the variables of one node as a dict. Separate code in the
+lowering: the measured XLA:CPU fast paths (conv, depthwise, separable pooling windows), which
+compute the same function; conv and dense's mixed-precision product; and one-expression ops
+(concat, add, pad, crop, slice, global pool). Keep the functions self-contained: each may use only
+``jax``, ``jnp``, ``lax``, ``np`` and the other public functions here (a private helper would not
+be copied).
 """
 from __future__ import annotations
 
