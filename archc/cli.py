@@ -509,7 +509,9 @@ def _add_train_parser(sub, common) -> None:
     a("--lr-mult", action="append", type=_lr_mult, metavar="PATTERN=FACTOR")
     a("--bn", choices=["auto", "update", "frozen"], help="batch-norm statistics (default auto)")
     a("--val-split", type=float, metavar="FRACTION")
-    a("--normalize", metavar="NAME|MEAN/STD", help="unit (default), symmetric, imagenet, raw or m1,m2,m3/s1,s2,s3")
+    a("--normalize", metavar="NAME|MEAN/STD",
+      help="torch, inception, tf, caffe, none, unit or m1,m2,m3/s1,s2,s3 (default: as the network declares, "
+           "else as the --weights file records, else unit)")
     a("--augment", choices=AUGMENTATIONS,
       help="training augmentation: auto (default: crop strength and flip from the input size; a "
            "detector: hflip), imagenet (crop to 8-100%% of the area and flip, at any size), none; "

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import archc
-from archc.compiler import flax_ops
+from archc.compiler import kernels
 from archc.compiler.build import build_graph
 from archc.runtime.model import Model
 from archc.spec.source import ArchError
@@ -38,7 +38,7 @@ def test_roi_align_matches_torchvision(sampling, aligned):
     rois = boundary_rois(2, 40, 13, 17, 0.25)
     want = torchvision.ops.roi_align(torch.from_numpy(f).permute(0, 3, 1, 2), _torch_rois(rois), (7, 7), 0.25,
                                      sampling, aligned)
-    got = np.asarray(flax_ops.roi_align(rois, [f], (7, 7), (0.25,), sampling, aligned))
+    got = np.asarray(kernels.roi_align(rois, [f], (7, 7), (0.25,), sampling, aligned))
     np.testing.assert_allclose(got, _nhwc(want, 2, 40), rtol=0, atol=2e-6)
 
 
@@ -46,7 +46,7 @@ def test_roi_pool_matches_torchvision_exactly():
     f = np.random.default_rng(1).standard_normal((2, 13, 17, 3)).astype(np.float32)
     rois = boundary_rois(2, 40, 13, 17, 1 / 16, seed=2)
     want = torchvision.ops.roi_pool(torch.from_numpy(f).permute(0, 3, 1, 2), _torch_rois(rois), (7, 7), 1 / 16)
-    got = np.asarray(flax_ops.roi_pool(rois, f, (7, 7), 1 / 16))
+    got = np.asarray(kernels.roi_pool(rois, f, (7, 7), 1 / 16))
     np.testing.assert_array_equal(got, _nhwc(want, 2, 40))
 
 
@@ -60,9 +60,9 @@ def test_multiscale_roi_align_matches_torchvision():
     pooler = torchvision.ops.MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
     features = OrderedDict((str(i), torch.from_numpy(m).permute(0, 3, 1, 2)) for i, m in enumerate(maps))
     want = pooler(features, [torch.from_numpy(r) for r in rois], [(256, 256)] * 2)
-    levels = np.asarray(flax_ops.roi_levels(rois, (1 / 4, 1 / 8, 1 / 16, 1 / 32)))
+    levels = np.asarray(kernels.roi_levels(rois, (1 / 4, 1 / 8, 1 / 16, 1 / 32)))
     assert set(levels.ravel()) == {0, 1, 2, 3}
-    got = np.asarray(flax_ops.roi_align(rois, maps, (7, 7), (1 / 4, 1 / 8, 1 / 16, 1 / 32), 2, False))
+    got = np.asarray(kernels.roi_align(rois, maps, (7, 7), (1 / 4, 1 / 8, 1 / 16, 1 / 32), 2, False))
     np.testing.assert_allclose(got, _nhwc(want, 2, 60), rtol=0, atol=2e-6)
 
 

@@ -70,7 +70,7 @@ def test_lenet5_digits_cli(tmp_path, capsys):
     assert json.loads(metadata(run / "best.safetensors")["classes"]) == [str(i) for i in range(10)]
     model = archc.load("lenet5")
     val = D.ImageFolder.scan(data / "val", classes=[str(i) for i in range(10)])
-    pre = D.Preprocess(32, 32, 1, crop=False, flip=False)
+    pre = D.AugmentedImage(32, 32, 1, crop=False, flip=False)
     x = np.stack([pre(val.read(i)) for i in range(len(val))])
     acc = float(np.mean(np.asarray(model.apply(variables, x)).argmax(-1) == val.labels))
     assert acc == pytest.approx(m["val_accuracy"][-1], abs=1e-9)
@@ -225,7 +225,7 @@ def test_find_splits_layouts(tmp_path):
 
 def test_loader_deterministic_order_and_augmentation(tmp_path):
     data = D.ImageFolder.scan(write_random(tmp_path / "d", classes=2, per_class=10, mode="RGB"))
-    pre = D.ImageAndLabel(D.Preprocess(24, 24, 3, crop_scale=(0.3, 1.0)))
+    pre = D.ImageAndLabel(D.AugmentedImage(24, 24, 3, crop_scale=(0.3, 1.0)))
 
     def epoch(loader, e):
         return [(b["image"].copy(), b["label"].copy()) for b in loader.epoch(e)]
@@ -281,7 +281,7 @@ def test_augmentation_follows_the_input_size():
 
 def test_preprocess_normalisation_and_modes():
     from PIL import Image
-    pre = D.Preprocess(4, 4, 3, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop=False, flip=False)
+    pre = D.AugmentedImage(4, 4, 3, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop=False, flip=False)
     x = pre(Image.new("L", (8, 8), 255))               # grey -> RGB, resized, [-1, 1]
     assert x.shape == (4, 4, 3) and np.allclose(x, 1.0)
     from archc.runtime import pipeline as P

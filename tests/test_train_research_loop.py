@@ -99,14 +99,14 @@ def test_one_vocabulary_for_training_and_inference():
     from PIL import Image
 
     from archc.runtime import pipeline as P
-    from archc.runtime.data import Preprocess
+    from archc.runtime.data import AugmentedImage
     from archc.runtime.predict import preprocess_image
     rng = np.random.default_rng(0)
     im = Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8))
     for name in ("unit", "torch", "imagenet", "tf", "symmetric", "caffe", "none", "raw", "0.1,0.2,0.3/0.5,0.5,2"):
         spec = P.pipeline({**P.parse_normalize(name), "resize": "exact"})
         mean, std, bgr = P.statistics(spec, 3)
-        train_eval = Preprocess(32, 32, 3, tuple(mean), tuple(std), crop=False, flip=False, bgr=bgr)(im)
+        train_eval = AugmentedImage(32, 32, 3, tuple(mean), tuple(std), crop=False, flip=False, bgr=bgr)(im)
         np.testing.assert_array_equal(train_eval, preprocess_image(im, (32, 32, 3), spec), err_msg=name)
     # the reference formulas of each mode
     a = np.asarray(im.resize((32, 32), Image.BILINEAR), np.float32)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import archc
-from archc.compiler import flax_ops, sizes
+from archc.compiler import kernels, sizes
 from archc.compiler.build import build_graph
 from archc.spec.source import ArchError
 
@@ -39,7 +39,7 @@ def test_resize_to_matches_f_interpolate_exactly(mode):
         x = rng.standard_normal((2, hi, wi, 3)).astype(np.float32)
         want = F.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), size=(ho, wo), mode=mode,
                              **({} if mode == "nearest" else {"align_corners": False})).permute(0, 2, 3, 1).numpy()
-        got = np.asarray(flax_ops.resize_to(x, (ho, wo), mode))
+        got = np.asarray(kernels.resize_to(x, (ho, wo), mode))
         if mode == "nearest":
             np.testing.assert_array_equal(got, want, err_msg=f"{(hi, wi)} -> {(ho, wo)}")
         else:
@@ -49,7 +49,7 @@ def test_resize_to_matches_f_interpolate_exactly(mode):
 def test_nearest_index_is_torchs_float32_rule():
     """The float32 product, not the exact quotient: 2 → 82 reads row 0 at 41 (float32(2 / 82)
     · 41 = 0.99999994), where exact arithmetic gives 1."""
-    idx = flax_ops.nearest_index(2, 82)
+    idx = kernels.nearest_index(2, 82)
     x = torch.arange(2, dtype=torch.float32)[None, None, :, None]
     want = F.interpolate(x, size=(82, 1), mode="nearest")[0, 0, :, 0].long().numpy()
     np.testing.assert_array_equal(idx, want)

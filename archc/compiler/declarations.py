@@ -167,7 +167,18 @@ def _plain(v):
 # ---------------------------------------------------------------------------------------------
 # preprocess: the input pipeline a network's weights expect
 # ---------------------------------------------------------------------------------------------
-PREPROCESS_MODES = ("torch", "inception", "tf", "caffe", "none", "unit")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)     # RGB, [0, 1] units
+# The normalisation modes and their statistics in [0, 1] units, x = (pixel / 255 - mean) / std
+# (runtime/pipeline.py applies them).
+PREPROCESS_STATISTICS: dict[str, tuple] = {
+    "torch": (IMAGENET_MEAN, IMAGENET_STD),
+    "inception": ((0.5,), (0.5,)),
+    "tf": ((0.5,), (0.5,)),
+    "caffe": ((103.939 / 255, 116.779 / 255, 123.68 / 255), (1.0 / 255.0,)),   # BGR order
+    "none": ((0.0,), (1.0 / 255.0,)),
+    "unit": ((0.0,), (1.0,)),
+}
+PREPROCESS_MODES = tuple(PREPROCESS_STATISTICS)
 
 
 @declaration("preprocess")

@@ -2,7 +2,7 @@
 
 One rule per op, registered with ``@flax_rule("op")``: ``fn(node, xs, e) -> expression``, where
 ``xs`` are the Python names of its inputs, ``e.ins`` their IR shapes, ``v`` names the node's
-variables (declared on the line before) and ``e.use(fn)`` copies a function of ``flax_ops`` into
+variables (declared on the line before) and ``e.use(fn)`` copies a function of ``kernels`` into
 the module. Each IR node becomes one assignment named after it, so the module reads as the
 network's layer list. The module takes archc's variables ({'params': {node: {leaf}},
 'batch_stats': ...}) and computes inference (dropout off, BN on its running statistics).
@@ -15,7 +15,7 @@ import keyword
 import re
 from typing import NamedTuple
 
-from . import flax_ops
+from . import kernels
 from .ir import Graph, Node
 from .ops import ACTIVATIONS, node_variables, pass_rules
 
@@ -25,7 +25,7 @@ FLAX_RULES, flax_rule = pass_rules("flax rule")
 
 class SourceEmitter:
     def __init__(self):
-        self.used: dict[str, None] = {}        # flax_ops functions the module needs, in first-use order
+        self.used: dict[str, None] = {}        # kernels functions the module needs, in first-use order
         self.ins: list = []
 
     def use(self, fn: str) -> str:
@@ -36,12 +36,12 @@ class SourceEmitter:
 
 
 def _helpers_called(fn: str) -> list:
-    source = inspect.getsource(getattr(flax_ops, fn))
+    source = inspect.getsource(getattr(kernels, fn))
     return [h for h in _HELPERS if h != fn and re.search(rf"\b{h}\(", source)]
 
 
-_HELPERS = [name for name, f in vars(flax_ops).items()
-            if inspect.isfunction(f) and not name.startswith("_") and f.__module__ in (flax_ops.__name__, "archc.compiler.ops.pool")]
+_HELPERS = [name for name, f in vars(kernels).items()
+            if inspect.isfunction(f) and not name.startswith("_") and f.__module__ in (kernels.__name__, "archc.compiler.ops.pool")]
 
 
 def _tuple(t) -> str:
@@ -74,8 +74,8 @@ def _dense(node: Node, xs, e):
 def _pool(node: Node, xs, e):
     a = node.attrs
     if a.kind == "max":
-        full = tuple((p[0] + x[0], p[1] + x[1]) for p, x in zip(a.padding, a.extra))
-        return f"{e.use('max_pool')}({xs[0]}, {_tuple(a.kernel)}, {_tuple(a.strides)}, padding={_tuple(full)})"
+        return (f"{e.use('max_pool')}({xs[0]}, {_tuple(a.kernel)}, {_tuple(a.strides)}, padding={_tuple(a.padding)}, "
+                f"extra={_tuple(a.extra)})")
     return (f"{e.use('avg_pool')}({xs[0]}, {_tuple(a.kernel)}, {_tuple(a.strides)}, padding={_tuple(a.padding)}, "
             f"extra={_tuple(a.extra)}, count_include_pad={a.count_include_pad})")
 
@@ -94,7 +94,7 @@ def _adaptive_pool(node: Node, xs, e):
 
 @flax_rule("bn")
 def _bn(node: Node, xs, e):
-    return f"{e.use('batch_norm')}({xs[0]}, v, eps={node.attrs.eps!r})"
+    return f"{e.use('batch_norm')}({xs[0]}, v['mean'], v['var'], v, eps={node.attrs.eps!r})"
 
 
 @flax_rule("layernorm")
@@ -109,7 +109,7 @@ def _groupnorm(node: Node, xs, e):
 
 @flax_rule("layer_scale")
 def _layer_scale(node: Node, xs, e):
-    return f'{xs[0]} * v["scale"]'
+    return f"{e.use('layer_scale')}({xs[0]}, v)"
 
 
 @flax_rule("lrn")
@@ -125,7 +125,7 @@ def _l2norm(node: Node, xs, e):
 
 @flax_rule("normalize")
 def _normalize(node: Node, xs, e):
-    return f'({xs[0]} - v["mean"]) / jnp.maximum(jnp.sqrt(v["var"]), {node.attrs.eps!r})'
+    return f"{e.use('normalize')}({xs[0]}, v, eps={node.attrs.eps!r})"
 
 
 @flax_rule("act")
@@ -156,18 +156,9 @@ def _identity(node: Node, xs, e):
     return xs[0]
 
 
-def _per_channel(values) -> str:
-    return repr(values[0]) if len(set(values)) == 1 else f"jnp.asarray({list(values)!r}, jnp.float32)"
-
-
 @flax_rule("rescale")
 def _rescale(node: Node, xs, e):
-    a, y = node.attrs, xs[0]
-    if any(s != 1.0 for s in a.scale):
-        y = f"{y} * {_per_channel(a.scale)}"
-    if any(o != 0.0 for o in a.offset):
-        y = f"{y} + {_per_channel(a.offset)}"
-    return y
+    return f"{e.use('rescale')}({xs[0]}, scale={_tuple(node.attrs.scale)}, offset={_tuple(node.attrs.offset)})"
 
 
 @flax_rule("flatten")
@@ -355,11 +346,11 @@ def return_line(graph: Graph, ids: dict) -> str:
 
 def module_parts(graph: Graph, header: str, e: SourceEmitter) -> list:
     """The header (formatted with name, origin, cls, shape), the initialisers and the copied
-    ``flax_ops`` functions: what both the Linen and the NNX module start with."""
+    ``kernels`` functions: what both the Linen and the NNX module start with."""
     origin = next((f" from {n.span.file.rsplit('/', 1)[-1]}" for n in graph if n.span), "")
     shape = ", ".join(f"(N, {', '.join(map(str, graph.nodes[n].shape))})" for n in graph.inputs)
     parts = [header.format(name=graph.name, origin=origin, cls=class_name(graph), shape=shape), _INITIALISERS]
-    return parts + ["\n\n" + inspect.getsource(getattr(flax_ops, fn)) for fn in e.used]
+    return parts + ["\n\n" + inspect.getsource(getattr(kernels, fn)) for fn in e.used]
 
 
 def to_flax_source(graph: Graph) -> str:

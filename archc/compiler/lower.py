@@ -14,6 +14,9 @@ param ``scale``; normalize batch_stats ``mean``/``var``/``count``. A transposed 
 kernel is (kh, kw, out, in): Flax's ``transpose_kernel=True`` layout, which makes it the exact
 gradient of a convolution, i.e. PyTorch's ConvTranspose2d (torch weight ``w.permute(2, 3, 1, 0)``).
 
+Each op's arithmetic is a function of the kernel library (kernels.py, which the Flax export
+copies); what stays here is the dispatch, the mixed-precision policy, training's batch statistics
+and dropout, and the measured XLA:CPU fast paths (conv, depthwise, separable pooling windows).
 Per-node work is a table lookup (``LOWERINGS[op]``), executed once while tracing; under ``jit``
 nothing of this Python remains. Shapes used by the lowering (pool divisors, flatten order) come
 from the traced arrays, so a model also runs on a different input size where its ops allow it.
@@ -30,11 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from . import flax_ops, graph_queries
+from . import graph_queries, kernels
 from .ir import Graph, Node
 from .ops import OPS, VarSpec, activation_names, pass_rules, variable_specs, variables_tree  # noqa: F401  (VarSpec, variables_tree: re-exported)
 from .ops.conv import cpu_conv_path
-from .ops.pool import axis_counts, cpu_pool_separable
+from .ops.pool import cpu_pool_separable
 
 Array = jax.Array
 
@@ -122,20 +125,9 @@ def _cpu_conv_path(a, x) -> str | None:
     return cpu_conv_path(a, x.shape)
 
 
-# Elementwise arithmetic in lax rather than jnp operators: the same HLO, but a jnp operator
-# costs ~0.5 ms of dispatch per call while tracing, a lax primitive ~0.02 ms, and tracing
-# speed is what `archc build`'s shape check and every compile pay for.
-def _cast(a, dtype):
-    return a if a.dtype == dtype else lax.convert_element_type(a, dtype)
-
-
-def _at_least_f32(x):
-    return _cast(x, jnp.promote_types(x.dtype, jnp.float32))
-
-
-def _promote(*xs):
-    dtype = jnp.result_type(*xs)
-    return [_cast(x, dtype) for x in xs]
+# Elementwise arithmetic in lax (see kernels.cast); the kernel library's helpers under the
+# names the conv paths below use.
+_cast, _at_least_f32, _promote, _channelwise = kernels.cast, kernels.at_least_f32, kernels.promote, kernels.channelwise
 
 
 def _elementwise(op, xs):
@@ -144,12 +136,6 @@ def _elementwise(op, xs):
     shape = tuple(max(d) for d in zip(*(x.shape for x in xs)))
     xs = [x if x.shape == shape else lax.broadcast_in_dim(x, shape, tuple(range(x.ndim))) for x in xs]
     return functools.reduce(op, xs)
-
-
-def _channelwise(op, x, c):
-    """``op(x, c)`` for a per-channel vector ``c`` of shape (C,) against x (..., C)."""
-    x, c = _promote(x, jnp.asarray(c))
-    return op(x, lax.broadcast_in_dim(c, x.shape, (x.ndim - 1,)))
 
 
 def _product(op, x, *args, **kwargs):
@@ -273,10 +259,6 @@ def _depthwise_bwd(geometry, res, g):
 _depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
-def _add_bias(y, v):
-    return _channelwise(lax.add, y, v["bias"]) if "bias" in v else y
-
-
 def _operands(run, x, kernel):
     """A conv's or dense's input and kernel in the compute dtype: ``run.dtype`` when a policy
     is set (the kernel is already cast, see _node_variables), else their common type."""
@@ -291,24 +273,21 @@ def _conv(node: Node, xs, v, run):
     x, kernel = _operands(run, xs[0], v["kernel"])
     path = _cpu_conv_path(a, x)
     if path is not None:
-        return _add_bias(_cpu_conv(path, a, x, kernel), v)
+        return kernels.add_bias(_cpu_conv(path, a, x, kernel), v)
     y = _product(lax.conv_general_dilated, x, kernel, tuple(a.strides), [tuple(p) for p in a.padding],
                  rhs_dilation=tuple(a.dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"),
                  feature_group_count=a.groups)
-    return _add_bias(y, v)
+    return kernels.add_bias(y, v)
 
 
 @lowering("conv_transpose")
 def _conv_transpose(node: Node, xs, v, run):
     a = node.attrs
-    # PyTorch crops `padding` from the full output (n-1)*s + k (+ output_padding at the end);
-    # lax.conv_transpose takes the padding of the stride-dilated input instead.
-    pads = [(k - 1 - p[0], k - 1 - p[1] + op)
-            for k, p, op in zip(a.kernel, a.padding, a.output_padding)]
+    pads = kernels.conv_transpose_padding(a.kernel, a.padding, a.output_padding)
     x, kernel = _operands(run, xs[0], v["kernel"])
     y = _product(lax.conv_transpose, x, kernel, tuple(a.strides), pads,
                  dimension_numbers=("NHWC", "HWIO", "NHWC"), transpose_kernel=True)
-    return _add_bias(y, v)
+    return kernels.add_bias(y, v)
 
 
 def _separable_window(x, kernel, strides, combine):
@@ -326,30 +305,16 @@ def _separable_window(x, kernel, strides, combine):
 
 @lowering("pool")
 def _pool(node: Node, xs, v, run):
-    a = node.attrs
-    x = xs[0]
-    (kh, kw), (sh, sw) = a.kernel, a.strides
-    pads = tuple(a.padding)
-    extra = tuple(a.extra)
-    full = ((0, 0), (pads[0][0] + extra[0][0], pads[0][1] + extra[0][1]),
-            (pads[1][0] + extra[1][0], pads[1][1] + extra[1][1]), (0, 0))
-    window, strides = (1, kh, kw, 1), (1, sh, sw, 1)
-    combine = lax.max if a.kind == "max" else lax.add
+    a, x = node.attrs, xs[0]
+    window = (tuple(a.kernel), tuple(a.strides), tuple(a.padding), tuple(a.extra))
+    if not (jax.default_backend() == "cpu" and cpu_pool_separable(a)):
+        return kernels.max_pool(x, *window) if a.kind == "max" else kernels.avg_pool(x, *window, a.count_include_pad)
+    # zero padding adds nothing to a sum; window_mean's divisor counts the cells
+    full = kernels.pool_padding(a.padding, a.extra)
     padded = any(any(side) for side in full)
-    if jax.default_backend() == "cpu" and cpu_pool_separable(a):
-        # zero padding adds nothing to a sum; the divisor below counts the cells
-        total = _separable_window(jnp.pad(x, full) if padded else x, (kh, kw), (sh, sw), combine)
-    else:
-        total = lax.reduce_window(x, -jnp.inf if a.kind == "max" else 0.0, combine, window, strides, full)
-    if a.kind == "max":
-        return total
-    include = a.count_include_pad
-    ch = axis_counts(x.shape[1], kh, sh, pads[0], extra[0], include)
-    cw = axis_counts(x.shape[2], kw, sw, pads[1], extra[1], include)
-    if ch.min() == ch.max() and cw.min() == cw.max():          # constant divisor: fast path
-        return total / float(ch[0] * cw[0])
-    div = (ch[:, None] * cw[None, :]).astype(np.float32)[:, :, None]
-    return total / jnp.asarray(div, dtype=total.dtype)
+    total = _separable_window(jnp.pad(x, full) if padded else x, a.kernel, a.strides,
+                              lax.max if a.kind == "max" else lax.add)
+    return total if a.kind == "max" else kernels.window_mean(total, x.shape[1:3], *window, a.count_include_pad)
 
 
 @lowering("global_pool")
@@ -360,13 +325,13 @@ def _global_pool(node: Node, xs, v, run):
 
 @lowering("flatten")
 def _flatten(node: Node, xs, v, run):
-    return flax_ops.flatten(xs[0], node.attrs.order)
+    return kernels.flatten(xs[0], node.attrs.order)
 
 
 @lowering("dense")
 def _dense(node: Node, xs, v, run):
     x, kernel = _operands(run, xs[0], v["kernel"])
-    return _add_bias(_product(lax.dot_general, x, kernel, (((x.ndim - 1,), (0,)), ((), ()))), v)
+    return kernels.add_bias(_product(lax.dot_general, x, kernel, (((x.ndim - 1,), (0,)), ((), ()))), v)
 
 
 def _drop(node: Node, x, run, mask_shape):
@@ -397,11 +362,10 @@ def _drop_path(node: Node, xs, v, run):
 
 @lowering("bn")
 def _bn(node: Node, xs, v, run):
-    # Flax BatchNorm's arithmetic, op for op (use_fast_variance=False): checkpoints trained
-    # either way give the same numbers. Like Flax, statistics and normalisation are at least
-    # float32 under a bf16/f16 policy; the result goes back to the input's dtype.
-    a, x = node.attrs, xs[0]
-    x = _at_least_f32(x)
+    # statistics and normalisation in at least float32 under a bf16/f16 policy, as Flax's; the
+    # result goes back to the input's dtype
+    a = node.attrs
+    x = _at_least_f32(xs[0])
     axes = tuple(range(x.ndim - 1))
     if run.train:
         mean = x.mean(axes)
@@ -410,55 +374,28 @@ def _bn(node: Node, xs, v, run):
         run.updates[node.name] = {"mean": m * v["mean"] + (1 - m) * mean, "var": m * v["var"] + (1 - m) * var}
     else:
         mean, var = v["mean"], v["var"]
-    mul = lax.rsqrt(lax.add(var, np.asarray(a.eps, var.dtype)))
-    if "scale" in v:
-        mul = lax.mul(*_promote(mul, v["scale"]))
-    y = _add_bias(_channelwise(lax.mul, _channelwise(lax.sub, x, mean), mul), v)
-    return _cast(y, xs[0].dtype)
+    return _cast(kernels.batch_norm(x, mean, var, v, a.eps), xs[0].dtype)
 
 
 @lowering("layernorm")
 def _layernorm(node: Node, xs, v, run):
-    # Two-pass statistics over the channels in at least float32 (as BN's under the bf16
-    # policy): E[x^2] - E[x]^2 loses digits where the mean is large against the spread.
-    x = _at_least_f32(xs[0])
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    centred = lax.sub(x, mean)
-    var = jnp.mean(lax.square(centred), axis=-1, keepdims=True)
-    y = lax.mul(centred, lax.rsqrt(lax.add(var, np.asarray(node.attrs.eps, var.dtype))))
-    y = _add_bias(_channelwise(lax.mul, y, v["scale"]), v)
-    return _cast(y, xs[0].dtype)
+    return kernels.layer_norm(xs[0], v, node.attrs.eps)
 
 
 @lowering("groupnorm")
 def _groupnorm(node: Node, xs, v, run):
-    # PyTorch GroupNorm: each sample's channels in g groups, each group normalised over its
-    # channels and all positions; two-pass statistics in at least float32, as _layernorm's
-    x = _at_least_f32(xs[0])
-    g = node.attrs.groups
-    grouped = x.reshape(x.shape[:-1] + (g, x.shape[-1] // g))
-    axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)             # positions and the channels of a group
-    centred = lax.sub(grouped, jnp.mean(grouped, axis=axes, keepdims=True))
-    var = jnp.mean(lax.square(centred), axis=axes, keepdims=True)
-    y = lax.mul(centred, lax.rsqrt(lax.add(var, np.asarray(node.attrs.eps, var.dtype)))).reshape(x.shape)
-    if "scale" in v:
-        y = _add_bias(_channelwise(lax.mul, y, v["scale"]), v)
-    return _cast(y, xs[0].dtype)
+    return kernels.group_norm(xs[0], v, node.attrs.groups, node.attrs.eps)
 
 
 @lowering("layer_scale")
 def _layer_scale(node: Node, xs, v, run):
-    return _cast(_channelwise(lax.mul, xs[0], v["scale"]), xs[0].dtype)
+    return kernels.layer_scale(xs[0], v)
 
 
 @lowering("lrn")
 def _lrn(node: Node, xs, v, run):
     a = node.attrs
-    x, size = xs[0], a.size
-    pad = [(0, 0)] * (x.ndim - 1) + [(size // 2, (size - 1) // 2)]
-    window = (1,) * (x.ndim - 1) + (size,)
-    sq_sum = lax.reduce_window(x * x, 0.0, lax.add, window, (1,) * x.ndim, pad)
-    return x / jnp.power(a.k + (a.alpha / size) * sq_sum, a.beta)
+    return kernels.lrn(xs[0], a.size, a.alpha, a.beta, a.k)
 
 
 def _zero(x):
@@ -525,10 +462,7 @@ def _mul(node: Node, xs, v, run):
 
 @lowering("shuffle")
 def _shuffle(node: Node, xs, v, run):
-    x, g = xs[0], node.attrs.groups
-    c = x.shape[-1]
-    y = x.reshape(x.shape[:-1] + (g, c // g))
-    return jnp.swapaxes(y, -1, -2).reshape(x.shape)
+    return kernels.channel_shuffle(xs[0], node.attrs.groups)
 
 
 @lowering("slice")
@@ -552,16 +486,11 @@ def _crop(node: Node, xs, v, run):
 
 @lowering("upsample")
 def _upsample(node: Node, xs, v, run):
-    x = xs[0]
-    if node.attrs.factor is None:                 # upsample(size=@t): t's size in this run
-        return flax_ops.upsample_to(x, xs[1], node.attrs.method)
-    fh, fw = node.attrs.factor
-    n, h, w, c = x.shape
-    if node.attrs.method == "nearest":
-        y = jnp.broadcast_to(x[:, :, None, :, None, :], (n, h, fh, w, fw, c))
-        return y.reshape(n, h * fh, w * fw, c)
-    # half-pixel centres with edge clamping == PyTorch bilinear, align_corners=False
-    return jax.image.resize(x, (n, h * fh, w * fw, c), method="bilinear", antialias=False)
+    a = node.attrs
+    if a.factor is None:                          # upsample(size=@t): t's size in this run
+        return kernels.upsample_to(xs[0], xs[1], a.method)
+    upsample = kernels.upsample_nearest if a.method == "nearest" else kernels.upsample_bilinear
+    return upsample(xs[0], a.factor)
 
 
 @lowering("identity")
@@ -575,68 +504,37 @@ def _reshape(node: Node, xs, v, run):
     return x.reshape((x.shape[0],) + tuple(node.attrs.shape))
 
 
-def _adaptive_along(x, axis: int, out: int, reduce):
-    """PyTorch's adaptive pooling along one axis: window i is [floor(i*n/o), ceil((i+1)*n/o))."""
-    n = x.shape[axis]
-    if n % out == 0:                                           # equal windows: one reshape
-        return reduce(x.reshape(x.shape[:axis] + (out, n // out) + x.shape[axis + 1:]), axis=axis + 1)
-    parts = [reduce(lax.slice_in_dim(x, (i * n) // out, -(-((i + 1) * n) // out), axis=axis),
-                    axis=axis, keepdims=True) for i in range(out)]
-    return jnp.concatenate(parts, axis=axis)
-
-
 @lowering("adaptive_pool")
 def _adaptive_pool(node: Node, xs, v, run):
-    # separable: a mean (max) over a rectangle is the mean (max) over its rows of the mean
-    # (max) over its columns, and PyTorch's windows are a product of per-axis windows
-    reduce = jnp.mean if node.attrs.kind == "avg" else jnp.max
-    oh, ow = node.attrs.out
-    return _adaptive_along(_adaptive_along(xs[0], 1, oh, reduce), 2, ow, reduce)
+    return kernels.adaptive_pool(xs[0], node.attrs.out, jnp.mean if node.attrs.kind == "avg" else jnp.max)
 
 
 @lowering("roi_align")
 def _roi_align(node: Node, xs, v, run):
     a = node.attrs
-    return flax_ops.roi_align(xs[0], xs[1:], a.out, a.scales, a.sampling, a.aligned)
+    return kernels.roi_align(xs[0], xs[1:], a.out, a.scales, a.sampling, a.aligned)
 
 
 @lowering("roi_pool")
 def _roi_pool(node: Node, xs, v, run):
-    return flax_ops.roi_pool(xs[0], xs[1], node.attrs.out, node.attrs.scale)
+    return kernels.roi_pool(xs[0], xs[1], node.attrs.out, node.attrs.scale)
 
 
 @lowering("l2norm")
 def _l2norm(node: Node, xs, v, run):
-    """SSD's L2Norm: x / max(||x||_2 over channels, eps) times a learned per-channel scale."""
-    x = xs[0]
-    norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
-    return x / jnp.maximum(norm, node.attrs.eps) * v["scale"]
+    return kernels.l2_norm(xs[0], v, node.attrs.eps)
 
 
 @lowering("normalize")
 def _normalize(node: Node, xs, v, run):
-    """Keras Normalization: (x - mean) / max(sqrt(var), eps); mean, var and the sample count
-    are non-trainable state (in 'batch_stats'; training leaves them unchanged)."""
-    return (xs[0] - v["mean"]) / jnp.maximum(jnp.sqrt(v["var"]), node.attrs.eps)
-
-
-def _per_channel(values):
-    """A per-channel constant: a Python float when all channels agree, else a (C,) array."""
-    values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
-    return float(values[0]) if len(set(values)) == 1 else np.asarray(values, np.float32)
+    # mean, var and the sample count are non-trainable state (in 'batch_stats'; training
+    # leaves them unchanged)
+    return kernels.normalize(xs[0], v, node.attrs.eps)
 
 
 @lowering("rescale")
 def _rescale(node: Node, xs, v, run):
-    x = xs[0]
-    scale, offset = _per_channel(node.attrs.scale), _per_channel(node.attrs.offset)
-    if not (isinstance(scale, float) and scale == 1.0):
-        x = x * scale
-    if not (isinstance(offset, float) and offset == 0.0):
-        x = x + offset
-    return x
-
-
+    return kernels.rescale(xs[0], node.attrs.scale, node.attrs.offset)
 
 
 # --------------------------------------------------------------------------------------------

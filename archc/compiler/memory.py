@@ -221,7 +221,7 @@ def _dropout_saved(node, ins, graph):
 
 @saved_rule("roi_align")
 def _roi_align_saved(node, ins, graph):
-    # what the VJP of flax_ops.roi_align keeps (jax.ad_checkpoint.print_saved_residuals): per
+    # what the VJP of kernels.roi_align keeps (jax.ad_checkpoint.print_saved_residuals): per
     # RoI, each sample's four taps (an int32 cell index and a float weight each) and three
     # output-sized values of its scan. XLA's backward also holds the taps' gradients while it
     # runs (measured: about 2 x 4 x samples x C a RoI), not counted here
@@ -234,7 +234,7 @@ def _roi_align_saved(node, ins, graph):
 
 @saved_rule("roi_pool")
 def _roi_pool_saved(node, ins, graph):
-    # what the VJP of flax_ops.roi_pool keeps, per RoI: its two maxima (over each bin's
+    # what the VJP of kernels.roi_pool keeps, per RoI: its two maxima (over each bin's
     # columns, then rows) are taken over the masked map, and a max's gradient reads where its
     # input equals its output: the masked inputs (float) and their masks (bool, a quarter of a
     # float), (PW, H, W, C) and (PH, PW, H, C), the column maxima (PW, H, C) and the output

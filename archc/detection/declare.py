@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..compiler.declarations import DeclarationContext, declaration
+from ..compiler.declarations import IMAGENET_MEAN, IMAGENET_STD, DeclarationContext, declaration
 
 DETECTOR_KINDS = ["ssd", "yolo_v1", "faster_rcnn"]
 CLASS_NAMES = ("coco", "voc", "none")
@@ -56,8 +56,8 @@ class DetectInput:
     [0, 1] are normalised by ``mean``/``std``, resized (to ``fixed_size`` [h, w] when given, else
     so that the short side is ``min_size`` and the long side at most ``max_size``; bilinear, no
     antialiasing) and zero-padded to a multiple of ``size_divisible``."""
-    mean: tuple = (0.485, 0.456, 0.406)
-    std: tuple = (0.229, 0.224, 0.225)
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
     min_size: int = 800
     max_size: int = 1333
     size_divisible: int = 32

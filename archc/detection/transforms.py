@@ -13,7 +13,7 @@ from typing import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from ..compiler.flax_ops import linear_taps, resize_to
+from ..compiler.kernels import linear_taps, resize_to
 from .declare import DetectInput
 
 
@@ -33,7 +33,7 @@ def resized_size(h: int, w: int, spec: TransformSpec) -> tuple[int, int]:
 
 
 # torch's bilinear taps along one axis and the separable resize: one definition, shared with
-# the language's upsample(size=@t) (compiler/flax_ops.py)
+# the language's upsample(size=@t) (compiler/kernels.py)
 _linear_taps = linear_taps
 
 

@@ -297,8 +297,9 @@ def choose_augmentation(recipe: str, height: int, width: int, channels: int,
 
 
 @dataclass(frozen=True)
-class Preprocess:
-    """Decode -> (augment) -> resize to (height, width) -> float32 normalised HWC.
+class AugmentedImage:
+    """An image as training sees it: decode -> (augment) -> resize to (height, width) -> float32
+    normalised HWC (the normalisation's statistics from runtime/pipeline.py).
 
     Training augmentation: random-resized crop (area fraction ``crop_scale``, aspect ratio
     ``crop_ratio``, as torchvision's RandomResizedCrop) and a horizontal flip with probability
@@ -359,7 +360,7 @@ class Preprocess:
 class ImageAndLabel:
     """Classification's per-example transform: ``{"image": PIL, "label": int}`` ->
     ``{"image": (H, W, C) float32, "label": () int32}``, the image through ``image`` (a
-    :class:`Preprocess`, or any ``(PIL image, rng) -> array``)."""
+    :class:`AugmentedImage`, or any ``(PIL image, rng) -> array``)."""
 
     image: Callable
 

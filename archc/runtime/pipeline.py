@@ -21,16 +21,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..compiler.declarations import PREPROCESS_MODES, DeclarationError, bind_values, to_json
+from ..compiler.declarations import PREPROCESS_STATISTICS as STATISTICS
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-STATISTICS: dict[str, tuple] = {
-    "torch": (IMAGENET_MEAN, IMAGENET_STD),
-    "inception": ((0.5,), (0.5,)),
-    "tf": ((0.5,), (0.5,)),
-    "caffe": ((103.939 / 255, 116.779 / 255, 123.68 / 255), (1.0 / 255.0,)),   # BGR order
-    "none": ((0.0,), (1.0 / 255.0,)),
-    "unit": ((0.0,), (1.0,)),
-}
 BGR_MODES = frozenset({"caffe"})
 # The names ``archc train --normalize`` used before there was one vocabulary (old run configs).
 SYNONYMS = {"imagenet": "torch", "symmetric": "tf", "raw": "none"}

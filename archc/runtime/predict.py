@@ -39,7 +39,6 @@ from . import pipeline as P
 from .logits import ends_in_softmax
 
 CLASSES_FILE = Path(__file__).resolve().parent.parent / "data" / "imagenet_classes.txt"
-MODES = tuple(P.STATISTICS)
 DEFAULT = P.pipeline({})
 
 

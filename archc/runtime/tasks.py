@@ -235,19 +235,19 @@ class Classification(Task):
         return choose_augmentation(recipe, h, w, c, crop_scale, flip)
 
     def transform(self, shape, pipeline, augmentation=None):
-        """Training: a random-resized crop and flip (runtime/data.py's Preprocess); evaluation:
+        """Training: a random-resized crop and flip (runtime/data.py's AugmentedImage); evaluation:
         the pipeline's resize and normalisation (runtime/pipeline.py's ``apply``)."""
         from . import pipeline as P
-        from .data import ImageAndLabel, Preprocess
+        from .data import AugmentedImage, ImageAndLabel
         h, w, c = shape
         if augmentation is None:
             spec = P.pipeline(dict(pipeline))
             return ImageAndLabel(lambda image, rng=None: P.apply(image, (h, w, c), spec))
         mean, std, bgr = P.statistics(pipeline, c)
         aug = augmentation
-        return ImageAndLabel(Preprocess(h, w, c, tuple(mean.tolist()), tuple(std.tolist()),
-                                        crop=aug.crop_scale is not None, flip=aug.flip,
-                                        crop_scale=aug.crop_scale or (1.0, 1.0), bgr=bgr))
+        return ImageAndLabel(AugmentedImage(h, w, c, tuple(mean.tolist()), tuple(std.tolist()),
+                                            crop=aug.crop_scale is not None, flip=aug.flip,
+                                            crop_scale=aug.crop_scale or (1.0, 1.0), bgr=bgr))
 
     def losses(self, outputs, batch, rng=None) -> dict:
         import jax

@@ -104,8 +104,8 @@ class TrainConfig:
     lr_mult: dict = field(default_factory=dict)   # pattern -> learning-rate factor
     bn: str = "auto"                      # update | frozen (inference mode) | auto
     val_split: float | None = None        # fraction held out when there is no val/ folder
-    normalize: str | None = None          # unit|symmetric|imagenet|raw|caffe|MEAN/STD; None: as
-                                          # the --weights file says, else unit
+    normalize: str | None = None          # a preprocess mode (pipeline.STATISTICS) or MEAN/STD; None: as
+                                          # the network declares, else as the --weights file records, else unit
     augment: str = "auto"                 # auto (by input size) | imagenet | none: data.AUGMENTATIONS
     flip: bool | None = None              # None: as the recipe says; the run saves what it chose
     crop_scale: list | None = None        # [lo, hi] area fraction; None: as the recipe says

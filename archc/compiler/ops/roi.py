@@ -6,16 +6,14 @@ image in input-image pixels; the feature maps are tensor arguments (``@rois roi_
 scale=1/16)``), so a node's inputs are (rois, map0, map1, ...). The output keeps the RoI axis in
 front of each pooled map, (R, PH, PW, C): the *per-RoI axis*. ``flatten`` keeps a leading RoI
 axis (R, PH, PW, C) -> (R, PH·PW·C), and dense and activations act on the last axis, so the
-R-CNN heads (TwoMLPHead, the box predictor) are ordinary layers after a RoI op.
+R-CNN heads (TwoMLPHead, the box predictor) are ordinary layers after a RoI op. Their arithmetic
+(and MultiScaleRoIAlign's level mapper): compiler/kernels.py's roi_align, roi_levels, roi_pool.
 """
 from __future__ import annotations
 
 import math
 
 from .base import REQUIRED, Attrs, OpDef, ShapeError, Surface, attrs_class, fmt, no_macs, register
-
-# MultiScaleRoIAlign's LevelMapper (torchvision/ops/poolers.py): canonical box side and level.
-CANONICAL_SIZE, CANONICAL_LEVEL, LEVEL_EPS = 224, 4, 1e-6
 
 
 @attrs_class
@@ -44,12 +42,6 @@ def _roi_shape(op: str, a, ins):
         raise ShapeError(f"{op}'s feature maps differ in channels: {', '.join(fmt(m) for m in maps)}",
                          "give every level the same width (an FPN's out_channels)")
     return (rois[0], *a.out, maps[0][2])
-
-
-def levels(scales: tuple) -> tuple[int, int]:
-    """(k_min, k_max) of MultiScaleRoIAlign's LevelMapper for these scales (-log2 of the first
-    and the last)."""
-    return round(-math.log2(scales[0])), round(-math.log2(scales[-1]))
 
 
 def _maps(a, ctx, many: bool) -> list:

@@ -1,10 +1,14 @@
-"""The functions a generated Flax module (``archc export --format flax``) is made of.
+"""The kernel library: each op's arithmetic, written once.
 
-``flax_source`` copies the ones a network uses, by their source text, into the module it writes,
-so the module needs nothing of archc. They are the plain form of the lowering's arithmetic
-(compiler/lower.py): NHWC, the variables of one node as a dict, inference only, and none of the
-XLA:CPU fast paths (those compute the same function). Keep them self-contained: each may use
-only ``jax``, ``jnp``, ``lax``, ``np`` and the other functions here.
+The lowering (compiler/lower.py) computes with these functions, and so do detection (its
+resize) and the Flax/NNX exporters: ``flax_source`` copies the ones a network uses, by their
+source text, into the module it writes, so that the module needs nothing of archc and computes
+what archc computes, op for op. NHWC, the variables of one node as a dict. Separate code in the
+lowering: the measured XLA:CPU fast paths (conv, depthwise, separable pooling windows), which
+compute the same function; conv and dense's mixed-precision product; and one-expression ops
+(concat, add, pad, crop, slice, global pool). Keep the functions self-contained: each may use only
+``jax``, ``jnp``, ``lax``, ``np`` and the other public functions here (a private helper would not
+be copied).
 """
 from __future__ import annotations
 
@@ -16,74 +20,142 @@ from jax import lax
 from .ops.pool import axis_counts  # noqa: F401  (copied into generated modules with avg_pool)
 
 
-def with_bias(y, v):
-    return y + v["bias"] if "bias" in v else y
+# Elementwise arithmetic in lax rather than jnp operators: the same HLO, but a jnp operator
+# costs ~0.5 ms of dispatch per call while tracing, a lax primitive ~0.02 ms, and tracing
+# speed is what `archc build`'s shape check and every compile pay for.
+def cast(a, dtype):
+    return a if a.dtype == dtype else lax.convert_element_type(a, dtype)
+
+
+def at_least_f32(x):
+    return cast(x, jnp.promote_types(x.dtype, jnp.float32))
+
+
+def promote(*xs):
+    dtype = jnp.result_type(*xs)
+    return [cast(x, dtype) for x in xs]
+
+
+def channelwise(op, x, c):
+    """``op(x, c)`` for a per-channel vector ``c`` of shape (C,) against x (..., C)."""
+    x, c = promote(x, jnp.asarray(c))
+    return op(x, lax.broadcast_in_dim(c, x.shape, (x.ndim - 1,)))
+
+
+def add_bias(y, v):
+    return channelwise(lax.add, y, v["bias"]) if "bias" in v else y
 
 
 def conv(x, v, strides, padding, dilation, groups):
     y = lax.conv_general_dilated(x, v["kernel"], strides, padding, rhs_dilation=dilation,
                                  dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
-    return with_bias(y, v)
+    return add_bias(y, v)
+
+
+def conv_transpose_padding(kernel, padding, output_padding):
+    """lax.conv_transpose's padding of the stride-dilated input for PyTorch's ConvTranspose2d,
+    which crops ``padding`` from the full output (n-1)*s + k (+ ``output_padding`` at the end)."""
+    return [(k - 1 - p[0], k - 1 - p[1] + op) for k, p, op in zip(kernel, padding, output_padding)]
 
 
 def conv_transpose(x, v, strides, padding, output_padding):
-    """PyTorch's ConvTranspose2d; the kernel is (kh, kw, out, in), Flax's transpose_kernel layout.
-    PyTorch crops ``padding`` from the full output, lax pads the stride-dilated input."""
-    kernel = v["kernel"].shape[:2]
-    pads = [(k - 1 - p[0], k - 1 - p[1] + op) for k, p, op in zip(kernel, padding, output_padding)]
+    """PyTorch's ConvTranspose2d; the kernel is (kh, kw, out, in), Flax's transpose_kernel layout."""
+    pads = conv_transpose_padding(v["kernel"].shape[:2], padding, output_padding)
     y = lax.conv_transpose(x, v["kernel"], strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
                            transpose_kernel=True)
-    return with_bias(y, v)
+    return add_bias(y, v)
 
 
 def dense(x, v):
-    return with_bias(lax.dot_general(x, v["kernel"], (((x.ndim - 1,), (0,)), ((), ()))), v)
+    return add_bias(lax.dot_general(x, v["kernel"], (((x.ndim - 1,), (0,)), ((), ()))), v)
 
 
-def max_pool(x, window, strides, padding):
-    """``padding`` includes ceil mode's extra bottom/right cells."""
-    return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1), ((0, 0), *padding, (0, 0)))
+def pool_padding(padding, extra):
+    """NHWC padding of a pooling window: the explicit padding plus ceil mode's ``extra``
+    bottom/right cells."""
+    return ((0, 0), (padding[0][0] + extra[0][0], padding[0][1] + extra[0][1]),
+            (padding[1][0] + extra[1][0], padding[1][1] + extra[1][1]), (0, 0))
+
+
+def max_pool(x, window, strides, padding, extra):
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1), pool_padding(padding, extra))
+
+
+def window_mean(total, in_hw, window, strides, padding, extra, count_include_pad):
+    """PyTorch's average pool from its window sums ``total``: ceil mode's ``extra`` cells never
+    count in the divisor, the explicit padding counts when ``count_include_pad``."""
+    rows = axis_counts(in_hw[0], window[0], strides[0], padding[0], extra[0], count_include_pad)
+    cols = axis_counts(in_hw[1], window[1], strides[1], padding[1], extra[1], count_include_pad)
+    if rows.min() == rows.max() and cols.min() == cols.max():          # a constant divisor
+        return total / float(rows[0] * cols[0])
+    return total / jnp.asarray((rows[:, None] * cols[None, :]).astype(np.float32)[:, :, None], dtype=total.dtype)
 
 
 def avg_pool(x, window, strides, padding, extra, count_include_pad):
-    """PyTorch's average pool: ceil mode's ``extra`` cells never count in the divisor, the
-    explicit padding counts when ``count_include_pad``."""
-    full = [(p[0] + e[0], p[1] + e[1]) for p, e in zip(padding, extra)]
-    total = lax.reduce_window(x, 0.0, lax.add, (1, *window, 1), (1, *strides, 1), ((0, 0), *full, (0, 0)))
-    rows = axis_counts(x.shape[1], window[0], strides[0], padding[0], extra[0], count_include_pad)
-    cols = axis_counts(x.shape[2], window[1], strides[1], padding[1], extra[1], count_include_pad)
-    return total / jnp.asarray((rows[:, None] * cols[None, :])[:, :, None], x.dtype)
+    total = lax.reduce_window(x, 0.0, lax.add, (1, *window, 1), (1, *strides, 1), pool_padding(padding, extra))
+    return window_mean(total, x.shape[1:3], window, strides, padding, extra, count_include_pad)
+
+
+def adaptive_along(x, axis, out, reduce):
+    """PyTorch's adaptive pooling along one axis: window i is [floor(i*n/o), ceil((i+1)*n/o))."""
+    n = x.shape[axis]
+    if n % out == 0:                                           # equal windows: one reshape
+        return reduce(x.reshape(x.shape[:axis] + (out, n // out) + x.shape[axis + 1:]), axis=axis + 1)
+    parts = [reduce(lax.slice_in_dim(x, (i * n) // out, -(-((i + 1) * n) // out), axis=axis),
+                    axis=axis, keepdims=True) for i in range(out)]
+    return jnp.concatenate(parts, axis=axis)
 
 
 def adaptive_pool(x, out, reduce):
-    """PyTorch's adaptive pooling: along each axis, window i is [floor(i*n/o), ceil((i+1)*n/o))."""
-    for axis, o in ((1, out[0]), (2, out[1])):
-        n = x.shape[axis]
-        x = jnp.concatenate([reduce(lax.slice_in_dim(x, (i * n) // o, -(-((i + 1) * n) // o), axis=axis),
-                                    axis=axis, keepdims=True) for i in range(o)], axis=axis)
-    return x
+    """PyTorch's adaptive pooling to ``out`` (height, width), ``reduce`` jnp.mean or jnp.max.
+    Separable: a mean (max) over a rectangle is the mean (max) over its rows of the mean (max)
+    over its columns, and PyTorch's windows are a product of per-axis windows."""
+    return adaptive_along(adaptive_along(x, 1, out[0], reduce), 2, out[1], reduce)
 
 
-def batch_norm(x, v, eps):
-    mul = lax.rsqrt(v["var"] + eps) * v["scale"] if "scale" in v else lax.rsqrt(v["var"] + eps)
-    return with_bias((x - v["mean"]) * mul, v)
+def batch_norm(x, mean, var, v, eps):
+    """(x - mean) · rsqrt(var + eps) · scale + bias: Flax BatchNorm's arithmetic, op for op
+    (use_fast_variance=False), so that checkpoints trained either way give the same numbers.
+    ``mean``/``var``: the running statistics (inference) or the batch's (training). Like Flax,
+    in at least float32 under a bf16/f16 policy; the result in x's dtype."""
+    y = at_least_f32(x)
+    mul = lax.rsqrt(lax.add(var, np.asarray(eps, var.dtype)))
+    if "scale" in v:
+        mul = lax.mul(*promote(mul, v["scale"]))
+    y = add_bias(channelwise(lax.mul, channelwise(lax.sub, y, mean), mul), v)
+    return cast(y, x.dtype)
 
 
 def layer_norm(x, v, eps):
-    """Over the channels, biased variance (two-pass)."""
-    centred = x - jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.mean(centred * centred, axis=-1, keepdims=True)
-    return centred * lax.rsqrt(var + eps) * v["scale"] + v["bias"]
+    """Over the channels: two-pass statistics in at least float32 (as BN's under the bf16
+    policy): E[x^2] - E[x]^2 loses digits where the mean is large against the spread."""
+    y = at_least_f32(x)
+    mean = jnp.mean(y, axis=-1, keepdims=True)
+    centred = lax.sub(y, mean)
+    var = jnp.mean(lax.square(centred), axis=-1, keepdims=True)
+    y = lax.mul(centred, lax.rsqrt(lax.add(var, np.asarray(eps, var.dtype))))
+    y = add_bias(channelwise(lax.mul, y, v["scale"]), v)
+    return cast(y, x.dtype)
 
 
 def group_norm(x, v, groups, eps):
-    """PyTorch's GroupNorm: each group of channels normalised over itself and every position."""
-    grouped = x.reshape(x.shape[:-1] + (groups, x.shape[-1] // groups))
-    axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)
-    centred = grouped - jnp.mean(grouped, axis=axes, keepdims=True)
-    var = jnp.mean(centred * centred, axis=axes, keepdims=True)
-    y = (centred * lax.rsqrt(var + eps)).reshape(x.shape)
-    return y * v["scale"] + v["bias"] if "scale" in v else y
+    """PyTorch's GroupNorm: each sample's channels in ``groups`` groups, each group normalised
+    over its channels and every position; two-pass statistics in at least float32, as
+    layer_norm's. Without affine variables (instancenorm's default) no scale and bias."""
+    y = at_least_f32(x)
+    grouped = y.reshape(y.shape[:-1] + (groups, y.shape[-1] // groups))
+    axes = tuple(range(1, y.ndim - 1)) + (y.ndim,)             # positions and the channels of a group
+    centred = lax.sub(grouped, jnp.mean(grouped, axis=axes, keepdims=True))
+    var = jnp.mean(lax.square(centred), axis=axes, keepdims=True)
+    y = lax.mul(centred, lax.rsqrt(lax.add(var, np.asarray(eps, var.dtype)))).reshape(y.shape)
+    if "scale" in v:
+        y = add_bias(channelwise(lax.mul, y, v["scale"]), v)
+    return cast(y, x.dtype)
+
+
+def layer_scale(x, v):
+    """A learned per-channel scale (ConvNeXt's gamma)."""
+    return cast(channelwise(lax.mul, x, v["scale"]), x.dtype)
 
 
 def lrn(x, size, alpha, beta, k):
@@ -97,6 +169,21 @@ def l2_norm(x, v, eps):
     """SSD's L2Norm: x / max(||x|| over channels, eps), times a learned per-channel scale."""
     norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
     return x / jnp.maximum(norm, eps) * v["scale"]
+
+
+def normalize(x, v, eps):
+    """Keras Normalization: (x - mean) / max(sqrt(var), eps), its statistics as variables."""
+    return (x - v["mean"]) / jnp.maximum(jnp.sqrt(v["var"]), eps)
+
+
+def rescale(x, scale, offset):
+    """x · scale + offset, one value or one per channel; a factor of 1 or an offset of 0 is
+    left out."""
+    if any(s != 1.0 for s in scale):
+        x = x * (float(scale[0]) if len(set(scale)) == 1 else np.asarray(scale, np.float32))
+    if any(o != 0.0 for o in offset):
+        x = x + (float(offset[0]) if len(set(offset)) == 1 else np.asarray(offset, np.float32))
+    return x
 
 
 def flatten(x, order):
@@ -191,14 +278,16 @@ def exact_div(x, d):
     return x / (d + 0 * x)
 
 
-def roi_levels(rois, scales):
-    """MultiScaleRoIAlign's LevelMapper: each RoI's map, floor(4 + log2(sqrt(area) / 224) + 1e-6)
-    clamped to the maps' levels (-log2 of their scales), counted from the finest."""
+def roi_levels(rois, scales, canonical_size=224.0, canonical_level=4.0, eps=1e-6):
+    """MultiScaleRoIAlign's LevelMapper (torchvision/ops/poolers.py): each RoI's map,
+    floor(canonical_level + log2(sqrt(area) / canonical_size) + eps) clamped to the maps' levels
+    (-log2 of their scales), counted from the finest."""
     if len(scales) == 1:
         return jnp.zeros(rois.shape[:-1], jnp.int32)
     k_min, k_max = round(-np.log2(scales[0])), round(-np.log2(scales[-1]))
     area = (rois[..., 2] - rois[..., 0]) * (rois[..., 3] - rois[..., 1])
-    target = jnp.floor(4.0 + jnp.log2(exact_div(jnp.sqrt(area), 224.0)) + jnp.asarray(1e-6, area.dtype))
+    target = jnp.floor(canonical_level + jnp.log2(exact_div(jnp.sqrt(area), canonical_size))
+                       + jnp.asarray(eps, area.dtype))
     return (jnp.clip(target, k_min, k_max) - k_min).astype(jnp.int32)
 
 
