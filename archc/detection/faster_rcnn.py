@@ -8,6 +8,8 @@ per image with a validity mask (padding boxes are 0 and their detections never c
 ``detections_per_img`` detections plus a count."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -69,7 +71,7 @@ class FasterRCNNDetector(Detector):
         if valid is None:
             valid = jnp.ones(proposals.shape[:2], bool)
         logits, codes = outputs[self.decl.scores[0]], outputs[self.decl.boxes[0]]
-        return jax.vmap(lambda *a: postprocess_detections(self.decl, *a))(logits, codes, proposals, valid, image_sizes)
+        return jax.vmap(functools.partial(postprocess_detections, self.decl))(logits, codes, proposals, valid, image_sizes)
 
     # ---- both, without computing the backbone twice -------------------------------------------
     def run(self, variables, batch, image_sizes) -> Detections:
