@@ -63,3 +63,8 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(list(globals()) + list(_LAZY) + ["__version__"])
+
+
+# Declaration kinds defined outside the compiler (the detection description; JAX-free) register as
+# archc loads, so that every front end sees them while the compiler imports no runtime package.
+from . import detection  # noqa: E402,F401

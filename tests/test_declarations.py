@@ -2,6 +2,7 @@
 typed facts about a network; their values come from the value language, so parameters and
 presets set them, and bad ones get located errors."""
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -137,3 +138,41 @@ def test_a_users_preprocess_goes_through_the_declarations_check():
                       (3, "a mode name")]:
         with pytest.raises(PredictError, match=says):
             preprocess_spec(bad)
+
+
+def _detection_imports(path) -> list:
+    """The imports of archc.detection in a module: import statements (relative ones resolved
+    against archc/compiler/…) and module names in strings (importlib.import_module's)."""
+    import ast
+    import re
+    parts = path.parent.parts
+    package = list(parts[len(parts) - 1 - parts[::-1].index("archc"):])       # archc, compiler, …
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            found += [module] + [f"{module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            found += re.findall(r"^archc\.detection\b[\w.]*$", node.value)
+    return [m for m in found if m == "archc.detection" or m.startswith("archc.detection.")]
+
+
+def test_the_compiler_does_not_import_detection():
+    """Layering: no module of the compiler imports archc.detection (a runtime package); the
+    detection description's kinds register as archc loads (archc/__init__.py), so a detector's
+    spec still elaborates with them, importing only the JAX-free declaration modules."""
+    import subprocess
+    import sys
+    compiler = Path(declarations.__file__).parent
+    found = {f"{f.relative_to(compiler)}": m for f in sorted(compiler.rglob("*.py")) if (m := _detection_imports(f))}
+    assert found == {}, found
+    code = ("import sys; from archc.compiler.build import build_graph; g = build_graph('ssd300_vgg16'); "
+            "assert g.declarations['detect'].kind == 'ssd'; "
+            "print(sorted(m for m in sys.modules if m.startswith('archc.detection')), 'jax' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["['archc.detection',", "'archc.detection.declare',", "'archc.detection.finetune',",
+                                "'archc.detection.registry']", "False"], r.stdout

@@ -1,4 +1,4 @@
-"""The detection core (archc/detection: boxes, anchors, transforms) against torchvision's own
+"""The detection core (archc/detection: boxes, anchors, transform) against torchvision's own
 functions on the same inputs. Anchors (NumPy float32, the same operations) are bit-exact, and so
 are the discrete results (NMS keeps the same boxes in the same order). Box arithmetic compiled by
 XLA is within a few ulp, not bit-exact: XLA's CPU backend contracts ``a * b + c`` into one fused
@@ -17,7 +17,8 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBo
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
-from archc.detection import anchors, boxes, transforms
+from archc.detection import anchors, boxes, transform
+from archc.detection.declare import DetectInput
 
 
 def _random_boxes(rng, n, size=300.0, min_side=1.0):
@@ -210,7 +211,7 @@ def test_batched_nms_matches_torchvision(n, groups):
 
 
 # ---------------------------------------------------------------------------------------------
-# transforms
+# transform
 # ---------------------------------------------------------------------------------------------
 def _tv_transform(images_chw, **kw):
     t = GeneralizedRCNNTransform(**kw)
@@ -237,11 +238,11 @@ def test_transform_matches_generalized_rcnn_transform(shapes, kw):
     rng = np.random.default_rng(3)
     ims = [rng.uniform(0, 1, (h, w, 3)) for h, w in shapes]                 # float64
     theirs, tsizes = _tv_transform([im.transpose(2, 0, 1) for im in ims], **kw)
-    spec = transforms.TransformSpec(mean=tuple(kw["image_mean"]), std=tuple(kw["image_std"]),
+    spec = DetectInput(mean=tuple(kw["image_mean"]), std=tuple(kw["image_std"]),
                                     min_size=kw["min_size"], max_size=kw["max_size"],
                                     size_divisible=kw.get("size_divisible", 32), fixed_size=kw.get("fixed_size"))
     with jax.enable_x64(True):
-        ours, sizes = transforms.transform(ims, spec)
+        ours, sizes = transform.transform(ims, spec)
         ours = np.asarray(ours)
     assert ours.dtype == np.float64 and theirs.dtype == np.float64
     assert [tuple(s) for s in tsizes] == sizes and ours.shape == theirs.shape
@@ -261,7 +262,7 @@ def test_interpolation_weights_are_torchs(n_in, n_out):
                                              align_corners=False)[0, :, 0, :].numpy().T
 
     def matrix(dtype):
-        i0, i1, w0, w1 = transforms._linear_taps(n_in, n_out, dtype)
+        i0, i1, w0, w1 = transform._linear_taps(n_in, n_out, dtype)
         m = np.zeros((n_out, n_in), np.float64)
         np.add.at(m, (np.arange(n_out), i0), w0)
         np.add.at(m, (np.arange(n_out), i1), w1)
@@ -275,17 +276,17 @@ def test_interpolation_weights_are_torchs(n_in, n_out):
 
 
 def test_resized_size_is_computed_in_double():
-    spec = transforms.TransformSpec(min_size=800, max_size=1333)
-    assert transforms.resized_size(480, 640, spec) == (800, 1066)
-    assert transforms.resized_size(480, 480, spec) == (800, 800)          # float32 would give 799
-    assert transforms.resized_size(100, 1000, spec) == (133, 1333)
+    spec = DetectInput(min_size=800, max_size=1333)
+    assert transform.resized_size(480, 640, spec) == (800, 1066)
+    assert transform.resized_size(480, 480, spec) == (800, 800)          # float32 would give 799
+    assert transform.resized_size(100, 1000, spec) == (133, 1333)
 
 
 def test_rescale_boxes_matches_resize_boxes():
     rng = np.random.default_rng(4)
     b = _random_boxes(rng, 50)
     theirs = resize_boxes(torch.from_numpy(b), [300, 300], [427, 640]).numpy()
-    np.testing.assert_array_equal(np.asarray(transforms.rescale_boxes(b, (300, 300), (427, 640))), theirs)
-    batched = transforms.rescale_boxes(jnp.stack([b, b]), jnp.array([[300, 300]] * 2), jnp.array([[427, 640], [300, 300]]))
+    np.testing.assert_array_equal(np.asarray(transform.rescale_boxes(b, (300, 300), (427, 640))), theirs)
+    batched = transform.rescale_boxes(jnp.stack([b, b]), jnp.array([[300, 300]] * 2), jnp.array([[427, 640], [300, 300]]))
     np.testing.assert_array_equal(np.asarray(batched[0]), theirs)
     np.testing.assert_array_equal(np.asarray(batched[1]), b)

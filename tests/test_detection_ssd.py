@@ -20,7 +20,8 @@ import torchvision
 
 import archc
 from archc.detection import api
-from archc.detection.transforms import rescale_boxes, transform
+from archc.detection.ssd import flatten_head
+from archc.detection.transform import rescale_boxes, transform
 from archc.runtime.weights import import_weights
 
 CLASSES = 5
@@ -83,8 +84,8 @@ def test_heads_match(ssd, highest_precision):
     det = api.detector_for(ssd["model"])
     batch, _ = transform(ssd["images"], det.transform_spec)
     outs = ssd["model"].apply(ssd["variables"], batch, outputs=det.heads)
-    logits = np.concatenate([api._flatten_head(np.asarray(outs[n]), CLASSES) for n in det.decl.scores], 1)
-    codes = np.concatenate([api._flatten_head(np.asarray(outs[n]), 4) for n in det.decl.boxes], 1)
+    logits = np.concatenate([flatten_head(np.asarray(outs[n]), CLASSES) for n in det.decl.scores], 1)
+    codes = np.concatenate([flatten_head(np.asarray(outs[n]), 4) for n in det.decl.boxes], 1)
     theirs_l, theirs_c = ssd["heads"]["cls_logits"].numpy(), ssd["heads"]["bbox_regression"].numpy()
     assert logits.shape == theirs_l.shape == (2, 8732, CLASSES)
     for a, b in ((logits, theirs_l), (codes, theirs_c)):

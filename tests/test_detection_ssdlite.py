@@ -19,7 +19,8 @@ import torchvision
 
 import archc
 from archc.detection import api
-from archc.detection.transforms import transform
+from archc.detection.ssd import flatten_head
+from archc.detection.transform import transform
 from archc.runtime.weights import import_weights
 from test_detection_ssd import assert_same_detections
 from train_helpers import run_cli
@@ -95,8 +96,8 @@ def test_heads_match(ssdlite):
     with jax.enable_x64(True):
         batch, _ = transform(ssdlite["images"], det.transform_spec)
         outs = ssdlite["model"].apply(ssdlite["v64"], batch, outputs=det.heads)
-    logits = np.concatenate([api._flatten_head(np.asarray(outs[n]), CLASSES) for n in det.decl.scores], 1)
-    codes = np.concatenate([api._flatten_head(np.asarray(outs[n]), 4) for n in det.decl.boxes], 1)
+    logits = np.concatenate([flatten_head(np.asarray(outs[n]), CLASSES) for n in det.decl.scores], 1)
+    codes = np.concatenate([flatten_head(np.asarray(outs[n]), 4) for n in det.decl.boxes], 1)
     theirs_l, theirs_c = ssdlite["heads"]["cls_logits"].numpy(), ssdlite["heads"]["bbox_regression"].numpy()
     assert logits.dtype == np.float64 and logits.shape == theirs_l.shape == (2, 3234, CLASSES)
     assert theirs_l.std() > 1 and theirs_c.std() > 1      # the random weights give outputs of size ~1+

@@ -25,7 +25,7 @@ import pytest
 import archc
 from archc.compiler.lower import run_graph
 from archc.detection.api import detector_for
-from archc.detection.transforms import transform
+from archc.detection.transform import transform
 
 torch = pytest.importorskip("torch")
 D = pytest.importorskip("torchvision.models.detection")

@@ -12,20 +12,17 @@ and its ``bind(values, ctx)`` validates them with located errors and returns the
 elaborated Graph carries them in ``graph.declarations`` (kind -> instance); the runtime reads them
 from there (JAX-free here, as the op registry is).
 
-Kinds registered elsewhere (the detection description, say) import ``declaration`` from here and
-are loaded with this module (``_KIND_MODULES``), so that every front end sees every kind.
+Kinds registered elsewhere (the detection description, say) import ``declaration`` from here;
+the compiler imports none of them: the ``archc`` package imports those modules as it loads, so
+that every front end sees every kind.
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
 DECLARATIONS: dict = {}   # kind -> DeclarationDef
-
-# Modules that register further kinds; imported once, at the end of this module.
-_KIND_MODULES: tuple = ("archc.detection.declare", "archc.detection.rcnn_declare", "archc.detection.finetune")
 
 
 @dataclass(frozen=True)
@@ -250,7 +247,3 @@ class Init:
         if not isinstance(v["zero_init_residual"], bool):
             ctx.fail("zero_init_residual", f"init(): 'zero_init_residual' is true or false, not {v['zero_init_residual']!r}")
         return cls(**v)
-
-
-for _m in _KIND_MODULES:
-    importlib.import_module(_m)

@@ -5,19 +5,17 @@ Everything that torchvision does with a variable number of boxes takes here a fi
 plus a boolean ``valid`` mask, and returns fixed-size results plus a count."""
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-DEFAULT_CLAMP = math.log(1000.0 / 16)   # BoxCoder's bbox_xform_clip
+from .declare import BOX_CLAMP
 # torchvision.ops.batched_nms on CPU runs one NMS per group ("vanilla") above this many boxes and
 # one NMS on offset boxes (the coordinate trick) at or below it; the two differ by float noise.
 VANILLA_ABOVE = 1000
 
 
-def decode(rel_codes, anchors, weights=(1.0, 1.0, 1.0, 1.0), clamp=DEFAULT_CLAMP):
+def decode(rel_codes, anchors, weights=(1.0, 1.0, 1.0, 1.0), clamp=BOX_CLAMP):
     """BoxCoder.decode_single: ``rel_codes`` (..., N, 4·K) against ``anchors`` (N, 4) (or
     broadcastable) -> (..., N, K·4) boxes, in torchvision's operation order."""
     anchors = anchors.astype(rel_codes.dtype)

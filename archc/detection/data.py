@@ -51,7 +51,7 @@ class DetectionTransform:
     augment: object = None
 
     def __call__(self, example: dict, rng=None) -> dict:
-        from .transforms import training_example
+        from .transform import training_example
         sample = {"image": np.asarray(example["image"], np.float32) / np.float32(255),
                   "boxes": example["boxes"], "labels": example["labels"]}
         if self.augment is not None and rng is not None:

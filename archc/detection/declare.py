@@ -4,24 +4,43 @@ the ``.arch`` file, how a network's outputs become boxes. JAX-free, like the op 
     detect_input(mean=[…], std=[…], fixed_size=[300, 300], size_divisible=1)   # the transform
     default_boxes(aspect_ratios=[[2], [2, 3], …], scales=[…], steps=[…])       # SSD's boxes
     anchors(sizes=[[32], [64], …], aspect_ratios=[[0.5, 1, 2], …])              # Faster R-CNN's
+    rpn(scores=[@rpn_cls0, …], boxes=[@rpn_box0, …], proposals=@rois)           # its proposals
     detect(kind="ssd", scores=[@cls1, …], boxes=[@box1, …], box_weights=[10, 10, 5, 5],
            score_thresh=0.01, nms_thresh=0.45, topk_candidates=400, detections_per_img=200,
            names="coco")
 
 Values are expressions of the value language, so ``param``s and presets set them and
 ``archc.load("ssd300_vgg16", score_thresh=0.0)`` overrides them. ``detect``'s ``kind`` picks
-the post-processing (archc/detection/api.py's ``@detector`` registry); each kind says which
-other declarations it needs. A new detector kind adds its name to ``DETECTOR_KINDS`` and, where
-it needs settings of its own, a declaration of its own here (``rpn(...)`` for Faster R-CNN)."""
+the post-processing (archc/detection/registry.py); each kind says which other declarations it
+needs. A new detector kind registers itself there and, where it needs settings of its own, adds
+a declaration of its own here (``rpn(...)`` for Faster R-CNN)."""
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
-from ..compiler.declarations import IMAGENET_MEAN, IMAGENET_STD, DeclarationContext, declaration
+from ..compiler.declarations import IMAGENET_MEAN, IMAGENET_STD, DeclarationContext, DeclarationError, declaration
+from .registry import detector_kinds
 
-DETECTOR_KINDS = ["ssd", "yolo_v1", "faster_rcnn"]
-CLASS_NAMES = ("coco", "voc", "none")
+DATA = Path(__file__).resolve().parent.parent / "data"
+NAME_FILES = {"coco": "coco_91_classes.txt", "voc": "voc_21_classes.txt"}
+CLASS_NAMES = (*NAME_FILES, "none")
+# torchvision's BoxCoder clamps dw, dh at bbox_xform_clip before exp
+BOX_CLAMP = math.log(1000.0 / 16)
+# detect()'s post-processing settings that a call may override (archc.detect(…, score_thresh=…),
+# --score-thresh): name -> (low, high, integer)
+SETTINGS = {"score_thresh": (0, 1, False), "nms_thresh": (0, 1, False), "topk_candidates": (1, None, True),
+            "detections_per_img": (1, None, True), "min_size": (0, None, False)}
+
+
+@functools.lru_cache(maxsize=None)
+def class_names(which: str) -> tuple:
+    """COCO's 91-index names (with '__background__' and 'N/A' gaps, torchvision's order) or
+    VOC's 21 (background first); () for 'none'."""
+    f = NAME_FILES.get(which)
+    return tuple(DATA.joinpath(f).read_text(encoding="utf-8").splitlines()) if f else ()
 
 
 def _nested(ctx: DeclarationContext, name: str, v, levels: int | None = None) -> tuple:
@@ -42,6 +61,12 @@ def training_settings(ctx: DeclarationContext, v: dict) -> dict:
     return {"fg_iou_thresh": fg, "bg_iou_thresh": bg,
             "batch_size_per_image": ctx.number("batch_size_per_image", v["batch_size_per_image"], low=1, integer=True),
             "positive_fraction": float(ctx.number("positive_fraction", v["positive_fraction"], low=0, high=1))}
+
+
+def _setting(ctx: DeclarationContext, name: str, v):
+    low, high, integer = SETTINGS[name]
+    x = ctx.number(name, v, low=low, high=high, integer=integer)
+    return x if integer else float(x)
 
 
 def _tensors(ctx: DeclarationContext, name: str, v) -> tuple:
@@ -149,7 +174,7 @@ class Detect:
     scores: tuple
     boxes: tuple = ()
     box_weights: tuple = (1.0, 1.0, 1.0, 1.0)
-    box_clamp: float = math.log(1000.0 / 16)
+    box_clamp: float = BOX_CLAMP
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     topk_candidates: int = 1000
@@ -163,7 +188,7 @@ class Detect:
 
     @classmethod
     def bind(cls, v: dict, ctx: DeclarationContext) -> "Detect":
-        ctx.choice("kind", v["kind"], tuple(DETECTOR_KINDS))
+        ctx.choice("kind", v["kind"], detector_kinds())
         scores = _tensors(ctx, "scores", v["scores"])
         boxes = _tensors(ctx, "boxes", v["boxes"]) if v["boxes"] else ()
         if boxes and len(boxes) != len(scores):
@@ -173,18 +198,30 @@ class Detect:
             ctx.fail("box_weights", "detect(): 'box_weights' must be positive")
         return cls(v["kind"], scores, boxes, tuple(map(float, weights)),
                    float(ctx.number("box_clamp", v["box_clamp"])),
-                   float(ctx.number("score_thresh", v["score_thresh"], low=0, high=1)),
-                   float(ctx.number("nms_thresh", v["nms_thresh"], low=0, high=1)),
-                   ctx.number("topk_candidates", v["topk_candidates"], low=1, integer=True),
-                   ctx.number("detections_per_img", v["detections_per_img"], low=1, integer=True),
-                   float(ctx.number("min_size", v["min_size"], low=0)),
-                   ctx.choice("names", v["names"], CLASS_NAMES), **training_settings(ctx, v))
+                   **{k: _setting(ctx, k, v[k]) for k in SETTINGS},
+                   names=ctx.choice("names", v["names"], CLASS_NAMES), **training_settings(ctx, v))
+
+    def with_settings(self, **settings) -> "Detect":
+        """This description with post-processing ``settings`` (``SETTINGS``) replaced, as a call
+        gives them (an integer setting may be a whole float); DeclarationError when one is unknown
+        or out of range."""
+        unknown = sorted(set(settings) - set(SETTINGS))
+        if unknown:
+            raise DeclarationError(f"unknown detection setting(s) {', '.join(unknown)}; the settings are "
+                                   + ", ".join(SETTINGS))
+        for k, v in settings.items():
+            low, high, integer = SETTINGS[k]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and int(v) != v) or v < low:
+                raise DeclarationError(f"{k} must be {'a positive integer' if integer else 'a number >= 0'}, not {v!r}")
+            if high is not None and v > high:
+                raise DeclarationError(f"{k} must be in [{low}, {high}], not {v!r}")
+            settings[k] = int(v) if integer else float(v)
+        return replace(self, **settings)
 
     def tensors(self) -> tuple:
         return self.scores + self.boxes
 
     def renamed(self, redirect: dict) -> "Detect":
-        from dataclasses import replace
         return replace(self, scores=tuple(redirect.get(t, t) for t in self.scores),
                        boxes=tuple(redirect.get(t, t) for t in self.boxes))
 
@@ -213,3 +250,63 @@ class YoloGrid:
                    ctx.number("classes", v["classes"], low=1, integer=True), v["sqrt"],
                    float(ctx.number("lambda_coord", v["lambda_coord"], low=0)),
                    float(ctx.number("lambda_noobj", v["lambda_noobj"], low=0)))
+
+
+@declaration("rpn")
+@dataclass(frozen=True)
+class RPN:
+    """Faster R-CNN's region proposal network.
+
+        rpn(scores=[@rpn_cls0, …], boxes=[@rpn_box0, …], proposals=@rois, pre_nms_top_n=1000,
+            post_nms_top_n=1000, nms_thresh=0.7, score_thresh=0.0, min_size=1e-3)
+
+    ``scores``/``boxes``: the RPN head's objectness logits and box codes, one tensor per level (the
+    levels of ``anchors(...)``); ``proposals``: the graph input that the box head pools (R =
+    ``post_nms_top_n`` boxes per image). Per level the best ``pre_nms_top_n`` logits, decoded with
+    weights (1, 1, 1, 1), clipped, those with a side under ``min_size`` or a probability under
+    ``score_thresh`` dropped, NMS per level at ``nms_thresh``, the best ``post_nms_top_n`` kept
+    (torchvision's RegionProposalNetwork.filter_proposals in eval mode).
+
+    Training (archc/detection/rcnn_loss.py): ``pre_nms_top_n_train``/``post_nms_top_n_train`` replace
+    the two top-n; an anchor with IoU ≥ ``fg_iou_thresh`` with a ground-truth box is foreground (and
+    each box's best anchors, ties included), below ``bg_iou_thresh`` background; per image
+    ``batch_size_per_image`` anchors are sampled, at most ``positive_fraction`` of them foreground
+    (torchvision's rpn_* constructor arguments)."""
+    scores: tuple
+    boxes: tuple
+    proposals: str
+    pre_nms_top_n: int = 1000
+    post_nms_top_n: int = 1000
+    nms_thresh: float = 0.7
+    score_thresh: float = 0.0
+    min_size: float = 1e-3
+    box_weights: tuple = (1.0, 1.0, 1.0, 1.0)
+    fg_iou_thresh: float = 0.7
+    bg_iou_thresh: float = 0.3
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    pre_nms_top_n_train: int = 2000
+    post_nms_top_n_train: int = 2000
+
+    @classmethod
+    def bind(cls, v: dict, ctx: DeclarationContext) -> "RPN":
+        scores, boxes = _tensors(ctx, "scores", v["scores"]), _tensors(ctx, "boxes", v["boxes"])
+        if len(scores) != len(boxes):
+            ctx.fail("boxes", f"rpn(): {len(scores)} score tensors but {len(boxes)} box tensors")
+        weights = ctx.numbers("box_weights", v["box_weights"], 4)
+        return cls(scores, boxes, ctx.tensor("proposals", v["proposals"]),
+                   ctx.number("pre_nms_top_n", v["pre_nms_top_n"], low=1, integer=True),
+                   ctx.number("post_nms_top_n", v["post_nms_top_n"], low=1, integer=True),
+                   float(ctx.number("nms_thresh", v["nms_thresh"], low=0, high=1)),
+                   float(ctx.number("score_thresh", v["score_thresh"], low=0, high=1)),
+                   float(ctx.number("min_size", v["min_size"], low=0)), tuple(map(float, weights)),
+                   **training_settings(ctx, v),
+                   pre_nms_top_n_train=ctx.number("pre_nms_top_n_train", v["pre_nms_top_n_train"], low=1, integer=True),
+                   post_nms_top_n_train=ctx.number("post_nms_top_n_train", v["post_nms_top_n_train"], low=1, integer=True))
+
+    def tensors(self) -> tuple:
+        return self.scores + self.boxes + (self.proposals,)
+
+    def renamed(self, redirect: dict) -> "RPN":
+        return replace(self, scores=tuple(redirect.get(t, t) for t in self.scores),
+                       boxes=tuple(redirect.get(t, t) for t in self.boxes))

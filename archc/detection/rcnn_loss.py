@@ -1,7 +1,7 @@
 """Faster R-CNN's training forward and losses (torchvision ``RegionProposalNetwork`` and
 ``RoIHeads`` in training mode), batched with static shapes.
 
-The network runs in the two phases of inference (detection/rcnn.py): the backbone and RPN head;
+The network runs in the two phases of inference (detection/faster_rcnn.py): the backbone and RPN head;
 then the box head on proposals. In between, the training proposals: the RPN's boxes with the
 ``rpn(pre_nms_top_n_train, post_nms_top_n_train)`` top-n (gradients stopped, as torchvision
 detaches them), the ground-truth boxes appended, matched to the ground truth

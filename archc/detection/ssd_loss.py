@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import boxes as B
-from .api import _flatten_head
 from .loss_terms import cross_entropy, smooth_l1
 from .matcher import ssd_match
+from .ssd import flatten_head
 
 KEYS = ("bbox_regression", "classification")
 
@@ -31,8 +31,8 @@ class SSDLoss:
     def head_outputs(self, outputs, input_size):
         """(class logits (B, A, C), box codes (B, A, 4), default boxes (A, 4)) in torchvision's order."""
         d, det = self.decl, self.det
-        logits = jnp.concatenate([_flatten_head(outputs[n], det.classes) for n in d.scores], 1)
-        codes = jnp.concatenate([_flatten_head(outputs[n], 4) for n in d.boxes], 1)
+        logits = jnp.concatenate([flatten_head(outputs[n], det.classes) for n in d.scores], 1)
+        codes = jnp.concatenate([flatten_head(outputs[n], 4) for n in d.boxes], 1)
         grids = [tuple(outputs[n].shape[1:3]) for n in d.scores]
         return logits, codes, jnp.asarray(det.anchors(grids, input_size, np.dtype(codes.dtype).type))
 

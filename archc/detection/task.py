@@ -1,7 +1,7 @@
 """The detection task (runtime/tasks.py's Task interface): a detector's losses from its
 declarations, so that the generic training step (``tasks.make_train_step``) trains it.
 
-``detect(kind=…)`` picks the loss (ssd_loss.py, rcnn_loss.py, yolo_loss.py); a kind whose
+``detect(kind=…)`` picks the loss (registry.py: ssd_loss.py, rcnn_loss.py, yolo_loss.py); a kind whose
 network runs in stages (Faster R-CNN) also supplies the training forward (``apply``).
 :func:`detection_losses` is ``archc.losses`` for detectors: torchvision's inputs (a list of
 images in [0, 1], per image ``{"boxes", "labels"}``), the input transform applied as at
@@ -15,20 +15,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..runtime.tasks import Task, TaskError, forward_fn
+from .registry import loss_class, training_kinds
 from .training import DetectionDataMixin
-
-LOSSES = {"ssd": "archc.detection.ssd_loss:SSDLoss", "faster_rcnn": "archc.detection.rcnn_loss:FasterRCNNLoss",
-          "yolo_v1": "archc.detection.yolo_loss:YoloV1Loss"}
 
 
 def loss_for(detector):
-    """The loss of a detector kind (``LOSSES``)."""
-    where = LOSSES.get(detector.kind)
-    if where is None:
+    """The loss of a detector kind (registry.py)."""
+    cls = loss_class(detector.kind)
+    if cls is None:
         raise TaskError(f"{detector.model.name}: detect(kind={detector.kind!r}) has no training loss; "
-                        f"the kinds that train: {', '.join(sorted(LOSSES))}")
-    module, name = where.split(":")
-    return getattr(importlib.import_module(module), name)(detector)
+                        f"the kinds that train: {', '.join(sorted(training_kinds()))}")
+    return cls(detector)
 
 
 @dataclass(eq=False)
@@ -48,7 +45,7 @@ class Detection(DetectionDataMixin, Task):
         except DetectError as e:
             raise TaskError(str(e)) from None
         self.loss = loss_for(self.detector)
-        keys = tuple(importlib.import_module(LOSSES[self.detector.kind].split(":")[0]).KEYS)
+        keys = tuple(importlib.import_module(type(self.loss).__module__).KEYS)
         self.train_sums = ("batches",) + keys + ("loss",)       # make_train_step's metrics
         self.train_metrics = keys + ("negative_loss",)
         self.val_metrics = ("loss",) + keys + ("negative_loss",)
@@ -92,7 +89,7 @@ class Detection(DetectionDataMixin, Task):
 # archc.losses for detectors
 # --------------------------------------------------------------------------------------------
 def _targets(targets, n_images: int, classes: int) -> list:
-    from .api import DetectError
+    from .detector import DetectError
     if len(targets) != n_images:
         raise DetectError(f"{n_images} images but {len(targets)} targets: one {{'boxes', 'labels'}} per image")
     out = []
@@ -117,9 +114,9 @@ def detection_batch(task: Detection, images, targets) -> dict:
     [0, 1] through the network's input transform, each image's ``targets`` ``{"boxes": (N, 4)
     xyxy in its pixels, "labels": (N,)}`` scaled with it and padded to the batch's largest N."""
     import jax.numpy as jnp
-    from .api import _images
-    from .transforms import rescale_boxes, transform
-    ims = _images(images)
+    from .images import as_images
+    from .transform import rescale_boxes, transform
+    ims = as_images(images)
     tg = _targets(list(targets), len(ims), task.num_classes)
     batch, sizes = transform([jnp.asarray(im) for im in ims], task.detector.transform_spec)
     n = max(1, max(len(lab) for _, lab in tg))

@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from ..runtime.data import DataError
-from .api import class_names
+from .declare import class_names
 from .coco import DetectionData, from_coco_dict
 
 

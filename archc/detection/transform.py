@@ -14,15 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..compiler.kernels import linear_taps, resize_to
+# The settings of one transform are the network's detect_input declaration (fixed_size (h, w)
+# replaces the min/max rule; SSD: (300, 300)).
 from .declare import DetectInput
 
 
-# The settings of one transform are the network's detect_input declaration (fixed_size (h, w)
-# replaces the min/max rule; SSD: (300, 300)).
-TransformSpec = DetectInput
-
-
-def resized_size(h: int, w: int, spec: TransformSpec) -> tuple[int, int]:
+def resized_size(h: int, w: int, spec: DetectInput) -> tuple[int, int]:
     """The size torchvision resizes an (h, w) image to: ``fixed_size``, else
     floor(side · s) with s = min(min_size / short, max_size / long) in Python double (the
     image is resized even when it already fits)."""
@@ -58,7 +55,7 @@ def padded_size(sizes: Sequence[tuple[int, int]], size_divisible: int) -> tuple[
     return int(math.ceil(h / d) * d), int(math.ceil(w / d) * d)
 
 
-def transform(images: Sequence, spec: TransformSpec):
+def transform(images: Sequence, spec: DetectInput):
     """GeneralizedRCNNTransform.forward in eval mode: each (H, W, C) image normalised, then
     resized, then the batch zero-padded at the bottom and right. Returns (batch NHWC,
     [(h, w) resized size of each image])."""
@@ -77,7 +74,7 @@ def transform(images: Sequence, spec: TransformSpec):
     return batch, sizes
 
 
-def training_example(image: np.ndarray, boxes: np.ndarray, spec: TransformSpec, canvas: tuple[int, int]):
+def training_example(image: np.ndarray, boxes: np.ndarray, spec: DetectInput, canvas: tuple[int, int]):
     """One training image as the detector's transform sees it, in NumPy: normalised, resized
     by its rule (``resized_size``), zero-padded at the bottom and right to ``canvas`` (h, w);
     its ``boxes`` (N, 4) scaled with it (``rescale_boxes``). Returns (image (h, w, C) float32,

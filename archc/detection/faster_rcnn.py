@@ -1,7 +1,7 @@
-"""Faster R-CNN's post-processing in JAX with static shapes (torchvision's eval mode):
-RegionProposalNetwork.filter_proposals, then RoIHeads.postprocess_detections, and the network run
-in two phases under one jit: the backbone, FPN and RPN head first; the proposals computed from
-them; then only the box head, on those proposals, reading the features phase one computed.
+"""Faster R-CNN's post-processing in JAX with static shapes (torchvision's eval mode): the
+proposals (rpn.py), then the detections (roi_heads.py), and the network run in two phases under
+one jit: the backbone, FPN and RPN head first; the proposals computed from them; then only the
+box head, on those proposals, reading the features phase one computed.
 
 Fixed sizes stand in for torchvision's variable-length lists: R = ``post_nms_top_n`` proposals
 per image with a validity mask (padding boxes are 0 and their detections never count), and
@@ -12,15 +12,14 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ..compiler.lower import run_graph
-from . import anchors as anchor_lib
-from . import boxes as B
-from .api import Detections, DetectError, Detector, _pad_invalid, detector
+from .detector import DetectError, Detector
+from .postprocess import Detections
+from .roi_heads import postprocess_detections
+from .rpn import propose
 
 
-@detector("faster_rcnn")
 class FasterRCNNDetector(Detector):
     def __init__(self, model, decl):
         super().__init__(model, decl)
@@ -61,35 +60,8 @@ class FasterRCNNDetector(Detector):
     def propose(self, outputs, image_sizes, input_size, pre_nms_top_n=None, post_nms_top_n=None):
         """RPN head outputs (by node name) -> proposals (B, R, 4) in input pixels, valid (B, R).
         The top-n default to the inference ones (training passes its own)."""
-        r = self.rpn
-        pre_nms_top_n = pre_nms_top_n or r.pre_nms_top_n
-        logits = [o.reshape(o.shape[0], -1) for o in (outputs[n] for n in r.scores)]     # (B, H·W·A)
-        codes = [o.reshape(o.shape[0], -1, 4) for o in (outputs[n] for n in r.boxes)]
-        grids = [tuple(outputs[n].shape[1:3]) for n in r.scores]
-        anchors = anchor_lib.grid_anchors(grids, input_size, self.anchor_decl.sizes, self.anchor_decl.aspect_ratios)
-        starts = np.cumsum([0] + [lg.shape[1] for lg in logits])
-        levels, top_logits, top_boxes = [], [], []
-        for k, (lg, cd) in enumerate(zip(logits, codes)):
-            n = lg.shape[1]
-            kk = min(pre_nms_top_n, n)
-            best, idx = jax.lax.top_k(lg, kk)                       # on the raw logits, per level
-            boxes = B.decode(jnp.take_along_axis(cd, idx[..., None], 1),
-                             jnp.asarray(anchors[starts[k]:starts[k + 1]])[idx], r.box_weights)
-            top_logits.append(best)
-            top_boxes.append(boxes)
-            levels.append(np.full(kk, k, np.int32))
-        scores = jax.nn.sigmoid(jnp.concatenate(top_logits, 1))
-        boxes = jnp.concatenate(top_boxes, 1)
-        levels = jnp.asarray(np.concatenate(levels))
-        return jax.vmap(functools.partial(self._filter, levels, post_nms_top_n or self.R))(boxes, scores, image_sizes)
-
-    def _filter(self, levels, post_nms_top_n, boxes, scores, size):
-        r = self.rpn
-        boxes = B.clip(boxes, size[0], size[1])
-        valid = B.remove_small(boxes, jnp.ones(scores.shape, bool), r.min_size) & (scores >= scores.dtype.type(r.score_thresh))
-        idx, count = B.batched_nms(boxes, scores, levels, valid, r.nms_thresh, post_nms_top_n)
-        ok = jnp.arange(post_nms_top_n) < count
-        return jnp.where(ok[:, None], boxes[idx], 0.0), ok
+        return propose(self.rpn, self.anchor_decl, outputs, image_sizes, input_size,
+                       pre_nms_top_n or self.rpn.pre_nms_top_n, post_nms_top_n or self.R)
 
     # ---- phase two: detections ---------------------------------------------------------------
     def postprocess(self, outputs, image_sizes, input_size, proposals=None, valid=None):
@@ -99,24 +71,7 @@ class FasterRCNNDetector(Detector):
         if valid is None:
             valid = jnp.ones(proposals.shape[:2], bool)
         logits, codes = outputs[self.decl.scores[0]], outputs[self.decl.boxes[0]]
-        return jax.vmap(self._detections)(logits, codes, proposals, valid, image_sizes)
-
-    def _detections(self, logits, codes, proposals, valid, size):
-        d, c = self.decl, self.classes
-        boxes = B.decode(codes, proposals, d.box_weights, d.box_clamp).reshape(-1, c, 4)[:, 1:]   # (R, C-1, 4)
-        boxes = B.clip(boxes, size[0], size[1])
-        scores = jax.nn.softmax(logits, -1)[:, 1:]
-        keep = valid[:, None] & (scores > scores.dtype.type(d.score_thresh))
-        keep = B.remove_small(boxes, keep, d.min_size)
-        labels = jnp.broadcast_to(jnp.arange(1, c, dtype=jnp.int32)[None], keep.shape)
-        # torchvision's batched_nms never crosses classes: one NMS per class, on the boxes it
-        # compares (offset by the coordinate trick when it takes that path)
-        shifted = boxes + B.coordinate_offsets(boxes, labels, keep, keep.sum())
-        kept = jax.vmap(lambda b, s, v: B.nms_keep(b, s, v, d.nms_thresh), in_axes=1, out_axes=1)(shifted, scores, keep)
-        flat = jnp.where(kept, scores, -jnp.inf).reshape(-1)                     # proposal-major, as torchvision
-        m = min(d.detections_per_img, flat.shape[0])
-        best, pos = jax.lax.top_k(flat, m)
-        return _pad_invalid(boxes.reshape(-1, 4)[pos], best, labels.reshape(-1)[pos], best > -jnp.inf)
+        return jax.vmap(functools.partial(postprocess_detections, self.decl))(logits, codes, proposals, valid, image_sizes)
 
     # ---- both, without computing the backbone twice -------------------------------------------
     def run(self, variables, batch, image_sizes) -> Detections:
