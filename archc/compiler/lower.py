@@ -243,13 +243,67 @@ def _cpu_conv(path: str, a: dict, x, kernel):
         pad = [(0, int(kh > 1)), (0, int(kw > 1))]
         y = _product(lax.conv_general_dilated, x, kernel, (sh, sw), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return lax.slice(y, (0, 0, 0, 0), (y.shape[0], ho, wo, y.shape[3]))
+    geometry = (tuple(map(tuple, a.padding)), (sh, sw), (dh, dw))
+    if path == "im2col":
+        return _im2col(x, kernel, *geometry)
+    if path == "im2col_grad":
+        return _conv_im2col_grad(x, kernel, geometry)
     # depthwise as shifted slices; the barrier makes XLA compute the input once: fused into the
     # k*k slices, a producer such as BN + swish ran k*k times (EfficientNet-B0: 19 -> 44 img/s).
     # The taps sum in float32 (as _product accumulates), rounded once at the end.
     out_dtype = x.dtype
     x, kernel = _at_least_f32(lax.optimization_barrier(x)), _at_least_f32(kernel)
-    geometry = (tuple(map(tuple, a.padding)), (sh, sw), (dh, dw))
     return _cast(_depthwise(x, kernel, geometry), out_dtype)
+
+
+def _useful_taps(n, k, s, d, pad, out):
+    """The taps of one axis that read at least one input cell (not only padding): a map
+    smaller than the window leaves some taps on padding for every output (a 3x3 at 1x1 keeps
+    its centre only)."""
+    taps = [i for i in range(k) if any(0 <= o * s + i * d - pad < n for o in range(out))]
+    return taps or list(range(k))
+
+
+def _im2col(x, kernel, padding, strides, dilation):
+    """A conv as one product of its patches: the useful taps' shifted, strided slices of the
+    zero-padded input, concatenated along channels (tap-major, as HWIO's kernel flattens),
+    times the kernel as a (taps*C, F) matrix -- through _pointwise, whose VJP keeps the
+    patches transposed for the weight gradient."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel.shape[:2], strides, dilation
+    xp = _depthwise_pad(x, padding)
+    ho, wo = _depthwise_out_hw(xp.shape[1:3], (kh, kw), strides, dilation)
+    n, h, w, c = x.shape
+    f = kernel.shape[3]
+    rows = _useful_taps(h, kh, sh, dh, padding[0][0], ho)
+    cols = _useful_taps(w, kw, sw, dw, padding[1][0], wo)
+    taps = [(i, j) for i in rows for j in cols]
+    patches = [lax.slice(xp, (0, i * dh, j * dw, 0), (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c),
+                         (1, sh, sw, 1)) for i, j in taps]
+    weights = [lax.reshape(lax.slice(kernel, (i, j, 0, 0), (i + 1, j + 1, c, f)), (c, f)) for i, j in taps]
+    if len(taps) == 1:
+        return _pointwise(patches[0], weights[0])
+    return _pointwise(lax.concatenate(patches, 3), lax.concatenate(weights, 0))
+
+
+# A strided conv onto a map smaller than its window (ResNet's 3x3/2 from 4x4 to 2x2) runs fast
+# forward, but its input gradient, a conv of the stride-dilated output gradient, is one XLA
+# swaps (ops/conv.py, gradient_swaps): lax's convolution forward, im2col's gradients.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_im2col_grad(x, kernel, geometry):
+    padding, strides, dilation = geometry
+    return _product(lax.conv_general_dilated, x, kernel, strides, padding, rhs_dilation=dilation,
+                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _conv_im2col_grad_fwd(x, kernel, geometry):
+    return _conv_im2col_grad(x, kernel, geometry), (x, kernel)
+
+
+def _conv_im2col_grad_bwd(geometry, res, g):
+    return jax.vjp(lambda x, kernel: _im2col(x, kernel, *geometry), *res)[1](g)
+
+
+_conv_im2col_grad.defvjp(_conv_im2col_grad_fwd, _conv_im2col_grad_bwd)
 
 
 def _depthwise_taps(xp, kernel, out_hw, strides, dilation):

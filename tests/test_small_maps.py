@@ -1,0 +1,111 @@
+"""Convolutions over maps smaller than their window (compiler/ops/conv.py cpu_conv_path's
+'im2col' and 'im2col_grad'): XLA swaps such a convolution's operands and XLA:CPU runs the
+swapped form through a slow generic loop, so archc lowers them as a product of patches. The
+routed lowering must equal lax's convolution -- values and both gradients -- and leave XLA
+nothing to swap."""
+from __future__ import annotations
+
+import itertools
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from archc.compiler import lower
+from archc.compiler.ops.conv import ConvAttrs, cpu_conv_path
+
+pytestmark = pytest.mark.usefixtures("highest_precision")
+
+ROUTED = ("im2col", "im2col_grad")
+
+
+def geometries():
+    """Kernel, stride, padding, dilation over maps 1-7: square and rectangular kernels,
+    PyTorch's symmetric padding, none, TensorFlow's asymmetric 'same', and more than k//2."""
+    for (kh, kw), s, d, n in itertools.product([(1, 1), (2, 2), (3, 3), (5, 5), (7, 7), (1, 3), (3, 1), (3, 5)],
+                                               [(1, 1), (2, 2), (1, 2)], [(1, 1), (2, 2)], range(1, 8)):
+        eh, ew = d[0] * (kh - 1), d[1] * (kw - 1)
+        for pad in (((eh // 2,) * 2, (ew // 2,) * 2), ((0, 0), (0, 0)), ((eh // 2, eh - eh // 2), (ew // 2, ew - ew // 2)),
+                    ((eh // 2 + 1,) * 2, (ew // 2 + 1,) * 2)):
+            if n + sum(pad[0]) > eh and n + sum(pad[1]) > ew:
+                yield (kh, kw), s, pad, d, (n, n + 1 if kw != kh else n)
+
+
+def routed_cases():
+    cases = []
+    for k, s, pad, d, hw in geometries():
+        a = ConvAttrs(5, k, s, pad, d, 1, False)
+        path = cpu_conv_path(a, (2,) + hw + (3,))
+        if path in ROUTED:
+            cases.append((a, hw, path))
+    return cases
+
+
+CASES = routed_cases()
+
+
+def _conv(a):
+    node, run = SimpleNamespace(attrs=a), SimpleNamespace(dtype=None)
+    return lambda x, w: lower._conv(node, [x], {"kernel": w}, run)
+
+
+def _reference(a):
+    return lambda x, w: lax.conv_general_dilated(x, w, a.strides, a.padding, rhs_dilation=a.dilation,
+                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def test_the_rule_routes_small_maps_and_leaves_the_rest():
+    paths = {p for _, _, p in CASES}
+    assert paths == set(ROUTED), paths
+    resnet_2x2 = ConvAttrs(512, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), 1, False)
+    assert cpu_conv_path(resnet_2x2, (32, 2, 2, 512)) == "im2col"
+    assert cpu_conv_path(resnet_2x2, (32, 4, 4, 512)) is None
+    down = ConvAttrs(512, (3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1), 1, False)   # 4x4 -> 2x2
+    assert cpu_conv_path(down, (32, 4, 4, 256)) == "im2col_grad"
+    assert cpu_conv_path(down, (32, 8, 8, 256)) is None
+    grouped = ConvAttrs(8, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), 2, False)   # XLA swaps no grouped conv
+    assert cpu_conv_path(grouped, (1, 2, 2, 8)) is None
+
+
+@pytest.mark.parametrize("batch", [range(0, len(CASES), 2), range(1, len(CASES), 2)], ids=["even", "odd"])
+def test_routed_convs_equal_lax_values_and_gradients(batch):
+    """Every routed geometry: output, input gradient and kernel gradient against lax.conv."""
+    rng = np.random.default_rng(0)
+    for i in batch:
+        a, hw, path = CASES[i]
+        x = jnp.asarray(rng.standard_normal((2,) + hw + (3,)), jnp.float32)
+        w = jnp.asarray(rng.standard_normal(tuple(a.kernel) + (3, 5)), jnp.float32)
+        mine, ref = _conv(a), _reference(a)
+        y, yr = mine(x, w), ref(x, w)
+        ct = jnp.asarray(rng.standard_normal(yr.shape), jnp.float32)
+        assert y.shape == yr.shape
+        g = jax.grad(lambda x, w: jnp.vdot(mine(x, w), ct), argnums=(0, 1))(x, w)
+        gr = jax.grad(lambda x, w: jnp.vdot(ref(x, w), ct), argnums=(0, 1))(x, w)
+        what = f"{path} kernel {a.kernel} stride {a.strides} padding {a.padding} dilation {a.dilation} map {hw}"
+        np.testing.assert_allclose(y, yr, rtol=1e-5, atol=1e-5, err_msg=what)
+        np.testing.assert_allclose(g[0], gr[0], rtol=1e-5, atol=1e-5, err_msg="input gradient: " + what)
+        np.testing.assert_allclose(g[1], gr[1], rtol=1e-5, atol=1e-5, err_msg="kernel gradient: " + what)
+
+
+def _swapped(fn, *args) -> list:
+    """The convolutions XLA compiled with its operands swapped (they carry a reversed window)."""
+    text = jax.jit(fn).lower(*args).compile().as_text()
+    return [line.strip() for line in text.splitlines() if " convolution(" in line and "rhs_reversal" in line]
+
+
+def test_xla_swaps_what_the_rule_predicts():
+    """The rule mirrors XLA's operand swap: lax's convolution of a routed geometry compiles to a
+    swapped one (forward for 'im2col', the gradient for 'im2col_grad'), and archc's lowering of
+    it to none. A jaxlib that changes the swap rule fails here."""
+    rng = np.random.default_rng(1)
+    for a, hw, path in CASES[::7]:
+        x = jnp.asarray(rng.standard_normal((1,) + hw + (2,)), jnp.float32)
+        w = jnp.asarray(rng.standard_normal(tuple(a.kernel) + (2, 5)), jnp.float32)
+        ref, mine = _reference(a), _conv(a)
+        grad = lambda f: jax.grad(lambda x, w: f(x, w).sum(), argnums=(0, 1))  # noqa: E731
+        assert bool(_swapped(ref, x, w)) == (path == "im2col"), (a, hw)
+        assert _swapped(grad(ref), x, w), (a, hw)
+        assert not _swapped(mine, x, w) and not _swapped(grad(mine), x, w), (a, hw)
