@@ -34,7 +34,7 @@ from jax import lax
 from . import flax_ops
 from .ir import Graph, Node
 from .ops import OPS, VarSpec, pass_rules, variable_specs, variables_tree  # noqa: F401  (VarSpec, variables_tree: re-exported)
-from .ops.conv import cpu_conv_path
+from .ops.conv import cpu_conv_path, useful_taps
 from .ops.pool import axis_counts, cpu_pool_separable
 
 Array = jax.Array
@@ -256,14 +256,6 @@ def _cpu_conv(path: str, a: dict, x, kernel):
     return _cast(_depthwise(x, kernel, geometry), out_dtype)
 
 
-def _useful_taps(n, k, s, d, pad, out):
-    """The taps of one axis that read at least one input cell (not only padding): a map
-    smaller than the window leaves some taps on padding for every output (a 3x3 at 1x1 keeps
-    its centre only)."""
-    taps = [i for i in range(k) if any(0 <= o * s + i * d - pad < n for o in range(out))]
-    return taps or list(range(k))
-
-
 def _im2col(x, kernel, padding, strides, dilation):
     """A conv as one product of its patches: the useful taps' shifted, strided slices of the
     zero-padded input, concatenated along channels (tap-major, as HWIO's kernel flattens),
@@ -274,9 +266,7 @@ def _im2col(x, kernel, padding, strides, dilation):
     ho, wo = _depthwise_out_hw(xp.shape[1:3], (kh, kw), strides, dilation)
     n, h, w, c = x.shape
     f = kernel.shape[3]
-    rows = _useful_taps(h, kh, sh, dh, padding[0][0], ho)
-    cols = _useful_taps(w, kw, sw, dw, padding[1][0], wo)
-    taps = [(i, j) for i in rows for j in cols]
+    taps = useful_taps((h, w), (kh, kw), strides, dilation, padding)
     patches = [lax.slice(xp, (0, i * dh, j * dw, 0), (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c),
                          (1, sh, sw, 1)) for i, j in taps]
     weights = [lax.reshape(lax.slice(kernel, (i, j, 0, 0), (i + 1, j + 1, c, f)), (c, f)) for i, j in taps]

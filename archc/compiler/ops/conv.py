@@ -83,6 +83,17 @@ class ConvAttrs(Attrs):
     stride_fit: str | None = None       # the node whose HxW an inferred (projection) stride reaches
 
 
+def useful_taps(hw, kernel, strides, dilation, padding) -> list:
+    """The kernel taps (i, j) that read at least one input cell, not only padding: a map
+    smaller than the window leaves some taps on padding for every output (a 3x3 at 1x1 keeps
+    its centre only); the im2col path (compiler/lower.py) drops the others."""
+    axes = []
+    for n, k, s, d, (lo, hi) in zip(hw, kernel, strides, dilation, padding):
+        out = (n + lo + hi - d * (k - 1) - 1) // s + 1
+        axes.append([i for i in range(k) if any(0 <= o * s + i * d - lo < n for o in range(out))] or list(range(k)))
+    return [(i, j) for i in axes[0] for j in axes[1]]
+
+
 def xla_swaps_operands(kernel, in_hw, strides, padding, dilation, base=(1, 1)) -> bool:
     """Whether XLA's algebraic simplifier (SwapConvOperands, in the installed jaxlib 0.10)
     swaps a non-grouped convolution's input and kernel: when the window has more taps than the
@@ -137,7 +148,11 @@ def cpu_conv_path(a: ConvAttrs, in_shape) -> str | None:
         return "im2col"
     unpadded = all(p == 0 for side in a.padding for p in side)
     if tuple(a.dilation) == (1, 1) and unpadded:
-        return "pointwise" if kernel == (1, 1) else "pad_crop"
+        if kernel == (1, 1):
+            return "pointwise"
+        # pad_crop's convolution has a row and a column of zeros more (and so a larger output)
+        crop = a.replace(padding=((0, int(kernel[0] > 1)), (0, int(kernel[1] > 1))))
+        return "im2col_grad" if gradient_swaps(crop, hw) else "pad_crop"
     return "im2col_grad" if gradient_swaps(a, hw) else None
 
 
