@@ -117,7 +117,7 @@ def test_routed_convs_equal_lax_values_and_gradients():
 
 @pytest.mark.slow
 def test_every_routed_combination_equals_lax():
-    """The other routed combinations (every padding kind)."""
+    """The other routed combinations (every padding kind and dilation)."""
     _check(sorted(set(range(len(CASES))) - set(LEAN)))
 
 
