@@ -107,6 +107,22 @@ def parses(flag_setting: str) -> bool:
     return p.returncode == 0
 
 
+def render(results: list) -> str:
+    """A markdown table: per network, each setting's speed vs default (or 'same program'), the
+    largest output difference, and the library fusions in the compiled program."""
+    L = ["| network | setting | XLA_FLAGS | vs default | max abs diff | fusions / custom calls |", "|---|---|---|---|---|---|"]
+    for row in results:
+        name = f"{row['net']} {row['mode']} b{row['batch']}"
+        for s, e in row["settings"].items():
+            if "error" in e:
+                L.append(f"| {name} | {s} | `{SETTINGS[s]}` | error: {e['error'][:80]} | | |")
+                continue
+            speed = f"{e['vs_default']:.2f}×" if "vs_default" in e else "same program"
+            libs = ", ".join(e["fusions"] + e["custom_calls"]) or "none"
+            L.append(f"| {name} | {s} | `{SETTINGS[s] or '(none)'}` | {speed} | {e['max_abs_diff']:.1e} | {libs} |")
+    return "\n".join(L)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nets", nargs="+", default=["resnet50:infer:8", "mobilenet_v2:infer:8",
@@ -116,11 +132,15 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=3, help="timed calls per process (median)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--from-rows", type=Path, help="render the JSON rows a run printed (one a line)")
     ap.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         net, mode, batch, calls, out = a.worker
         worker(net, mode, int(batch), int(calls), out)
+        return
+    if a.from_rows:
+        print(render([json.loads(line) for line in a.from_rows.read_text().splitlines() if line.startswith("{")]))
         return
     if a.list:
         for flag in FLAGS:
@@ -157,6 +177,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     if a.json:
         a.json.write_text(json.dumps({"cpu": harness.cpu_model(), "results": results}, indent=1))
+    print(render(results))
 
 
 if __name__ == "__main__":
