@@ -24,7 +24,7 @@ from math import prod
 from . import ops
 from .ir import Graph
 from .ir import readers as graph_readers
-from .ops.conv import cpu_conv_path, useful_taps
+from .ops.conv import cpu_conv_path
 from .ops.pool import cpu_pool_separable
 
 LIBRARY_CALLS = {"conv", "conv_transpose", "dense"}
@@ -130,12 +130,8 @@ def _value(name, shape):
 def _conv_saved(node, ins, graph):
     path = cpu_conv_path(node.attrs, (1,) + tuple(ins[0])) if node.op == "conv" else None
     x = node.inputs[0]
-    if path in ("depthwise", "im2col_grad"):   # its input only (their VJPs recompute the rest)
+    if path == "depthwise":        # its input only (_depthwise's VJP slices the gradient instead)
         return [_value(x, ins[0])]
-    if path == "im2col":           # the patches transposed (taps*C, N*Ho*Wo), as _pointwise keeps them
-        a = node.attrs
-        taps = useful_taps(ins[0][:2], a.kernel, a.strides, a.dilation, a.padding)
-        return [((node.name, "patches"), prod(node.shape[:-1]) * len(taps) * ins[0][-1])]
     if path == "pointwise":        # the input transposed (C, N*H*W), strided first (_pointwise)
         transposed = [((x, "transposed"), prod(node.shape[:-1]) * ins[0][-1])]
         # measured: a concatenation read here is kept as well (SqueezeNet's fire outputs,
@@ -318,7 +314,7 @@ def kernel_workspace(graph: Graph, itemsize: int = 4) -> int:
         if node.op != "conv" or node.attrs.groups != 1 or node.name in graph.outputs:
             continue
         x = graph.nodes[node.inputs[0]].shape
-        if cpu_conv_path(node.attrs, (1,) + tuple(x)) in ("pointwise", "depthwise", "im2col"):
+        if cpu_conv_path(node.attrs, (1,) + tuple(x)) in ("pointwise", "depthwise"):
             continue
         if prod(node.attrs.kernel) > prod(x[:-1]):
             total += prod(node.attrs.kernel) * x[-1] * node.shape[-1] * itemsize
