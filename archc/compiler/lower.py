@@ -158,7 +158,10 @@ class Program:
 #   at 73x73 takes 337 ms unpadded, 140 ms with one row/column of zeros added at the end (and
 #   the extra output cropped) -- the same values, since the added row only reaches outputs that
 #   are cut away;
-# - a 1x1 conv is a matrix product, and XLA runs it ~25% faster as a dot than as a convolution.
+# - a 1x1 conv is a matrix product, and XLA runs it ~25% faster as a dot than as a convolution;
+# - a kxk over a map with fewer cells than the window has taps (a 3x3 at 2x2) has its operands
+#   swapped by XLA, and the swapped conv runs in a generic loop: ResNet's 3x3 512->512 at 2x2,
+#   batch 32, 857 ms, as im2col (one product of the patches) 6 ms (ops/conv.py has the rule).
 # Every path takes the same variables (kernel HWIO, bias) and computes the same function, so
 # checkpoints, BN folding and parity do not see which path ran.
 def _cpu_conv_path(a, x) -> str | None:
