@@ -36,7 +36,7 @@ from jax import lax
 from . import graph_queries, kernels
 from .ir import Graph, Node
 from .ops import OPS, VarSpec, activation_names, pass_rules, variable_specs, variables_tree  # noqa: F401  (VarSpec, variables_tree: re-exported)
-from .ops.conv import cpu_conv_path
+from .ops.conv import cpu_conv_path, useful_taps
 from .ops.pool import cpu_pool_separable
 
 Array = jax.Array
@@ -116,7 +116,10 @@ class Program:
 #   at 73x73 takes 337 ms unpadded, 140 ms with one row/column of zeros added at the end (and
 #   the extra output cropped) -- the same values, since the added row only reaches outputs that
 #   are cut away;
-# - a 1x1 conv is a matrix product, and XLA runs it ~25% faster as a dot than as a convolution.
+# - a 1x1 conv is a matrix product, and XLA runs it ~25% faster as a dot than as a convolution;
+# - a kxk over a map with fewer cells than the window has taps (a 3x3 at 2x2) has its operands
+#   swapped by XLA, and the swapped conv runs in a generic loop: ResNet's 3x3 512->512 at 2x2,
+#   batch 32, 857 ms, as im2col (one product of the patches) 6 ms (ops/conv.py has the rule).
 # Every path takes the same variables (kernel HWIO, bias) and computes the same function, so
 # checkpoints, BN folding and parity do not see which path ran.
 def _cpu_conv_path(a, x) -> str | None:
@@ -184,13 +187,57 @@ def _cpu_conv(path: str, a: dict, x, kernel):
         pad = [(0, int(kh > 1)), (0, int(kw > 1))]
         y = _product(lax.conv_general_dilated, x, kernel, (sh, sw), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return lax.slice(y, (0, 0, 0, 0), (y.shape[0], ho, wo, y.shape[3]))
+    geometry = (tuple(map(tuple, a.padding)), (sh, sw), (dh, dw))
+    if path == "im2col":
+        return _im2col(x, kernel, *geometry)
+    if path == "im2col_grad":
+        return _conv_im2col_grad(x, kernel, geometry)
     # depthwise as shifted slices; the barrier makes XLA compute the input once: fused into the
     # k*k slices, a producer such as BN + swish ran k*k times (EfficientNet-B0: 19 -> 44 img/s).
     # The taps sum in float32 (as _product accumulates), rounded once at the end.
     out_dtype = x.dtype
     x, kernel = _at_least_f32(lax.optimization_barrier(x)), _at_least_f32(kernel)
-    geometry = (tuple(map(tuple, a.padding)), (sh, sw), (dh, dw))
     return _cast(_depthwise(x, kernel, geometry), out_dtype)
+
+
+def _im2col(x, kernel, padding, strides, dilation):
+    """A conv as one product of its patches: the useful taps' shifted, strided slices of the
+    zero-padded input, concatenated along channels (tap-major, as HWIO's kernel flattens),
+    times the kernel as a (taps*C, F) matrix -- through _pointwise, whose VJP keeps the
+    patches transposed for the weight gradient."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel.shape[:2], strides, dilation
+    xp = _depthwise_pad(x, padding)
+    ho, wo = _depthwise_out_hw(xp.shape[1:3], (kh, kw), strides, dilation)
+    n, h, w, c = x.shape
+    f = kernel.shape[3]
+    taps = useful_taps((h, w), (kh, kw), strides, dilation, padding)
+    patches = [lax.slice(xp, (0, i * dh, j * dw, 0), (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c),
+                         (1, sh, sw, 1)) for i, j in taps]
+    weights = [lax.reshape(lax.slice(kernel, (i, j, 0, 0), (i + 1, j + 1, c, f)), (c, f)) for i, j in taps]
+    if len(taps) == 1:
+        return _pointwise(patches[0], weights[0])
+    return _pointwise(lax.concatenate(patches, 3), lax.concatenate(weights, 0))
+
+
+# A strided conv onto a map smaller than its window (ResNet's 3x3/2 from 4x4 to 2x2) runs fast
+# forward, but its input gradient, a conv of the stride-dilated output gradient, is one XLA
+# swaps (ops/conv.py, gradient_swaps): lax's convolution forward, im2col's gradients.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_im2col_grad(x, kernel, geometry):
+    padding, strides, dilation = geometry
+    return _product(lax.conv_general_dilated, x, kernel, strides, padding, rhs_dilation=dilation,
+                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _conv_im2col_grad_fwd(x, kernel, geometry):
+    return _conv_im2col_grad(x, kernel, geometry), (x, kernel)
+
+
+def _conv_im2col_grad_bwd(geometry, res, g):
+    return jax.vjp(lambda x, kernel: _im2col(x, kernel, *geometry), *res)[1](g)
+
+
+_conv_im2col_grad.defvjp(_conv_im2col_grad_fwd, _conv_im2col_grad_bwd)
 
 
 def _depthwise_taps(xp, kernel, out_hw, strides, dilation):

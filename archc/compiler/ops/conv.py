@@ -76,24 +76,77 @@ class ConvAttrs(Attrs):
     stride_fit: str | None = None       # the node whose HxW an inferred (projection) stride reaches
 
 
+def useful_taps(hw, kernel, strides, dilation, padding) -> list:
+    """The kernel taps (i, j) that read at least one input cell, not only padding: a map
+    smaller than the window leaves some taps on padding for every output (a 3x3 at 1x1 keeps
+    its centre only); the im2col path (compiler/lower.py) drops the others."""
+    axes = []
+    for n, k, s, d, (lo, hi) in zip(hw, kernel, strides, dilation, padding):
+        out = (n + lo + hi - d * (k - 1) - 1) // s + 1
+        axes.append([i for i in range(k) if any(0 <= o * s + i * d - lo < n for o in range(out))] or list(range(k)))
+    return [(i, j) for i in axes[0] for j in axes[1]]
+
+
+def xla_swaps_operands(kernel, in_hw, strides, padding, dilation, base=(1, 1)) -> bool:
+    """Whether XLA's algebraic simplifier (SwapConvOperands, in the installed jaxlib 0.10)
+    swaps a non-grouped convolution's input and kernel: when the window has more taps than the
+    input has cells, as a 3x3 over a 2x2 map. XLA:CPU has no fast kernel for the swapped form
+    (dim_labels 01fb_o01i->f01b, a reversed window): neither YNNPACK's fusion nor Eigen's
+    convolution takes it, and its generic loop runs at ~0.3 GFLOP/s (BENCHMARKS.md, small maps).
+    Mirrors XLA's condition: an axis the window covers exactly (unpadded, undilated, stride 1)
+    stays, a 1-cell axis padded k-1 on both sides counts as k cells. ``base`` is the input's
+    dilation (a stride-s conv's input gradient dilates the output gradient by s)."""
+    taps = cells = 1
+    for k, n, s, (lo, hi), d, b in zip(kernel, in_hw, strides, padding, dilation, base):
+        plain = lo == hi == 0 and d == 1
+        if plain and ((b == k and s == k - 1) or (b == 1 and s == 1 and k == n)):
+            continue
+        taps *= k
+        cells *= k if (n == 1 and s == 1 and d == 1 and lo == hi == k - 1) else n
+    return taps > cells
+
+
+def gradient_swaps(a: "ConvAttrs", hw) -> bool:
+    """Whether one of the two convolutions of a conv's gradient, as JAX transposes it, gets its
+    operands swapped: the input gradient (the output gradient, dilated by the stride, against
+    the reversed kernel) when the output is smaller than the window -- a strided conv onto a
+    small map, ResNet's 3x3/2 from 4x4 to 2x2 -- or the kernel gradient (the input against the
+    output gradient as the window) when the output is larger than the input (padding > k//2)."""
+    out = [(n + lo + hi - d * (k - 1) - 1) // s + 1
+           for n, k, s, (lo, hi), d in zip(hw, a.kernel, a.strides, a.padding, a.dilation)]
+    data_pads, kernel_pads = [], []
+    for n, k, s, (lo, _), d, o in zip(hw, a.kernel, a.strides, a.padding, a.dilation, out):
+        span, reach = d * (k - 1) + 1, (o - 1) * s + 1
+        data_pads.append((span - 1 - lo, n + span - 1 - reach - (span - 1 - lo)))
+        kernel_pads.append((lo, reach - n + span - lo - 1))
+    return (xla_swaps_operands(a.kernel, out, (1, 1), data_pads, a.dilation, base=a.strides)
+            or xla_swaps_operands(out, hw, a.dilation, kernel_pads, a.strides))
+
+
 def cpu_conv_path(a: ConvAttrs, in_shape) -> str | None:
     """Which XLA:CPU path the lowering takes for a conv (compiler/lower.py explains the
     measurements): 'depthwise' (k*k shifted slices), 'pointwise' (a 1x1 as a dot), 'pad_crop'
-    (an unpadded kxk with a row/column of zeros added), or None (lax's convolution). Pure, so
-    that the memory estimate (compiler/memory.py) sees the same choice as the lowering."""
+    (an unpadded kxk with a row/column of zeros added), 'im2col' (a kxk over a map smaller
+    than its window, as one product of patches), 'im2col_grad' (lax's convolution forward,
+    im2col's gradients: a strided conv whose input gradient would be swapped), or None (lax's
+    convolution). Pure, so that the memory estimate (compiler/memory.py) sees the same choice
+    as the lowering."""
     if len(in_shape) != 4:
         return None
     g, kernel = a.groups, tuple(a.kernel)
     if g > 1:
         return "depthwise" if g == a.features == in_shape[-1] else None
-    if tuple(a.dilation) != (1, 1):
-        return None
+    hw = tuple(in_shape[1:3])
+    if xla_swaps_operands(kernel, hw, a.strides, a.padding, a.dilation):
+        return "im2col"
     unpadded = all(p == 0 for side in a.padding for p in side)
-    if kernel == (1, 1) and unpadded:
-        return "pointwise"
-    if unpadded and max(kernel) > 1:
-        return "pad_crop"
-    return None
+    if tuple(a.dilation) == (1, 1) and unpadded:
+        if kernel == (1, 1):
+            return "pointwise"
+        # pad_crop's convolution has a row and a column of zeros more (and so a larger output)
+        crop = a.replace(padding=((0, int(kernel[0] > 1)), (0, int(kernel[1] > 1))))
+        return "im2col_grad" if gradient_swaps(crop, hw) else "pad_crop"
+    return "im2col_grad" if gradient_swaps(a, hw) else None
 
 
 def _conv_shape(a: ConvAttrs, ins):
