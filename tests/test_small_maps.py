@@ -76,10 +76,12 @@ def test_the_rule_routes_small_maps_and_leaves_the_rest():
 
 
 def _lean(cases):
-    """One case per kernel, stride, dilation and path (the padding kinds vary among them)."""
+    """The default tier's cases: 3x3 (ResNet's last stage) at each stride and 7x7 dilated, each
+    path (the slow tier runs every routed combination: each case is a compile of its own)."""
     seen = {}
     for i, (a, hw, path) in enumerate(cases):
-        seen.setdefault((a.kernel, a.strides, a.dilation, path), i)
+        if a.kernel == (3, 3) and a.dilation == (1, 1) or a.kernel == (7, 7) and a.dilation == (2, 2):
+            seen.setdefault((a.kernel, a.strides if a.kernel == (3, 3) else None, path), i)
     return sorted(seen.values())
 
 
@@ -110,8 +112,8 @@ def _check(indices):
 
 
 def test_routed_convs_equal_lax_values_and_gradients():
-    """One routed case per kernel, stride, dilation and path."""
-    assert len(LEAN) >= 30
+    """One routed case per path, stride and dilation."""
+    assert {CASES[i][2] for i in LEAN} == set(ROUTED) and len(LEAN) >= 6
     _check(LEAN)
 
 
@@ -131,8 +133,17 @@ def test_xla_swaps_what_the_rule_predicts():
     """The rule mirrors XLA's operand swap: lax's convolution of a routed geometry compiles to a
     swapped one (forward for 'im2col', the gradient for 'im2col_grad'), and archc's lowering of
     it to none. A jaxlib that changes the swap rule fails here."""
+    _check_swaps([CASES[i] for i in LEAN])
+
+
+@pytest.mark.slow
+def test_xla_swaps_what_the_rule_predicts_everywhere():
+    _check_swaps(CASES[::3])
+
+
+def _check_swaps(cases):
     rng = np.random.default_rng(1)
-    for a, hw, path in CASES[::5]:
+    for a, hw, path in cases:
         x = jnp.asarray(rng.standard_normal((1,) + hw + (2,)), jnp.float32)
         w = jnp.asarray(rng.standard_normal(tuple(a.kernel) + (2, 5)), jnp.float32)
         ref, mine = _reference(a), _conv(a)
