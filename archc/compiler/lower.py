@@ -213,6 +213,9 @@ def _im2col(x, kernel, padding, strides, dilation):
     taps = useful_taps((h, w), (kh, kw), strides, dilation, padding)
     patches = [lax.slice(xp, (0, i * dh, j * dw, 0), (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c),
                          (1, sh, sw, 1)) for i, j in taps]
+    if len(taps) == kh * kw:       # every tap: HWIO flattened is the matrix (a bitcast, no copy)
+        return _pointwise(lax.concatenate(patches, 3) if len(taps) > 1 else patches[0],
+                          lax.reshape(kernel, (kh * kw * c, f)))
     weights = [lax.reshape(lax.slice(kernel, (i, j, 0, 0), (i + 1, j + 1, c, f)), (c, f)) for i, j in taps]
     if len(taps) == 1:
         return _pointwise(patches[0], weights[0])

@@ -25,7 +25,7 @@ from math import prod
 from . import ops
 from .ir import Graph
 from .ir import readers as graph_readers
-from .ops.conv import cpu_conv_path
+from .ops.conv import cpu_conv_path, useful_taps
 from .ops.pool import cpu_pool_separable
 
 # optimizer (`archc build --optimizer`) -> state floats per trainable parameter, as optax keeps
@@ -163,6 +163,12 @@ def _conv_saved(node, ins, graph):
         # measured: a concatenation read here is kept as well (SqueezeNet's fire outputs,
         # GoogLeNet's inception outputs); an elementwise input is recomputed instead
         return transposed + ([_value(x, ins[0])] if graph.nodes[x].op == "concat" else [])
+    if path == "im2col":           # the patch matrix transposed (taps*C, N*h*w), as _pointwise's
+        a = node.attrs
+        taps = len(useful_taps(ins[0][:2], a.kernel, a.strides, a.dilation, a.padding))
+        return [((x, "patches"), prod(node.shape[:-1]) * taps * ins[0][-1])]
+    if path == "im2col_grad":      # its input, from which the backward builds the patches
+        return [_value(x, ins[0])]
     # lax's convolution (pad_crop too: XLA folds the added row and column into the window):
     # the weight gradient reads the input transposed (C, H, W, N), written in the forward pass
     return [((x, "transposed"), prod(ins[0]))]
@@ -355,15 +361,22 @@ def kernel_workspace(graph: Graph, itemsize: int = 4) -> int:
     """Bytes XLA spends on kernels whose convolution it runs with the operands swapped: its
     ConvOperandSwapper makes the input the kernel when the kernel's window covers more cells
     than the input (a 3x3 conv on ResNet's 2x2 last stage at a 64x64 input) and writes a
-    reversed copy of the kernel, held through the program. None at the usual input sizes."""
+    reversed copy of the kernel, held through the program; archc's im2col route around it
+    (ops/conv.py) reads the kernel as a (taps*C, F) matrix, a copy only where it drops taps.
+    None at the usual input sizes."""
     total = 0
     for node in graph:
         if node.op != "conv" or node.attrs.groups != 1 or node.name in graph.outputs:
             continue
         x = graph.nodes[node.inputs[0]].shape
-        if cpu_conv_path(node.attrs, (1,) + tuple(x)) in ("pointwise", "depthwise"):
+        path = cpu_conv_path(node.attrs, (1,) + tuple(x))
+        if path in ("pointwise", "depthwise"):
             continue
-        if prod(node.attrs.kernel) > prod(x[:-1]):
+        if path == "im2col":       # archc's route around the swap: the kernel as a (taps*C, F) matrix,
+            a = node.attrs         # a bitcast of the kernel when every tap is used, else a copy
+            taps = len(useful_taps(x[:2], a.kernel, a.strides, a.dilation, a.padding))
+            total += 0 if taps == prod(a.kernel) else taps * x[-1] * node.shape[-1] * itemsize
+        elif prod(node.attrs.kernel) > prod(x[:-1]):
             total += prod(node.attrs.kernel) * x[-1] * node.shape[-1] * itemsize
     return total
 
