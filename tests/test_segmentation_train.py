@@ -139,6 +139,17 @@ def test_weighted_cross_entropy_and_dice_against_direct_implementations():
         _task(loss="focal")
 
 
+def _references_confusion(y, logits, n):
+    """torchvision's references' ConfusionMatrix written out in torch: the matrix (rows: the
+    target), per-class IoU and Dice (NaN for a class neither present nor predicted)."""
+    import torch
+    a = torch.from_numpy(y).long().flatten()
+    b = torch.from_numpy(logits).argmax(-1).flatten()
+    k = (a >= 0) & (a < n)
+    h = torch.bincount(n * a[k] + b[k], minlength=n ** 2).reshape(n, n).double()
+    return h, torch.diag(h) / (h.sum(1) + h.sum(0) - torch.diag(h)), 2 * torch.diag(h) / (h.sum(1) + h.sum(0))
+
+
 def test_metrics_as_the_references_confusion_matrix():
     """mIoU, per-class IoU, pixel accuracy and Dice against torchvision's references'
     ConfusionMatrix written out in torch, on the same predictions, summed over batches (as
@@ -156,12 +167,7 @@ def test_metrics_as_the_references_confusion_matrix():
             lg, lb = np.concatenate([lg, logits[:1]]), np.concatenate([lb, y[:1]])
         total = T.add_sums(total, task.metric_sums({"logits": lg}, {"label": lb, "weight": weight}))
     m = task.summarize({k: np.asarray(v) for k, v in total.items()})
-    a = torch.from_numpy(y).long().flatten()
-    b = torch.from_numpy(logits).argmax(-1).flatten()
-    k = (a >= 0) & (a < n)
-    h = torch.bincount(n * a[k] + b[k], minlength=n ** 2).reshape(n, n).double()
-    iu = torch.diag(h) / (h.sum(1) + h.sum(0) - torch.diag(h))
-    dice = 2 * torch.diag(h) / (h.sum(1) + h.sum(0))
+    h, iu, dice = _references_confusion(y, logits, n)
     assert m["confusion"] == h.long().tolist()
     assert m["pixel_accuracy"] == pytest.approx(float(torch.diag(h).sum() / h.sum()))
     assert m["per_class_iou"] == pytest.approx(iu.tolist())
@@ -182,12 +188,7 @@ def test_a_class_neither_present_nor_predicted_is_left_out_of_the_means():
     task = _task()
     m = task.summarize({k: np.asarray(v) for k, v in task.metric_sums(
         {"logits": logits}, {"label": y, "weight": np.ones(3, np.float32)}).items()})
-    a = torch.from_numpy(y).long().flatten()
-    b = torch.from_numpy(logits).argmax(-1).flatten()
-    k = (a >= 0) & (a < n)
-    h = torch.bincount(n * a[k] + b[k], minlength=n ** 2).reshape(n, n).double()
-    iu = torch.diag(h) / (h.sum(1) + h.sum(0) - torch.diag(h))
-    dice = 2 * torch.diag(h) / (h.sum(1) + h.sum(0))
+    h, iu, dice = _references_confusion(y, logits, n)
     assert bool(torch.isnan(iu.mean())) and m["per_class_iou"][2] is None and m["per_class_dice"][2] is None
     assert m["mIoU"] == pytest.approx(float(iu.nanmean())) and m["dice"] == pytest.approx(float(dice.nanmean()))
     json.loads(json.dumps(m, allow_nan=False))          # what --json prints: valid JSON
