@@ -85,7 +85,7 @@ def test_builtin_classifier_nnx_equals_apply(name, highest_precision):
         y_train = net(x, rngs=key)
         net.eval()
         got = (y_train, nnx_variables(net), net(x))
-        w_train, updated = model.apply_fn(variables, x, train=True, rngs=key)
+        w_train, updated = model.apply_fn(variables, x, train=True, rng=key)
         return got, (w_train, updated, model.apply_fn(updated, x))
 
     compiled = jax.jit(both).lower(variables, x, key).compile({"xla_backend_optimization_level": 0,
