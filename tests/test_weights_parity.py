@@ -199,8 +199,9 @@ CASES += [
     # 64x64: fc1 sees a 2x2x512 map, so the flatten order (NHWC, as Keras) matters
     Case("keras-vgg16", "keras", "VGG16", "keras/vgg16", 64, {"features": "block5_pool"}, batch=1),
     Case("keras-vgg19", "keras", "VGG19", "keras/vgg19", 64, {"features": "block5_pool"}, batch=1, heavy=True),
+    # slow tier (the default tier's time): keras-densenet121 above covers the family's importer
     *[Case(f"keras-densenet{n}", "keras", f"DenseNet{n}", f"keras/densenet{n}", 32, {"transition2": "pool3_pool"},
-           heavy=True) for n in (169, 201)],
+           slow=True) for n in (169, 201)],
     # 64x64, not 32: at 32 the last stage is 1x1 and the BN statistics calibrated on that batch are
     # degenerate (variance ~0), which amplifies float32 noise past any tolerance (measured: Δ up to
     # 6.6 at 32 for EfficientNetB6)
@@ -216,7 +217,7 @@ CASES += [
     Case("keras-nasnet_mobile", "keras", "NASNetMobile", "keras/nasnet_mobile", 32, {"reduce_1": "reduction_concat_reduce_4"},
          batch=1, heavy=True),
     Case("keras-nasnet_large", "keras", "NASNetLarge", "keras/nasnet_large", 32, {"reduce_1": "reduction_concat_reduce_6"},
-         batch=1, heavy=True),
+         batch=1, slow=True),                     # NASNet-Mobile covers the family in the default tier
     Case("keras-mobilenet_v3_small", "keras", "MobileNetV3Small", "keras/mobilenet_v3_small", 64,
          {"blocks": "expanded_conv_10_add"}),
     Case("keras-mobilenet_v3_large", "keras", "MobileNetV3Large", "keras/mobilenet_v3_large", 64,

@@ -137,7 +137,9 @@ def cpu_conv_path(a: ConvAttrs, in_shape) -> str | None:
     if g > 1:
         return "depthwise" if g == a.features == in_shape[-1] else None
     hw = tuple(in_shape[1:3])
-    if xla_swaps_operands(kernel, hw, a.strides, a.padding, a.dilation):
+    # a symbolic size (jax.export's shape polymorphism): the swap cannot be decided; lax's path
+    sized = all(isinstance(d, (int, np.integer)) for d in hw)
+    if sized and xla_swaps_operands(kernel, hw, a.strides, a.padding, a.dilation):
         return "im2col"
     unpadded = all(p == 0 for side in a.padding for p in side)
     if tuple(a.dilation) == (1, 1) and unpadded:
@@ -145,8 +147,8 @@ def cpu_conv_path(a: ConvAttrs, in_shape) -> str | None:
             return "pointwise"
         # pad_crop's convolution has a row and a column of zeros more (and so a larger output)
         crop = a.replace(padding=((0, int(kernel[0] > 1)), (0, int(kernel[1] > 1))))
-        return "im2col_grad" if gradient_swaps(crop, hw) else "pad_crop"
-    return "im2col_grad" if gradient_swaps(a, hw) else None
+        return "im2col_grad" if sized and gradient_swaps(crop, hw) else "pad_crop"
+    return "im2col_grad" if sized and gradient_swaps(a, hw) else None
 
 
 def _conv_shape(a: ConvAttrs, ins):
