@@ -198,13 +198,21 @@ def check_images(data, on_bad: str = "stop", log=None):
     bad = data.unreadable()
     if not bad:
         return data
-    listing = "; ".join(f"{p}: {why}" for p, why in bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
-    if on_bad == "stop":
-        raise DataError(f"{len(bad)} unreadable image{'s' * (len(bad) > 1)} ({listing}); remove or replace "
-                        f"{'them' if len(bad) > 1 else 'it'}, or pass --on-bad-data skip")
-    if log is not None:
-        log(f"skipping {len(bad)} unreadable image{'s' * (len(bad) > 1)}: {listing}")
+    handle_bad(bad, on_bad, log, "unreadable image", "remove or replace")
     return data.without(p for p, _ in bad)
+
+
+def handle_bad(bad: list, on_bad: str, log, noun: str, fix: str) -> None:
+    """--on-bad-data for files found bad (``(path, why)`` pairs): ``stop`` raises a DataError
+    naming the first five and what would fix them; ``skip`` reports them through ``log`` (the
+    caller leaves them out)."""
+    n = len(bad)
+    listing = "; ".join(f"{p}: {why}" for p, why in bad[:5]) + (f"; and {n - 5} more" if n > 5 else "")
+    if on_bad == "stop":
+        raise DataError(f"{n} {noun}{'s' * (n > 1)} ({listing}); {fix} {'them' if n > 1 else 'it'}, "
+                        f"or pass --on-bad-data skip")
+    if log is not None:
+        log(f"skipping {n} {noun}{'s' * (n > 1)}: {listing}")
 
 
 def find_splits(data_dir: str | os.PathLike, val_split: float | None = None, seed: int = 0):

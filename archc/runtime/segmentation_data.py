@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import IMAGE_EXTENSIONS, DataError, read_image
+from .data import IMAGE_EXTENSIONS, DataError, handle_bad, read_image
 
 IGNORE = 255
 # torchvision's references/segmentation: RandomResize(0.5 x base, 2.0 x base)
@@ -228,13 +228,7 @@ def check_masks(data: MaskFolder, on_bad: str = "stop", log=None) -> MaskFolder:
     bad = problems(data)
     if not bad:
         return data
-    n = len(bad)
-    listing = "; ".join(f"{p}: {why}" for p, why in bad[:5]) + (f"; and {n - 5} more" if n > 5 else "")
-    if on_bad == "stop":
-        raise DataError(f"{n} unusable image/mask pair{'s' * (n > 1)} ({listing}); fix or remove "
-                        f"{'them' if n > 1 else 'it'}, or pass --on-bad-data skip")
-    if log is not None:
-        log(f"skipping {n} unusable image/mask pair{'s' * (n > 1)}: {listing}")
+    handle_bad(bad, on_bad, log, "unusable image/mask pair", "fix or remove")
     return data.without(p for p, _ in bad)
 
 
