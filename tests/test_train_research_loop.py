@@ -138,3 +138,19 @@ def test_evaluate_gives_the_runs_validation_metrics(trained_run, tmp_path):
     assert (tmp_path / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     r = run_cli(["evaluate", "--weights", root / "run" / "best.safetensors", "--data", tmp_path / "nowhere"])
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_run_on_fewer_classes_than_outputs_predicts_only_its_classes():
+    """`archc train lenet5` on 3 class folders trains 3 of its 10 outputs (the others are never a
+    target): predict ranks and names those 3 only, not untrained outputs under their indices."""
+    import archc
+    from archc.runtime.predict import predict
+    model = archc.load("lenet5")
+    variables = model.init(0)
+    image = np.random.default_rng(0).integers(0, 256, (32, 32), np.uint8)
+    meta = {"archc.classes": json.dumps(["cat", "dog", "eel"])}
+    (result,) = predict(model, variables, [image], top=5, metadata=meta)
+    top = result["top"]
+    assert sorted(t["index"] for t in top) == [0, 1, 2]
+    assert all(t["label"] == ["cat", "dog", "eel"][t["index"]] for t in top)
+    assert [t["prob"] for t in top] == sorted((t["prob"] for t in top), reverse=True)

@@ -205,8 +205,8 @@ def predict(model, variables, images, *, top: int = 5, preprocess=None, metadata
         y = np.asarray(model.apply(variables, chunk), dtype=np.float64)[:n]
         probs = _probabilities(model, y)
         for j, p in enumerate(probs):
-            k = min(int(top), p.shape[-1])
-            idx = np.argsort(-p, kind="stable")[:k]
+            ranked = p[:len(names)] if names else p      # a run on fewer classes: its outputs only
+            idx = np.argsort(-ranked, kind="stable")[:min(int(top), ranked.shape[-1])]
             im = images[i + j]
             results.append({
                 "file": str(im) if isinstance(im, (str, Path)) else f"<image {i + j}>",
@@ -218,10 +218,11 @@ def predict(model, variables, images, *, top: int = 5, preprocess=None, metadata
 
 def class_names(metadata: dict | None, classes: int) -> list | None:
     """The names of ``classes`` outputs: those a run recorded (``archc.classes``: the training
-    folders' names), else ImageNet's for 1000 outputs, else None (indices are printed)."""
+    folders' names; a run on fewer classes than the network has outputs names the first ones,
+    the others were never a target), else ImageNet's for 1000 outputs, else None (indices)."""
     from .record import recorded_classes
     names = recorded_classes(metadata)
-    if names is not None and len(names) == classes:
+    if names is not None and len(names) <= classes:
         return names
     return imagenet_classes() if classes == len(imagenet_classes()) else None
 
